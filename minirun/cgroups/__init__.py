@@ -1,0 +1,88 @@
+"""cgroups: one interface, a v1 driver and a v2 driver.
+
+The runtime builds a `Cgroup` in the parent before it forks, creates it and applies the
+OCI `linux.resources` there, and the container's first child writes its own pid into it
+before it unshares anything. Keep this package free of heavy imports: it is on the
+container start path.
+
+Paths are cgroup paths relative to the hierarchy root ("/minirun/<id>"), never relative
+to the caller's own cgroup (on this VM the caller sits in the machine's own cgroup).
+
+Environment overrides (tests use them to drive the v2 driver on a hybrid host):
+  MINIRUN_CGROUP_DRIVER   "v1" | "v2" | unset (auto)
+  MINIRUN_CGROUP_ROOT     mount point of the hierarchy for v2 (default /sys/fs/cgroup),
+                          or the parent dir of the per-controller mounts for v1
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import InvalidArgument, KernelFeatureMissing
+
+PARENT = "minirun"
+DEFAULT_ROOT = "/sys/fs/cgroup"
+
+
+def detect_mode(root: str = DEFAULT_ROOT) -> str:
+    """'v2' (unified), 'hybrid' (v1 controllers plus a cgroup2 mount) or 'v1'."""
+    fstype = _fstype(root)
+    if fstype == "cgroup2":
+        return "v2"
+    if fstype is None and not os.path.isdir(root):
+        raise KernelFeatureMissing(f"no cgroup hierarchy mounted at {root}")
+    if _fstype(os.path.join(root, "unified")) == "cgroup2":
+        return "hybrid"
+    return "v1"
+
+
+def _fstype(path: str) -> str | None:
+    path = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields[4] == path:
+                    sep = fields.index("-")
+                    return fields[sep + 1]
+    except OSError:
+        return None
+    return None
+
+
+def resolve_path(cgroups_path: str | None, container_id: str) -> str:
+    """The cgroup path for a container.
+
+    None or empty: /minirun/<id>. Absolute: taken as is (podman and containerd pass
+    their own). Relative: under /minirun, never under the caller's own cgroup.
+    """
+    if not cgroups_path:
+        return f"/{PARENT}/{container_id}"
+    if ":" in cgroups_path and not cgroups_path.startswith("/"):
+        raise InvalidArgument(
+            f"cgroupsPath {cgroups_path!r} looks like a systemd slice:scope path; "
+            "systemd cgroups are not supported"
+        )
+    parts = [p for p in cgroups_path.split("/") if p]
+    if any(p in (".", "..") for p in parts) or not parts:
+        raise InvalidArgument(f"invalid cgroupsPath {cgroups_path!r}")
+    if cgroups_path.startswith("/"):
+        return "/" + "/".join(parts)
+    return f"/{PARENT}/" + "/".join(parts)
+
+
+def open_cgroup(path: str, rootless: bool = False):
+    """The driver for this host, bound to cgroup `path` (not created yet)."""
+    driver = os.environ.get("MINIRUN_CGROUP_DRIVER")
+    root = os.environ.get("MINIRUN_CGROUP_ROOT", DEFAULT_ROOT)
+    if driver is None:
+        driver = "v2" if detect_mode(root) == "v2" else "v1"
+    if driver == "v2":
+        from .v2 import CgroupV2
+
+        return CgroupV2(path, root=root, rootless=rootless)
+    if driver == "v1":
+        from .v1 import CgroupV1
+
+        return CgroupV1(path, root=root, rootless=rootless)
+    raise InvalidArgument(f"unknown cgroup driver {driver!r} (MINIRUN_CGROUP_DRIVER)")
