@@ -1,0 +1,385 @@
+"""The container's root filesystem: mounts, devices, pivot_root, masked and read-only paths.
+
+Runs inside the container's init, in its new mount namespace, before the user's program.
+Every path inside the container is resolved as a file descriptor from the rootfs with
+openat2(RESOLVE_IN_ROOT), never as a joined host string, and mounts land on
+/proc/self/fd/N of that descriptor.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from . import sys as _sys
+from .errors import InvalidSpec, MiniRunError
+from .spec import parse_mount_options
+
+_RESOLVE = _sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS
+
+# runc creates these when /dev is not bind-mounted from the host.
+DEFAULT_DEVICES = [
+    {"path": "/dev/null", "type": "c", "major": 1, "minor": 3},
+    {"path": "/dev/zero", "type": "c", "major": 1, "minor": 5},
+    {"path": "/dev/full", "type": "c", "major": 1, "minor": 7},
+    {"path": "/dev/random", "type": "c", "major": 1, "minor": 8},
+    {"path": "/dev/urandom", "type": "c", "major": 1, "minor": 9},
+    {"path": "/dev/tty", "type": "c", "major": 5, "minor": 0},
+]
+DEV_SYMLINKS = [
+    ("/proc/self/fd", "fd"),
+    ("/proc/self/fd/0", "stdin"),
+    ("/proc/self/fd/1", "stdout"),
+    ("/proc/self/fd/2", "stderr"),
+    ("pts/ptmx", "ptmx"),
+]
+_DEVICE_TYPES = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
+
+
+def fd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def open_in_root(rootfd: int, path: str, flags: int = os.O_PATH) -> int:
+    """Open `path` as seen from inside the rootfs: symlinks, absolute ones included, and
+    ".." resolve inside it (CVE-2021-30465: a destination that is a symlink never
+    reaches the host)."""
+    return _sys.openat2(rootfd, path.lstrip("/") or ".", flags, 0, _RESOLVE)
+
+
+def make_in_root(rootfd: int, path: str, is_dir: bool, mode: int = 0o755) -> int:
+    """Create `path` (and its parents) inside the rootfs if missing; an O_PATH fd to it."""
+    try:
+        return open_in_root(rootfd, path)
+    except _sys.SysError as e:
+        if e.errno != 2:  # ENOENT
+            raise
+    parent, name = os.path.split(path.rstrip("/"))
+    if name in ("", ".", ".."):
+        raise InvalidSpec(f"invalid path {path!r} inside the container")
+    pfd = make_in_root(rootfd, parent or "/", True)
+    try:
+        if is_dir:
+            try:
+                os.mkdir(name, mode, dir_fd=pfd)
+            except FileExistsError:
+                pass
+        else:
+            fd = os.open(name, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o644, dir_fd=pfd)
+            os.close(fd)
+    except OSError as e:
+        raise _sys.SysError("mkdir" if is_dir else "create", path, e.errno or 0) from None
+    finally:
+        os.close(pfd)
+    return open_in_root(rootfd, path)
+
+
+class RootfsBuilder:
+    """Sets up the rootfs in the order runc does; one instance per container init."""
+
+    def __init__(self, cfg: dict, rootfs: str, bundle: str, cgroup, new_userns: bool,
+                 new_cgroupns: bool, new_netns: bool) -> None:
+        self.cfg = cfg
+        self.linux = cfg.get("linux") or {}
+        self.rootfs = rootfs
+        self.bundle = bundle
+        self.cgroup = cgroup
+        self.new_userns = new_userns
+        self.new_cgroupns = new_cgroupns
+        self.new_netns = new_netns
+        self.rootfd = -1
+        self.dev_bound = any(
+            m.get("destination", "").rstrip("/") == "/dev"
+            and (m.get("type") == "bind" or {"bind", "rbind"} & set(m.get("options") or []))
+            for m in cfg.get("mounts") or [])
+
+    # --- before pivot_root -------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Everything up to (not including) pivot_root."""
+        prop = self.linux.get("rootfsPropagation")
+        flags = _sys.MS_SLAVE | _sys.MS_REC
+        if prop:
+            _, pflags, _, _ = parse_mount_options([prop])
+            flags = pflags or flags
+        _sys.mount(None, "/", None, flags)
+        _sys.mount(self.rootfs, self.rootfs, "bind", _sys.MS_BIND | _sys.MS_REC)
+        self.rootfd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        for m in self.cfg.get("mounts") or []:
+            self.mount_one(m)
+        if not self.dev_bound:
+            self.create_devices()
+
+    def mount_one(self, m: dict) -> None:
+        dest = m["destination"]
+        kind = m.get("type") or ""
+        options = m.get("options") or []
+        flags, pflags, data, extra = parse_mount_options(options)
+        is_bind = kind == "bind" or "bind" in options or "rbind" in options
+        if is_bind:
+            self._bind(m, dest, flags, pflags, "rbind" in options)
+            return
+        if kind == "cgroup":
+            self._mount_cgroup(dest, flags)
+            return
+        fd = make_in_root(self.rootfd, dest, True)
+        try:
+            if kind == "sysfs" and self.new_userns and not self.new_netns:
+                # sysfs cannot be mounted in a user namespace without its own netns:
+                # bind the host's, read-only, as runc does.
+                _sys.mount("/sys", fd_path(fd), None, _sys.MS_BIND | _sys.MS_REC, label=dest)
+                _sys.mount(None, fd_path(fd), None,
+                           _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_RDONLY | flags, label=dest)
+            else:
+                src = m.get("source") or kind
+                _sys.mount(src, fd_path(fd), kind, flags, data, label=dest)
+        finally:
+            os.close(fd)
+        if pflags:
+            self._on_mount(dest, None, pflags)
+
+    def _bind(self, m: dict, dest: str, flags: int, pflags: int, recursive: bool) -> None:
+        source = m.get("source") or ""
+        if not os.path.isabs(source):
+            source = os.path.join(self.bundle, source)
+        try:
+            st = os.stat(source)
+        except OSError as e:
+            raise InvalidSpec(f"mount source {source} for {dest}: {e.strerror}") from None
+        fd = make_in_root(self.rootfd, dest, stat.S_ISDIR(st.st_mode))
+        try:
+            bflags = _sys.MS_BIND | (_sys.MS_REC if recursive else 0)
+            _sys.mount(source, fd_path(fd), None, bflags, label=dest)
+        finally:
+            os.close(fd)
+        # Flags on a bind mount only take effect with a remount of it.
+        extra = flags & ~(_sys.MS_BIND | _sys.MS_REC)
+        if extra:
+            self._on_mount(dest, None, _sys.MS_BIND | _sys.MS_REMOUNT | extra, locked=True)
+        if pflags:
+            self._on_mount(dest, None, pflags)
+
+    def _on_mount(self, dest: str, data: str | None, flags: int, locked: bool = False) -> None:
+        """A mount(2) call on the mount now at `dest` (a fresh fd: one opened before the
+        mount still names the directory underneath it)."""
+        fd = open_in_root(self.rootfd, dest)
+        try:
+            if locked:
+                flags |= self._locked_flags(fd)
+            _sys.mount(None, fd_path(fd), None, flags, data, label=dest)
+        finally:
+            os.close(fd)
+
+    def _locked_flags(self, fd: int) -> int:
+        """Flags a remount inside a user namespace must keep (the kernel locks them)."""
+        if not self.new_userns:
+            return 0
+        st = os.statvfs(fd_path(fd))
+        keep = 0
+        for vfs, ms in ((os.ST_NOSUID, _sys.MS_NOSUID), (os.ST_NODEV, _sys.MS_NODEV),
+                        (os.ST_NOEXEC, _sys.MS_NOEXEC), (os.ST_RDONLY, _sys.MS_RDONLY)):
+            if st.f_flag & vfs:
+                keep |= ms
+        return keep
+
+    def _mount_cgroup(self, dest: str, flags: int) -> None:
+        fd = make_in_root(self.rootfd, dest, True)
+        try:
+            target = fd_path(fd)
+            if self.cgroup.version == 2:
+                if self.new_cgroupns:
+                    _sys.mount("cgroup2", target, "cgroup2", flags, label=dest)
+                else:
+                    (host_dir, _), = self.cgroup.mounts_for_container()
+                    _sys.mount(host_dir, target, None, _sys.MS_BIND | _sys.MS_REC, label=dest)
+                    self._on_mount(dest, None, _sys.MS_BIND | _sys.MS_REMOUNT | flags,
+                                   locked=True)
+                return
+            # v1: a tmpfs holding one directory per controller hierarchy
+            _sys.mount("tmpfs", target, "tmpfs", flags & ~_sys.MS_RDONLY, "mode=755", label=dest)
+            for host_dir, name in self.cgroup.mounts_for_container():
+                sub = make_in_root(self.rootfd, os.path.join(dest, name), True)
+                try:
+                    if self.new_cgroupns:
+                        opts = name if not name.startswith("name=") else name
+                        if name == "systemd":
+                            opts = "none,name=systemd"
+                        _sys.mount("cgroup", fd_path(sub), "cgroup", flags, opts,
+                                   label=f"{dest}/{name}")
+                    else:
+                        _sys.mount(host_dir, fd_path(sub), None, _sys.MS_BIND | _sys.MS_REC,
+                                   label=f"{dest}/{name}")
+                finally:
+                    os.close(sub)
+                if not self.new_cgroupns:
+                    self._on_mount(os.path.join(dest, name), None,
+                                   _sys.MS_BIND | _sys.MS_REMOUNT | flags, locked=True)
+        finally:
+            os.close(fd)
+
+    def create_devices(self) -> None:
+        devfd = make_in_root(self.rootfd, "/dev", True)
+        try:
+            old = os.umask(0)
+            try:
+                wanted = list(DEFAULT_DEVICES)
+                asked = {d["path"] for d in self.linux.get("devices") or []}
+                wanted = [d for d in wanted if d["path"] not in asked]
+                for dev in wanted + list(self.linux.get("devices") or []):
+                    self._create_device(dev)
+                for target, name in DEV_SYMLINKS:
+                    try:
+                        os.symlink(target, name, dir_fd=devfd)
+                    except FileExistsError:
+                        pass
+                if os.path.exists("/proc/kcore"):
+                    try:
+                        os.symlink("/proc/kcore", "core", dir_fd=devfd)
+                    except FileExistsError:
+                        pass
+            finally:
+                os.umask(old)
+        finally:
+            os.close(devfd)
+
+    def _create_device(self, dev: dict) -> None:
+        path = dev["path"]
+        kind = dev.get("type", "c")
+        if kind not in _DEVICE_TYPES:
+            raise InvalidSpec(f"linux.devices: {path}: unknown device type {kind!r}")
+        mode = dev.get("fileMode", 0o666) & 0o7777
+        parent, name = os.path.split(path)
+        pfd = make_in_root(self.rootfd, parent, True)
+        try:
+            if self.new_userns:
+                # mknod is not allowed in a user namespace: bind the host's node.
+                fd = make_in_root(self.rootfd, path, False)
+                try:
+                    _sys.mount(path, fd_path(fd), None, _sys.MS_BIND, label=path)
+                finally:
+                    os.close(fd)
+                return
+            try:
+                os.unlink(name, dir_fd=pfd)
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError:
+                raise InvalidSpec(f"linux.devices: {path} is a directory in the rootfs") from None
+            devnum = os.makedev(dev.get("major", 0), dev.get("minor", 0)) if kind != "p" else 0
+            try:
+                os.mknod(name, _DEVICE_TYPES[kind] | mode, devnum, dir_fd=pfd)
+                os.chown(name, dev.get("uid", 0), dev.get("gid", 0), dir_fd=pfd,
+                         follow_symlinks=False)
+            except OSError as e:
+                raise _sys.SysError("mknod", path, e.errno or 0) from None
+        finally:
+            os.close(pfd)
+
+    # --- pivot_root and after ------------------------------------------------------------
+
+    def pivot(self, no_pivot: bool = False) -> None:
+        if no_pivot:
+            os.chdir(self.rootfs)
+            _sys.mount(self.rootfs, "/", None, _sys.MS_MOVE)
+            os.chroot(".")
+            os.chdir("/")
+        else:
+            oldroot = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+            newroot = os.open(self.rootfs, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fchdir(newroot)
+                # pivot_root(".", ".") stacks the old root on top of the new one; it is then
+                # detached without ever needing a directory for it inside the rootfs.
+                _sys.pivot_root(".", ".")
+                os.fchdir(oldroot)
+                _sys.mount(None, ".", None, _sys.MS_SLAVE | _sys.MS_REC)
+                _sys.umount2(".", _sys.MNT_DETACH)
+                os.chdir("/")
+            finally:
+                os.close(oldroot)
+                os.close(newroot)
+        os.close(self.rootfd)
+        self.rootfd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def finish(self) -> None:
+        """After pivot_root: read-only root, masked and read-only paths, propagation."""
+        linux = self.linux
+        if (self.cfg.get("root") or {}).get("readonly"):
+            rfd = os.open("/", os.O_PATH | os.O_CLOEXEC)
+            try:
+                _sys.mount(None, "/", None, _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_RDONLY |
+                           self._locked_flags(rfd), label="/ (readonly root)")
+            finally:
+                os.close(rfd)
+        for path in linux.get("readonlyPaths") or []:
+            self.make_readonly(path)
+        for path in linux.get("maskedPaths") or []:
+            self.mask(path)
+        prop = linux.get("rootfsPropagation")
+        if prop:
+            _, pflags, _, _ = parse_mount_options([prop])
+            _sys.mount(None, "/", None, pflags)
+        os.close(self.rootfd)
+        self.rootfd = -1
+
+    def _dev_null(self) -> int:
+        # A /dev/null that is a symlink or anything but the real char device 1:3 is
+        # refused: masking with it would bind an attacker's file (CVE-2021-30465 family).
+        fd = os.open("/dev/null", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(1, 3):
+            os.close(fd)
+            raise MiniRunError("/dev/null in the container is not the null device; refusing to mask")
+        return fd
+
+    def mask(self, path: str) -> None:
+        try:
+            fd = open_in_root(self.rootfd, path)
+        except _sys.SysError as e:
+            if e.errno == 2:
+                return
+            raise
+        try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                _sys.mount("tmpfs", fd_path(fd), "tmpfs", _sys.MS_RDONLY, label=path)
+            else:
+                null = self._dev_null()
+                try:
+                    _sys.mount(fd_path(null), fd_path(fd), None, _sys.MS_BIND, label=path)
+                finally:
+                    os.close(null)
+        finally:
+            os.close(fd)
+
+    def make_readonly(self, path: str) -> None:
+        try:
+            fd = open_in_root(self.rootfd, path)
+        except _sys.SysError as e:
+            if e.errno == 2:
+                return
+            raise
+        try:
+            _sys.mount(fd_path(fd), fd_path(fd), None, _sys.MS_BIND | _sys.MS_REC, label=path)
+        finally:
+            os.close(fd)
+        fd = open_in_root(self.rootfd, path)
+        try:
+            _sys.mount(None, fd_path(fd), None,
+                       _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_RDONLY | _sys.MS_REC |
+                       self._locked_flags(fd), label=path)
+        finally:
+            os.close(fd)
+
+
+def setup_console_mount(slave_fd: int) -> None:
+    """Bind the pty's slave onto /dev/console, as runc does for terminal containers."""
+    rootfd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = make_in_root(rootfd, "/dev/console", False)
+        try:
+            _sys.mount(fd_path(slave_fd), fd_path(fd), None, _sys.MS_BIND, label="/dev/console")
+        finally:
+            os.close(fd)
+    finally:
+        os.close(rootfd)

@@ -1,0 +1,862 @@
+"""The OCI lifecycle: an OCI bundle in, a container out.
+
+create forks a child (C) that joins the container's cgroup, joins or unshares its
+namespaces and forks the container's init (I), pid 1 in the new pid namespace. I builds
+the rootfs, pivots into it, applies the process settings and then blocks on the exec fifo
+until `start` writes a byte to it; only then does it execve the user's program. C and I
+talk to the parent (P) over a SOCK_SEQPACKET socketpair: JSON messages, every wait with a
+timeout so that a stuck child is an error, never a hang.
+
+  C -> P  {"userns": true}          P writes uid/gid maps, answers {"ok": true}
+  C -> P  {"pid": N}                 I's pid, as P sees it
+  I -> P  {"hooks": "createRuntime"} P runs prestart+createRuntime hooks, answers
+  I -> P  {"ready": true}            I is set up and waits on the fifo
+  * -> P  {"error": "..."}           setup failed; P cleans up
+
+Everything the children need is imported at module load: after pivot_root the host's
+files are gone, and the children never re-execute the runtime or the interpreter
+(CVE-2019-5736).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import select
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+
+from . import OCI_VERSION
+from . import sys as _sys
+from .cgroups import open_cgroup, resolve_path
+from .errors import (AlreadyExists, ContainerStateError, HookError, InvalidArgument,
+                     InvalidSpec, KernelFeatureMissing, MiniRunError, NotFound)
+from .mounts import RootfsBuilder, setup_console_mount
+from .namespaces import NamespacePlan, write_id_maps
+from . import security
+from . import spec as _spec
+
+ID_RE = re.compile(r"^[\w+\-.]+$")
+SYNC_TIMEOUT = 60.0
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer",
+              "poststart", "poststop")
+
+
+def default_root() -> str:
+    if os.geteuid() == 0:
+        return "/run/minirun/oci"
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/minirun-{os.geteuid()}"
+    return os.path.join(runtime_dir, "minirun")
+
+
+def validate_id(container_id: str) -> None:
+    if not container_id or container_id in (".", "..") or not ID_RE.match(container_id) \
+            or len(container_id) > 1024:
+        raise InvalidArgument(f"invalid container id {container_id!r}: use letters, digits, "
+                              "'_', '+', '-' and '.'")
+
+
+# --- state --------------------------------------------------------------------------------
+
+def proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat; None if the process is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+class Container:
+    """A container's on-disk state under <root>/<id>."""
+
+    def __init__(self, root: str, container_id: str) -> None:
+        validate_id(container_id)
+        self.root = root
+        self.id = container_id
+        self.dir = os.path.join(root, container_id)
+        self.state_file = os.path.join(self.dir, "state.json")
+        self.fifo = os.path.join(self.dir, "exec.fifo")
+        self.data: dict = {}
+
+    # loading and saving
+
+    @classmethod
+    def load(cls, root: str, container_id: str) -> "Container":
+        c = cls(root, container_id)
+        try:
+            with open(c.state_file) as f:
+                c.data = json.load(f)
+        except FileNotFoundError:
+            raise NotFound(f"container {container_id!r} does not exist") from None
+        except (OSError, ValueError) as e:
+            raise MiniRunError(f"container {container_id!r}: unreadable state: {e}") from None
+        return c
+
+    def save(self) -> None:
+        tmp = self.state_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, self.state_file)
+
+    def lock(self) -> int:
+        """An exclusive lock on the container's directory, held until the fd is closed."""
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    @property
+    def pid(self) -> int:
+        return self.data.get("pid", 0)
+
+    def cgroup(self):
+        d = self.data
+        if d.get("cgroup_driver"):
+            os.environ.setdefault("MINIRUN_CGROUP_DRIVER", d["cgroup_driver"])
+        if d.get("cgroup_root"):
+            os.environ.setdefault("MINIRUN_CGROUP_ROOT", d["cgroup_root"])
+        return open_cgroup(d["cgroup_path"], rootless=d.get("rootless", False))
+
+    def alive(self) -> bool:
+        pid = self.pid
+        return pid > 0 and proc_start_time(pid) == self.data.get("start_time")
+
+    def status(self) -> str:
+        if not self.alive():
+            return "stopped"
+        if os.path.exists(self.fifo):
+            return "created"
+        try:
+            if self.cgroup().is_frozen():
+                return "paused"
+        except (OSError, MiniRunError):
+            pass
+        return "running"
+
+    def oci_state(self) -> dict:
+        status = self.status()
+        d = self.data
+        state = {
+            "ociVersion": d.get("ociVersion", OCI_VERSION),
+            "id": self.id,
+            "pid": self.pid if status != "stopped" else 0,
+            "status": status,
+            "bundle": d.get("bundle", ""),
+            "rootfs": d.get("rootfs", ""),
+            "created": d.get("created", ""),
+            "owner": "",
+        }
+        if d.get("annotations"):
+            state["annotations"] = d["annotations"]
+        return state
+
+    def hook_state(self, status: str) -> bytes:
+        d = self.data
+        state = {"ociVersion": d.get("ociVersion", OCI_VERSION), "id": self.id,
+                 "status": status, "pid": self.pid, "bundle": d.get("bundle", "")}
+        if d.get("annotations"):
+            state["annotations"] = d["annotations"]
+        return json.dumps(state).encode()
+
+
+def list_containers(root: str) -> list[Container]:
+    out = []
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        try:
+            out.append(Container.load(root, name))
+        except MiniRunError:
+            continue
+    return out
+
+
+# --- hooks --------------------------------------------------------------------------------
+
+def run_hook(kind: str, hook: dict, state: bytes) -> None:
+    """Run one OCI hook with the state on its stdin; a failure or timeout raises."""
+    path = hook["path"]
+    args = hook.get("args") or [path]
+    env = hook.get("env") or []
+    timeout = hook.get("timeout")
+    r, w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
+    if pid == 0:
+        try:
+            os.dup2(r, 0)
+            os.execve(path, args, dict(e.split("=", 1) for e in env if "=" in e))
+        except BaseException as e:
+            os.write(2, f"minirun: hook {path}: {e}\n".encode())
+        os._exit(127)
+    os.close(r)
+    try:
+        os.write(w, state)
+    except OSError:
+        pass
+    os.close(w)
+    deadline = time.monotonic() + timeout if timeout else None
+    pidfd = os.pidfd_open(pid)
+    try:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select([pidfd], [], [], remaining)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise HookError(f"{kind} hook {path} timed out after {timeout}s")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(pidfd)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise HookError(f"{kind} hook {path} failed with exit status {code}")
+
+
+def run_hooks(cfg_hooks: dict, kinds: tuple[str, ...], state: bytes, warn_only=False) -> None:
+    for kind in kinds:
+        for hook in cfg_hooks.get(kind) or []:
+            try:
+                run_hook(kind, hook, state)
+            except HookError as e:
+                if not warn_only:
+                    raise
+                print(f"minirun: warning: {e}", file=sys.stderr)
+
+
+# --- create -------------------------------------------------------------------------------
+
+def _send(sock: socket.socket, msg: dict) -> None:
+    sock.send(json.dumps(msg).encode())
+
+
+def _recv(sock: socket.socket, timeout: float | None = SYNC_TIMEOUT) -> dict:
+    sock.settimeout(timeout)
+    try:
+        data = sock.recv(65536)
+    except socket.timeout:
+        raise MiniRunError("container setup timed out waiting for the child") from None
+    if not data:
+        raise MiniRunError("container init exited during setup")
+    return json.loads(data)
+
+
+class CreateOptions:
+    def __init__(self, console_socket: str | None = None, pid_file: str | None = None,
+                 no_pivot: bool = False, no_new_keyring: bool = False,
+                 preserve_fds: int = 0, console_fd: socket.socket | None = None) -> None:
+        self.console_socket = console_socket
+        self.pid_file = pid_file
+        self.no_pivot = no_pivot
+        self.no_new_keyring = no_new_keyring
+        self.preserve_fds = preserve_fds
+        self.console_fd = console_fd  # an already-connected console socket (run -t)
+
+
+def _check_supported(cfg: dict) -> None:
+    unsupported = _spec.unsupported(cfg)
+    if unsupported:
+        raise InvalidSpec(f"config.json: {unsupported[0]}: not supported by minirun yet")
+    linux = cfg.get("linux") or {}
+    types = {ns.get("type") for ns in linux.get("namespaces") or []}
+    if "mount" not in types:
+        raise InvalidSpec("config.json: linux.namespaces: a mount namespace is required")
+    if (linux.get("uidMappings") or linux.get("gidMappings")) and "user" not in types:
+        raise InvalidSpec("config.json: linux.uidMappings given without a user namespace")
+    for key in linux.get("sysctl") or {}:
+        _check_sysctl(key, types)
+
+
+_IPC_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+                "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")
+
+
+def _check_sysctl(key: str, types: set) -> None:
+    """Only namespaced sysctls, and only with their namespace (runc's rules)."""
+    if key in _IPC_SYSCTLS or key.startswith("fs.mqueue."):
+        if "ipc" in types:
+            return
+        raise InvalidSpec(f"sysctl {key!r} needs a new ipc namespace")
+    if key.startswith("net."):
+        if "network" in types:
+            return
+        raise InvalidSpec(f"sysctl {key!r} needs a new network namespace")
+    if key in ("kernel.hostname", "kernel.domainname"):
+        raise InvalidSpec(f"sysctl {key!r} is not allowed: use hostname/domainname")
+    raise InvalidSpec(f"sysctl {key!r} is not namespaced and cannot be set in a container")
+
+
+def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Container:
+    """Create a container and leave its init blocked before execve. Returns its state."""
+    validate_id(container_id)
+    bundle = os.path.abspath(bundle)
+    cfg = _spec.load_config(bundle)
+    _check_supported(cfg)
+    if not cfg.get("process"):
+        raise InvalidSpec("config.json: process is required to create a container")
+    root_path = cfg["root"]["path"]
+    rootfs = root_path if os.path.isabs(root_path) else os.path.join(bundle, root_path)
+    rootfs = os.path.realpath(rootfs)
+    if not os.path.isdir(rootfs):
+        raise NotFound(f"rootfs {rootfs} does not exist")
+    process = cfg["process"]
+    if process.get("terminal") and not (opts.console_socket or opts.console_fd):
+        raise InvalidArgument("cannot allocate a tty without --console-socket")
+    caps = security.capability_plan(process.get("capabilities"), _spec.CAPABILITIES)
+    rlimits = security.rlimit_plan(process.get("rlimits"))
+    _check_cwd(process.get("cwd", "/"))
+
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    c = Container(root, container_id)
+    try:
+        os.mkdir(c.dir, 0o711)
+    except FileExistsError:
+        raise AlreadyExists(f"container with id {container_id!r} already exists") from None
+
+    linux = cfg.get("linux") or {}
+    rootless = os.geteuid() != 0
+    cg = None
+    init_pid = 0
+    console = None
+    plan = None
+    try:
+        cg = open_cgroup(resolve_path(linux.get("cgroupsPath"), container_id), rootless=rootless)
+        c.data = {
+            "ociVersion": cfg.get("ociVersion", OCI_VERSION), "id": container_id,
+            "bundle": bundle, "rootfs": rootfs, "pid": 0, "start_time": None,
+            "created": _now(), "annotations": cfg.get("annotations") or {},
+            "hooks": cfg.get("hooks") or {}, "cgroup_path": cg.path,
+            "cgroup_driver": f"v{cg.version}", "cgroup_root": cg.root, "rootless": rootless,
+        }
+        cg.create()
+        cg.apply(linux.get("resources") or {})
+        plan = NamespacePlan(linux.get("namespaces") or [])
+        os.mkfifo(c.fifo, 0o600)
+        console = opts.console_fd
+        if opts.console_socket:
+            console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                console.connect(opts.console_socket)
+            except OSError as e:
+                raise MiniRunError(f"console socket {opts.console_socket}: {e.strerror}") from None
+        init_pid = _spawn(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts)
+        c.data["pid"] = init_pid
+        c.data["start_time"] = proc_start_time(init_pid)
+        c.save()
+        if opts.pid_file:
+            _write_pid_file(opts.pid_file, init_pid)
+    except BaseException:
+        if init_pid:
+            _kill_and_wait(init_pid)
+        _cleanup(c, cg)
+        raise
+    finally:
+        if plan is not None:
+            plan.close()
+        if console is not None and opts.console_socket:
+            console.close()
+    return c
+
+
+def _check_cwd(cwd: str) -> None:
+    if not os.path.isabs(cwd):
+        raise InvalidSpec(f"process.cwd {cwd!r} must be an absolute path")
+    # CVE-2024-21626: a cwd through /proc/self/fd/N could name a leaked host directory.
+    if re.match(r"^/proc/(self|thread-self|\d+)/fd(/|$)", os.path.normpath(cwd)):
+        raise InvalidSpec(f"process.cwd {cwd!r} points into /proc/*/fd: refused")
+
+
+def _now() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    path = os.path.abspath(path)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)
+
+
+def _kill_and_wait(pid: int, timeout: float = 10.0) -> None:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except OSError:
+        pass
+    select.select([pidfd], [], [], timeout)
+    os.close(pidfd)
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _cleanup(c: Container, cg) -> None:
+    if cg is not None:
+        try:
+            if cg.exists():
+                cg.kill_all(signal.SIGKILL)
+                cg.destroy()
+        except (OSError, MiniRunError) as e:
+            print(f"minirun: warning: cgroup cleanup: {e}", file=sys.stderr)
+    for name in ("state.json", "state.json.tmp", "exec.fifo"):
+        try:
+            os.unlink(os.path.join(c.dir, name))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(c.dir)
+    except FileNotFoundError:
+        pass
+
+
+def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: NamespacePlan,
+           caps, rlimits, console, opts: CreateOptions) -> int:
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1, name="prctl(PR_SET_CHILD_SUBREAPER)")
+    linux = cfg.get("linux") or {}
+    pid = os.fork()
+    if pid == 0:
+        parent_sock.close()
+        code = 1
+        try:
+            _first_child(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts,
+                         child_sock)
+            code = 0
+        except BaseException as e:
+            _report_error(child_sock, e)
+        os._exit(code)
+    child_sock.close()
+    init_pid = 0
+    try:
+        hooks = cfg.get("hooks") or {}
+        while True:
+            msg = _recv(parent_sock)
+            if "error" in msg:
+                raise _rebuild_error(msg)
+            if msg.get("userns"):
+                write_id_maps(pid, linux.get("uidMappings") or [],
+                              linux.get("gidMappings") or [])
+                _send(parent_sock, {"ok": True})
+            elif "pid" in msg:
+                init_pid = msg["pid"]
+                c.data["pid"] = init_pid
+                os.waitpid(pid, 0)  # C exits right after; I is now our child (subreaper)
+                pid = 0
+            elif msg.get("hooks"):
+                run_hooks(hooks, ("prestart", "createRuntime"), c.hook_state("creating"))
+                _send(parent_sock, {"ok": True})
+            elif msg.get("ready"):
+                return init_pid
+    except BaseException:
+        if pid:
+            _kill_and_wait(pid)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        if init_pid:
+            _kill_and_wait(init_pid)
+        raise
+    finally:
+        parent_sock.close()
+
+
+def _report_error(sock: socket.socket, e: BaseException) -> None:
+    kind = type(e).__name__ if isinstance(e, MiniRunError) else "MiniRunError"
+    msg = str(e) if isinstance(e, MiniRunError) else f"{type(e).__name__}: {e}"
+    if isinstance(e, OSError) and not isinstance(e, MiniRunError):
+        msg = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    try:
+        _send(sock, {"error": msg, "kind": kind})
+    except OSError:
+        pass
+
+
+_ERROR_KINDS = {cls.__name__: cls for cls in
+                (MiniRunError, NotFound, InvalidSpec, InvalidArgument, KernelFeatureMissing,
+                 HookError, ContainerStateError)}
+
+
+def _rebuild_error(msg: dict) -> MiniRunError:
+    if msg.get("kind") == "SysError":
+        return MiniRunError(msg["error"])
+    return _ERROR_KINDS.get(msg.get("kind"), MiniRunError)(msg["error"])
+
+
+def _reset_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE,
+                signal.SIGXFSZ, signal.SIGCHLD, signal.SIGWINCH, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, console,
+                 opts, sock) -> None:
+    """C: join the cgroup and namespaces, fork the init, report its pid, exit."""
+    _reset_signals()
+    # CVE-2019-5736: nothing in the container may open our /proc/<pid>/exe (the host's
+    # python) while we are not yet the user's program.
+    _sys.prctl(_sys.PR_SET_DUMPABLE, 0, name="prctl(PR_SET_DUMPABLE)")
+    _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL, name="prctl(PR_SET_PDEATHSIG)")
+    if not c.data.get("rootless") or cg.exists():
+        cg.add_pid(0)
+    plan.join_all()
+    flags = plan.new_flags
+    if plan.new_user:
+        _sys.unshare(_sys.CLONE_NEWUSER)
+        _send(sock, {"userns": True})
+        _recv(sock)
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+        flags &= ~_sys.CLONE_NEWUSER
+    if flags:
+        _sys.unshare(flags)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            _init(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts, sock)
+        except BaseException as e:
+            _report_error(sock, e)
+        os._exit(code)
+    _send(sock, {"pid": pid})
+
+
+def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, console, opts,
+          sock) -> None:
+    """I: pid 1 of the container. Returns only by raising; on success it execs."""
+    os.setsid()
+    process = cfg["process"]
+    linux = cfg.get("linux") or {}
+    hooks = cfg.get("hooks") or {}
+    # Opened before pivot_root, while the state dir is reachable; read-write so that the
+    # open does not block and `start` can tell we are waiting (ENXIO once we are gone).
+    fifo_fd = os.open(c.fifo, os.O_RDWR | os.O_CLOEXEC)
+
+    builder = RootfsBuilder(cfg, rootfs, bundle, cg, new_userns=plan.has("user"),
+                            new_cgroupns=bool(plan.new_flags & _sys.CLONE_NEWCGROUP),
+                            new_netns=plan.has("network"))
+    builder.prepare()
+    if hooks.get("prestart") or hooks.get("createRuntime"):
+        _send(sock, {"hooks": "createRuntime"})
+        _recv(sock, None)
+    if hooks.get("createContainer"):
+        run_hooks(hooks, ("createContainer",), c.hook_state("created"))
+    builder.pivot(no_pivot=opts.no_pivot)
+    builder.finish()
+
+    if plan.has("uts"):
+        if cfg.get("hostname"):
+            _sys.sethostname(cfg["hostname"])
+        if cfg.get("domainname"):
+            _sys.setdomainname(cfg["domainname"])
+    for key, value in (linux.get("sysctl") or {}).items():
+        _write_sysctl(key, value)
+
+    if process.get("terminal"):
+        _setup_terminal(console, process.get("consoleSize"))
+    if console is not None:
+        console.close()
+
+    security.apply_rlimits(rlimits)
+    if "oomScoreAdj" in process:
+        security.set_oom_score_adj(process["oomScoreAdj"])
+
+    user = process.get("user") or {}
+    top = security.last_cap()
+    if caps is not None:
+        security.drop_bounding(caps, top)
+        _sys.prctl(_sys.PR_SET_KEEPCAPS, 1, name="prctl(PR_SET_KEEPCAPS)")
+    security.set_user(user, security.setgroups_allowed())
+    if caps is not None:
+        _sys.prctl(_sys.PR_SET_KEEPCAPS, 0, name="prctl(PR_SET_KEEPCAPS)")
+        security.apply_caps(caps, top)
+
+    env = _process_env(process, user)
+    cwd = process.get("cwd", "/")
+    _enter_cwd(cwd)
+    exe = _find_executable(process["args"][0], env)
+    if process.get("noNewPrivileges"):
+        _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1, name="prctl(PR_SET_NO_NEW_PRIVS)")
+
+    _send(sock, {"ready": True})
+    sock.close()
+    # Blocks until `start` writes to the fifo (or forever, like runc, if nobody does).
+    while True:
+        try:
+            if os.read(fifo_fd, 1):
+                break
+        except InterruptedError:
+            continue
+        except OSError as e:
+            raise MiniRunError(f"reading exec fifo: {e.strerror}") from None
+    os.close(fifo_fd)
+    if hooks.get("startContainer"):
+        run_hooks(hooks, ("startContainer",), c.hook_state("running"))
+    if user.get("umask") is not None:
+        os.umask(user["umask"])
+    else:
+        os.umask(0o022)
+    _prepare_fds(opts.preserve_fds)
+    try:
+        os.execve(exe, process["args"], env)
+    except OSError as e:
+        os.write(2, f"minirun: exec {exe}: {e.strerror}\n".encode())
+        os._exit(126 if e.errno in (errno.EACCES, errno.ENOEXEC) else 127)
+
+
+def _process_env(process: dict, user: dict) -> dict:
+    env = {}
+    for item in process.get("env") or []:
+        key, sep, value = item.partition("=")
+        if sep:
+            env[key] = value
+    if "HOME" not in env:
+        env["HOME"] = security.home_for(user.get("uid", 0))
+    return env
+
+
+def _enter_cwd(cwd: str) -> None:
+    try:
+        os.chdir(cwd)
+    except FileNotFoundError:
+        # runc creates a missing cwd; do it inside the new root.
+        try:
+            os.makedirs(cwd, 0o755, exist_ok=True)
+            os.chdir(cwd)
+        except OSError as e:
+            raise InvalidSpec(f"process.cwd {cwd}: {e.strerror}") from None
+    except OSError as e:
+        raise InvalidSpec(f"process.cwd {cwd}: {e.strerror}") from None
+    # CVE-2024-21626: the directory we are in must be inside the container's root; a
+    # leaked host fd would leave getcwd() with "(unreachable)".
+    here = os.getcwd()
+    if not here.startswith("/") or "(unreachable)" in here:
+        raise MiniRunError(f"process.cwd {cwd} resolves outside the container")
+
+
+def _find_executable(name: str, env: dict) -> str:
+    if "/" in name:
+        if os.path.isfile(name) and os.access(name, os.X_OK):
+            return name
+        if not os.path.exists(name):
+            raise NotFound(f'exec: "{name}": stat {name}: no such file or directory')
+        raise InvalidSpec(f'exec: "{name}": permission denied')
+    for d in env.get("PATH", DEFAULT_PATH).split(":"):
+        path = os.path.join(d or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise NotFound(f'exec: "{name}": executable file not found in $PATH')
+
+
+def _write_sysctl(key: str, value: str) -> None:
+    path = "/proc/sys/" + key.replace(".", "/")
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as e:
+        raise _sys.SysError("write sysctl", key, e.errno or 0) from None
+
+
+def _prepare_fds(preserve: int) -> None:
+    # CVE-2024-21626: no host fd may reach the user's program. Python opens its fds
+    # close-on-exec already; this catches anything inherited from our caller too.
+    first = 3 + preserve
+    _sys.close_range(first, 0xFFFFFFFF, _sys.CLOSE_RANGE_CLOEXEC)
+    for fd in range(3 + preserve):
+        try:
+            os.set_inheritable(fd, True)
+        except OSError:
+            pass
+
+
+def _setup_terminal(console: socket.socket | None, size: dict | None) -> None:
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        _sys.ioctl_int(master, _sys.TIOCSPTLCK, 0, "ioctl(TIOCSPTLCK)")
+        n = _sys.ioctl_get_int(master, _sys.TIOCGPTN, "ioctl(TIOCGPTN)")
+        slave = os.open(f"/dev/pts/{n}", os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW |
+                        os.O_CLOEXEC)
+        st = os.fstat(slave)
+        if not stat.S_ISCHR(st.st_mode):
+            raise MiniRunError(f"/dev/pts/{n} is not a terminal")
+        if size:
+            fcntl.ioctl(slave, _sys.TIOCSWINSZ,
+                        struct.pack("HHHH", size.get("height", 0), size.get("width", 0), 0, 0))
+        setup_console_mount(slave)
+        socket.send_fds(console, [b"/dev/ptmx"], [master])
+    finally:
+        os.close(master)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
+    _sys.ioctl_tty(0, _sys.TIOCSCTTY, 0, "ioctl(TIOCSCTTY)")
+
+
+# --- start, kill, delete ----------------------------------------------------------------
+
+def start(root: str, container_id: str) -> Container:
+    c = Container.load(root, container_id)
+    lock = c.lock()
+    try:
+        status = c.status()
+        if status != "created":
+            raise ContainerStateError(f"cannot start a container that is {status}"
+                                      if status != "stopped" else
+                                      "cannot start a container that has stopped")
+        try:
+            fd = os.open(c.fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                raise ContainerStateError("cannot start a container that has stopped") from None
+            raise
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+        os.unlink(c.fifo)
+    finally:
+        os.close(lock)
+    hooks = c.data.get("hooks") or {}
+    if hooks.get("poststart"):
+        run_hooks(hooks, ("poststart",), c.hook_state("running"), warn_only=True)
+    return c
+
+
+SIGNALS = {name: getattr(signal, name) for name in dir(signal)
+           if name.startswith("SIG") and not name.startswith("SIG_")
+           and isinstance(getattr(signal, name), int)}
+
+
+def parse_signal(text: str) -> int:
+    text = text.strip()
+    if text.isdigit():
+        num = int(text)
+        if 0 < num < 65:
+            return num
+    else:
+        name = text.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        if name in SIGNALS:
+            return int(SIGNALS[name])
+    raise InvalidArgument(f"unknown signal {text!r}")
+
+
+def kill(root: str, container_id: str, sig: int, all_processes: bool = False) -> None:
+    c = Container.load(root, container_id)
+    status = c.status()
+    if status == "stopped" and not all_processes:
+        raise ContainerStateError("container not running")
+    if all_processes:
+        cg = c.cgroup()
+        if cg.exists():
+            cg.kill_all(sig)
+        return
+    try:
+        pidfd = os.pidfd_open(c.pid)
+    except OSError:
+        raise ContainerStateError("container not running") from None
+    try:
+        # The pidfd pins the process: check it is still our init before signalling.
+        if proc_start_time(c.pid) != c.data.get("start_time"):
+            raise ContainerStateError("container not running")
+        signal.pidfd_send_signal(pidfd, sig)
+    finally:
+        os.close(pidfd)
+
+
+def delete(root: str, container_id: str, force: bool = False) -> None:
+    c = Container.load(root, container_id)
+    lock = c.lock()
+    try:
+        status = c.status()
+        if status in ("running", "paused") and not force:
+            raise ContainerStateError(
+                f"cannot delete container {container_id} that is not stopped: {status}")
+        cg = c.cgroup()
+        if status != "stopped":
+            if cg.exists():
+                cg.kill_all(signal.SIGKILL)
+                if status == "paused":
+                    cg.thaw()
+            _kill_and_wait(c.pid)
+        _cleanup(c, cg)
+    finally:
+        os.close(lock)
+    hooks = c.data.get("hooks") or {}
+    if hooks.get("poststop"):
+        run_hooks(hooks, ("poststop",), c.hook_state("stopped"), warn_only=True)
+
+
+def pause(root: str, container_id: str) -> None:
+    c = Container.load(root, container_id)
+    status = c.status()
+    if status != "running":
+        raise ContainerStateError(f"container not running: {status}")
+    c.cgroup().freeze()
+
+
+def resume(root: str, container_id: str) -> None:
+    c = Container.load(root, container_id)
+    status = c.status()
+    if status != "paused":
+        raise ContainerStateError(f"container not paused: {status}")
+    c.cgroup().thaw()
+
+
+# --- run in the foreground ----------------------------------------------------------------
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
+
+
+def wait_init(c: Container) -> int:
+    """Wait for the init (our child through the subreaper), forwarding signals to it.
+    Returns the exit status in the shell's manner (128+N when killed by signal N)."""
+    pid = c.pid
+
+    def forward(signum, _frame):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    handlers = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    try:
+        while True:
+            try:
+                got, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                return 0
+            if got == pid:
+                return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) \
+                    else 128 + os.WTERMSIG(status)
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)

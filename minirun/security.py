@@ -1,0 +1,135 @@
+"""Process security settings applied by the container's init just before execve:
+rlimits, user and groups, capabilities, no_new_privs, oom score.
+
+Capabilities go through capset(2) and prctl(2) in minirun.sys (a dozen lines of ctypes)
+rather than python-prctl: no compiled dependency on the start path, and the whole set is
+applied in one capset call as runc does.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+
+from . import sys as _sys
+from .errors import InvalidSpec
+
+CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
+
+
+def _cap_numbers(names: list[str], field: str, known: dict[str, int]) -> int:
+    mask = 0
+    for name in names or []:
+        num = known.get(name)
+        if num is None:
+            raise InvalidSpec(f"{field}: unknown capability {name!r}")
+        mask |= 1 << num
+    return mask
+
+
+def capability_plan(caps: dict | None, known: dict[str, int]) -> dict | None:
+    """Validate process.capabilities into masks, before the container starts."""
+    if caps is None:
+        return None
+    plan = {}
+    for key in ("bounding", "effective", "permitted", "inheritable", "ambient"):
+        plan[key] = _cap_numbers(caps.get(key) or [], f"process.capabilities.{key}", known)
+    return plan
+
+
+def last_cap() -> int:
+    try:
+        with open(CAP_LAST_CAP_FILE) as f:
+            return int(f.read())
+    except OSError:
+        return 40
+
+
+def drop_bounding(plan: dict, top: int) -> None:
+    for cap in range(top + 1):
+        if not plan["bounding"] & (1 << cap):
+            try:
+                _sys.prctl(_sys.PR_CAPBSET_DROP, cap, name="prctl(PR_CAPBSET_DROP)")
+            except _sys.SysError as e:
+                if e.errno != 22:  # EINVAL: a capability this kernel does not know
+                    raise
+
+
+def apply_caps(plan: dict, top: int) -> None:
+    _sys.capset(plan["effective"], plan["permitted"], plan["inheritable"])
+    _sys.prctl(_sys.PR_CAP_AMBIENT, _sys.PR_CAP_AMBIENT_CLEAR_ALL, name="prctl(PR_CAP_AMBIENT)")
+    for cap in range(top + 1):
+        if plan["ambient"] & (1 << cap):
+            try:
+                _sys.prctl(_sys.PR_CAP_AMBIENT, _sys.PR_CAP_AMBIENT_RAISE, cap,
+                           name=f"prctl(PR_CAP_AMBIENT_RAISE {cap})")
+            except _sys.SysError as e:
+                # A capability not also inheritable cannot be ambient; runc goes on
+                # without it (its default spec asks for exactly that).
+                if e.errno != 1:  # EPERM
+                    raise
+
+
+def rlimit_plan(rlimits: list[dict] | None) -> list[tuple[int, int, int, str]]:
+    plan = []
+    for i, rl in enumerate(rlimits or []):
+        name = rl.get("type", "")
+        num = getattr(resource, name, None) if name.startswith("RLIMIT_") else None
+        if num is None:
+            raise InvalidSpec(f"process.rlimits[{i}].type: unknown rlimit {name!r}")
+        plan.append((num, rl.get("soft", 0), rl.get("hard", 0), name))
+    return plan
+
+
+def apply_rlimits(plan: list[tuple[int, int, int, str]]) -> None:
+    for num, soft, hard, name in plan:
+        try:
+            resource.setrlimit(num, (soft, hard))
+        except (ValueError, OSError) as e:
+            raise InvalidSpec(f"setrlimit {name} soft={soft} hard={hard}: {e}") from None
+
+
+def set_oom_score_adj(value: int) -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError as e:
+        # Lowering the score needs CAP_SYS_RESOURCE, which some hosts (this VM) withhold
+        # even from root: say so and go on rather than fail the whole container.
+        print(f"minirun: warning: cannot set oomScoreAdj to {value}: {e.strerror}",
+              file=sys.stderr)
+
+
+def set_user(user: dict, setgroups_allowed: bool) -> None:
+    uid = user.get("uid", 0)
+    gid = user.get("gid", 0)
+    groups = user.get("additionalGids") or []
+    if setgroups_allowed:
+        os.setgroups(groups)
+    elif groups:
+        raise InvalidSpec("process.user.additionalGids cannot be set: setgroups is denied in "
+                          "this user namespace")
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+
+
+def setgroups_allowed() -> bool:
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() != "deny"
+    except OSError:
+        return True
+
+
+def home_for(uid: int) -> str:
+    """HOME from the container's /etc/passwd, "/" when the user is not listed (runc)."""
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) >= 6 and fields[2] == str(uid):
+                    return fields[5] or "/"
+    except OSError:
+        pass
+    return "/"

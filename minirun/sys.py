@@ -1,0 +1,221 @@
+"""Raw system calls the standard library lacks, through ctypes.
+
+Each wrapper raises `SysError`, which names the call and the path or object it acted on,
+so a failure deep in container setup still reads as one useful line. Only stdlib imports:
+this module is on the container start path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import os
+import platform
+
+from .errors import MiniRunError
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+_ARCH = platform.machine()
+# Numbers that glibc has no wrapper for. openat2 and close_range share one number on
+# every architecture (added after the syscall tables were unified).
+_NR = {
+    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126},
+    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91},
+}.get(_ARCH, {})
+NR_OPENAT2 = 437
+NR_CLOSE_RANGE = 436
+NR_PIDFD_SEND_SIGNAL = 424
+
+# clone/unshare flags
+CLONE_NEWTIME = 0x00000080
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# mount flags
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_SYNCHRONOUS = 16
+MS_REMOUNT = 32
+MS_MANDLOCK = 64
+MS_DIRSYNC = 128
+MS_NOSYMFOLLOW = 256
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_SILENT = 32768
+MS_UNBINDABLE = 1 << 17
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MS_LAZYTIME = 1 << 25
+MNT_FORCE = 1
+MNT_DETACH = 2
+
+# openat2 resolve flags
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
+# prctl
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+TIOCSCTTY = 0x540E
+TIOCSWINSZ = 0x5414
+TIOCGPTN = 0x80045430
+TIOCSPTLCK = 0x40045431
+
+
+class SysError(MiniRunError, OSError):
+    """A system call failed: names the call, what it acted on and the errno."""
+
+    def __init__(self, call: str, target: str | None, err: int) -> None:
+        self.call = call
+        self.target = target
+        self.errno = err
+        what = f"{call} {target}" if target else call
+        MiniRunError.__init__(self, f"{what}: {os.strerror(err)}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _check(ret: int, call: str, target: str | None = None) -> int:
+    if ret < 0:
+        raise SysError(call, target, ctypes.get_errno())
+    return ret
+
+
+def _b(s: str | bytes | None) -> bytes | None:
+    if s is None:
+        return None
+    return s if isinstance(s, bytes) else os.fsencode(s)
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None, label: str | None = None) -> None:
+    """mount(2). `label` replaces the target in error messages (e.g. the container path
+    when the target is a /proc/self/fd/N handle)."""
+    ret = _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
+    if ret < 0:
+        err = ctypes.get_errno()
+        desc = f"{source or fstype or 'none'} on {label or target}"
+        raise SysError("mount", desc, err)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(_b(target), flags), "umount", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_syscall(_NR["pivot_root"], _b(new_root), _b(put_old)), "pivot_root", new_root)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare", hex(flags))
+
+
+def setns(fd: int, nstype: int, label: str | None = None) -> None:
+    _check(_libc.setns(fd, nstype), "setns", label)
+
+
+def sethostname(name: str) -> None:
+    data = name.encode()
+    _check(_libc.sethostname(data, len(data)), "sethostname", name)
+
+
+def setdomainname(name: str) -> None:
+    data = name.encode()
+    _check(_libc.setdomainname(data, len(data)), "setdomainname", name)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """openat2(2); the returned fd is close-on-exec."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    ret = _syscall(NR_OPENAT2, dirfd, _b(path), ctypes.byref(how), ctypes.sizeof(how))
+    return _check(ret, "openat2", path)
+
+
+def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
+    _check(_syscall(NR_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last),
+                    ctypes.c_uint(flags)), "close_range")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0,
+          name: str = "prctl") -> int:
+    ret = _libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+                      ctypes.c_ulong(arg4), ctypes.c_ulong(arg5))
+    return _check(ret, name)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """Set the calling thread's capability sets (64-bit masks)."""
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i, shift in enumerate((0, 32)):
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_syscall(_NR["capset"], ctypes.byref(hdr), data), "capset")
+
+
+def ioctl_int(fd: int, request: int, value: int, name: str) -> None:
+    arg = ctypes.c_int(value)
+    _check(_libc.ioctl(fd, ctypes.c_ulong(request), ctypes.byref(arg)), name)
+
+
+def ioctl_get_int(fd: int, request: int, name: str) -> int:
+    arg = ctypes.c_uint(0)
+    _check(_libc.ioctl(fd, ctypes.c_ulong(request), ctypes.byref(arg)), name)
+    return arg.value
+
+
+def ioctl_tty(fd: int, request: int, arg: int, name: str) -> None:
+    _check(_libc.ioctl(fd, ctypes.c_ulong(request), ctypes.c_ulong(arg)), name)
+
+
+def errno_name(err: int) -> str:
+    return _errno.errorcode.get(err, str(err))
