@@ -101,8 +101,7 @@ class RootfsBuilder:
         prop = self.linux.get("rootfsPropagation")
         flags = _sys.MS_SLAVE | _sys.MS_REC
         if prop:
-            _, pflags, _, _ = parse_mount_options([prop])
-            flags = pflags or flags
+            flags = parse_mount_options([prop])[1][-1]
         _sys.mount(None, "/", None, flags)
         _sys.mount(self.rootfs, self.rootfs, "bind", _sys.MS_BIND | _sys.MS_REC)
         self.rootfd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -116,13 +115,25 @@ class RootfsBuilder:
         kind = m.get("type") or ""
         options = m.get("options") or []
         flags, pflags, data, extra = parse_mount_options(options)
-        is_bind = kind == "bind" or "bind" in options or "rbind" in options
-        if is_bind:
-            self._bind(m, dest, flags, pflags, "rbind" in options)
-            return
-        if kind == "cgroup":
+        data = data or None
+        if extra["unsupported"]:
+            raise InvalidSpec(f"mount {dest}: option {extra['unsupported'][0]!r} is not "
+                              "supported")
+        if kind == "bind" or extra["bind"]:
+            self._bind(m, dest, flags, pflags, extra["recursive_bind"])
+        elif kind == "cgroup":
             self._mount_cgroup(dest, flags)
-            return
+        else:
+            self._mount_fs(m, dest, kind, flags, pflags, data)
+        if extra["attr_set"] or extra["attr_clr"]:
+            fd = open_in_root(self.rootfd, dest)
+            try:
+                _sys.mount_setattr(fd, extra["attr_set"], extra["attr_clr"], label=dest)
+            finally:
+                os.close(fd)
+
+    def _mount_fs(self, m: dict, dest: str, kind: str, flags: int, pflags: list[int],
+                  data: str | None) -> None:
         fd = make_in_root(self.rootfd, dest, True)
         try:
             if kind == "sysfs" and self.new_userns and not self.new_netns:
@@ -136,10 +147,10 @@ class RootfsBuilder:
                 _sys.mount(src, fd_path(fd), kind, flags, data, label=dest)
         finally:
             os.close(fd)
-        if pflags:
-            self._on_mount(dest, None, pflags)
+        for pflag in pflags:
+            self._on_mount(dest, None, pflag)
 
-    def _bind(self, m: dict, dest: str, flags: int, pflags: int, recursive: bool) -> None:
+    def _bind(self, m: dict, dest: str, flags: int, pflags: list[int], recursive: bool) -> None:
         source = m.get("source") or ""
         if not os.path.isabs(source):
             source = os.path.join(self.bundle, source)
@@ -157,8 +168,8 @@ class RootfsBuilder:
         extra = flags & ~(_sys.MS_BIND | _sys.MS_REC)
         if extra:
             self._on_mount(dest, None, _sys.MS_BIND | _sys.MS_REMOUNT | extra, locked=True)
-        if pflags:
-            self._on_mount(dest, None, pflags)
+        for pflag in pflags:
+            self._on_mount(dest, None, pflag)
 
     def _on_mount(self, dest: str, data: str | None, flags: int, locked: bool = False) -> None:
         """A mount(2) call on the mount now at `dest` (a fresh fd: one opened before the
@@ -318,8 +329,7 @@ class RootfsBuilder:
             self.mask(path)
         prop = linux.get("rootfsPropagation")
         if prop:
-            _, pflags, _, _ = parse_mount_options([prop])
-            _sys.mount(None, "/", None, pflags)
+            _sys.mount(None, "/", None, parse_mount_options([prop])[1][-1])
         os.close(self.rootfd)
         self.rootfd = -1
 

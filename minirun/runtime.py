@@ -321,7 +321,8 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
     process = cfg["process"]
     if process.get("terminal") and not (opts.console_socket or opts.console_fd):
         raise InvalidArgument("cannot allocate a tty without --console-socket")
-    caps = security.capability_plan(process.get("capabilities"), _spec.CAPABILITIES)
+    caps = security.capability_plan(process.get("capabilities"), _spec.CAPABILITIES,
+                                    security.last_cap())
     rlimits = security.rlimit_plan(process.get("rlimits"))
     _check_cwd(process.get("cwd", "/"))
 

@@ -18,23 +18,27 @@ from .errors import InvalidSpec
 CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 
 
-def _cap_numbers(names: list[str], field: str, known: dict[str, int]) -> int:
-    mask = 0
-    for name in names or []:
-        num = known.get(name)
-        if num is None:
-            raise InvalidSpec(f"{field}: unknown capability {name!r}")
-        mask |= 1 << num
-    return mask
+def capability_plan(caps: dict | None, known: dict[str, int], top: int) -> dict | None:
+    """process.capabilities as masks, computed before the container starts.
 
-
-def capability_plan(caps: dict | None, known: dict[str, int]) -> dict | None:
-    """Validate process.capabilities into masks, before the container starts."""
+    Unknown names, or ones this kernel does not have, are left out with runc's warning
+    (runc 1.1 runs such a container rather than failing it)."""
     if caps is None:
         return None
     plan = {}
+    unknown = set()
     for key in ("bounding", "effective", "permitted", "inheritable", "ambient"):
-        plan[key] = _cap_numbers(caps.get(key) or [], f"process.capabilities.{key}", known)
+        mask = 0
+        for name in caps.get(key) or []:
+            num = known.get(name)
+            if num is None or num > top:
+                unknown.add(name)
+            else:
+                mask |= 1 << num
+        plan[key] = mask
+    if unknown:
+        print("minirun: warning: ignoring unknown or unavailable capabilities: "
+              f"[{' '.join(sorted(unknown))}]", file=sys.stderr)
     return plan
 
 

@@ -28,6 +28,9 @@ _NR = {
 NR_OPENAT2 = 437
 NR_CLOSE_RANGE = 436
 NR_PIDFD_SEND_SIGNAL = 424
+NR_MOUNT_SETATTR = 442
+AT_RECURSIVE = 0x8000
+AT_EMPTY_PATH = 0x1000
 
 # clone/unshare flags
 CLONE_NEWTIME = 0x00000080
@@ -165,6 +168,19 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) 
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
     ret = _syscall(NR_OPENAT2, dirfd, _b(path), ctypes.byref(how), ctypes.sizeof(how))
     return _check(ret, "openat2", path)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def mount_setattr(fd: int, attr_set: int, attr_clr: int, label: str | None = None) -> None:
+    """Recursive mount attributes (the "rro", "rnosuid", ... options) on the mount at fd."""
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    ret = _syscall(NR_MOUNT_SETATTR, fd, b"", ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE),
+                   ctypes.byref(attr), ctypes.sizeof(attr))
+    _check(ret, "mount_setattr", label)
 
 
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:

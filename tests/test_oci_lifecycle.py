@@ -1,0 +1,236 @@
+"""create / start / state / list / kill / delete / run, driven through the real CLI."""
+
+import json
+import os
+import signal
+
+import pytest
+
+from ocitest import base_config, needs_root, oci, rootfs, wait_for  # noqa: F401
+
+pytestmark = [needs_root, pytest.mark.root]
+
+
+def test_run_foreground_prints_and_returns_exit_status(oci, rootfs):
+    proc = oci.run(base_config(["sh", "-c", "echo hello from inside; exit 7"]), rootfs)
+    assert proc.stdout == "hello from inside\n"
+    assert proc.returncode == 7
+    # run removes the container when it is done
+    assert oci("list", "-q").stdout == ""
+
+
+def test_run_killed_by_signal_exits_128_plus_signal(oci, rootfs):
+    # pid 1 cannot SIGKILL itself inside its namespace: kill it from outside
+    import subprocess
+    from ocitest import OCI_CMD
+    cid = oci.new_id()
+    bundle = oci.bundle(base_config(["sleep", "100"]), rootfs)
+    proc = subprocess.Popen(OCI_CMD + ["--root", oci.root, "run", "--bundle", bundle, cid])
+    try:
+        assert wait_for(lambda: oci("state", cid).returncode == 0 and
+                        oci.state(cid)["status"] == "running")
+        oci("kill", cid, "KILL", check=True)
+        assert proc.wait(timeout=30) == 128 + signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_foreground_run_forwards_sigterm(oci, rootfs):
+    import subprocess
+    from ocitest import OCI_CMD
+    cid = oci.new_id()
+    bundle = oci.bundle(base_config(["sh", "-c", "trap 'exit 5' TERM; while :; do sleep 0.1; done"]),
+                        rootfs)
+    proc = subprocess.Popen(OCI_CMD + ["--root", oci.root, "run", "--bundle", bundle, cid])
+    try:
+        assert wait_for(lambda: oci("state", cid).returncode == 0 and
+                        oci.state(cid)["status"] == "running")
+        import time
+        time.sleep(0.3)  # let sh install its trap
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_create_blocks_before_exec_until_start(oci, rootfs, tmp_path):
+    cid = oci.new_id()
+    bundle = oci.bundle(base_config(["sh", "-c", "echo started > /dev/shm/x; sleep 60"]), rootfs)
+    pidfile = tmp_path / "pid"
+    oci("create", "--bundle", bundle, "--pid-file", pidfile, cid, check=True)
+    state = oci.state(cid)
+    pid = int(pidfile.read_text())
+    assert state["status"] == "created"
+    assert state["pid"] == pid
+    assert state["id"] == cid
+    assert state["bundle"] == bundle
+    assert state["ociVersion"]
+    # the init is ours, not yet the user's program: it has not exec'd sh
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert b"sleep" not in f.read()
+    oci("start", cid, check=True)
+    assert oci.state(cid)["status"] == "running"
+    assert wait_for(lambda: b"sleep" in open(f"/proc/{pid}/cmdline", "rb").read())
+    # pid 1 in its own pid namespace
+    with open(f"/proc/{pid}/status") as f:
+        nspid = [line for line in f if line.startswith("NSpid:")][0].split()
+    assert nspid[-1] == "1"
+    assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    oci("kill", cid, "KILL", check=True)
+    assert wait_for(lambda: oci.state(cid)["status"] == "stopped")
+    oci("delete", cid, check=True)
+    assert oci("state", cid).returncode != 0
+
+
+def test_start_twice_is_refused(oci, rootfs):
+    cid = oci.new_id()
+    bundle = oci.bundle(base_config(["sleep", "60"]), rootfs)
+    oci("create", "--bundle", bundle, cid, check=True)
+    oci("start", cid, check=True)
+    proc = oci("start", cid)
+    assert proc.returncode == 1
+    assert "running" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_delete_running_needs_force(oci, rootfs):
+    cid = oci.new_id()
+    bundle = oci.bundle(base_config(["sleep", "60"]), rootfs)
+    oci("run", "-d", "--bundle", bundle, cid, check=True)
+    pid = oci.state(cid)["pid"]
+    proc = oci("delete", cid)
+    assert proc.returncode == 1
+    assert "not stopped" in proc.stderr
+    assert oci.state(cid)["status"] == "running"
+    oci("delete", "--force", cid, check=True)
+    assert not os.path.exists(f"/proc/{pid}/cmdline") or \
+        open(f"/proc/{pid}/cmdline", "rb").read() == b""
+    assert oci("list", "-q").stdout == ""
+
+
+def test_delete_created_container_without_force(oci, rootfs):
+    cid = oci.new_id()
+    bundle = oci.bundle(base_config(["sleep", "60"]), rootfs)
+    oci("create", "--bundle", bundle, cid, check=True)
+    oci("delete", cid, check=True)
+    assert oci("list", "-q").stdout == ""
+
+
+def test_kill_signal_by_name_and_number(oci, rootfs):
+    cfg = base_config(["sh", "-c", "trap 'exit 42' USR1; while true; do sleep 0.1; done"])
+    for sig in ("USR1", "SIGUSR1", str(int(signal.SIGUSR1))):
+        cid = oci.new_id()
+        bundle = oci.bundle(cfg, rootfs)
+        oci("run", "-d", "--bundle", bundle, cid, check=True)
+        oci("kill", cid, sig, check=True)
+        assert wait_for(lambda: oci.state(cid)["status"] == "stopped"), sig
+        oci("delete", cid, check=True)
+
+
+def test_kill_unknown_signal(oci, rootfs):
+    cid = oci.new_id()
+    bundle = oci.bundle(base_config(["sleep", "60"]), rootfs)
+    oci("run", "-d", "--bundle", bundle, cid, check=True)
+    proc = oci("kill", cid, "SIGNOPE")
+    assert proc.returncode == 1
+    assert "unknown signal" in proc.stderr
+    assert oci.state(cid)["status"] == "running"
+
+
+def test_kill_all_reaches_every_process(oci, rootfs):
+    cid = oci.new_id()
+    bundle = oci.bundle(base_config(["sh", "-c", "sleep 100 & sleep 100 & wait"]), rootfs)
+    oci("run", "-d", "--bundle", bundle, cid, check=True)
+    oci("kill", "--all", cid, "KILL", check=True)
+    assert wait_for(lambda: oci.state(cid)["status"] == "stopped")
+
+
+def test_list_formats(oci, rootfs):
+    ids = []
+    for _ in range(2):
+        cid = oci.new_id()
+        ids.append(cid)
+        oci("create", "--bundle", oci.bundle(base_config(["sleep", "60"]), rootfs), cid,
+            check=True)
+    assert sorted(oci("list", "-q").stdout.split()) == sorted(ids)
+    listed = json.loads(oci("list", "--format", "json").stdout)
+    assert {c["id"]: c["status"] for c in listed} == {i: "created" for i in ids}
+    table = oci("list").stdout.splitlines()
+    assert table[0].split() == ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]
+    assert len(table) == 3
+
+
+def test_detached_run_and_exit_code_visible_as_stopped(oci, rootfs):
+    cid = oci.new_id()
+    bundle = oci.bundle(base_config(["sh", "-c", "exit 3"]), rootfs)
+    oci("run", "-d", "--bundle", bundle, cid, check=True)
+    assert wait_for(lambda: oci.state(cid)["status"] == "stopped")
+    assert oci.state(cid)["pid"] == 0
+
+
+def test_annotations_in_state(oci, rootfs):
+    cfg = base_config(["sleep", "60"])
+    cfg["annotations"] = {"org.example.key": "value"}
+    cid = oci.new_id()
+    oci("create", "--bundle", oci.bundle(cfg, rootfs), cid, check=True)
+    assert oci.state(cid)["annotations"] == {"org.example.key": "value"}
+
+
+def test_preserve_fds_and_no_other_fd_leaks(oci, rootfs, tmp_path):
+    """--preserve-fds passes fd 3; nothing else of the host reaches the container
+    (CVE-2024-21626)."""
+    extra = open(tmp_path / "passed.txt", "w+")
+    extra.write("passed through\n")
+    extra.flush()
+    extra.seek(0)
+    leak = open(tmp_path / "not-passed.txt", "w")  # fd 4 in the child: must be closed
+    r, w = os.pipe()
+    cfg = base_config(["sh", "-c", "cat <&3; ls /proc/self/fd"])
+    cid = oci.new_id()
+    bundle = oci.bundle(cfg, rootfs)
+    proc = oci("run", "--preserve-fds", "1", "--bundle", bundle, cid, pass_fds=(3, 4),
+               preexec_fn=lambda: (os.dup2(extra.fileno(), 3), os.dup2(leak.fileno(), 4)))
+    os.close(r)
+    os.close(w)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[0] == "passed through"
+    assert sorted(int(x) for x in out[1:]) == [0, 1, 2, 3, 4]  # 4: the ls's own dir fd
+    extra.close()
+    leak.close()
+
+
+def test_cwd_env_user_hostname(oci, rootfs):
+    cfg = base_config(["sh", "-c", "pwd; echo $FOO; id -u; id -g; id -G; hostname; umask"])
+    cfg["process"]["cwd"] = "/tmp"
+    cfg["process"]["env"].append("FOO=bar")
+    cfg["process"]["user"] = {"uid": 1000, "gid": 1000, "additionalGids": [5, 65534],
+                              "umask": 0o027}
+    cfg["hostname"] = "box"
+    proc = oci.run(cfg, rootfs)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:7] == ["/tmp", "bar", "1000", "1000", "1000 5 65534", "box",
+                                           "0027"]
+
+
+def test_missing_executable_fails_at_create(oci, rootfs):
+    cid = oci.new_id()
+    bundle = oci.bundle(base_config(["no-such-binary"]), rootfs)
+    proc = oci("create", "--bundle", bundle, cid)
+    assert proc.returncode == 1
+    assert 'executable file not found in $PATH' in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(os.path.join(oci.root, cid))
+
+
+def test_log_file_json_records_error(oci, rootfs, tmp_path):
+    log = tmp_path / "log.json"
+    proc = oci("--log", log, "--log-format", "json", "state", "nope")
+    assert proc.returncode == 1
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["level"] == "error"
+    assert "does not exist" in entry["msg"]
