@@ -38,16 +38,17 @@ def detect_mode(root: str = DEFAULT_ROOT) -> str:
 
 def _fstype(path: str) -> str | None:
     path = os.path.realpath(path)
+    found = None
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
                 if fields[4] == path:
-                    sep = fields.index("-")
-                    return fields[sep + 1]
+                    # the last mount on a path is the one covering it
+                    found = fields[fields.index("-") + 1]
     except OSError:
         return None
-    return None
+    return found
 
 
 def resolve_path(cgroups_path: str | None, container_id: str) -> str:

@@ -2,14 +2,91 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
+import sys
+import time
 from abc import ABC, abstractmethod
+
+from ..errors import InvalidArgument, KernelFeatureMissing, MiniRunError
+
+# How long to wait for the kernel to finish an asynchronous cgroup operation. Freezing
+# many tasks or reaping a killed container's last processes takes milliseconds usually;
+# these bound a stuck kernel or an uninterruptible task so callers never hang.
+FREEZE_TIMEOUT = 5.0
+KILL_TIMEOUT = 2.0
+RMDIR_TIMEOUT = 2.0
+
+
+def write_file(path: str, data: str) -> None:
+    """One write(2) per call: cgroup files parse each write on its own."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+def read_file(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """A flat keyed file ("key value" per line: memory.stat, cpu.stat, cgroup.events)."""
+    out: dict[str, int] = {}
+    for line in read_file(path).splitlines():
+        key, _, value = line.partition(" ")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            continue
+    return out
+
+
+def read_int(path: str) -> int:
+    """An integer file; "max" (v2 unlimited) reads as 2**64-1 the way runc reports it."""
+    value = read_file(path).strip()
+    if value == "max":
+        return 2**64 - 1
+    return int(value)
+
+
+def read_int_or(path: str, default: int) -> int:
+    try:
+        return read_int(path)
+    except (OSError, ValueError):
+        return default
+
+
+def check_usage_below(path: str, limit: int) -> None:
+    """memory.checkBeforeUpdate: refuse a limit below what the cgroup already uses,
+    rather than have the kernel reclaim or OOM-kill to meet it."""
+    usage = read_int_or(path, 0)
+    if usage > limit:
+        raise MiniRunError(
+            f"memory limit {limit} is below the current usage {usage} (checkBeforeUpdate)"
+        )
+
+
+def check_cgroup_path(path: str) -> str:
+    parts = [p for p in path.split("/") if p]
+    if not path.startswith("/") or not parts or any(p in (".", "..") for p in parts):
+        raise InvalidArgument(f"invalid cgroup path {path!r}: must be absolute, below the root")
+    return "/" + "/".join(parts)
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"minirun: warning: {message}\n")
+    sys.stderr.flush()
 
 
 class Cgroup(ABC):
     version: int  # 1 or 2
 
     def __init__(self, path: str, root: str, rootless: bool = False) -> None:
-        self.path = path  # "/minirun/<id>", relative to the hierarchy root
+        self.path = check_cgroup_path(path)  # "/minirun/<id>", relative to the hierarchy root
         self.root = root
         self.rootless = rootless
 
@@ -63,3 +140,131 @@ class Cgroup(ABC):
     def mounts_for_container(self) -> list[tuple[str, str]]:
         """(host_dir, name) pairs to bind under the container's /sys/fs/cgroup when it
         has no cgroup namespace: for v1 one per controller mount, for v2 one ("" name)."""
+
+    def oom_kill_count(self) -> int:
+        """How many processes the kernel's OOM killer killed in this cgroup (0 when the
+        memory controller does not account this cgroup)."""
+        raise NotImplementedError
+
+    # Helpers shared by both drivers.
+
+    def _write(self, directory: str, name: str, value: str, field: str) -> bool:
+        """Write a cgroup file; False if skipped (rootless without delegation).
+
+        `field` names the OCI setting ("memory.limit") in errors and warnings.
+        """
+        path = os.path.join(directory, name)
+        try:
+            write_file(path, value)
+            return True
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and self.rootless:
+                warn(f"cannot apply {field} (no cgroup delegation): {path}: {e.strerror}")
+                return False
+            if e.errno == errno.ENOENT:
+                if self.rootless:
+                    # without delegation the cgroup, or the controller's files in it,
+                    # were never made for us
+                    warn(f"cannot apply {field} (no cgroup delegation): {path} does not exist")
+                    return False
+                if not os.path.isdir(directory):
+                    raise MiniRunError(f"cannot set {field}: cgroup {directory} does not exist")
+                raise KernelFeatureMissing(
+                    f"linux.resources.{field}: {name} does not exist in {directory} "
+                    "(kernel or controller lacks it)"
+                ) from None
+            raise MiniRunError(f"cannot write {value!r} to {path}: {e.strerror}") from None
+
+    def _mkdir(self, directory: str) -> bool:
+        """mkdir one level; True if it was created now. Rootless without delegation warns."""
+        try:
+            os.mkdir(directory, 0o755)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and self.rootless:
+                warn(f"cannot create cgroup {directory} (no cgroup delegation): {e.strerror}")
+                return False
+            raise MiniRunError(f"cannot create cgroup {directory}: {e.strerror}") from None
+
+    def _add_pid_to(self, directory: str, pid: int) -> None:
+        try:
+            write_file(os.path.join(directory, "cgroup.procs"), str(pid))
+        except OSError as e:
+            if self.rootless and e.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EROFS):
+                warn(f"cannot move pid {pid} into {directory} (no cgroup delegation): "
+                     f"{e.strerror}")
+                return
+            raise MiniRunError(f"cannot move pid {pid} into cgroup {directory}: "
+                               f"{e.strerror}") from None
+
+    @staticmethod
+    def _pids_below(directory: str) -> list[int]:
+        """cgroup.procs of `directory` and every cgroup below it."""
+        out: list[int] = []
+        stack = [directory]
+        while stack:
+            d = stack.pop()
+            try:
+                with open(os.path.join(d, "cgroup.procs")) as f:
+                    out.extend(int(line) for line in f if line.strip())
+                with os.scandir(d) as it:
+                    stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
+            except FileNotFoundError:
+                continue  # removed while we walked: nothing left in it
+        return out
+
+    def _signal_pids(self, sig: int) -> list[int]:
+        pids = self.pids()
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        return pids
+
+    def _kill_until_empty(self, first_pass_done: bool = False) -> None:
+        """SIGKILL whatever is still listed until nothing is, or KILL_TIMEOUT.
+
+        Killed tasks leave cgroup.procs as they exit (zombies are not listed). One that
+        lingers past the deadline (uninterruptible sleep) shows up when destroy() fails
+        with EBUSY, which names the cgroup, rather than as a hang here.
+        """
+        deadline = time.monotonic() + KILL_TIMEOUT
+        delay = 0.001
+        if not first_pass_done:
+            self._signal_pids(signal.SIGKILL)
+        while self.pids():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            self._signal_pids(signal.SIGKILL)
+
+    def _rmdir_tree(self, directory: str) -> None:
+        """rmdir `directory` and every cgroup below it, deepest first, retrying on EBUSY
+        while the last tasks finish exiting."""
+        if not os.path.isdir(directory):
+            return
+        dirs = []
+        for top, _subdirs, _files in os.walk(directory, topdown=False):
+            dirs.append(top)
+        deadline = time.monotonic() + RMDIR_TIMEOUT
+        for d in dirs:
+            delay = 0.001
+            while True:
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    if e.errno == errno.EBUSY and time.monotonic() < deadline:
+                        time.sleep(delay)
+                        delay = min(delay * 2, 0.05)
+                        continue
+                    if self.rootless and e.errno in (errno.EACCES, errno.EPERM):
+                        warn(f"cannot remove cgroup {d} (no cgroup delegation): {e.strerror}")
+                        break
+                    raise MiniRunError(f"cannot remove cgroup {d}: {e.strerror}") from None
