@@ -349,7 +349,12 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
             "cgroup_driver": f"v{cg.version}", "cgroup_root": cg.root, "rootless": rootless,
         }
         cg.create()
-        cg.apply(linux.get("resources") or {})
+        resources = dict(linux.get("resources") or {})
+        # runc applies its default device rules (deny all but the usual nodes) even when
+        # the config lists none. Rootless there is no devices cgroup to write.
+        if not rootless:
+            resources.setdefault("devices", [])
+        cg.apply(resources)
         plan = NamespacePlan(linux.get("namespaces") or [])
         os.mkfifo(c.fifo, 0o600)
         console = opts.console_fd
@@ -552,6 +557,8 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
           sock) -> None:
     """I: pid 1 of the container. Returns only by raising; on success it execs."""
     os.setsid()
+    # Our pid as the host sees it: /proc is still the host's until pivot_root.
+    c.data["pid"] = int(os.readlink("/proc/self"))
     process = cfg["process"]
     linux = cfg.get("linux") or {}
     hooks = cfg.get("hooks") or {}

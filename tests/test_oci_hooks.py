@@ -1,0 +1,103 @@
+"""OCI hooks: each kind runs at its moment, in its namespace, with the state on stdin;
+a failing or hanging hook fails create cleanly."""
+
+import json
+import os
+
+import pytest
+
+from ocitest import base_config, container_cgroup_dirs, needs_root, oci, rootfs, wait_for  # noqa: F401
+
+pytestmark = [needs_root, pytest.mark.root]
+
+
+def recording_hook(out_dir, name: str, extra: str = "") -> dict:
+    """A host /bin/sh hook that saves its stdin (the state) and some facts about itself."""
+    path = os.path.join(out_dir, name)
+    script = (f"cat > {path}.state; readlink /proc/self/ns/mnt > {path}.mnt; "
+              f"echo $HOOKVAR > {path}.env; {extra}")
+    return {"path": "/bin/sh", "args": ["sh", "-c", script], "env": ["HOOKVAR=v-" + name]}
+
+
+def test_all_hooks_run_in_order_with_state(oci, rootfs, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = base_config(["sh", "-c", "sleep 60"])
+    cfg["hooks"] = {
+        "prestart": [recording_hook(out, "prestart")],
+        "createRuntime": [recording_hook(out, "createRuntime")],
+        "createContainer": [recording_hook(out, "createContainer")],
+        "poststart": [recording_hook(out, "poststart")],
+        "poststop": [recording_hook(out, "poststop")],
+    }
+    cid = oci.new_id()
+    bundle = oci.bundle(cfg, rootfs)
+    oci("create", "--bundle", bundle, cid, check=True)
+    pid = oci.state(cid)["pid"]
+    for name in ("prestart", "createRuntime", "createContainer"):
+        state = json.loads((out / f"{name}.state").read_text())
+        assert state["id"] == cid
+        assert state["pid"] == pid
+        assert state["bundle"] == bundle
+        assert (out / f"{name}.env").read_text().strip() == f"v-{name}"
+    assert not (out / "poststart.state").exists()
+    host_mnt = os.readlink("/proc/self/ns/mnt")
+    ctr_mnt = os.readlink(f"/proc/{pid}/ns/mnt")
+    # createRuntime runs in the runtime's namespace, createContainer in the container's
+    assert (out / "createRuntime.mnt").read_text().strip() == host_mnt
+    assert (out / "createContainer.mnt").read_text().strip() == ctr_mnt
+    oci("start", cid, check=True)
+    assert json.loads((out / "poststart.state").read_text())["status"] == "running"
+    assert not (out / "poststop.state").exists()
+    oci("delete", "--force", cid, check=True)
+    assert json.loads((out / "poststop.state").read_text())["id"] == cid
+
+
+def test_start_container_hook_runs_inside_after_start(oci, rootfs, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    cfg = base_config(["sh", "-c", "cat /shared/hook-was-here"])
+    cfg["mounts"].append({"destination": "/shared", "type": "bind", "source": str(shared),
+                          "options": ["rbind", "rw"]})
+    # the path resolves in the container: busybox's /bin/sh
+    cfg["hooks"] = {"startContainer": [
+        {"path": "/bin/sh", "args": ["sh", "-c", "hostname > /shared/hook-was-here"]}]}
+    cfg["hostname"] = "hooked"
+    proc = oci.run(cfg, rootfs)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "hooked"
+
+
+def test_failing_hook_fails_create_and_leaves_nothing(oci, rootfs):
+    cfg = base_config(["true"])
+    cfg["hooks"] = {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]}
+    cid = oci.new_id()
+    proc = oci("create", "--bundle", oci.bundle(cfg, rootfs), cid)
+    assert proc.returncode == 1
+    assert "createRuntime hook /bin/sh failed with exit status 3" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(os.path.join(oci.root, cid))
+    assert container_cgroup_dirs(f"/minirun/{cid}") == []
+
+
+def test_hanging_hook_times_out(oci, rootfs):
+    cfg = base_config(["true"])
+    cfg["hooks"] = {"createContainer": [{"path": "/bin/sleep", "args": ["sleep", "100"],
+                                         "timeout": 1}]}
+    cid = oci.new_id()
+    proc = oci("create", "--bundle", oci.bundle(cfg, rootfs), cid, timeout=30)
+    assert proc.returncode == 1
+    assert "timed out after 1s" in proc.stderr
+    assert not os.path.exists(os.path.join(oci.root, cid))
+    assert container_cgroup_dirs(f"/minirun/{cid}") == []
+
+
+def test_failing_poststop_hook_only_warns(oci, rootfs):
+    cfg = base_config(["true"])
+    cfg["hooks"] = {"poststop": [{"path": "/bin/false"}]}
+    cid = oci.new_id()
+    oci("create", "--bundle", oci.bundle(cfg, rootfs), cid, check=True)
+    proc = oci("delete", cid)
+    assert proc.returncode == 0
+    assert "warning" in proc.stderr and "poststop" in proc.stderr
+    assert not os.path.exists(os.path.join(oci.root, cid))
