@@ -47,8 +47,14 @@ def open_in_root(rootfd: int, path: str, flags: int = os.O_PATH) -> int:
     return _sys.openat2(rootfd, path.lstrip("/") or ".", flags, 0, _RESOLVE)
 
 
-def make_in_root(rootfd: int, path: str, is_dir: bool, mode: int = 0o755) -> int:
-    """Create `path` (and its parents) inside the rootfs if missing; an O_PATH fd to it."""
+def make_in_root(rootfd: int, path: str, is_dir: bool, mode: int = 0o755,
+                 _depth: int = 0) -> int:
+    """Create `path` (and its parents) inside the rootfs if missing; an O_PATH fd to it.
+
+    A dangling symlink on the way is followed inside the rootfs, and its target created
+    there, as runc's securejoin does: never outside."""
+    if _depth > 40:
+        raise InvalidSpec(f"too many levels of symbolic links creating {path}")
     try:
         return open_in_root(rootfd, path)
     except _sys.SysError as e:
@@ -57,8 +63,17 @@ def make_in_root(rootfd: int, path: str, is_dir: bool, mode: int = 0o755) -> int
     parent, name = os.path.split(path.rstrip("/"))
     if name in ("", ".", ".."):
         raise InvalidSpec(f"invalid path {path!r} inside the container")
-    pfd = make_in_root(rootfd, parent or "/", True)
+    parent = parent or "/"
+    pfd = make_in_root(rootfd, parent, True, _depth=_depth + 1)
     try:
+        try:
+            target = os.readlink(name, dir_fd=pfd)
+        except OSError:
+            target = None
+        if target is not None:
+            os.close(pfd)
+            pfd = -1
+            return make_in_root(rootfd, os.path.join(parent, target), is_dir, mode, _depth + 1)
         if is_dir:
             try:
                 os.mkdir(name, mode, dir_fd=pfd)
@@ -71,7 +86,8 @@ def make_in_root(rootfd: int, path: str, is_dir: bool, mode: int = 0o755) -> int
     except OSError as e:
         raise _sys.SysError("mkdir" if is_dir else "create", path, e.errno or 0) from None
     finally:
-        os.close(pfd)
+        if pfd >= 0:
+            os.close(pfd)
     return open_in_root(rootfd, path)
 
 

@@ -1,0 +1,194 @@
+"""Mounts, the read-only root, masked and read-only paths, and paths that are symlinks,
+checked from inside the container."""
+
+import os
+
+import pytest
+
+from ocitest import base_config, copy_rootfs, needs_root, oci, rootfs  # noqa: F401
+
+pytestmark = [needs_root, pytest.mark.root]
+
+
+def mountinfo_line(output: str, mountpoint: str) -> list[str]:
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == mountpoint:
+            return fields
+    raise AssertionError(f"{mountpoint} not mounted:\n{output}")
+
+
+def test_readonly_root(oci, rootfs):
+    proc = oci.run(base_config(["sh", "-c", "touch /x 2>&1; echo rc=$?"]), rootfs)
+    assert "Read-only file system" in proc.stdout
+    assert "rc=1" in proc.stdout
+
+
+def test_writable_root(oci, rootfs, tmp_path):
+    own = copy_rootfs(rootfs, str(tmp_path / "own-rootfs"))
+    cfg = base_config(["sh", "-c", "echo data > /written && cat /written"])
+    cfg["root"] = {"path": own, "readonly": False}
+    proc = oci.run(cfg, rootfs)
+    assert proc.stdout == "data\n", proc.stderr
+    assert open(os.path.join(own, "written")).read() == "data\n"
+
+
+def test_bind_mount_ro_and_rw(oci, rootfs, tmp_path):
+    ro_dir = tmp_path / "ro"
+    rw_dir = tmp_path / "rw"
+    for d in (ro_dir, rw_dir):
+        d.mkdir()
+    (ro_dir / "file").write_text("from host\n")
+    cfg = base_config(["sh", "-c",
+                       "cat /ro/file; touch /ro/new 2>/dev/null || echo ro-refused; "
+                       "echo out > /rw/new; cat /proc/self/mountinfo"])
+    cfg["mounts"] += [
+        {"destination": "/ro", "type": "bind", "source": str(ro_dir), "options": ["rbind", "ro"]},
+        {"destination": "/rw", "type": "bind", "source": str(rw_dir),
+         "options": ["bind", "rw", "nosuid", "nodev"]},
+    ]
+    proc = oci.run(cfg, rootfs)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "from host"
+    assert lines[1] == "ro-refused"
+    assert (rw_dir / "new").read_text() == "out\n"
+    ro = mountinfo_line(proc.stdout, "/ro")
+    assert "ro" in ro[5].split(",")
+    rw = mountinfo_line(proc.stdout, "/rw")
+    assert {"rw", "nosuid", "nodev"} <= set(rw[5].split(","))
+
+
+def test_bind_mount_of_a_file(oci, rootfs, tmp_path):
+    src = tmp_path / "hosts"
+    src.write_text("127.0.0.1 special\n")
+    cfg = base_config(["cat", "/etc/special-hosts"])
+    cfg["mounts"].append({"destination": "/etc/special-hosts", "type": "bind",
+                          "source": str(src), "options": ["bind", "ro"]})
+    proc = oci.run(cfg, rootfs)
+    assert proc.stdout == "127.0.0.1 special\n", proc.stderr
+
+
+def test_tmpfs_options(oci, rootfs):
+    cfg = base_config(["sh", "-c", "cat /proc/self/mountinfo; stat -c %a /scratch"])
+    cfg["mounts"].append({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+                          "options": ["nosuid", "noexec", "size=1m", "mode=1770"]})
+    proc = oci.run(cfg, rootfs)
+    assert proc.returncode == 0, proc.stderr
+    fields = mountinfo_line(proc.stdout, "/scratch")
+    assert {"nosuid", "noexec"} <= set(fields[5].split(","))
+    assert "size=1024k" in fields[-1]
+    assert proc.stdout.splitlines()[-1] == "1770"
+
+
+def test_mount_destination_symlink_resolves_inside_rootfs(oci, rootfs, tmp_path):
+    """CVE-2021-30465: a destination that is a symlink to an absolute host path must land
+    inside the rootfs, never on the host."""
+    own = copy_rootfs(rootfs, str(tmp_path / "own-rootfs"))
+    os.symlink("/minirun-escape-target", os.path.join(own, "evil"))
+    os.symlink("../../../../../../../minirun-escape-dotdot", os.path.join(own, "evil2"))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "marker").write_text("mounted\n")
+    cfg = base_config(["sh", "-c", "cat /minirun-escape-target/marker "
+                                   "/minirun-escape-dotdot/marker"])
+    cfg["root"] = {"path": own, "readonly": False}
+    cfg["mounts"] += [
+        {"destination": "/evil", "type": "bind", "source": str(src), "options": ["bind"]},
+        {"destination": "/evil2", "type": "bind", "source": str(src), "options": ["bind"]},
+    ]
+    proc = oci.run(cfg, rootfs)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "mounted\nmounted\n"
+    assert not os.path.exists("/minirun-escape-target")
+    assert not os.path.exists("/minirun-escape-dotdot")
+    assert os.path.isdir(os.path.join(own, "minirun-escape-target"))
+
+
+def test_masked_and_readonly_paths(oci, rootfs):
+    cfg = base_config(["sh", "-c",
+                       "cat /proc/timer_list 2>&1 | wc -c; ls /proc/acpi | wc -l; "
+                       "echo 1 > /proc/sys/kernel/domainname 2>/dev/null || echo ro-sys; "
+                       "cat /proc/self/mountinfo"])
+    cfg["linux"]["maskedPaths"] = ["/proc/timer_list", "/proc/acpi", "/does/not/exist"]
+    cfg["linux"]["readonlyPaths"] = ["/proc/sys", "/also/missing"]
+    proc = oci.run(cfg, rootfs)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[0].strip() == "0"  # /proc/timer_list reads as /dev/null
+    assert out[1].strip() == "0"  # /proc/acpi is an empty tmpfs
+    assert out[2] == "ro-sys"
+    assert "ro" in mountinfo_line(proc.stdout, "/proc/sys")[5].split(",")
+
+
+def test_masking_refuses_symlinked_dev_null(oci, rootfs, tmp_path):
+    """A /dev/null that is a symlink (here, /dev bind-mounted from an attacker's dir) is
+    not used as the mask source."""
+    own = copy_rootfs(rootfs, str(tmp_path / "own-rootfs"))
+    fake_dev = tmp_path / "fakedev"
+    fake_dev.mkdir()
+    os.symlink("/etc/passwd", fake_dev / "null")
+    cfg = base_config(["true"])
+    cfg["root"] = {"path": own, "readonly": False}
+    cfg["mounts"] = [m for m in cfg["mounts"] if not m["destination"].startswith("/dev")]
+    cfg["mounts"].append({"destination": "/dev", "type": "bind", "source": str(fake_dev),
+                          "options": ["rbind"]})
+    cfg["linux"]["maskedPaths"] = ["/proc/kcore", "/proc/timer_list"]
+    proc = oci.run(cfg, rootfs)
+    assert proc.returncode == 1
+    assert "/dev/null" in proc.stderr
+
+
+def test_default_dev_nodes(oci, rootfs):
+    proc = oci.run(base_config(["ls", "-l", "/dev"]), rootfs)
+    assert proc.returncode == 0
+    out = proc.stdout
+    for name, nums in (("null", "1,   3"), ("zero", "1,   5"), ("full", "1,   7"),
+                       ("random", "1,   8"), ("urandom", "1,   9"), ("tty", "5,   0")):
+        line = [x for x in out.splitlines() if x.endswith(" " + name)][0]
+        assert line.startswith("crw-rw-rw-"), line
+        assert nums in line, line
+    assert "ptmx -> pts/ptmx" in out
+    assert "fd -> /proc/self/fd" in out
+
+
+def test_extra_devices(oci, rootfs):
+    cfg = base_config(["sh", "-c", "ls -l /dev/fuse-like; echo x > /dev/fuse-like && echo ok"])
+    cfg["linux"]["devices"] = [{"path": "/dev/fuse-like", "type": "c", "major": 1, "minor": 3,
+                                "fileMode": 0o620, "uid": 0, "gid": 5}]
+    cfg["linux"]["resources"]["devices"].append({"allow": True, "type": "c", "major": 1,
+                                                 "minor": 3, "access": "rw"})
+    proc = oci.run(cfg, rootfs)
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("crw--w----") and " tty " in first, first
+    assert proc.stdout.splitlines()[-1] == "ok"
+
+
+def test_device_cgroup_denies_unlisted_device(oci, rootfs):
+    """A node created in the container but not allowed by linux.resources.devices cannot
+    be opened (v1 devices cgroup)."""
+    cfg = base_config(["sh", "-c", "cat /dev/mem-like 2>&1; echo rc=$?"])
+    cfg["linux"]["devices"] = [{"path": "/dev/mem-like", "type": "c", "major": 1, "minor": 1,
+                                "fileMode": 0o600}]
+    proc = oci.run(cfg, rootfs)
+    assert "Operation not permitted" in proc.stdout
+    assert "rc=1" in proc.stdout
+
+
+def test_no_pivot(oci, rootfs):
+    proc = oci("run", "--no-pivot", "--bundle",
+               oci.bundle(base_config(["sh", "-c", "ls /; cat /proc/self/mountinfo"]), rootfs),
+               oci.new_id())
+    assert proc.returncode == 0, proc.stderr
+    assert "bin" in proc.stdout.split()
+
+
+def test_rootfs_propagation_private(oci, rootfs):
+    cfg = base_config(["cat", "/proc/self/mountinfo"])
+    cfg["linux"]["rootfsPropagation"] = "private"
+    proc = oci.run(cfg, rootfs)
+    assert proc.returncode == 0, proc.stderr
+    root = mountinfo_line(proc.stdout, "/")
+    # optional fields (shared:N / master:N) absent: private
+    assert root[6] == "-", root
