@@ -532,6 +532,10 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
     if not c.data.get("rootless") or cg.exists():
         cg.add_pid(0)
     plan.join_all()
+    # Opened while we are still the host's root (a user namespace would lock us out of
+    # the state dir); read-write so that the open does not block and `start` can tell
+    # the init is waiting (ENXIO once it is gone).
+    fifo_fd = os.open(c.fifo, os.O_RDWR | os.O_CLOEXEC)
     flags = plan.new_flags
     if plan.new_user:
         _sys.unshare(_sys.CLONE_NEWUSER)
@@ -546,7 +550,8 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
     if pid == 0:
         code = 1
         try:
-            _init(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts, sock)
+            _init(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts, sock,
+                  fifo_fd)
         except BaseException as e:
             _report_error(sock, e)
         os._exit(code)
@@ -554,7 +559,7 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
 
 
 def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, console, opts,
-          sock) -> None:
+          sock, fifo_fd: int) -> None:
     """I: pid 1 of the container. Returns only by raising; on success it execs."""
     os.setsid()
     # Our pid as the host sees it: /proc is still the host's until pivot_root.
@@ -562,9 +567,6 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     process = cfg["process"]
     linux = cfg.get("linux") or {}
     hooks = cfg.get("hooks") or {}
-    # Opened before pivot_root, while the state dir is reachable; read-write so that the
-    # open does not block and `start` can tell we are waiting (ENXIO once we are gone).
-    fifo_fd = os.open(c.fifo, os.O_RDWR | os.O_CLOEXEC)
 
     builder = RootfsBuilder(cfg, rootfs, bundle, cg, new_userns=plan.has("user"),
                             new_cgroupns=bool(plan.new_flags & _sys.CLONE_NEWCGROUP),
