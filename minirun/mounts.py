@@ -9,6 +9,7 @@ openat2(RESOLVE_IN_ROOT), never as a joined host string, and mounts land on
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 from . import sys as _sys
@@ -119,6 +120,7 @@ class RootfsBuilder:
         if prop:
             flags = parse_mount_options([prop])[1][-1]
         _sys.mount(None, "/", None, flags)
+        make_parent_mount_private(self.rootfs)
         _sys.mount(self.rootfs, self.rootfs, "bind", _sys.MS_BIND | _sys.MS_REC)
         self.rootfd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         for m in self.cfg.get("mounts") or []:
@@ -230,9 +232,11 @@ class RootfsBuilder:
                 try:
                     if self.new_cgroupns:
                         opts = name if not name.startswith("name=") else name
+                        source = "cgroup"
                         if name == "systemd":
                             opts = "none,name=systemd"
-                        _sys.mount("cgroup", fd_path(sub), "cgroup", flags, opts,
+                            source = "systemd"  # as runc names it in mountinfo
+                        _sys.mount(source, fd_path(sub), "cgroup", flags, opts,
                                    label=f"{dest}/{name}")
                     else:
                         _sys.mount(host_dir, fd_path(sub), None, _sys.MS_BIND | _sys.MS_REC,
@@ -343,9 +347,8 @@ class RootfsBuilder:
             self.make_readonly(path)
         for path in linux.get("maskedPaths") or []:
             self.mask(path)
-        prop = linux.get("rootfsPropagation")
-        if prop:
-            _sys.mount(None, "/", None, parse_mount_options([prop])[1][-1])
+        # rootfsPropagation was applied in prepare(), as runc does: applying it again
+        # here, recursively, would undo the propagation each mount asked for.
         os.close(self.rootfd)
         self.rootfd = -1
 
@@ -396,6 +399,25 @@ class RootfsBuilder:
                        self._locked_flags(fd), label=path)
         finally:
             os.close(fd)
+
+
+def make_parent_mount_private(path: str) -> None:
+    """Make the mount holding `path` private if it is shared (runc's
+    rootfsParentMountPrivate): pivot_root refuses a new root whose parent mount is
+    shared, and the rootfs bind would otherwise propagate to the host."""
+    best, shared = "", False
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            # >=: of several mounts on one point, the last one listed is on top
+            if inside and len(point) >= len(best):
+                best = point
+                shared = any(opt.startswith("shared:")
+                             for opt in fields[6:fields.index("-")])
+    if shared:
+        _sys.mount(None, best, None, _sys.MS_PRIVATE, label=best)
 
 
 def setup_console_mount(slave_fd: int) -> None:
