@@ -578,6 +578,11 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     if hooks.get("createContainer"):
         run_hooks(hooks, ("createContainer",), c.hook_state("created"))
     builder.pivot(no_pivot=opts.no_pivot)
+    # As runc: a missing cwd is made before the root turns read-only, and sysctls are
+    # written before readonlyPaths (the default spec's included) make /proc/sys read-only.
+    _make_cwd(process.get("cwd", "/"))
+    for key, value in (linux.get("sysctl") or {}).items():
+        _write_sysctl(key, value)
     builder.finish()
 
     if plan.has("uts"):
@@ -585,8 +590,6 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
             _sys.sethostname(cfg["hostname"])
         if cfg.get("domainname"):
             _sys.setdomainname(cfg["domainname"])
-    for key, value in (linux.get("sysctl") or {}).items():
-        _write_sysctl(key, value)
 
     if process.get("terminal"):
         _setup_terminal(console, process.get("consoleSize"))
@@ -649,6 +652,14 @@ def _process_env(process: dict, user: dict) -> dict:
     if "HOME" not in env:
         env["HOME"] = security.home_for(user.get("uid", 0))
     return env
+
+
+def _make_cwd(cwd: str) -> None:
+    # After pivot_root: the path resolves inside the container's root, as runc's MkdirAll.
+    try:
+        os.makedirs(cwd, 0o755, exist_ok=True)
+    except OSError as e:
+        raise InvalidSpec(f"process.cwd {cwd}: {e.strerror}") from None
 
 
 def _enter_cwd(cwd: str) -> None:
