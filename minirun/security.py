@@ -18,13 +18,13 @@ from .errors import InvalidSpec
 CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 
 
-def capability_plan(caps: dict | None, known: dict[str, int], top: int) -> dict | None:
+def capability_plan(caps: dict | None, known: dict[str, int], top: int) -> dict:
     """process.capabilities as masks, computed before the container starts.
 
     Unknown names, or ones this kernel does not have, are left out with runc's warning
-    (runc 1.1 runs such a container rather than failing it)."""
-    if caps is None:
-        return None
+    (runc 1.1 runs such a container rather than failing it). Without a capabilities
+    object the process gets none, bounding set included, as under runc."""
+    caps = caps or {}
     plan = {}
     unknown = set()
     for key in ("bounding", "effective", "permitted", "inheritable", "ambient"):
