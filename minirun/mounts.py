@@ -394,8 +394,16 @@ class RootfsBuilder:
             os.close(fd)
         fd = open_in_root(self.rootfd, path)
         try:
+            # As runc's readonlyPath: keep nosuid/nodev/noexec of the mount (a read-only
+            # /dev/shm must stay nosuid), not only the flags a user namespace locks.
+            st = os.statvfs(fd_path(fd))
+            kept = 0
+            for vfs, ms in ((os.ST_NOSUID, _sys.MS_NOSUID), (os.ST_NODEV, _sys.MS_NODEV),
+                            (os.ST_NOEXEC, _sys.MS_NOEXEC)):
+                if st.f_flag & vfs:
+                    kept |= ms
             _sys.mount(None, fd_path(fd), None,
-                       _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_RDONLY | _sys.MS_REC |
+                       _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_RDONLY | _sys.MS_REC | kept |
                        self._locked_flags(fd), label=path)
         finally:
             os.close(fd)
