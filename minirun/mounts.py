@@ -18,14 +18,15 @@ from .spec import parse_mount_options
 
 _RESOLVE = _sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS
 
-# runc creates these when /dev is not bind-mounted from the host.
+# runc creates these when /dev is not bind-mounted from the host, in this order (visible
+# in mountinfo when a user namespace makes them bind mounts).
 DEFAULT_DEVICES = [
     {"path": "/dev/null", "type": "c", "major": 1, "minor": 3},
-    {"path": "/dev/zero", "type": "c", "major": 1, "minor": 5},
-    {"path": "/dev/full", "type": "c", "major": 1, "minor": 7},
     {"path": "/dev/random", "type": "c", "major": 1, "minor": 8},
-    {"path": "/dev/urandom", "type": "c", "major": 1, "minor": 9},
+    {"path": "/dev/full", "type": "c", "major": 1, "minor": 7},
     {"path": "/dev/tty", "type": "c", "major": 5, "minor": 0},
+    {"path": "/dev/zero", "type": "c", "major": 1, "minor": 5},
+    {"path": "/dev/urandom", "type": "c", "major": 1, "minor": 9},
 ]
 DEV_SYMLINKS = [
     ("/proc/self/fd", "fd"),
@@ -221,6 +222,8 @@ class RootfsBuilder:
                     _sys.mount("cgroup2", target, "cgroup2", flags, label=dest)
                 else:
                     (host_dir, _), = self.cgroup.mounts_for_container()
+                    if self.cgroup.rootless and not os.path.isdir(host_dir):
+                        return
                     _sys.mount(host_dir, target, None, _sys.MS_BIND | _sys.MS_REC, label=dest)
                     self._on_mount(dest, None, _sys.MS_BIND | _sys.MS_REMOUNT | flags,
                                    locked=True)
@@ -228,6 +231,8 @@ class RootfsBuilder:
             # v1: a tmpfs holding one directory per controller hierarchy
             _sys.mount("tmpfs", target, "tmpfs", flags & ~_sys.MS_RDONLY, "mode=755", label=dest)
             for host_dir, name in self.cgroup.mounts_for_container():
+                if self.cgroup.rootless and not os.path.isdir(host_dir):
+                    continue  # no delegation: there is no cgroup of ours to show
                 sub = make_in_root(self.rootfd, os.path.join(dest, name), True)
                 try:
                     if self.new_cgroupns:

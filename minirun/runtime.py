@@ -125,11 +125,8 @@ class Container:
 
     def cgroup(self):
         d = self.data
-        if d.get("cgroup_driver"):
-            os.environ.setdefault("MINIRUN_CGROUP_DRIVER", d["cgroup_driver"])
-        if d.get("cgroup_root"):
-            os.environ.setdefault("MINIRUN_CGROUP_ROOT", d["cgroup_root"])
-        return open_cgroup(d["cgroup_path"], rootless=d.get("rootless", False))
+        return open_cgroup(d["cgroup_path"], rootless=d.get("rootless", False),
+                           driver=d.get("cgroup_driver"), root=d.get("cgroup_root"))
 
     def alive(self) -> bool:
         pid = self.pid
@@ -539,8 +536,13 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
     flags = plan.new_flags
     if plan.new_user:
         _sys.unshare(_sys.CLONE_NEWUSER)
+        # An unprivileged parent can only write our uid_map and setgroups while we are
+        # dumpable; we are not yet in the container's mounts, so this opens nothing.
+        if c.data.get("rootless"):
+            _sys.prctl(_sys.PR_SET_DUMPABLE, 1, name="prctl(PR_SET_DUMPABLE)")
         _send(sock, {"userns": True})
         _recv(sock)
+        _sys.prctl(_sys.PR_SET_DUMPABLE, 0, name="prctl(PR_SET_DUMPABLE)")
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
         flags &= ~_sys.CLONE_NEWUSER

@@ -72,10 +72,12 @@ def resolve_path(cgroups_path: str | None, container_id: str) -> str:
     return f"/{PARENT}/" + "/".join(parts)
 
 
-def open_cgroup(path: str, rootless: bool = False):
-    """The driver for this host, bound to cgroup `path` (not created yet)."""
-    driver = os.environ.get("MINIRUN_CGROUP_DRIVER")
-    root = os.environ.get("MINIRUN_CGROUP_ROOT", DEFAULT_ROOT)
+def open_cgroup(path: str, rootless: bool = False, driver: str | None = None,
+                root: str | None = None):
+    """The driver for this host, bound to cgroup `path` (not created yet). `driver` and
+    `root` pin what an earlier call chose (a container's state records them)."""
+    driver = driver or os.environ.get("MINIRUN_CGROUP_DRIVER")
+    root = root or os.environ.get("MINIRUN_CGROUP_ROOT", DEFAULT_ROOT)
     if driver is None:
         driver = "v2" if detect_mode(root) == "v2" else "v1"
     if driver == "v2":

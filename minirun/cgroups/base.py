@@ -184,7 +184,11 @@ class Cgroup(ABC):
             return False
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and self.rootless:
-                warn(f"cannot create cgroup {directory} (no cgroup delegation): {e.strerror}")
+                # one line per container, not one per v1 hierarchy
+                if not getattr(self, "_create_warned", False):
+                    self._create_warned = True
+                    warn(f"cannot create cgroup {self.path} (no cgroup delegation): "
+                         f"{e.strerror}; the container runs without its own cgroup")
                 return False
             raise MiniRunError(f"cannot create cgroup {directory}: {e.strerror}") from None
 
