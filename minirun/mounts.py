@@ -159,8 +159,10 @@ class RootfsBuilder:
                 # sysfs cannot be mounted in a user namespace without its own netns:
                 # bind the host's, read-only, as runc does.
                 _sys.mount("/sys", fd_path(fd), None, _sys.MS_BIND | _sys.MS_REC, label=dest)
-                _sys.mount(None, fd_path(fd), None,
-                           _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_RDONLY | flags, label=dest)
+                # _on_mount opens the new mount: `fd` still names the directory beneath
+                # it, and remounting that failed with EINVAL.
+                self._on_mount(dest, None, _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_RDONLY |
+                               flags, locked=True)
             else:
                 src = m.get("source") or kind
                 _sys.mount(src, fd_path(fd), kind, flags, data, label=dest)
