@@ -107,6 +107,9 @@ class RootfsBuilder:
         self.new_cgroupns = new_cgroupns
         self.new_netns = new_netns
         self.rootfd = -1
+        # tmpfs (and /dev) mounts asked read-only: (destination, flags), made read-only
+        # in finish() so that mount points and devices can be created in them first
+        self.deferred_readonly: list[tuple[str, int]] = []
         self.dev_bound = any(
             m.get("destination", "").rstrip("/") == "/dev"
             and (m.get("type") == "bind" or {"bind", "rbind"} & set(m.get("options") or []))
@@ -164,6 +167,9 @@ class RootfsBuilder:
                 self._on_mount(dest, None, _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_RDONLY |
                                flags, locked=True)
             else:
+                if flags & _sys.MS_RDONLY and (kind == "tmpfs" or dest.rstrip("/") == "/dev"):
+                    flags &= ~_sys.MS_RDONLY
+                    self.deferred_readonly.append((dest, flags))
                 src = m.get("source") or kind
                 _sys.mount(src, fd_path(fd), kind, flags, data, label=dest)
         finally:
@@ -343,6 +349,11 @@ class RootfsBuilder:
     def finish(self) -> None:
         """After pivot_root: read-only root, masked and read-only paths, propagation."""
         linux = self.linux
+        # As runc's finalizeRootfs: a read-only tmpfs is a read-only bind of a read-write
+        # one, so that mounts nested in it could be made.
+        for dest, flags in self.deferred_readonly:
+            self._on_mount(dest, None, _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_RDONLY | flags,
+                           locked=True)
         if (self.cfg.get("root") or {}).get("readonly"):
             rfd = os.open("/", os.O_PATH | os.O_CLOEXEC)
             try:
