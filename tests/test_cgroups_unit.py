@@ -461,7 +461,7 @@ def test_v1_oom_kill_count(v1tree):
     assert cg.oom_kill_count() == 3
 
 
-def test_v1_destroy_removes_deepest_first_and_keeps_parents(v1tree):
+def test_v1_destroy_removes_deepest_first_and_prunes_empty_parents(v1tree):
     root, hierarchies = v1tree
     cg = CgroupV1("/minirun/c1", hierarchies=hierarchies)
     new_cpuset_levels(root, "/minirun", "/minirun/c1")
@@ -469,10 +469,13 @@ def test_v1_destroy_removes_deepest_first_and_keeps_parents(v1tree):
     os.unlink(root / "cpuset" / "minirun" / "c1" / "cpuset.cpus")  # rmdir needs it empty
     os.unlink(root / "cpuset" / "minirun" / "c1" / "cpuset.mems")
     os.makedirs(root / "memory" / "minirun" / "c1" / "sub" / "deeper")
+    os.makedirs(root / "pids" / "minirun" / "other-container")
     cg.destroy()
     assert not cg.exists()
-    for controller in V1_CONTROLLERS:
-        assert (root / controller / "minirun").is_dir()
+    # a parent another container still uses stays; an empty one goes (nothing named
+    # minirun is left behind once the last container is deleted)
+    assert (root / "pids" / "minirun").is_dir()
+    assert not (root / "memory" / "minirun").exists()
     cg.destroy()  # missing is fine
 
 
@@ -680,5 +683,6 @@ def test_v2_create_destroy_and_mounts(tmp_path):
     os.mkdir(tmp_path / "minirun" / "a" / "c1" / "nested")
     cg.destroy()
     assert not cg.exists()
-    assert (tmp_path / "minirun" / "a").is_dir()
+    # the levels it made under minirun's parent are pruned once empty
+    assert not (tmp_path / "minirun").exists()
     cg.destroy()

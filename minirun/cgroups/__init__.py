@@ -19,8 +19,7 @@ from __future__ import annotations
 import os
 
 from ..errors import InvalidArgument, KernelFeatureMissing
-
-PARENT = "minirun"
+from .base import PARENT
 DEFAULT_ROOT = "/sys/fs/cgroup"
 
 

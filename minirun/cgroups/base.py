@@ -82,6 +82,25 @@ def warn(message: str) -> None:
     sys.stderr.flush()
 
 
+PARENT = "minirun"
+
+
+class ParentVanished(Exception):
+    """A parent level was removed between our mkdirs (a concurrent delete pruned it)."""
+
+
+def retry_create(create):
+    """Run a driver's create() again when a concurrent delete pruned a parent under it."""
+    def wrapper(self) -> None:
+        for _ in range(20):
+            try:
+                return create(self)
+            except ParentVanished:
+                continue
+        raise MiniRunError(f"cannot create cgroup {self.path}: its parent keeps vanishing")
+    return wrapper
+
+
 class Cgroup(ABC):
     version: int  # 1 or 2
 
@@ -175,13 +194,31 @@ class Cgroup(ABC):
                 ) from None
             raise MiniRunError(f"cannot write {value!r} to {path}: {e.strerror}") from None
 
+    def _prune_parents(self, mountpoint: str) -> None:
+        """After destroy: remove the now-empty levels between the container's cgroup and
+        the hierarchy root, up to and including minirun's own parent, so that nothing
+        named minirun stays behind. Only under that parent: someone else's parent
+        (podman's, containerd's) is theirs to remove. A level still in use stays
+        (EBUSY/ENOTEMPTY), and create() copes with a parent vanishing under it."""
+        parts = self.path.strip("/").split("/")
+        if len(parts) < 2 or parts[0] != PARENT:
+            return
+        for depth in range(len(parts) - 1, 0, -1):
+            try:
+                os.rmdir(os.path.join(mountpoint, *parts[:depth]))
+            except OSError:
+                return
+
     def _mkdir(self, directory: str) -> bool:
-        """mkdir one level; True if it was created now. Rootless without delegation warns."""
+        """mkdir one level; True if it was created now. Rootless without delegation warns.
+        A parent removed meanwhile by another container's delete raises ParentVanished."""
         try:
             os.mkdir(directory, 0o755)
             return True
         except FileExistsError:
             return False
+        except FileNotFoundError:
+            raise ParentVanished(directory) from None
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and self.rootless:
                 # one line per container, not one per v1 hierarchy

@@ -22,6 +22,7 @@ from .base import (
     read_int,
     read_int_or,
     read_keyed,
+    retry_create,
     write_file,
 )
 from .convert import (
@@ -165,6 +166,7 @@ class CgroupV1(Cgroup):
 
     # Placement and lifecycle
 
+    @retry_create
     def create(self) -> None:
         parts = self.path.strip("/").split("/")
         for h in self.hierarchies:
@@ -203,6 +205,7 @@ class CgroupV1(Cgroup):
     def destroy(self) -> None:
         for h in self.hierarchies:
             self._rmdir_tree(self._dir_of(h))
+            self._prune_parents(h.mountpoint)
 
     def mounts_for_container(self) -> list[tuple[str, str]]:
         return [(self._dir_of(h), h.name) for h in self.hierarchies]

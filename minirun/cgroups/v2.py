@@ -28,6 +28,7 @@ from .base import (
     read_int,
     read_int_or,
     read_keyed,
+    retry_create,
     warn,
     write_file,
 )
@@ -93,6 +94,7 @@ class CgroupV2(Cgroup):
             levels.append(os.path.join(levels[-1], part))
         return levels
 
+    @retry_create
     def create(self) -> None:
         directory = self.root
         for part in self.path.strip("/").split("/"):
@@ -131,6 +133,7 @@ class CgroupV2(Cgroup):
 
     def destroy(self) -> None:
         self._rmdir_tree(self.dir)
+        self._prune_parents(self.root)
 
     def mounts_for_container(self) -> list[tuple[str, str]]:
         return [(self.dir, "")]
