@@ -573,6 +573,8 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     builder = RootfsBuilder(cfg, rootfs, bundle, cg, new_userns=plan.has("user"),
                             new_cgroupns=bool(plan.new_flags & _sys.CLONE_NEWCGROUP),
                             new_netns=plan.has("network"))
+    if not opts.no_new_keyring:
+        _sys.join_session_keyring(f"_ses.{c.id}")
     builder.prepare()
     if hooks.get("prestart") or hooks.get("createRuntime"):
         _send(sock, {"hooks": "createRuntime"})

@@ -22,8 +22,8 @@ _ARCH = platform.machine()
 # Numbers that glibc has no wrapper for. openat2 and close_range share one number on
 # every architecture (added after the syscall tables were unified).
 _NR = {
-    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126},
-    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91},
+    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126, "keyctl": 250},
+    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91, "keyctl": 219},
 }.get(_ARCH, {})
 NR_OPENAT2 = 437
 NR_CLOSE_RANGE = 436
@@ -216,6 +216,18 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
     _check(_syscall(_NR["capset"], ctypes.byref(hdr), data), "capset")
+
+
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def join_session_keyring(name: str) -> None:
+    """A new session keyring for the container, so that it does not share the host's."""
+    ret = _syscall(_NR["keyctl"], KEYCTL_JOIN_SESSION_KEYRING, _b(name))
+    if ret < 0:
+        err = ctypes.get_errno()
+        if err != _errno.ENOSYS:  # no keyring support in this kernel: nothing to share
+            raise SysError("keyctl(JOIN_SESSION_KEYRING)", name, err)
 
 
 def ioctl_int(fd: int, request: int, value: int, name: str) -> None:

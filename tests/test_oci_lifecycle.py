@@ -234,3 +234,14 @@ def test_log_file_json_records_error(oci, rootfs, tmp_path):
     entry = json.loads(log.read_text().splitlines()[-1])
     assert entry["level"] == "error"
     assert "does not exist" in entry["msg"]
+
+
+@pytest.mark.parametrize("flags,expect_own", [([], True), (["--no-new-keyring"], False)])
+def test_session_keyring(oci, rootfs, flags, expect_own):
+    """runc's default: the container gets its own session keyring, _ses.<id>."""
+    cid = oci.new_id()
+    cfg = base_config(["sh", "-c", f"grep -c '_ses.{cid}' /proc/keys || true"])
+    cfg["linux"]["maskedPaths"].remove("/proc/keys")
+    proc = oci("run", *flags, "--bundle", oci.bundle(cfg, rootfs), cid)
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout.strip() == "1") == expect_own, proc.stdout
