@@ -9,7 +9,6 @@ openat2(RESOLVE_IN_ROOT), never as a joined host string, and mounts land on
 from __future__ import annotations
 
 import os
-import re
 import stat
 
 from . import sys as _sys
@@ -427,6 +426,22 @@ class RootfsBuilder:
             os.close(fd)
 
 
+def unescape_mountinfo(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash in paths as \\ooo octal."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        octal = field[i + 1:i + 4]
+        if field[i] == "\\" and len(octal) == 3 and all(c in "01234567" for c in octal):
+            out.append(chr(int(octal, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
 def make_parent_mount_private(path: str) -> None:
     """Make the mount holding `path` private if it is shared (runc's
     rootfsParentMountPrivate): pivot_root refuses a new root whose parent mount is
@@ -435,7 +450,7 @@ def make_parent_mount_private(path: str) -> None:
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            point = unescape_mountinfo(fields[4])
             inside = path == point or path.startswith(point.rstrip("/") + "/")
             # >=: of several mounts on one point, the last one listed is on top
             if inside and len(point) >= len(best):

@@ -20,20 +20,20 @@ files are gone, and the children never re-execute the runtime or the interpreter
 
 from __future__ import annotations
 
+# _signal and _socket, not signal and socket: those wrap constants in enums, and enum
+# (with re, which json would import) is most of the import time of a container start.
+import _signal as signal
+import _socket as socket
 import errno
 import fcntl
-import json
 import os
-import re
 import select
-import signal
-import socket
 import stat
-import struct
 import sys
 import time
 
 from . import OCI_VERSION
+from . import jsonfast as json
 from . import sys as _sys
 from .cgroups import open_cgroup, resolve_path
 from .errors import (AlreadyExists, ContainerStateError, HookError, InvalidArgument,
@@ -43,7 +43,15 @@ from .namespaces import NamespacePlan, write_id_maps
 from . import security
 from . import spec as _spec
 
-ID_RE = re.compile(r"^[\w+\-.]+$")
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
+_TRACE = os.environ.get("MINIRUN_TRACE") == "1"
+_T0 = time.monotonic()
+
+
+def trace(step: str) -> None:
+    """MINIRUN_TRACE=1: milliseconds since start for each step of the start path."""
+    if _TRACE:
+        os.write(2, f"[{(time.monotonic() - _T0) * 1000:7.2f} ms {os.getpid()}] {step}\n".encode())
 SYNC_TIMEOUT = 60.0
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer",
@@ -58,8 +66,8 @@ def default_root() -> str:
 
 
 def validate_id(container_id: str) -> None:
-    if not container_id or container_id in (".", "..") or not ID_RE.match(container_id) \
-            or len(container_id) > 1024:
+    if not container_id or container_id in (".", "..") or \
+            not set(container_id) <= _ID_CHARS or len(container_id) > 1024:
         raise InvalidArgument(f"invalid container id {container_id!r}: use letters, digits, "
                               "'_', '+', '-' and '.'")
 
@@ -98,7 +106,7 @@ class Container:
         c = cls(root, container_id)
         try:
             with open(c.state_file) as f:
-                c.data = json.load(f)
+                c.data = json.loads(f.read())
         except FileNotFoundError:
             raise NotFound(f"container {container_id!r} does not exist") from None
         except (OSError, ValueError) as e:
@@ -108,7 +116,7 @@ class Container:
     def save(self) -> None:
         tmp = self.state_file + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(self.data, f)
+            f.write(json.dumps(self.data))
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, self.state_file)
@@ -250,7 +258,7 @@ def _recv(sock: socket.socket, timeout: float | None = SYNC_TIMEOUT) -> dict:
     sock.settimeout(timeout)
     try:
         data = sock.recv(65536)
-    except socket.timeout:
+    except TimeoutError:
         raise MiniRunError("container setup timed out waiting for the child") from None
     if not data:
         raise MiniRunError("container init exited during setup")
@@ -306,8 +314,10 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
     """Create a container and leave its init blocked before execve. Returns its state."""
     validate_id(container_id)
     bundle = os.path.abspath(bundle)
+    trace("create: begin")
     cfg = _spec.load_config(bundle)
     _check_supported(cfg)
+    trace("create: config loaded")
     if not cfg.get("process"):
         raise InvalidSpec("config.json: process is required to create a container")
     root_path = cfg["root"]["path"]
@@ -352,6 +362,7 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
         if not rootless:
             resources.setdefault("devices", [])
         cg.apply(resources)
+        trace("create: cgroup ready")
         plan = NamespacePlan(linux.get("namespaces") or [])
         os.mkfifo(c.fifo, 0o600)
         console = opts.console_fd
@@ -384,7 +395,9 @@ def _check_cwd(cwd: str) -> None:
     if not os.path.isabs(cwd):
         raise InvalidSpec(f"process.cwd {cwd!r} must be an absolute path")
     # CVE-2024-21626: a cwd through /proc/self/fd/N could name a leaked host directory.
-    if re.match(r"^/proc/(self|thread-self|\d+)/fd(/|$)", os.path.normpath(cwd)):
+    parts = os.path.normpath(cwd).split("/")
+    if len(parts) >= 4 and parts[1] == "proc" and parts[3] == "fd" and \
+            (parts[2] in ("self", "thread-self") or parts[2].isdigit()):
         raise InvalidSpec(f"process.cwd {cwd!r} points into /proc/*/fd: refused")
 
 
@@ -474,6 +487,7 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
                 run_hooks(hooks, ("prestart", "createRuntime"), c.hook_state("creating"))
                 _send(parent_sock, {"ok": True})
             elif msg.get("ready"):
+                trace("create: init ready")
                 return init_pid
     except BaseException:
         if pid:
@@ -521,6 +535,7 @@ def _reset_signals() -> None:
 def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, console,
                  opts, sock) -> None:
     """C: join the cgroup and namespaces, fork the init, report its pid, exit."""
+    trace("child: forked")
     _reset_signals()
     # CVE-2019-5736: nothing in the container may open our /proc/<pid>/exe (the host's
     # python) while we are not yet the user's program.
@@ -528,6 +543,7 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL, name="prctl(PR_SET_PDEATHSIG)")
     if not c.data.get("rootless") or cg.exists():
         cg.add_pid(0)
+    trace("child: in cgroup")
     plan.join_all()
     # Opened while we are still the host's root (a user namespace would lock us out of
     # the state dir); read-write so that the open does not block and `start` can tell
@@ -548,6 +564,7 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
         flags &= ~_sys.CLONE_NEWUSER
     if flags:
         _sys.unshare(flags)
+    trace("child: namespaces entered")
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -575,7 +592,9 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
                             new_netns=plan.has("network"))
     if not opts.no_new_keyring:
         _sys.join_session_keyring(f"_ses.{c.id}")
+    trace("init: forked")
     builder.prepare()
+    trace("init: mounts done")
     if hooks.get("prestart") or hooks.get("createRuntime"):
         _send(sock, {"hooks": "createRuntime"})
         _recv(sock, None)
@@ -588,6 +607,7 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     for key, value in (linux.get("sysctl") or {}).items():
         _write_sysctl(key, value)
     builder.finish()
+    trace("init: pivoted, paths masked")
 
     if plan.has("uts"):
         if cfg.get("hostname"):
@@ -621,6 +641,7 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     if process.get("noNewPrivileges"):
         _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1, name="prctl(PR_SET_NO_NEW_PRIVS)")
 
+    trace("init: ready")
     _send(sock, {"ready": True})
     sock.close()
     # Blocks until `start` writes to the fifo (or forever, like runc, if nobody does).
@@ -720,6 +741,11 @@ def _prepare_fds(preserve: int) -> None:
             pass
 
 
+def _winsize(rows: int, cols: int) -> bytes:
+    """struct winsize {rows, cols, xpixel, ypixel} of unsigned shorts."""
+    return b"".join(v.to_bytes(2, sys.byteorder) for v in (rows, cols, 0, 0))
+
+
 def _setup_terminal(console: socket.socket | None, size: dict | None) -> None:
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     try:
@@ -732,9 +758,10 @@ def _setup_terminal(console: socket.socket | None, size: dict | None) -> None:
             raise MiniRunError(f"/dev/pts/{n} is not a terminal")
         if size:
             fcntl.ioctl(slave, _sys.TIOCSWINSZ,
-                        struct.pack("HHHH", size.get("height", 0), size.get("width", 0), 0, 0))
+                        _winsize(size.get("height", 0), size.get("width", 0)))
         setup_console_mount(slave)
-        socket.send_fds(console, [b"/dev/ptmx"], [master])
+        console.sendmsg([b"/dev/ptmx"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          master.to_bytes(4, sys.byteorder))])
     finally:
         os.close(master)
     for fd in (0, 1, 2):

@@ -3,18 +3,18 @@
 The runtime reads the configuration as the plain dict that ``json`` returns: this module
 only checks its shape (types, required fields, known names) and reports the fields that
 minirun does not implement yet, so the runtime refuses them instead of ignoring them.
-It is on the container start path, so it imports nothing beyond json, os and re.
+It is on the container start path, so it imports nothing beyond os and minirun.jsonfast
+(json's own import, through re and enum, costs more than loading and checking a config).
 
 Every validation error is an ``InvalidSpec`` whose message starts with
 ``config.json: <json path>:``, for example
 ``config.json: linux.namespaces[2].type: unknown namespace type "foo"``.
 """
 
-import json
 import os
-import re
 
 from minirun import __version__
+from minirun import jsonfast as json
 from minirun.errors import AlreadyExists, InvalidSpec, NotFound
 
 CONFIG_NAME = "config.json"
@@ -22,7 +22,24 @@ CONFIG_NAME = "config.json"
 # What `runc spec` of runc 1.1.5 writes; kept so default_spec() is byte-identical to it.
 RUNC_SPEC_OCI_VERSION = "1.0.2-dev"
 
-_OCI_VERSION_RE = re.compile(r"1\.[012]\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
+_SEMVER_EXTRA = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.-")
+
+
+def _supported_version(version: str) -> bool:
+    """1.0.x, 1.1.x or 1.2.x with optional -prerelease and +build parts (no re: its
+    import costs more than the rest of validation)."""
+    core, plus, build = version.partition("+")
+    core, dash, pre = core.partition("-")
+    parts = core.split(".")
+    if len(parts) != 3 or parts[0] != "1" or parts[1] not in ("0", "1", "2"):
+        return False
+    patch = parts[2]
+    if not patch.isascii() or not patch.isdigit() or (len(patch) > 1 and patch[0] == "0"):
+        return False
+    for extra, present in ((pre, dash), (build, plus)):
+        if present and (not extra or not set(extra) <= _SEMVER_EXTRA):
+            return False
+    return True
 
 CAPABILITIES: dict[str, int] = {
     "CAP_CHOWN": 0,
@@ -304,7 +321,7 @@ def load_config(bundle: str) -> dict:
         raise InvalidSpec(f"config.json: not valid utf-8 at byte {e.start}") from None
     try:
         cfg = json.loads(text, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # json.JSONDecodeError
         raise InvalidSpec(
             f"config.json: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
         ) from None
@@ -479,7 +496,7 @@ def _check_oci_version(version: object) -> None:
     if version is None:
         _fail("ociVersion", "required field is missing")
     _check_str(version, "ociVersion")
-    if not _OCI_VERSION_RE.fullmatch(version):
+    if not _supported_version(version):
         _fail("ociVersion", f"unsupported version {json.dumps(version)} (1.0.x, 1.1.x or 1.2.x)")
 
 
@@ -1076,7 +1093,9 @@ def default_spec(rootless: bool = False) -> dict:
 
 def dumps_spec(cfg: dict) -> str:
     """Serialise a config the way runc does (tab indent, no trailing newline)."""
-    return json.dumps(cfg, indent="\t", ensure_ascii=False)
+    import json as json_module
+
+    return json_module.dumps(cfg, indent="\t", ensure_ascii=False)
 
 
 def write_default_spec(bundle: str, rootless: bool = False) -> str:

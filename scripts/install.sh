@@ -91,9 +91,15 @@ write_launcher() {
         echo
         echo "sys.path[0] = \"$CHECKOUT\""
         [ -z "$extra_path" ] || echo "$extra_path"
-        echo "from $module import main"
-        echo
-        echo "raise SystemExit(main())"
+        if [ "$kind" = fast ]; then
+            echo "from $module import main_and_exit"
+            echo
+            echo "main_and_exit()"
+        else
+            echo "from $module import main"
+            echo
+            echo "raise SystemExit(main())"
+        fi
     } >"$path.tmp"
     chmod 0755 "$path.tmp"
     mv "$path.tmp" "$path"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
+import _signal as signal  # not signal: its enums cost import time on every start
 import sys
 import time
 from abc import ABC, abstractmethod

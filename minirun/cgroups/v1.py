@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
+import _signal as signal  # not signal: its enums cost import time on every start
 import time
 
 from ..errors import KernelFeatureMissing, MiniRunError

@@ -15,7 +15,7 @@ which minirun does not load yet. The runtime still creates only the listed devic
 from __future__ import annotations
 
 import os
-import signal
+import _signal as signal  # not signal: its enums cost import time on every start
 import time
 
 from ..errors import InvalidSpec, KernelFeatureMissing, MiniRunError
