@@ -143,6 +143,8 @@ class Container:
     def status(self) -> str:
         if not self.alive():
             return "stopped"
+        if not self.data.get("ready", True):
+            return "creating"
         if os.path.exists(self.fifo):
             return "created"
         try:
@@ -209,6 +211,8 @@ def run_hook(kind: str, hook: dict, state: bytes) -> None:
         raise
     if pid == 0:
         try:
+            # a hook must not outlive a runtime killed while waiting for it
+            _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL, name="prctl(PR_SET_PDEATHSIG)")
             os.dup2(r, 0)
             os.execve(path, args, dict(e.split("=", 1) for e in env if "=" in e))
         except BaseException as e:
@@ -354,7 +358,11 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
             "created": _now(), "annotations": cfg.get("annotations") or {},
             "hooks": cfg.get("hooks") or {}, "cgroup_path": cg.path,
             "cgroup_driver": f"v{cg.version}", "cgroup_root": cg.root, "rootless": rootless,
+            "ready": False,
         }
+        # Saved at once, and again as soon as the init's pid is known: if this process is
+        # killed mid-create, `delete --force` still finds the cgroup and the init.
+        c.save()
         cg.create()
         resources = dict(linux.get("resources") or {})
         # runc applies its default device rules (deny all but the usual nodes) even when
@@ -375,6 +383,7 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
         init_pid = _spawn(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts)
         c.data["pid"] = init_pid
         c.data["start_time"] = proc_start_time(init_pid)
+        c.data["ready"] = True
         c.save()
         if opts.pid_file:
             _write_pid_file(opts.pid_file, init_pid)
@@ -481,6 +490,8 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
             elif "pid" in msg:
                 init_pid = msg["pid"]
                 c.data["pid"] = init_pid
+                c.data["start_time"] = proc_start_time(init_pid)
+                c.save()
                 os.waitpid(pid, 0)  # C exits right after; I is now our child (subreaper)
                 pid = 0
             elif msg.get("hooks"):

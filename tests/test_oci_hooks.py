@@ -101,3 +101,36 @@ def test_failing_poststop_hook_only_warns(oci, rootfs):
     assert proc.returncode == 0
     assert "warning" in proc.stderr and "poststop" in proc.stderr
     assert not os.path.exists(os.path.join(oci.root, cid))
+
+
+def test_create_killed_mid_setup_leaves_nothing_delete_cannot_clean(oci, rootfs, tmp_path):
+    """kill -9 of `create` while a hook runs: the state says so, the init and the hook go
+    away, and delete --force removes the rest."""
+    import signal
+    import subprocess
+    from ocitest import OCI_CMD
+    marker = tmp_path / "hook-pid"
+    cfg = base_config(["true"])
+    cfg["hooks"] = {"createRuntime": [
+        {"path": "/bin/sh", "args": ["sh", "-c", f"echo $$ > {marker}; exec sleep 100"]}]}
+    cid = oci.new_id()
+    bundle = oci.bundle(cfg, rootfs)
+    proc = subprocess.Popen(OCI_CMD + ["--root", oci.root, "create", "--bundle", bundle, cid],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: marker.exists() and marker.read_text().strip())
+        state = oci.state(cid)
+        assert state["status"] == "creating"
+        init_pid = state["pid"]
+        hook_pid = int(marker.read_text())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert wait_for(lambda: not os.path.exists(f"/proc/{hook_pid}/cmdline") or
+                    open(f"/proc/{hook_pid}/cmdline", "rb").read() == b"")
+    assert wait_for(lambda: oci.state(cid)["status"] == "stopped")
+    assert not os.path.exists(f"/proc/{init_pid}/cmdline") or \
+        open(f"/proc/{init_pid}/cmdline", "rb").read() == b""
+    oci("delete", "--force", cid, check=True)
+    assert not os.path.exists(os.path.join(oci.root, cid))
+    assert container_cgroup_dirs(f"/minirun/{cid}") == []
