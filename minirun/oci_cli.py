@@ -209,6 +209,8 @@ def _dispatch(args) -> int | None:
 
     from . import runtime
 
+    if args.debug:
+        runtime.enable_trace()
     root = _root(args)
     if verb == "create":
         runtime.create(root, args.id, args.bundle, _create_opts(args))

@@ -48,8 +48,14 @@ _TRACE = os.environ.get("MINIRUN_TRACE") == "1"
 _T0 = time.monotonic()
 
 
+def enable_trace() -> None:
+    global _TRACE
+    _TRACE = True
+
+
 def trace(step: str) -> None:
-    """MINIRUN_TRACE=1: milliseconds since start for each step of the start path."""
+    """MINIRUN_TRACE=1 or --debug: milliseconds since start for each step of the start
+    path, on stderr."""
     if _TRACE:
         os.write(2, f"[{(time.monotonic() - _T0) * 1000:7.2f} ms {os.getpid()}] {step}\n".encode())
 SYNC_TIMEOUT = 60.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import os
-import platform
 
 from .errors import MiniRunError
 
@@ -18,7 +17,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
-_ARCH = platform.machine()
+_ARCH = os.uname().machine
 # Numbers that glibc has no wrapper for. openat2 and close_range share one number on
 # every architecture (added after the syscall tables were unified).
 _NR = {
