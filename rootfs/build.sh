@@ -106,94 +106,20 @@ EOF
     fi
 }
 
-# The config `runc spec` writes (runc 1.1), but not interactive and with a command that
-# exits, so the bundle works as is: `minirun-oci run -b OUTDIR/bundle demo`.
+# The config `runc spec` writes (minirun.spec.default_spec, the one definition of it), but
+# not interactive and with a command that exits, so the bundle works as is:
+# `minirun-oci run -b OUTDIR/bundle demo`.
 write_config() {
-    "$PYTHON" - "$1" <<'EOF'
+    PYTHONPATH="$HERE/.." "$PYTHON" - "$1" <<'EOF'
 import json
 import sys
 
-caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
-config = {
-    "ociVersion": "1.0.2",
-    "process": {
-        "terminal": False,
-        "user": {"uid": 0, "gid": 0},
-        "args": ["/bin/echo", "hello from minirun"],
-        "env": [
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "TERM=xterm",
-        ],
-        "cwd": "/",
-        "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted", "ambient")},
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-        "noNewPrivileges": True,
-    },
-    "root": {"path": "rootfs", "readonly": True},
-    "hostname": "minirun",
-    "mounts": [
-        {"destination": "/proc", "type": "proc", "source": "proc"},
-        {
-            "destination": "/dev",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
-        },
-        {
-            "destination": "/dev/pts",
-            "type": "devpts",
-            "source": "devpts",
-            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
-        },
-        {
-            "destination": "/dev/shm",
-            "type": "tmpfs",
-            "source": "shm",
-            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        },
-        {
-            "destination": "/dev/mqueue",
-            "type": "mqueue",
-            "source": "mqueue",
-            "options": ["nosuid", "noexec", "nodev"],
-        },
-        {
-            "destination": "/sys",
-            "type": "sysfs",
-            "source": "sysfs",
-            "options": ["nosuid", "noexec", "nodev", "ro"],
-        },
-        {
-            "destination": "/sys/fs/cgroup",
-            "type": "cgroup",
-            "source": "cgroup",
-            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
-        },
-    ],
-    "linux": {
-        "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-        "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
-        "maskedPaths": [
-            "/proc/acpi",
-            "/proc/asound",
-            "/proc/kcore",
-            "/proc/keys",
-            "/proc/latency_stats",
-            "/proc/timer_list",
-            "/proc/timer_stats",
-            "/proc/sched_debug",
-            "/sys/firmware",
-            "/proc/scsi",
-        ],
-        "readonlyPaths": [
-            "/proc/bus",
-            "/proc/fs",
-            "/proc/irq",
-            "/proc/sys",
-            "/proc/sysrq-trigger",
-        ],
-    },
-}
+from minirun.spec import default_spec
+
+config = default_spec()
+config["process"]["terminal"] = False
+config["process"]["args"] = ["/bin/echo", "hello from minirun"]
+config["hostname"] = "minirun"
 with open(sys.argv[1], "w") as f:
     json.dump(config, f, indent="\t")
     f.write("\n")
