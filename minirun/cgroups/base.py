@@ -148,12 +148,23 @@ class Cgroup(ABC):
 
     @abstractmethod
     def destroy(self) -> None:
-        """rmdir the cgroup (every controller), retrying briefly while it empties.
-        Never removes the shared parents. Missing is not an error."""
+        """rmdir the cgroup (every controller), retrying briefly while it empties, then
+        the levels above it under minirun's parent that are left empty (_prune_parents).
+        Missing is not an error."""
 
-    @abstractmethod
     def stats(self) -> dict:
-        """runc `events --stats` shaped data: cpu, memory (usage, working set), pids, blkio."""
+        """runc `events --stats` shaped data: cpu, memory (usage, working set), pids,
+        blkio. A controller that is not there (or a cgroup already gone) is left out."""
+        out: dict = {}
+        for name, collect in (("cpu", self._cpu_stats), ("memory", self._memory_stats),
+                              ("pids", self._pids_stats), ("blkio", self._blkio_stats)):
+            try:
+                value = collect()
+            except OSError:
+                continue
+            if value:
+                out[name] = value
+        return out
 
     @abstractmethod
     def mounts_for_container(self) -> list[tuple[str, str]]:

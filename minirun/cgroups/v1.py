@@ -451,22 +451,6 @@ class CgroupV1(Cgroup):
         except FileNotFoundError:
             return 0
 
-    def stats(self) -> dict:
-        out: dict = {}
-        for name, collect in (
-            ("cpu", self._cpu_stats),
-            ("memory", self._memory_stats),
-            ("pids", self._pids_stats),
-            ("blkio", self._blkio_stats),
-        ):
-            try:
-                value = collect()
-            except OSError:
-                continue  # controller not mounted here or cgroup gone: leave it out
-            if value:
-                out[name] = value
-        return out
-
     def _cpu_stats(self) -> dict:
         out: dict = {}
         acct = self._dirs.get("cpuacct")

@@ -361,22 +361,6 @@ class CgroupV2(Cgroup):
         except FileNotFoundError:
             return 0  # the memory controller is not enabled for this cgroup
 
-    def stats(self) -> dict:
-        out: dict = {}
-        for name, collect in (
-            ("cpu", self._cpu_stats),
-            ("memory", self._memory_stats),
-            ("pids", self._pids_stats),
-            ("blkio", self._io_stats),
-        ):
-            try:
-                value = collect()
-            except FileNotFoundError:
-                continue  # controller not enabled here, or the cgroup is gone
-            if value:
-                out[name] = value
-        return out
-
     def _cpu_stats(self) -> dict:
         stat = read_keyed(os.path.join(self.dir, "cpu.stat"))
         out: dict = {
@@ -433,7 +417,7 @@ class CgroupV2(Cgroup):
             "limit": 0 if limit == "max" else int(limit),  # runc reports no limit as 0
         }
 
-    def _io_stats(self) -> dict:
+    def _blkio_stats(self) -> dict:
         service_bytes, serviced = [], []
         for line in read_file(os.path.join(self.dir, "io.stat")).splitlines():
             number, *pairs = line.split()
