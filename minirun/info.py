@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
-from . import OCI_VERSION, __version__
+from . import OCI_VERSION, __version__, mountinfo
 from .cgroups import DEFAULT_ROOT, detect_mode
 from .errors import MiniRunError
 
@@ -166,21 +166,10 @@ def _cgroup_tables(proc: str) -> tuple[dict[str, tuple[int, bool]], list[tuple[s
         fields = line.split()
         if len(fields) == 4:
             controllers[fields[0]] = (int(fields[1]), fields[3] == "1")
-    mounts = []
-    for line in (_read(f"{proc}/self/mountinfo") or "").splitlines():
-        fields = line.split()
-        sep = fields.index("-")
-        fstype = fields[sep + 1]
-        if fstype in ("cgroup", "cgroup2"):
-            mounts.append((_unescape(fields[4]), fstype, fields[sep + 3]))
+    mounts = [(m.mountpoint, m.fstype, m.super_options)
+              for m in mountinfo.parse(_read(f"{proc}/self/mountinfo") or "")
+              if m.fstype in ("cgroup", "cgroup2")]
     return controllers, mounts
-
-
-def _unescape(path: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes."""
-    for code in ("\\040", "\\011", "\\012", "\\134"):
-        path = path.replace(code, chr(int(code[1:], 8)))
-    return path
 
 
 def _cgroups(proc: str) -> CgroupInfo:

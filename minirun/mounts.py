@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 
+from . import mountinfo
 from . import sys as _sys
 from .errors import InvalidSpec, MiniRunError
 from .spec import parse_mount_options
@@ -426,37 +427,18 @@ class RootfsBuilder:
             os.close(fd)
 
 
-def unescape_mountinfo(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash in paths as \\ooo octal."""
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        octal = field[i + 1:i + 4]
-        if field[i] == "\\" and len(octal) == 3 and all(c in "01234567" for c in octal):
-            out.append(chr(int(octal, 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def make_parent_mount_private(path: str) -> None:
     """Make the mount holding `path` private if it is shared (runc's
     rootfsParentMountPrivate): pivot_root refuses a new root whose parent mount is
     shared, and the rootfs bind would otherwise propagate to the host."""
     best, shared = "", False
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = unescape_mountinfo(fields[4])
-            inside = path == point or path.startswith(point.rstrip("/") + "/")
-            # >=: of several mounts on one point, the last one listed is on top
-            if inside and len(point) >= len(best):
-                best = point
-                shared = any(opt.startswith("shared:")
-                             for opt in fields[6:fields.index("-")])
+    for m in mountinfo.read():
+        point = m.mountpoint
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        # >=: of several mounts on one point, the last one listed is on top
+        if inside and len(point) >= len(best):
+            best = point
+            shared = any(opt.startswith("shared:") for opt in m.optional)
     if shared:
         _sys.mount(None, best, None, _sys.MS_PRIVATE, label=best)
 

@@ -230,6 +230,8 @@ def test_parse_mountinfo_finds_co_mounts_and_named_hierarchies():
         Hierarchy("/sys/fs/cgroup/memory", ("memory",), "memory"),  # not the bind mount
         Hierarchy("/sys/fs/cgroup/cpuset", ("cpuset",), "cpuset"),
         Hierarchy("/sys/fs/cgroup/with space", (), "odd"),
+        # a hybrid host's cgroup2 mount: joined for placement, as runc does
+        Hierarchy("/sys/fs/cgroup/unified", (), "unified"),
     ]
 
 

@@ -475,10 +475,6 @@ def test_same_view_from_inside(diff, case: Case):
         pytest.fail(f"unknown expectation {case.expect!r}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "minirun's cgroup v1 driver does not place the container in the cgroup2 hierarchy of a "
-    "hybrid host (/sys/fs/cgroup/unified): runc 1.1 creates <unified>/<cgroupsPath> and "
-    "joins it, so /proc/self/cgroup reads 0::/minirun-diff/<id>; under minirun it reads 0::/"))
 def test_hybrid_host_joins_unified_hierarchy(diff):
     cfg = base_config(["cat", "/proc/self/cgroup"])
     mini, runc = diff.both(cfg)

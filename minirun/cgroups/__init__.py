@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 from ..errors import InvalidArgument, KernelFeatureMissing
+from ..mountinfo import fstype_at
 from .base import PARENT
 DEFAULT_ROOT = "/sys/fs/cgroup"
 
@@ -36,18 +37,7 @@ def detect_mode(root: str = DEFAULT_ROOT) -> str:
 
 
 def _fstype(path: str) -> str | None:
-    path = os.path.realpath(path)
-    found = None
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if fields[4] == path:
-                    # the last mount on a path is the one covering it
-                    found = fields[fields.index("-") + 1]
-    except OSError:
-        return None
-    return found
+    return fstype_at(os.path.realpath(path))
 
 
 def resolve_path(cgroups_path: str | None, container_id: str) -> str:

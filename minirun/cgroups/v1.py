@@ -12,6 +12,7 @@ import os
 import _signal as signal  # not signal: its enums cost import time on every start
 import time
 
+from .. import mountinfo
 from ..errors import KernelFeatureMissing, MiniRunError
 from . import DEFAULT_ROOT
 from .base import (
@@ -54,6 +55,9 @@ _THROTTLE_FILES = dict(
 _PRIMARY_ORDER = ("freezer", "pids", "memory", "cpu", "cpuacct", "devices", "blkio", "cpuset")
 
 
+UNIFIED = "unified"
+
+
 class Hierarchy:
     """One mounted v1 hierarchy: its mount point, controllers and mount name."""
 
@@ -74,37 +78,25 @@ class Hierarchy:
         return f"Hierarchy({self.mountpoint!r}, {self.controllers!r}, {self.name!r})"
 
 
-def _unescape(field: str) -> str:
-    r"""mountinfo escapes space, tab, newline and backslash as \ooo."""
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def parse_mountinfo(text: str, root: str | None = None) -> list[Hierarchy]:
     """The v1 hierarchies in a mountinfo text, one per hierarchy.
 
     A hierarchy mounted more than once (bind mounts) is listed once, preferring a mount
-    point directly in `root`, then one showing the hierarchy's root ("/").
+    point directly in `root`, then one showing the hierarchy's root ("/"). On a hybrid
+    host the cgroup2 mount at <root>/unified comes last as "unified": runc places the
+    container there too (placement only, no limits), so /proc/self/cgroup's 0:: line
+    names the container's cgroup.
     """
     best: dict[str, tuple[tuple[bool, bool], int, Hierarchy]] = {}
-    for index, line in enumerate(text.splitlines()):
-        fields = line.split()
-        try:
-            sep = fields.index("-", 6)
-        except ValueError:
+    unified = None
+    for index, m in enumerate(mountinfo.parse(text)):
+        if m.fstype == "cgroup2" and root is not None and \
+                m.mountpoint == os.path.join(root, "unified"):
+            unified = Hierarchy(m.mountpoint, (), UNIFIED)
             continue
-        if len(fields) < sep + 4 or fields[sep + 1] != "cgroup":
+        if m.fstype != "cgroup":
             continue
-        options = fields[sep + 3].split(",")
+        options = m.super_options.split(",")
         controllers = tuple(o for o in options if o not in _NON_CONTROLLER_OPTIONS and "=" not in o)
         names = [o[len("name="):] for o in options if o.startswith("name=")]
         if controllers:
@@ -113,12 +105,14 @@ def parse_mountinfo(text: str, root: str | None = None) -> list[Hierarchy]:
             name = names[0]
         else:
             continue
-        mountpoint = _unescape(fields[4])
-        score = (root is not None and os.path.dirname(mountpoint) == root, fields[3] == "/")
+        score = (root is not None and os.path.dirname(m.mountpoint) == root, m.root == "/")
         if name not in best or score > best[name][0]:
             keep_index = best[name][1] if name in best else index
-            best[name] = (score, keep_index, Hierarchy(mountpoint, controllers, name))
-    return [h for _score, _index, h in sorted(best.values(), key=lambda item: item[1])]
+            best[name] = (score, keep_index, Hierarchy(m.mountpoint, controllers, name))
+    found = [h for _score, _index, h in sorted(best.values(), key=lambda item: item[1])]
+    if found and unified is not None:
+        found.append(unified)
+    return found
 
 
 def find_hierarchies(root: str = DEFAULT_ROOT) -> list[Hierarchy]:
@@ -208,7 +202,8 @@ class CgroupV1(Cgroup):
             self._prune_parents(h.mountpoint)
 
     def mounts_for_container(self) -> list[tuple[str, str]]:
-        return [(self._dir_of(h), h.name) for h in self.hierarchies]
+        # as runc: the v1 hierarchies only, not a hybrid host's unified mount
+        return [(self._dir_of(h), h.name) for h in self.hierarchies if h.name != UNIFIED]
 
     # Freezer and signals
 
