@@ -364,7 +364,7 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
             "created": _now(), "annotations": cfg.get("annotations") or {},
             "hooks": cfg.get("hooks") or {}, "cgroup_path": cg.path,
             "cgroup_driver": f"v{cg.version}", "cgroup_root": cg.root, "rootless": rootless,
-            "ready": False,
+            "ready": False, "config": cfg,
         }
         # Saved at once, and again as soon as the init's pid is known: if this process is
         # killed mid-create, `delete --force` still finds the cgroup and the init.
@@ -637,26 +637,7 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     if console is not None:
         console.close()
 
-    security.apply_rlimits(rlimits)
-    if "oomScoreAdj" in process:
-        security.set_oom_score_adj(process["oomScoreAdj"])
-
-    user = process.get("user") or {}
-    top = security.last_cap()
-    if caps is not None:
-        security.drop_bounding(caps, top)
-        _sys.prctl(_sys.PR_SET_KEEPCAPS, 1, name="prctl(PR_SET_KEEPCAPS)")
-    security.set_user(user, security.setgroups_allowed())
-    if caps is not None:
-        _sys.prctl(_sys.PR_SET_KEEPCAPS, 0, name="prctl(PR_SET_KEEPCAPS)")
-        security.apply_caps(caps, top)
-
-    env = _process_env(process, user)
-    cwd = process.get("cwd", "/")
-    _enter_cwd(cwd)
-    exe = _find_executable(process["args"][0], env)
-    if process.get("noNewPrivileges"):
-        _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1, name="prctl(PR_SET_NO_NEW_PRIVS)")
+    exe, env, user = prepare_process(process, caps, rlimits)
 
     trace("init: ready")
     _send(sock, {"ready": True})
@@ -673,13 +654,40 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     os.close(fifo_fd)
     if hooks.get("startContainer"):
         run_hooks(hooks, ("startContainer",), c.hook_state("running"))
-    if user.get("umask") is not None:
-        os.umask(user["umask"])
-    else:
-        os.umask(0o022)
-    _prepare_fds(opts.preserve_fds)
+    exec_user_program(exe, process["args"], env, user, opts.preserve_fds)
+
+
+def prepare_process(process: dict, caps, rlimits) -> tuple[str, dict, dict]:
+    """The process settings, in runc's order, for the container's init and for exec:
+    rlimits, oom score, bounding set, user, capabilities, cwd (verified), the executable
+    looked up in the container, no_new_privs. Returns (executable, env, user)."""
+    security.apply_rlimits(rlimits)
+    if "oomScoreAdj" in process:
+        security.set_oom_score_adj(process["oomScoreAdj"])
+    user = process.get("user") or {}
+    top = security.last_cap()
+    if caps is not None:
+        security.drop_bounding(caps, top)
+        _sys.prctl(_sys.PR_SET_KEEPCAPS, 1, name="prctl(PR_SET_KEEPCAPS)")
+    security.set_user(user, security.setgroups_allowed())
+    if caps is not None:
+        _sys.prctl(_sys.PR_SET_KEEPCAPS, 0, name="prctl(PR_SET_KEEPCAPS)")
+        security.apply_caps(caps, top)
+    env = _process_env(process, user)
+    _enter_cwd(process.get("cwd", "/"))
+    exe = _find_executable(process["args"][0], env)
+    if process.get("noNewPrivileges"):
+        _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1, name="prctl(PR_SET_NO_NEW_PRIVS)")
+    return exe, env, user
+
+
+def exec_user_program(exe: str, args: list[str], env: dict, user: dict,
+                      preserve_fds: int) -> None:
+    """The last steps before the user's program: umask, fds, execve. Never returns."""
+    os.umask(user["umask"] if user.get("umask") is not None else 0o022)
+    _prepare_fds(preserve_fds)
     try:
-        os.execve(exe, process["args"], env)
+        os.execve(exe, args, env)
     except OSError as e:
         os.write(2, f"minirun: exec {exe}: {e.strerror}\n".encode())
         os._exit(126 if e.errno in (errno.EACCES, errno.ENOEXEC) else 127)
