@@ -44,9 +44,11 @@ class _Log:
 LOG = _Log()
 
 
-# Flags: name -> (aliases, default, kind) where kind is bool, str, int or a tuple of
-# choices. Both "--flag value" and "--flag=value" work, and, as with runc (urfave/cli),
-# a single dash works for long names too.
+# Flags: name -> (aliases, default, kind) where kind is bool, str, int, list (a flag that
+# may repeat) or a tuple of choices. Both "--flag value" and "--flag=value" work, and, as
+# with runc (urfave/cli), a single dash works for long names too. A positional named
+# "*name" takes everything that is left (exec's command); flags stop at the first
+# positional for such a verb, as runc's exec needs.
 _GLOBAL = {
     "version": (("v",), False, bool), "root": ((), None, str), "log": ((), None, str),
     "log-format": ((), "text", ("text", "json")), "debug": ((), False, bool),
@@ -72,6 +74,14 @@ VERBS = {
     "list": ({"format": (("f",), "table", ("table", "json")), "quiet": (("q",), False, bool)},
              [], 0),
     "features": ({}, [], 0),
+    "exec": ({"process": (("p",), None, str), "tty": (("t",), False, bool),
+              "console-socket": ((), None, str), "detach": (("d",), False, bool),
+              "pid-file": ((), None, str), "cwd": ((), None, str), "env": (("e",), None, list),
+              "user": (("u",), None, str), "additional-gids": (("g",), None, list),
+              "cap": (("c",), None, list), "no-new-privs": ((), False, bool),
+              "preserve-fds": ((), 0, int), "process-label": ((), None, str),
+              "apparmor": ((), None, str), "ignore-paused": ((), False, bool)},
+             ["id", "*args"], 1),
 }
 USAGE = ("usage: minirun-oci [--root DIR] [--log FILE] [--log-format text|json] [--debug] "
          "VERB [FLAGS] [ID]\nverbs: " + ", ".join(VERBS))
@@ -90,8 +100,8 @@ class Args:
 def _parse_flags(argv: list[str], table: dict, args: Args, stop_at_positional: bool) -> list[str]:
     """Consume flags of `table` from argv into args; return what is left."""
     lookup = {}
-    for name, (aliases, default, _kind) in table.items():
-        setattr(args, name.replace("-", "_"), default)
+    for name, (aliases, default, kind) in table.items():
+        setattr(args, name.replace("-", "_"), [] if kind is list else default)
         for key in (name, *aliases):
             lookup[key] = name
     rest = []
@@ -129,7 +139,10 @@ def _parse_flags(argv: list[str], table: dict, args: Args, stop_at_positional: b
                 raise UsageError(f"flag {arg}: {value!r} is not a number") from None
         elif isinstance(kind, tuple) and value not in kind:
             raise UsageError(f"flag {arg}: {value!r} is not one of {', '.join(kind)}")
-        setattr(args, name.replace("-", "_"), value)
+        if kind is list:
+            getattr(args, name.replace("-", "_")).append(value)
+        else:
+            setattr(args, name.replace("-", "_"), value)
         i += 1
     return rest
 
@@ -150,9 +163,19 @@ def parse_args(argv: list[str]) -> Args:
         rest = _parse_flags(rest, table, args, stop_at_positional=False)
         args.rootless_spec, args.rootless = args.rootless, saved
     else:
-        rest = _parse_flags(rest, table, args, stop_at_positional=False)
+        variadic = bool(positionals) and positionals[-1].startswith("*")
+        rest = _parse_flags(rest, table, args, stop_at_positional=variadic)
+    fixed = [p for p in positionals if not p.startswith("*")]
+    if positionals and positionals[-1].startswith("*"):
+        extra = rest[len(fixed):]
+        if extra and extra[0] == "--":
+            extra = extra[1:]
+        setattr(args, positionals[-1][1:], extra)
+        rest = rest[:len(fixed)]
+        positionals = fixed
+        optional = 0
     if len(rest) > len(positionals) or len(rest) < len(positionals) - optional:
-        want = " ".join(f"<{p}>" for p in positionals) or "no arguments"
+        want = " ".join(f"<{p.lstrip('*')}>" for p in VERBS[verb][1]) or "no arguments"
         raise UsageError(f"{verb}: expects {want}")
     for name, value in zip(positionals, rest):
         setattr(args, name, value)
