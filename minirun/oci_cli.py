@@ -260,6 +260,8 @@ def _dispatch(args) -> int | None:
         runtime.resume(root, args.id)
     elif verb == "list":
         _list(runtime, root, args)
+    elif verb == "exec":
+        return _exec(runtime, root, args)
     return 0
 
 
@@ -298,7 +300,7 @@ def _run(runtime, root: str, args) -> int:
         runtime.start(root, args.id)
         runtime.trace("run: started")
         if proxy:
-            status = proxy.run_until_exit(c)
+            status = proxy.run_until_exit(c.pid)
         else:
             status = runtime.wait_init(c)
         runtime.trace("run: container exited")
@@ -309,6 +311,35 @@ def _run(runtime, root: str, args) -> int:
             runtime.delete(root, args.id, force=True)
             runtime.trace("run: deleted")
     return status
+
+
+def _exec(runtime, root: str, args) -> int:
+    from . import execproc
+
+    c = runtime.Container.load(root, args.id)
+    process = execproc.build_process(
+        c, args.args, process_file=args.process, tty=args.tty, cwd=args.cwd, env=args.env,
+        user=args.user, additional_gids=args.additional_gids, caps=args.cap,
+        no_new_privs=args.no_new_privs)
+    opts = execproc.ExecOptions(console_socket=args.console_socket, pid_file=args.pid_file,
+                                detach=args.detach, preserve_fds=args.preserve_fds)
+    proxy = None
+    if process.get("terminal") and not args.console_socket and not args.detach:
+        from .terminal import TerminalProxy
+
+        proxy = TerminalProxy()
+        opts.console_fd = proxy.container_end
+    try:
+        pid = execproc.exec_process(root, args.id, process, opts)
+        if args.detach:
+            return 0
+        if proxy:
+            proxy.receive_master()
+            return proxy.run_until_exit(pid)
+        return runtime.wait_child(pid)
+    finally:
+        if proxy:
+            proxy.close()
 
 
 def _list(runtime, root: str, args) -> None:

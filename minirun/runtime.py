@@ -364,7 +364,7 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
             "created": _now(), "annotations": cfg.get("annotations") or {},
             "hooks": cfg.get("hooks") or {}, "cgroup_path": cg.path,
             "cgroup_driver": f"v{cg.version}", "cgroup_root": cg.root, "rootless": rootless,
-            "ready": False, "config": cfg,
+            "ready": False, "config": cfg, "no_new_keyring": opts.no_new_keyring,
         }
         # Saved at once, and again as soon as the init's pid is known: if this process is
         # killed mid-create, `delete --force` still finds the cgroup and the init.
@@ -771,7 +771,8 @@ def _winsize(rows: int, cols: int) -> bytes:
     return b"".join(v.to_bytes(2, sys.byteorder) for v in (rows, cols, 0, 0))
 
 
-def _setup_terminal(console: socket.socket | None, size: dict | None) -> None:
+def _setup_terminal(console: socket.socket | None, size: dict | None,
+                    console_mount: bool = True) -> None:
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     try:
         _sys.ioctl_int(master, _sys.TIOCSPTLCK, 0, "ioctl(TIOCSPTLCK)")
@@ -784,7 +785,8 @@ def _setup_terminal(console: socket.socket | None, size: dict | None) -> None:
         if size:
             fcntl.ioctl(slave, _sys.TIOCSWINSZ,
                         _winsize(size.get("height", 0), size.get("width", 0)))
-        setup_console_mount(slave)
+        if console_mount:  # the init's pty becomes /dev/console; an exec's does not
+            setup_console_mount(slave)
         console.sendmsg([b"/dev/ptmx"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                           master.to_bytes(4, sys.byteorder))])
     finally:
@@ -914,9 +916,13 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
 
 
 def wait_init(c: Container) -> int:
-    """Wait for the init (our child through the subreaper), forwarding signals to it.
-    Returns the exit status in the shell's manner (128+N when killed by signal N)."""
-    pid = c.pid
+    return wait_child(c.pid)
+
+
+def wait_child(pid: int) -> int:
+    """Wait for a container's process (our child through the subreaper), forwarding
+    signals to it. Returns the exit status in the shell's manner (128+N when killed by
+    signal N)."""
 
     def forward(signum, _frame):
         try:

@@ -42,8 +42,7 @@ class TerminalProxy:
             except OSError:
                 pass
 
-    def run_until_exit(self, container) -> int:
-        pid = container.pid
+    def run_until_exit(self, pid: int) -> int:
         if os.isatty(0):
             self._saved = termios.tcgetattr(0)
             tty.setraw(0)
