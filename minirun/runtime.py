@@ -38,7 +38,7 @@ from . import sys as _sys
 from .cgroups import open_cgroup, resolve_path
 from .errors import (AlreadyExists, ContainerStateError, HookError, InvalidArgument,
                      InvalidSpec, KernelFeatureMissing, MiniRunError, NotFound)
-from .mounts import RootfsBuilder, setup_console_mount
+from .mounts import RootfsBuilder, make_in_root, setup_console_mount
 from .namespaces import NamespacePlan, write_id_maps
 from . import security
 from . import spec as _spec
@@ -121,10 +121,10 @@ class Container:
 
     def save(self) -> None:
         tmp = self.state_file + ".tmp"
+        # write and rename: atomic, and no fsync, as runc: the state lives under /run
+        # and does not outlive a reboot anyway
         with open(tmp, "w") as f:
             f.write(json.dumps(self.data))
-            f.flush()
-            os.fsync(f.fileno())
         os.rename(tmp, self.state_file)
 
     def lock(self) -> int:
@@ -705,11 +705,16 @@ def _process_env(process: dict, user: dict) -> dict:
 
 
 def _make_cwd(cwd: str) -> None:
-    # After pivot_root: the path resolves inside the container's root, as runc's MkdirAll.
+    # After pivot_root, resolved inside the root with no magic links (securejoin in
+    # runc): a cwd through /proc/*/task/*/fd/N or a rootfs symlink to /proc/self/fd/N
+    # would otherwise mkdir in a leaked host directory (CVE-2024-21626).
+    rootfd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.makedirs(cwd, 0o755, exist_ok=True)
+        os.close(make_in_root(rootfd, cwd, True))
     except OSError as e:
-        raise InvalidSpec(f"process.cwd {cwd}: {e.strerror}") from None
+        raise InvalidSpec(f"process.cwd {cwd}: {os.strerror(e.errno or 0)}") from None
+    finally:
+        os.close(rootfd)
 
 
 def _enter_cwd(cwd: str) -> None:
@@ -726,7 +731,10 @@ def _enter_cwd(cwd: str) -> None:
         raise InvalidSpec(f"process.cwd {cwd}: {e.strerror}") from None
     # CVE-2024-21626: the directory we are in must be inside the container's root; a
     # leaked host fd would leave getcwd() with "(unreachable)".
-    here = os.getcwd()
+    try:
+        here = os.getcwd()
+    except FileNotFoundError:
+        here = ""  # glibc's getcwd fails with ENOENT on an unreachable directory
     if not here.startswith("/") or "(unreachable)" in here:
         raise MiniRunError(f"process.cwd {cwd} resolves outside the container")
 

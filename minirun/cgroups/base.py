@@ -240,9 +240,9 @@ class Cgroup(ABC):
                 return False
             raise MiniRunError(f"cannot create cgroup {directory}: {e.strerror}") from None
 
-    def _add_pid_to(self, directory: str, pid: int) -> None:
+    def _add_pid_to(self, directory: str, pid: int, procs_file: str = "cgroup.procs") -> None:
         try:
-            write_file(os.path.join(directory, "cgroup.procs"), str(pid))
+            write_file(os.path.join(directory, procs_file), str(pid))
         except OSError as e:
             if self.rootless and e.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EROFS):
                 warn(f"cannot move pid {pid} into {directory} (no cgroup delegation): "
