@@ -721,9 +721,10 @@ def _enter_cwd(cwd: str) -> None:
     try:
         os.chdir(cwd)
     except FileNotFoundError:
-        # runc creates a missing cwd; do it inside the new root.
+        # runc creates a missing cwd; do it inside the new root, never through a magic
+        # link (exec's cwd is not made by the init).
+        _make_cwd(cwd)
         try:
-            os.makedirs(cwd, 0o755, exist_ok=True)
             os.chdir(cwd)
         except OSError as e:
             raise InvalidSpec(f"process.cwd {cwd}: {e.strerror}") from None
