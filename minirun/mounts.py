@@ -63,6 +63,11 @@ def make_in_root(rootfd: int, path: str, is_dir: bool, mode: int = 0o755,
         if e.errno != 2:  # ENOENT
             raise
     parent, name = os.path.split(path.rstrip("/"))
+    if name == ".." and parent.strip("/"):
+        # "missing/..", as a relative symlink's target joined to its directory gives
+        # (runc accepts it): make the missing directory, then ".." resolves in the root.
+        os.close(make_in_root(rootfd, parent, True, _depth=_depth + 1))
+        return open_in_root(rootfd, path)
     if name in ("", ".", ".."):
         raise InvalidSpec(f"invalid path {path!r} inside the container")
     parent = parent or "/"
