@@ -74,6 +74,15 @@ VERBS = {
     "list": ({"format": (("f",), "table", ("table", "json")), "quiet": (("q",), False, bool)},
              [], 0),
     "features": ({}, [], 0),
+    "ps": ({"format": (("f",), "table", ("table", "json"))}, ["id", "*ps_args"], 1),
+    "update": ({"resources": (("r",), None, str), "cpu-share": (("cpu-shares",), None, str),
+                **{name: ((), None, str) for name in (
+                    "memory", "memory-reservation", "memory-swap", "kernel-memory",
+                    "kernel-memory-tcp", "cpu-period", "cpu-quota", "cpu-rt-period",
+                    "cpu-rt-runtime", "cpuset-cpus", "cpuset-mems", "pids-limit",
+                    "blkio-weight", "l3-cache-schema", "mem-bw-schema")}},
+               ["id"], 0),
+    "events": ({"stats": ((), False, bool), "interval": ((), "5s", str)}, ["id"], 0),
     "exec": ({"process": (("p",), None, str), "tty": (("t",), False, bool),
               "console-socket": ((), None, str), "detach": (("d",), False, bool),
               "pid-file": ((), None, str), "cwd": ((), None, str), "env": (("e",), None, list),
@@ -183,7 +192,7 @@ def parse_args(argv: list[str]) -> Args:
 
 
 def _root(args) -> str:
-    from .runtime import default_root
+    from .container import default_root
 
     return os.path.abspath(args.root) if args.root else default_root()
 
@@ -229,39 +238,49 @@ def _dispatch(args) -> int | None:
 
         print(json.dumps(spec.features(), indent=2))
         return 0
+    if verb in ("ps", "update", "events"):
+        from . import ops
 
-    from . import runtime
+        return {"ps": ops.cli_ps, "update": ops.cli_update,
+                "events": ops.cli_events}[verb](_root(args), args)
+
+    # The light verbs only need the container's state (minirun.container); create, run
+    # and exec bring in the setup code (minirun.runtime, ctypes and all).
+    from . import container
 
     if args.debug:
-        runtime.enable_trace()
+        container.enable_trace()
     root = _root(args)
-    if verb == "create":
-        runtime.create(root, args.id, args.bundle, _create_opts(args))
-    elif verb == "run":
-        return _run(runtime, root, args)
+    if verb in ("create", "run", "exec"):
+        from . import runtime
+
+        if verb == "create":
+            runtime.create(root, args.id, args.bundle, _create_opts(args))
+        elif verb == "run":
+            return _run(runtime, root, args)
+        else:
+            return _exec(runtime, root, args)
     elif verb == "start":
-        runtime.start(root, args.id)
+        container.start(root, args.id)
     elif verb == "state":
         import json
 
-        print(json.dumps(runtime.Container.load(root, args.id).oci_state(), indent=2))
+        print(json.dumps(container.Container.load(root, args.id).oci_state(), indent=2))
     elif verb == "kill":
-        runtime.kill(root, args.id, runtime.parse_signal(args.signal), args.all)
+        container.kill(root, args.id, container.parse_signal(args.signal), args.all)
     elif verb == "delete":
         try:
-            runtime.delete(root, args.id, args.force)
+            container.delete(root, args.id, args.force)
         except MiniRunError as e:
             # runc: deleting a missing container with --force is not an error
             if not (args.force and type(e).__name__ == "NotFound"):
                 raise
     elif verb == "pause":
-        runtime.pause(root, args.id)
+        container.pause(root, args.id)
     elif verb == "resume":
-        runtime.resume(root, args.id)
+        container.resume(root, args.id)
     elif verb == "list":
-        _list(runtime, root, args)
-    elif verb == "exec":
-        return _exec(runtime, root, args)
+        _list(container, root, args)
     return 0
 
 

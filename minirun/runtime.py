@@ -27,15 +27,39 @@ import _socket as socket
 import errno
 import fcntl
 import os
-import select
 import stat
 import sys
-import time
 
 from . import OCI_VERSION
 from . import jsonfast as json
 from . import sys as _sys
 from .cgroups import open_cgroup, resolve_path
+from .container import (  # noqa: F401 - re-exported: runtime is the lifecycle's API
+    enable_trace,
+    trace,
+    HOOK_KINDS,
+    default_root,
+    validate_id,
+    proc_start_time,
+    Container,
+    list_containers,
+    run_hook,
+    run_hooks,
+    _now,
+    _write_pid_file,
+    _kill_and_wait,
+    _cleanup,
+    start,
+    SIGNALS,
+    parse_signal,
+    kill,
+    delete,
+    pause,
+    resume,
+    FORWARDED_SIGNALS,
+    wait_init,
+    wait_child,
+)
 from .errors import (AlreadyExists, ContainerStateError, HookError, InvalidArgument,
                      InvalidSpec, KernelFeatureMissing, MiniRunError, NotFound)
 from .mounts import RootfsBuilder, make_in_root, setup_console_mount
@@ -43,223 +67,8 @@ from .namespaces import NamespacePlan, write_id_maps
 from . import security
 from . import spec as _spec
 
-_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
-_TRACE = os.environ.get("MINIRUN_TRACE") == "1"
-_T0 = time.monotonic()
-
-
-def enable_trace() -> None:
-    global _TRACE
-    _TRACE = True
-
-
-def trace(step: str) -> None:
-    """MINIRUN_TRACE=1 or --debug: milliseconds since start for each step of the start
-    path, on stderr."""
-    if _TRACE:
-        os.write(2, f"[{(time.monotonic() - _T0) * 1000:7.2f} ms {os.getpid()}] {step}\n".encode())
 SYNC_TIMEOUT = 60.0
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer",
-              "poststart", "poststop")
-
-
-def default_root() -> str:
-    if os.geteuid() == 0:
-        return "/run/minirun/oci"
-    runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/minirun-{os.geteuid()}"
-    return os.path.join(runtime_dir, "minirun")
-
-
-def validate_id(container_id: str) -> None:
-    if not container_id or container_id in (".", "..") or \
-            not set(container_id) <= _ID_CHARS or len(container_id) > 1024:
-        raise InvalidArgument(f"invalid container id {container_id!r}: use letters, digits, "
-                              "'_', '+', '-' and '.'")
-
-
-# --- state --------------------------------------------------------------------------------
-
-def proc_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat; None if the process is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
-
-
-class Container:
-    """A container's on-disk state under <root>/<id>."""
-
-    def __init__(self, root: str, container_id: str) -> None:
-        validate_id(container_id)
-        self.root = root
-        self.id = container_id
-        self.dir = os.path.join(root, container_id)
-        self.state_file = os.path.join(self.dir, "state.json")
-        self.fifo = os.path.join(self.dir, "exec.fifo")
-        self.data: dict = {}
-
-    # loading and saving
-
-    @classmethod
-    def load(cls, root: str, container_id: str) -> "Container":
-        c = cls(root, container_id)
-        try:
-            with open(c.state_file) as f:
-                c.data = json.loads(f.read())
-        except FileNotFoundError:
-            raise NotFound(f"container {container_id!r} does not exist") from None
-        except (OSError, ValueError) as e:
-            raise MiniRunError(f"container {container_id!r}: unreadable state: {e}") from None
-        return c
-
-    def save(self) -> None:
-        tmp = self.state_file + ".tmp"
-        # write and rename: atomic, and no fsync, as runc: the state lives under /run
-        # and does not outlive a reboot anyway
-        with open(tmp, "w") as f:
-            f.write(json.dumps(self.data))
-        os.rename(tmp, self.state_file)
-
-    def lock(self) -> int:
-        """An exclusive lock on the container's directory, held until the fd is closed."""
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
-
-    @property
-    def pid(self) -> int:
-        return self.data.get("pid", 0)
-
-    def cgroup(self):
-        d = self.data
-        return open_cgroup(d["cgroup_path"], rootless=d.get("rootless", False),
-                           driver=d.get("cgroup_driver"), root=d.get("cgroup_root"))
-
-    def alive(self) -> bool:
-        pid = self.pid
-        return pid > 0 and proc_start_time(pid) == self.data.get("start_time")
-
-    def status(self) -> str:
-        if not self.alive():
-            return "stopped"
-        if not self.data.get("ready", True):
-            return "creating"
-        if os.path.exists(self.fifo):
-            return "created"
-        try:
-            if self.cgroup().is_frozen():
-                return "paused"
-        except (OSError, MiniRunError):
-            pass
-        return "running"
-
-    def oci_state(self) -> dict:
-        status = self.status()
-        d = self.data
-        state = {
-            "ociVersion": d.get("ociVersion", OCI_VERSION),
-            "id": self.id,
-            "pid": self.pid if status != "stopped" else 0,
-            "status": status,
-            "bundle": d.get("bundle", ""),
-            "rootfs": d.get("rootfs", ""),
-            "created": d.get("created", ""),
-            "owner": "",
-        }
-        if d.get("annotations"):
-            state["annotations"] = d["annotations"]
-        return state
-
-    def hook_state(self, status: str) -> bytes:
-        d = self.data
-        state = {"ociVersion": d.get("ociVersion", OCI_VERSION), "id": self.id,
-                 "status": status, "pid": self.pid, "bundle": d.get("bundle", "")}
-        if d.get("annotations"):
-            state["annotations"] = d["annotations"]
-        return json.dumps(state).encode()
-
-
-def list_containers(root: str) -> list[Container]:
-    out = []
-    try:
-        names = sorted(os.listdir(root))
-    except FileNotFoundError:
-        return out
-    for name in names:
-        try:
-            out.append(Container.load(root, name))
-        except MiniRunError:
-            continue
-    return out
-
-
-# --- hooks --------------------------------------------------------------------------------
-
-def run_hook(kind: str, hook: dict, state: bytes) -> None:
-    """Run one OCI hook with the state on its stdin; a failure or timeout raises."""
-    path = hook["path"]
-    args = hook.get("args") or [path]
-    env = hook.get("env") or []
-    timeout = hook.get("timeout")
-    r, w = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(r)
-        os.close(w)
-        raise
-    if pid == 0:
-        try:
-            # a hook must not outlive a runtime killed while waiting for it
-            _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL, name="prctl(PR_SET_PDEATHSIG)")
-            os.dup2(r, 0)
-            os.execve(path, args, dict(e.split("=", 1) for e in env if "=" in e))
-        except BaseException as e:
-            os.write(2, f"minirun: hook {path}: {e}\n".encode())
-        os._exit(127)
-    os.close(r)
-    try:
-        os.write(w, state)
-    except OSError:
-        pass
-    os.close(w)
-    deadline = time.monotonic() + timeout if timeout else None
-    pidfd = os.pidfd_open(pid)
-    try:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready, _, _ = select.select([pidfd], [], [], remaining)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise HookError(f"{kind} hook {path} timed out after {timeout}s")
-        _, status = os.waitpid(pid, 0)
-    finally:
-        os.close(pidfd)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise HookError(f"{kind} hook {path} failed with exit status {code}")
-
-
-def run_hooks(cfg_hooks: dict, kinds: tuple[str, ...], state: bytes, warn_only=False) -> None:
-    for kind in kinds:
-        for hook in cfg_hooks.get(kind) or []:
-            try:
-                run_hook(kind, hook, state)
-            except HookError as e:
-                if not warn_only:
-                    raise
-                print(f"minirun: warning: {e}", file=sys.stderr)
-
-
-# --- create -------------------------------------------------------------------------------
-
 def _send(sock: socket.socket, msg: dict) -> None:
     sock.send(json.dumps(msg).encode())
 
@@ -414,55 +223,6 @@ def _check_cwd(cwd: str) -> None:
     if len(parts) >= 4 and parts[1] == "proc" and parts[3] == "fd" and \
             (parts[2] in ("self", "thread-self") or parts[2].isdigit()):
         raise InvalidSpec(f"process.cwd {cwd!r} points into /proc/*/fd: refused")
-
-
-def _now() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
-
-
-def _write_pid_file(path: str, pid: int) -> None:
-    path = os.path.abspath(path)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w") as f:
-        f.write(str(pid))
-    os.rename(tmp, path)
-
-
-def _kill_and_wait(pid: int, timeout: float = 10.0) -> None:
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return
-    try:
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    except OSError:
-        pass
-    select.select([pidfd], [], [], timeout)
-    os.close(pidfd)
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def _cleanup(c: Container, cg) -> None:
-    if cg is not None:
-        try:
-            if cg.exists():
-                cg.kill_all(signal.SIGKILL)
-                cg.destroy()
-        except (OSError, MiniRunError) as e:
-            print(f"minirun: warning: cgroup cleanup: {e}", file=sys.stderr)
-    for name in ("state.json", "state.json.tmp", "exec.fifo"):
-        try:
-            os.unlink(os.path.join(c.dir, name))
-        except FileNotFoundError:
-            pass
-    try:
-        os.rmdir(c.dir)
-    except FileNotFoundError:
-        pass
 
 
 def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: NamespacePlan,
@@ -807,148 +567,3 @@ def _setup_terminal(console: socket.socket | None, size: dict | None,
 
 
 # --- start, kill, delete ----------------------------------------------------------------
-
-def start(root: str, container_id: str) -> Container:
-    c = Container.load(root, container_id)
-    lock = c.lock()
-    try:
-        status = c.status()
-        if status != "created":
-            raise ContainerStateError(f"cannot start a container that is {status}"
-                                      if status != "stopped" else
-                                      "cannot start a container that has stopped")
-        try:
-            fd = os.open(c.fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as e:
-            if e.errno == errno.ENXIO:
-                raise ContainerStateError("cannot start a container that has stopped") from None
-            raise
-        try:
-            os.write(fd, b"0")
-        finally:
-            os.close(fd)
-        os.unlink(c.fifo)
-    finally:
-        os.close(lock)
-    hooks = c.data.get("hooks") or {}
-    if hooks.get("poststart"):
-        run_hooks(hooks, ("poststart",), c.hook_state("running"), warn_only=True)
-    return c
-
-
-SIGNALS = {name: getattr(signal, name) for name in dir(signal)
-           if name.startswith("SIG") and not name.startswith("SIG_")
-           and isinstance(getattr(signal, name), int)}
-
-
-def parse_signal(text: str) -> int:
-    text = text.strip()
-    if text.isdigit():
-        num = int(text)
-        if 0 < num < 65:
-            return num
-    else:
-        name = text.upper()
-        if not name.startswith("SIG"):
-            name = "SIG" + name
-        if name in SIGNALS:
-            return int(SIGNALS[name])
-    raise InvalidArgument(f"unknown signal {text!r}")
-
-
-def kill(root: str, container_id: str, sig: int, all_processes: bool = False) -> None:
-    c = Container.load(root, container_id)
-    status = c.status()
-    if status == "stopped" and not all_processes:
-        raise ContainerStateError("container not running")
-    if all_processes:
-        cg = c.cgroup()
-        if cg.exists():
-            cg.kill_all(sig)
-        return
-    try:
-        pidfd = os.pidfd_open(c.pid)
-    except OSError:
-        raise ContainerStateError("container not running") from None
-    try:
-        # The pidfd pins the process: check it is still our init before signalling.
-        if proc_start_time(c.pid) != c.data.get("start_time"):
-            raise ContainerStateError("container not running")
-        signal.pidfd_send_signal(pidfd, sig)
-    finally:
-        os.close(pidfd)
-
-
-def delete(root: str, container_id: str, force: bool = False) -> None:
-    c = Container.load(root, container_id)
-    lock = c.lock()
-    try:
-        status = c.status()
-        if status in ("running", "paused") and not force:
-            raise ContainerStateError(
-                f"cannot delete container {container_id} that is not stopped: {status}")
-        cg = c.cgroup()
-        if status != "stopped":
-            if cg.exists():
-                cg.kill_all(signal.SIGKILL)
-                if status == "paused":
-                    cg.thaw()
-            _kill_and_wait(c.pid)
-        _cleanup(c, cg)
-    finally:
-        os.close(lock)
-    hooks = c.data.get("hooks") or {}
-    if hooks.get("poststop"):
-        run_hooks(hooks, ("poststop",), c.hook_state("stopped"), warn_only=True)
-
-
-def pause(root: str, container_id: str) -> None:
-    c = Container.load(root, container_id)
-    status = c.status()
-    if status != "running":
-        raise ContainerStateError(f"container not running: {status}")
-    c.cgroup().freeze()
-
-
-def resume(root: str, container_id: str) -> None:
-    c = Container.load(root, container_id)
-    status = c.status()
-    if status != "paused":
-        raise ContainerStateError(f"container not paused: {status}")
-    c.cgroup().thaw()
-
-
-# --- run in the foreground ----------------------------------------------------------------
-
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
-
-
-def wait_init(c: Container) -> int:
-    return wait_child(c.pid)
-
-
-def wait_child(pid: int) -> int:
-    """Wait for a container's process (our child through the subreaper), forwarding
-    signals to it. Returns the exit status in the shell's manner (128+N when killed by
-    signal N)."""
-
-    def forward(signum, _frame):
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    handlers = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
-    try:
-        while True:
-            try:
-                got, status = os.waitpid(pid, 0)
-            except ChildProcessError:
-                return 0
-            if got == pid:
-                return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) \
-                    else 128 + os.WTERMSIG(status)
-    finally:
-        for sig, h in handlers.items():
-            signal.signal(sig, h)
