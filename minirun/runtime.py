@@ -397,6 +397,8 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     if console is not None:
         console.close()
 
+    if linux.get("personality"):
+        _sys.personality(linux["personality"]["domain"])
     exe, env, user = prepare_process(process, caps, rlimits)
 
     trace("init: ready")

@@ -290,7 +290,6 @@ UNSUPPORTED: tuple[str, ...] = (
     "process.execCPUAffinity",
     "linux.seccomp",
     "linux.intelRdt",
-    "linux.personality",
     "linux.timeOffsets",
     "linux.mountLabel",
     "linux.netDevices",

@@ -217,6 +217,15 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     _check(_syscall(_NR["capset"], ctypes.byref(hdr), data), "capset")
 
 
+PERSONALITIES = {"LINUX": 0x0000, "LINUX32": 0x0008}
+
+
+def personality(domain: str) -> None:
+    _libc.personality.restype = ctypes.c_int
+    if _libc.personality(ctypes.c_ulong(PERSONALITIES[domain])) < 0:
+        raise SysError("personality", domain, ctypes.get_errno())
+
+
 KEYCTL_JOIN_SESSION_KEYRING = 1
 
 

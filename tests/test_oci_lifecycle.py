@@ -245,3 +245,12 @@ def test_session_keyring(oci, rootfs, flags, expect_own):
     proc = oci("run", *flags, "--bundle", oci.bundle(cfg, rootfs), cid)
     assert proc.returncode == 0, proc.stderr
     assert (proc.stdout.strip() == "1") == expect_own, proc.stdout
+
+
+@pytest.mark.parametrize("domain,machine", [("LINUX32", "i686"), ("LINUX", os.uname().machine)])
+def test_personality(oci, rootfs, domain, machine):
+    cfg = base_config(["uname", "-m"])
+    cfg["linux"]["personality"] = {"domain": domain}
+    proc = oci.run(cfg, rootfs)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == machine
