@@ -219,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e)
         LOG.write("error", msg)
         print(f"minirun-oci: {msg}", file=sys.stderr)
-        return e.exit_code
+        # runc's exec answers 255 when the process could not be started, so that it is
+        # not mistaken for the process's own status
+        return 255 if args.verb == "exec" else e.exit_code
     except KeyboardInterrupt:
         return 130
 

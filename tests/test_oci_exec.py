@@ -116,7 +116,7 @@ def test_exec_console_socket(oci, running, tmp_path):
 
 def test_exec_tty_detached_without_socket_refused(oci, running):
     proc = oci("exec", "-t", "-d", running, "true")
-    assert proc.returncode == 1
+    assert proc.returncode == 255
     assert "console-socket" in proc.stderr
 
 
@@ -133,28 +133,28 @@ def test_exec_into_stopped_missing_or_paused(oci, rootfs, running):
     oci("run", "-d", "--bundle", oci.bundle(base_config(["true"]), rootfs), cid, check=True)
     assert wait_for(lambda: oci.state(cid)["status"] == "stopped")
     proc = oci("exec", cid, "true")
-    assert proc.returncode == 1 and "stopped" in proc.stderr
+    assert proc.returncode == 255 and "stopped" in proc.stderr
     proc = oci("exec", "no-such-container", "true")
-    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    assert proc.returncode == 255 and "does not exist" in proc.stderr
     oci("pause", running, check=True)
     proc = oci("exec", running, "true")
-    assert proc.returncode == 1 and "paused" in proc.stderr
+    assert proc.returncode == 255 and "paused" in proc.stderr
     oci("resume", running, check=True)
 
 
 def test_exec_missing_program_or_bad_input(oci, running, tmp_path):
     proc = oci("exec", running, "no-such-program")
-    assert proc.returncode == 1
+    assert proc.returncode == 255
     assert "executable file not found" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     proc = oci("exec", running)
-    assert proc.returncode == 1 and "command" in proc.stderr
+    assert proc.returncode == 255 and "command" in proc.stderr
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     proc = oci("exec", "-p", bad, running)
-    assert proc.returncode == 1 and "invalid JSON" in proc.stderr
+    assert proc.returncode == 255 and "invalid JSON" in proc.stderr
     proc = oci("exec", "--cwd", "/proc/self/fd/3", running, "true")
-    assert proc.returncode == 1 and "/proc/self/fd/3" in proc.stderr
+    assert proc.returncode == 255 and "/proc/self/fd/3" in proc.stderr
     # the container is untouched
     assert oci.state(running)["status"] == "running"
     assert container_cgroup_dirs(f"/minirun/{running}")

@@ -590,3 +590,38 @@ def test_run_killed_from_outside_exit_status(diff, tmp_path):
                 proc.kill()
                 proc.wait()
     assert codes["minirun"] == codes["runc"] == 128 + signal.SIGKILL
+
+
+# --- exec ---------------------------------------------------------------------------------
+
+EXEC_CASES = [
+    ([], ["sh", "-c", "exit 7"]),
+    (["--env", "FOO=bar", "--cwd", "/tmp"], ["sh", "-c", "echo $FOO; pwd"]),
+    (["--user", "1000:1000"], ["sh", "-c", "id; grep -E '^Cap(Eff|Prm|Bnd)' /proc/self/status"]),
+    (["--cap", "CAP_SYS_ADMIN"], ["grep", "-E", "^Cap(Eff|Prm|Bnd)", "/proc/self/status"]),
+    (["--no-new-privs"], ["grep", "NoNewPrivs", "/proc/self/status"]),
+    ([], ["sh", "-c", "hostname; cat /proc/self/cgroup | grep -c /; ls /proc/1/exe >/dev/null; "
+                      "echo pid1-visible"]),
+    ([], ["no-such-program"]),
+    ([], ["/etc/passwd"]),
+]
+
+
+@pytest.mark.parametrize("flags,cmd", EXEC_CASES,
+                         ids=["exit", "env-cwd", "user", "cap", "nnp", "view", "missing",
+                              "not-executable"])
+def test_same_exec_results(diff, flags, cmd):
+    """exec into a running container: the same output and exit status as runc's exec."""
+    cfg = base_config(["sleep", "60"])
+    results = {}
+    for name, rt, new_id in (("minirun", diff.oci, diff.oci.new_id),
+                             ("runc", diff.runc, diff.runc.new_id)):
+        cid = new_id()
+        bundle = diff.tmp / f"exec-{name}-{cid}"
+        bundle.mkdir()
+        (bundle / "config.json").write_text(json.dumps(diff._config(cfg, cid, diff.rootfs)))
+        proc = rt("run", "-d", "--bundle", bundle, cid)
+        assert proc.returncode == 0, proc.stderr
+        out = rt("exec", *flags, cid, *cmd)
+        results[name] = (out.returncode, out.stdout.replace(cid, "<ID>"))
+    assert results["minirun"] == results["runc"], results
