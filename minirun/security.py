@@ -89,8 +89,10 @@ def rlimit_plan(rlimits: list[dict] | None) -> list[tuple[int, int, int, str]]:
 def apply_rlimits(plan: list[tuple[int, int, int, str]]) -> None:
     for num, soft, hard, name in plan:
         try:
-            resource.setrlimit(num, (soft, hard))
-        except (ValueError, OSError) as e:
+            # OCI limits are uint64 (unlimited is 2**64-1, as podman writes it); Python
+            # takes rlim_t as signed, the same bits.
+            resource.setrlimit(num, tuple(v - 2**64 if v >= 2**63 else v for v in (soft, hard)))
+        except (ValueError, OverflowError, OSError) as e:
             raise InvalidSpec(f"setrlimit {name} soft={soft} hard={hard}: {e}") from None
 
 
