@@ -37,3 +37,11 @@ class KernelFeatureMissing(MiniRunError):
 
 class HookError(MiniRunError):
     """An OCI hook failed or timed out."""
+
+
+class ExecutableNotFound(NotFound):
+    """The container's program does not exist (docker's exit status 127)."""
+
+
+class NotExecutable(InvalidSpec):
+    """The container's program exists but cannot be executed (docker's exit status 126)."""
