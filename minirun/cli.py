@@ -84,6 +84,16 @@ def format_info(host: HostInfo) -> str:
     return "\n".join(lines)
 
 
+def _register_commands() -> None:
+    """The other command groups live in their own modules (containers, images, ...)."""
+    from . import cli_container
+
+    cli_container.register(cli)
+
+
+_register_commands()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     try:

@@ -1,0 +1,188 @@
+"""`minirun run`, `ps`, `rm`, `inspect`, `container prune`: docker's flags, parsed here and
+handed to minirun.engine."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from .errors import ExecutableNotFound, MiniRunError, NotExecutable
+
+# docker's exit statuses for `run`: 125 the engine failed, 126 the command cannot be
+# executed, 127 it was not found; otherwise the container's own status.
+EXIT_ENGINE, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND = 125, 126, 127
+
+
+def _engine(root: str | None):
+    from .engine import Engine
+
+    return Engine(root=root)
+
+
+root_option = click.option("--root", envvar="MINIRUN_ROOT", default=None,
+                           help="data directory (default /var/lib/minirun)")
+
+
+@click.command(context_settings={"allow_interspersed_args": False,
+                                 "help_option_names": ["--help"]})  # -h is --hostname
+@root_option
+@click.option("-d", "--detach", is_flag=True, help="run in the background")
+@click.option("-i", "--interactive", is_flag=True, help="keep stdin open")
+@click.option("-t", "--tty", is_flag=True, help="allocate a terminal")
+@click.option("--rm", "remove", is_flag=True, help="remove the container when it exits")
+@click.option("--name", default=None)
+@click.option("-e", "--env", multiple=True)
+@click.option("--env-file", multiple=True)
+@click.option("-w", "--workdir", default=None)
+@click.option("-u", "--user", default=None, help="name|uid[:group|gid]")
+@click.option("-v", "--volume", "volumes", multiple=True, help="SOURCE:/DEST[:ro]")
+@click.option("--tmpfs", multiple=True, help="/DEST[:OPTIONS]")
+@click.option("-h", "--hostname", default=None)
+@click.option("-m", "--memory", default=None, help="e.g. 64m")
+@click.option("--cpus", default=None)
+@click.option("--pids-limit", type=int, default=None)
+@click.option("--read-only", is_flag=True)
+@click.option("--cap-add", multiple=True)
+@click.option("--cap-drop", multiple=True)
+@click.option("--privileged", is_flag=True)
+@click.option("--security-opt", multiple=True,
+              help="no-new-privileges | seccomp=PROFILE.json | seccomp=unconfined")
+@click.option("--init", is_flag=True, help="a small init (tini) as pid 1")
+@click.option("--restart", default="no")
+@click.option("--entrypoint", default=None)
+@click.option("--network", "--net", default="none", help="none | host")
+@click.option("--userns", default="host")
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run(root, image, command, volumes, remove, **kw) -> None:
+    """Run a command in a new container from IMAGE."""
+    from .engine import RunOptions
+
+    opts = RunOptions(command=list(command), volumes=list(volumes), remove=remove,
+                      env=list(kw.pop("env")), env_files=list(kw.pop("env_file")),
+                      tmpfs=list(kw.pop("tmpfs")), cap_add=list(kw.pop("cap_add")),
+                      cap_drop=list(kw.pop("cap_drop")),
+                      security_opt=list(kw.pop("security_opt")), **kw)
+    try:
+        if opts.detach:
+            raise MiniRunError("-d needs the minirun daemon, which is not there yet")
+        if opts.userns != "host":
+            raise MiniRunError(f"--userns {opts.userns}: only host for now")
+        status = _engine(root).run_foreground(image, opts)
+    except ExecutableNotFound as e:
+        click.echo(f"minirun: error: {e}", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    except NotExecutable as e:
+        click.echo(f"minirun: error: {e}", err=True)
+        sys.exit(EXIT_CANNOT_EXECUTE)
+    except MiniRunError as e:
+        click.echo(f"minirun: error: {e}", err=True)
+        sys.exit(EXIT_ENGINE)
+    sys.exit(status)
+
+
+def _status_text(rec: dict) -> str:
+    if rec["status"] == "running":
+        return f"Up {_ago(rec['started'])}"
+    if rec["status"] == "exited":
+        return f"Exited ({rec['exit_code']}) {_ago(rec['finished'])} ago"
+    return rec["status"].capitalize()
+
+
+def _ago(when: float | None) -> str:
+    if not when:
+        return ""
+    secs = int(time.time() - when)
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if secs >= size:
+            return f"{secs // size} {unit}"
+    return f"{secs} seconds"
+
+
+@click.command(name="ps")
+@root_option
+@click.option("-a", "--all", "all_", is_flag=True, help="also stopped containers")
+@click.option("-q", "--quiet", is_flag=True, help="ids only")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def ps(root, all_, quiet, fmt) -> None:
+    """List containers."""
+    recs = _engine(root).records(all_containers=all_)
+    if quiet:
+        for r in recs:
+            click.echo(r["id"][:12])
+        return
+    if fmt == "json":
+        click.echo(json.dumps([{"Id": r["id"], "Names": [r["name"]], "Image": r["image"],
+                                "ImageID": r["image_id"], "Command": json.loads(r["command"]),
+                                "Created": int(r["created"]), "State": r["status"],
+                                "ExitCode": r["exit_code"], "Status": _status_text(r)}
+                               for r in recs]))
+        return
+    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")]
+    for r in recs:
+        cmd = " ".join(json.loads(r["command"]))
+        rows.append((r["id"][:12], r["image"], f'"{cmd[:20]}"', f"{_ago(r['created'])} ago",
+                     _status_text(r), r["name"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("   ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@click.command(name="rm")
+@root_option
+@click.option("-f", "--force", is_flag=True)
+@click.option("-v", "--volumes", is_flag=True, help="accepted for docker compatibility")
+@click.argument("containers", nargs=-1, required=True)
+def rm(root, force, volumes, containers) -> None:
+    """Remove containers."""
+    engine = _engine(root)
+    failed = False
+    for name in containers:
+        try:
+            engine.remove(name, force=force)
+            click.echo(name)
+        except MiniRunError as e:
+            click.echo(f"minirun: error: {e}", err=True)
+            failed = True
+    if failed:
+        sys.exit(1)
+
+
+@click.command(name="inspect")
+@root_option
+@click.argument("containers", nargs=-1, required=True)
+def inspect(root, containers) -> None:
+    """Low-level information on containers, as JSON."""
+    engine = _engine(root)
+    out = []
+    for name in containers:
+        r = engine.get(name)
+        out.append({"Id": r["id"], "Name": r["name"], "Image": r["image_id"],
+                    "Config": {"Image": r["image"], "Cmd": json.loads(r["command"])},
+                    "State": {"Status": r["status"], "ExitCode": r["exit_code"],
+                              "Pid": r["pid"] or 0},
+                    "Created": r["created"], "HostConfig": json.loads(r["options"])})
+    click.echo(json.dumps(out, indent=2))
+
+
+@click.command(name="prune")
+@root_option
+def container_prune(root) -> None:
+    """Remove all stopped containers."""
+    engine = _engine(root)
+    for r in engine.records():
+        if r["status"] != "running":
+            engine.remove(r["id"], force=True)
+            click.echo(r["id"])
+
+
+def register(group: click.Group) -> None:
+    for cmd in (run, ps, rm, inspect):
+        group.add_command(cmd)
+    container = click.Group(name="container", help="Manage containers.")
+    for cmd in (run, ps, rm, inspect, container_prune):
+        container.add_command(cmd, name="ls" if cmd is ps else None)
+    group.add_command(container)

@@ -1,0 +1,535 @@
+"""The engine: named containers made from images, their records and their lifecycle.
+
+It turns "image + options" into an OCI bundle (an overlay snapshot of the image and a
+generated config.json) and drives minirun.runtime directly, in-process. Records live in
+SQLite (<root>/engine.db): names are unique across concurrent `minirun` commands, and a
+crash between steps leaves a record that `ps -a`, `rm` and `container prune` can see.
+
+Defaults are docker's: its 14 capabilities, its masked and read-only /proc paths, the
+default seccomp profile (containers-common's, when the runtime supports seccomp), a
+private /dev, and a pids limit (podman's 2048).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+from .errors import (AlreadyExists, ContainerStateError, InvalidArgument, MiniRunError,
+                     NotFound)
+
+DEFAULT_ROOT = "/var/lib/minirun"
+DEFAULT_RUN_ROOT = "/run/minirun"
+DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_PIDS_LIMIT = 2048
+SECCOMP_PROFILE = "/usr/share/containers/seccomp.json"
+TINI = "/usr/bin/tini-static"
+
+# docker's default capability set
+DEFAULT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+                "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+                "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
+MASKED_PATHS = ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys",
+                "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                "/sys/devices/virtual/powercap"]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+@dataclass
+class RunOptions:
+    """`minirun run`'s options, as docker names them."""
+
+    command: list[str] = field(default_factory=list)
+    name: str | None = None
+    detach: bool = False
+    interactive: bool = False
+    tty: bool = False
+    remove: bool = False
+    env: list[str] = field(default_factory=list)
+    env_files: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    volumes: list[str] = field(default_factory=list)
+    tmpfs: list[str] = field(default_factory=list)
+    hostname: str | None = None
+    memory: str | None = None
+    cpus: str | None = None
+    pids_limit: int | None = None
+    read_only: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    privileged: bool = False
+    security_opt: list[str] = field(default_factory=list)
+    init: bool = False
+    restart: str = "no"
+    entrypoint: str | None = None
+    network: str = "none"
+    userns: str = "host"
+
+
+def parse_size(text: str, what: str) -> int:
+    """docker's sizes: 1024 (bytes), 100k, 512m, 1g (also with a trailing b: 512mb)."""
+    units = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+    t = text.strip().lower()
+    if t.endswith("b") and len(t) > 1 and t[-2] in "kmgt":
+        t = t[:-1]
+    number, unit = (t[:-1], t[-1]) if t and t[-1] in "bkmgt" else (t, "")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise InvalidArgument(f"{what}: invalid size {text!r}") from None
+    if value <= 0:
+        raise InvalidArgument(f"{what}: must be positive, got {text!r}")
+    return int(value)
+
+
+_NATIVE_ARCH = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
+
+
+def docker_profile_to_oci(profile: dict, caps: list[str]) -> dict:
+    """A docker/containers-common seccomp profile (archMap, includes/excludes by
+    capability and architecture) as the OCI linux.seccomp for this host and these
+    capabilities, as moby builds it."""
+    native = _NATIVE_ARCH.get(os.uname().machine)
+    arches = []
+    for entry in profile.get("archMap") or []:
+        if entry.get("architecture") == native:
+            arches = [native] + list(entry.get("subArchitectures") or [])
+    syscalls = []
+    for call in profile.get("syscalls") or []:
+        inc, exc = call.get("includes") or {}, call.get("excludes") or {}
+        if any(c not in caps for c in inc.get("caps") or []):
+            continue
+        if inc.get("arches") and native not in inc["arches"]:
+            continue
+        if any(c in caps for c in exc.get("caps") or []) or native in (exc.get("arches") or []):
+            continue
+        rule = {"names": call.get("names") or [call["name"]], "action": call["action"]}
+        for key in ("args", "errnoRet"):
+            if call.get(key) is not None:
+                rule[key] = call[key]
+        syscalls.append(rule)
+    out = {"defaultAction": profile.get("defaultAction", "SCMP_ACT_ERRNO"),
+           "architectures": arches, "syscalls": syscalls}
+    if profile.get("defaultErrnoRet") is not None:
+        out["defaultErrnoRet"] = profile["defaultErrnoRet"]
+    return out
+
+
+class Engine:
+    def __init__(self, root: str | None = None, run_root: str | None = None) -> None:
+        self.root = root or os.environ.get("MINIRUN_ROOT", DEFAULT_ROOT)
+        self.run_root = run_root or os.environ.get("MINIRUN_RUN_ROOT", DEFAULT_RUN_ROOT)
+        self.oci_root = os.path.join(self.run_root, "engine")
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
+        self._db = None
+
+    # --- records ---------------------------------------------------------------------------
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(os.path.join(self.root, "engine.db"), timeout=30,
+                                 isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            db.execute("""CREATE TABLE IF NOT EXISTS containers (
+                id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, image TEXT NOT NULL,
+                image_id TEXT NOT NULL, command TEXT NOT NULL, created REAL NOT NULL,
+                status TEXT NOT NULL, exit_code INTEGER, started REAL, finished REAL,
+                pid INTEGER, options TEXT NOT NULL, restart_count INTEGER DEFAULT 0)""")
+            self._db = db
+        return self._db
+
+    def _insert(self, cid: str, name: str, image: str, image_id: str, command: list[str],
+                opts: RunOptions) -> None:
+        try:
+            self.db.execute(
+                "INSERT INTO containers (id, name, image, image_id, command, created, status,"
+                " options) VALUES (?, ?, ?, ?, ?, ?, 'creating', ?)",
+                (cid, name, image, image_id, json.dumps(command), time.time(),
+                 json.dumps(opts.__dict__)))
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"the container name {name!r} is already in use") from None
+
+    def _update(self, cid: str, **fields) -> None:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(f"UPDATE containers SET {sets} WHERE id = ?", (*fields.values(), cid))
+
+    def records(self, all_containers: bool = True) -> list[dict]:
+        self.db.row_factory = sqlite3.Row
+        rows = [dict(r) for r in self.db.execute("SELECT * FROM containers ORDER BY created")]
+        for r in rows:
+            self._reconcile(r)
+        return [r for r in rows if all_containers or r["status"] == "running"]
+
+    def get(self, name_or_id: str) -> dict:
+        self.db.row_factory = sqlite3.Row
+        rows = [dict(r) for r in self.db.execute(
+            "SELECT * FROM containers WHERE name = ? OR id = ? OR id LIKE ?",
+            (name_or_id, name_or_id, f"{name_or_id}%"))]
+        exact = [r for r in rows if r["name"] == name_or_id or r["id"] == name_or_id]
+        rows = exact or rows
+        if not rows or len(name_or_id) < 3 and not exact:
+            raise NotFound(f"no such container: {name_or_id}")
+        if len(rows) > 1:
+            raise InvalidArgument(f"{name_or_id!r} names more than one container")
+        self._reconcile(rows[0])
+        return rows[0]
+
+    def _reconcile(self, rec: dict) -> None:
+        """A record still saying running whose container the runtime no longer has
+        running (a crashed foreground `minirun run`): mark it exited."""
+        if rec["status"] not in ("running", "creating"):
+            return
+        from .container import Container
+
+        try:
+            status = Container.load(self.oci_root, rec["id"]).status()
+        except NotFound:
+            status = "missing"
+        except MiniRunError:
+            return
+        if status in ("stopped", "missing"):
+            rec["status"] = "exited"
+            rec["exit_code"] = rec["exit_code"] if rec["exit_code"] is not None else -1
+            self._update(rec["id"], status="exited", exit_code=rec["exit_code"],
+                         finished=time.time())
+
+    # --- create ------------------------------------------------------------------------------
+
+    def create(self, image_ref: str, opts: RunOptions, console_fd=None):
+        from . import runtime
+        from .image.store import ImageStore
+
+        store = ImageStore(self.root)
+        image = store.get(image_ref)
+        cid = secrets.token_hex(32)
+        name = opts.name or f"minirun_{cid[:12]}"
+        if not set(name) <= NAME_CHARS or not name[0].isalnum():
+            raise InvalidArgument(f"invalid container name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]")
+        config = image.config.get("config") or {}
+        args = self._command(config, opts)
+        self._insert(cid, name, image_ref, image.id, args, opts)
+        try:
+            rootfs = store.snapshot(image, cid)
+            bundle = os.path.join(self.root, "containers", cid)
+            cfg = self._oci_config(cid, config, args, rootfs, bundle, opts)
+            with open(os.path.join(bundle, "config.json"), "w") as f:
+                json.dump(cfg, f)
+            c = runtime.create(self.oci_root, cid, bundle,
+                               runtime.CreateOptions(console_fd=console_fd))
+            self._update(cid, status="created", pid=c.pid)
+        except BaseException:
+            self._remove_everything(cid, store)
+            raise
+        return cid, c
+
+    def _command(self, config: dict, opts: RunOptions) -> list[str]:
+        if opts.entrypoint is not None:
+            # docker: --entrypoint replaces the image's and drops its Cmd
+            entrypoint = shlex.split(opts.entrypoint) if opts.entrypoint else []
+            cmd = list(opts.command)
+        else:
+            entrypoint = list(config.get("Entrypoint") or [])
+            cmd = list(opts.command) or list(config.get("Cmd") or [])
+        args = entrypoint + cmd
+        if not args:
+            raise InvalidArgument("no command specified: the image has no Cmd or Entrypoint")
+        if opts.init:
+            if not os.path.exists(TINI):
+                raise MiniRunError(f"--init needs {TINI} (apt-get install tini)")
+            args = ["/sbin/minirun-init", "--"] + args
+        return args
+
+    def _env(self, config: dict, opts: RunOptions, hostname: str) -> list[str]:
+        env: dict[str, str] = {}
+        for item in [DEFAULT_PATH_ENV] + list(config.get("Env") or []):
+            k, _, v = item.partition("=")
+            env[k] = v
+        env["HOSTNAME"] = hostname
+        if opts.tty:
+            env["TERM"] = "xterm"
+        lines = []
+        for path in opts.env_files:
+            try:
+                with open(path) as f:
+                    lines += [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
+            except OSError as e:
+                raise InvalidArgument(f"--env-file {path}: {e.strerror}") from None
+        for item in lines + list(opts.env):
+            k, sep, v = item.partition("=")
+            if not k:
+                raise InvalidArgument(f"invalid environment variable {item!r}")
+            if sep:
+                env[k] = v
+            elif k in os.environ:  # docker: -e NAME passes the caller's value
+                env[k] = os.environ[k]
+        return [f"{k}={v}" for k, v in env.items()]
+
+    def _user(self, spec_user: str, rootfs: str) -> dict:
+        """uid[:gid] or name[:group], looked up in the image's /etc files (read inside the
+        rootfs, never through a symlink to the host)."""
+        user, _, group = spec_user.partition(":")
+        passwd = _read_in_root(rootfs, "/etc/passwd")
+        groups = _read_in_root(rootfs, "/etc/group")
+        uid = gid = None
+        if user.isdigit():
+            uid = int(user)
+        for line in passwd.splitlines():
+            f = line.split(":")
+            if len(f) >= 4 and (f[0] == user or (uid is not None and f[2] == str(uid))):
+                uid, gid = int(f[2]), int(f[3])
+                break
+        if uid is None:
+            raise InvalidArgument(f"unable to find user {user}: no matching entries in passwd file")
+        if group:
+            if group.isdigit():
+                gid = int(group)
+            else:
+                for line in groups.splitlines():
+                    f = line.split(":")
+                    if len(f) >= 3 and f[0] == group:
+                        gid = int(f[2])
+                        break
+                else:
+                    raise InvalidArgument(f"unable to find group {group}")
+        extra = []
+        name = next((ln.split(":")[0] for ln in passwd.splitlines()
+                     if ln.split(":")[2:3] == [str(uid)]), None)
+        for line in groups.splitlines():
+            f = line.split(":")
+            if len(f) >= 4 and name and name in f[3].split(",") and f[2].isdigit():
+                extra.append(int(f[2]))
+        return {"uid": uid, "gid": gid or 0, "additionalGids": sorted(set(extra))}
+
+    def _oci_config(self, cid: str, config: dict, args: list[str], rootfs: str, bundle: str,
+                    opts: RunOptions) -> dict:
+        from .spec import UNSUPPORTED, default_spec
+
+        hostname = opts.hostname or cid[:12]
+        cfg = default_spec()
+        cfg["root"] = {"path": rootfs, "readonly": opts.read_only}
+        cfg["hostname"] = hostname
+        user = self._user(opts.user or config.get("User") or "0", rootfs)
+        caps = self._caps(opts, user["uid"])
+        process = cfg["process"]
+        process.update(terminal=opts.tty, args=args, env=self._env(config, opts, hostname),
+                       cwd=opts.workdir or config.get("WorkingDir") or "/", user=user,
+                       capabilities=caps, rlimits=[],
+                       noNewPrivileges="no-new-privileges" in opts.security_opt or
+                       "no-new-privileges:true" in opts.security_opt)
+        linux = cfg["linux"]
+        linux["maskedPaths"] = [] if opts.privileged else list(MASKED_PATHS)
+        linux["readonlyPaths"] = [] if opts.privileged else list(READONLY_PATHS)
+        linux["cgroupsPath"] = f"/minirun/{cid}"
+        res = {"devices": [{"allow": opts.privileged, "access": "rwm"}],
+               "pids": {"limit": opts.pids_limit if opts.pids_limit is not None
+                        else DEFAULT_PIDS_LIMIT}}
+        if opts.memory:
+            res["memory"] = {"limit": parse_size(opts.memory, "--memory")}
+        if opts.cpus:
+            try:
+                cpus = float(opts.cpus)
+            except ValueError:
+                raise InvalidArgument(f"--cpus: invalid number {opts.cpus!r}") from None
+            if cpus <= 0:
+                raise InvalidArgument("--cpus must be positive")
+            res["cpu"] = {"quota": int(cpus * 100000), "period": 100000}
+        linux["resources"] = res
+        namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+        if opts.network == "none":
+            namespaces.append({"type": "network"})
+        elif opts.network != "host":
+            raise InvalidArgument(f"--network {opts.network!r}: only host and none for now")
+        linux["namespaces"] = namespaces
+        if not opts.privileged and "linux.seccomp" not in UNSUPPORTED:
+            profile = self._seccomp(opts, caps["bounding"])
+            if profile:
+                linux["seccomp"] = profile
+        cfg["mounts"] += self._extra_mounts(cid, bundle, hostname, opts)
+        cfg["annotations"] = {"io.minirun.id": cid}
+        return cfg
+
+    def _caps(self, opts: RunOptions, uid: int) -> dict:
+        from .spec import CAPABILITIES
+
+        caps = list(CAPABILITIES) if opts.privileged else list(DEFAULT_CAPS)
+        for cap in opts.cap_add:
+            cap = cap.upper() if cap.upper().startswith("CAP_") else "CAP_" + cap.upper()
+            if cap == "CAP_ALL":
+                caps = list(CAPABILITIES)
+            elif cap not in CAPABILITIES:
+                raise InvalidArgument(f"--cap-add: unknown capability {cap}")
+            elif cap not in caps:
+                caps.append(cap)
+        for cap in opts.cap_drop:
+            cap = cap.upper() if cap.upper().startswith("CAP_") else "CAP_" + cap.upper()
+            if cap == "CAP_ALL":
+                caps = []
+            elif cap not in CAPABILITIES:
+                raise InvalidArgument(f"--cap-drop: unknown capability {cap}")
+            elif cap in caps:
+                caps.remove(cap)
+        # docker: a non-root user keeps only the bounding set
+        effective = caps if uid == 0 else []
+        return {"bounding": caps, "effective": effective, "permitted": effective,
+                "inheritable": [], "ambient": []}
+
+    def _seccomp(self, opts: RunOptions, caps: list[str]) -> dict | None:
+        path = SECCOMP_PROFILE
+        for opt in opts.security_opt:
+            if opt.startswith("seccomp="):
+                path = opt.split("=", 1)[1]
+                if path == "unconfined":
+                    return None
+        try:
+            with open(path) as f:
+                profile = json.load(f)
+        except FileNotFoundError:
+            if path == SECCOMP_PROFILE:
+                return None  # no containers-common profile on this host
+            raise InvalidArgument(f"seccomp profile {path} not found") from None
+        except (OSError, ValueError) as e:
+            raise InvalidArgument(f"seccomp profile {path}: {e}") from None
+        return docker_profile_to_oci(profile, caps)
+
+    def _extra_mounts(self, cid: str, bundle: str, hostname: str,
+                      opts: RunOptions) -> list[dict]:
+        mounts = []
+        files = {
+            "hostname": f"{hostname}\n",
+            "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                     f"127.0.1.1\t{hostname}\n",
+            "resolv.conf": _resolv_conf(),
+        }
+        for name, text in files.items():
+            path = os.path.join(bundle, name)
+            with open(path, "w") as f:
+                f.write(text)
+            mounts.append({"destination": f"/etc/{name}", "type": "bind", "source": path,
+                           "options": ["rbind", "rprivate"]})
+        for spec in opts.volumes:
+            mounts.append(self._volume(spec))
+        for spec in opts.tmpfs:
+            dest, _, options = spec.partition(":")
+            if not dest.startswith("/"):
+                raise InvalidArgument(f"--tmpfs {spec!r}: the destination must be absolute")
+            mounts.append({"destination": dest, "type": "tmpfs", "source": "tmpfs",
+                           "options": ["nosuid", "nodev", "noexec"] +
+                           ([o for o in options.split(",") if o] or ["size=65536k"])})
+        if opts.init:
+            mounts.append({"destination": "/sbin/minirun-init", "type": "bind", "source": TINI,
+                           "options": ["bind", "ro"]})
+        return mounts
+
+    def _volume(self, spec: str) -> dict:
+        parts = spec.split(":")
+        if len(parts) not in (2, 3) or not parts[1].startswith("/"):
+            raise InvalidArgument(f"-v {spec!r}: expected SOURCE:/DEST[:ro|rw]")
+        source, dest = parts[0], parts[1]
+        mode = parts[2] if len(parts) == 3 else "rw"
+        if mode not in ("ro", "rw"):
+            raise InvalidArgument(f"-v {spec!r}: mode must be ro or rw")
+        if not source.startswith("/"):
+            if not source or not set(source) <= NAME_CHARS:
+                raise InvalidArgument(f"-v {spec!r}: invalid volume name {source!r}")
+            source = os.path.join(self.root, "volumes", source, "_data")
+            os.makedirs(source, mode=0o755, exist_ok=True)
+        elif not os.path.exists(source):
+            raise InvalidArgument(f"-v {spec!r}: {source} does not exist")
+        return {"destination": dest, "type": "bind", "source": source,
+                "options": ["rbind", mode, "rprivate"]}
+
+    # --- run, stop, remove ---------------------------------------------------------------
+
+    def run_foreground(self, image_ref: str, opts: RunOptions) -> int:
+        """create, start, wait: the caller's terminal is the container's."""
+        from . import container as ctr
+
+        proxy = None
+        console_fd = None
+        if opts.tty:
+            from .terminal import TerminalProxy
+
+            proxy = TerminalProxy()
+            console_fd = proxy.container_end
+        cid = None
+        try:
+            cid, c = self.create(image_ref, opts, console_fd=console_fd)
+            if proxy:
+                proxy.receive_master()
+            ctr.start(self.oci_root, cid)
+            self._update(cid, status="running", started=time.time())
+            status = proxy.run_until_exit(c.pid) if proxy else ctr.wait_child(c.pid)
+            self._update(cid, status="exited", exit_code=status, finished=time.time())
+            return status
+        finally:
+            if proxy:
+                proxy.close()
+            if cid is not None:
+                try:
+                    ctr.delete(self.oci_root, cid, force=True)
+                except NotFound:
+                    pass
+                if opts.remove:
+                    self.remove(cid, force=True)
+
+    def remove(self, name_or_id: str, force: bool = False) -> str:
+        rec = self.get(name_or_id)
+        if rec["status"] == "running" and not force:
+            raise ContainerStateError(
+                f"cannot remove container {rec['name']}: it is running (stop it or use -f)")
+        from .image.store import ImageStore
+
+        self._remove_everything(rec["id"], ImageStore(self.root))
+        return rec["id"]
+
+    def _remove_everything(self, cid: str, store) -> None:
+        from . import container as ctr
+
+        try:
+            ctr.delete(self.oci_root, cid, force=True)
+        except NotFound:
+            pass
+        store.release(cid)
+        self.db.execute("DELETE FROM containers WHERE id = ?", (cid,))
+
+
+def _read_in_root(rootfs: str, path: str) -> str:
+    from . import sys as _sys
+    from .mounts import open_in_root
+
+    rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = open_in_root(rootfd, path, os.O_RDONLY)
+    except _sys.SysError:
+        return ""
+    finally:
+        os.close(rootfd)
+    with os.fdopen(fd) as f:
+        return f.read(1 << 20)
+
+
+def _resolv_conf() -> str:
+    """The host's resolv.conf without loopback resolvers, which mean nothing inside."""
+    try:
+        with open("/etc/resolv.conf") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    keep = []
+    for line in lines:
+        parts = line.split()
+        if parts[:1] == ["nameserver"] and len(parts) > 1 and \
+                (parts[1].startswith("127.") or parts[1] == "::1"):
+            continue
+        keep.append(line)
+    return "\n".join(keep) + "\n"
