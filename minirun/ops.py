@@ -228,6 +228,7 @@ def updates_to_apply(doc: dict) -> dict:
     res = check_resources(doc)
     out: dict = {}
     ignored = []
+    kernel_memory = False
     for section, fields in res.items():
         if section == "unified":
             if fields:
@@ -240,10 +241,11 @@ def updates_to_apply(doc: dict) -> dict:
             if key not in UPDATABLE[section]:
                 ignored.append(f"{section}.{key}")
             elif key in ("kernel", "kernelTCP"):
-                if value:
-                    warn("kernel memory settings are ignored and will be removed")
+                kernel_memory = kernel_memory or bool(value)
             elif _set(value):
                 out.setdefault(section, {})[key] = value
+    if kernel_memory:
+        warn("kernel memory settings are ignored and will be removed (as runc)")
     if ignored:
         warn(f"update does not change linux.resources {', '.join(ignored)} (as runc): "
              "ignored")

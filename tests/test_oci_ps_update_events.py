@@ -205,6 +205,9 @@ def test_update_memory_is_seen_inside_and_in_stats(oci, rootfs):
         == 16 * MiB
     oci("update", "--memory", "-1", cid, check=True)
     assert _v1_memory_limit(oci, cid) > 1 << 60  # unlimited
+    # accepted and ignored with one warning, as runc 1.1 does
+    proc = oci("update", "--kernel-memory", "10m", "--kernel-memory-tcp", "1m", cid, check=True)
+    assert proc.stderr.count("kernel memory settings are ignored") == 1
 
 
 @root_test
@@ -229,6 +232,13 @@ def test_update_from_a_resources_file_and_stdin(oci, rootfs, tmp_path):
     assert "--memory" in proc.stderr
     assert _v1_memory_limit(oci, cid) == 36 * MiB
     assert _inside(oci, cid, "cat", "/sys/fs/cgroup/cpu/cpu.shares") == "256"
+    # what runc's update does not change is named, not dropped silently
+    doc.write_text(json.dumps({"memory": {"limit": 30 * MiB, "swappiness": 10},
+                               "devices": [{"allow": False, "access": "rwm"}]}))
+    proc = oci("update", "-r", doc, cid, check=True)
+    assert "devices" in proc.stderr and "memory.swappiness" in proc.stderr
+    assert _v1_memory_limit(oci, cid) == 30 * MiB
+    assert _inside(oci, cid, "cat", "/dev/null") == ""  # device rules untouched
 
 
 @root_test
