@@ -596,7 +596,40 @@ class ImageStore:
     def _layer_dir(self, chain_id: str) -> str:
         return os.path.join(self.layers_dir, check_digest(chain_id, "chain id"), "diff")
 
-    def _ensure_layers(self, layers: list[dict], diff_ids: list[str]) -> list[int]:
+    def unpack_layers(self, config_digest: str, layers: list[dict]) -> list[str]:
+        """Check an image's config against its layers and unpack those not unpacked yet,
+        before any record exists (a load validates every image of an archive first).
+        Returns the chain ids this call unpacked. Hold `lease()` until the image is added."""
+        descs = [check_layer_descriptor(d) for d in layers]
+        if len(descs) > MAX_LAYERS:
+            raise InvalidImage(f"image has {len(descs)} layers, more than {MAX_LAYERS}")
+        diff_ids = self._config(config_digest)["rootfs"]["diff_ids"]
+        if len(diff_ids) != len(descs):
+            raise InvalidImage(f"config {config_digest} lists {len(diff_ids)} diff_ids for "
+                               f"{len(descs)} layers")
+        created: list[str] = []
+        self._ensure_layers(descs, diff_ids, created)
+        return created
+
+    def discard(self, blobs: list[str], chains: list[str]) -> bool:
+        """Delete these blobs and unpacked layers unless an image references them: what a
+        failed load or import wrote. False when a lease held elsewhere defers it to prune."""
+        with self._gc_lock() as exclusive:
+            if not exclusive:
+                return False
+            with self._read() as db:
+                blob_refs, chain_refs = self._references(db)
+            for digest in blobs:
+                if digest not in blob_refs:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.blob_path(digest))
+            for chain in chains:
+                if chain not in chain_refs:
+                    remove_tree(os.path.join(self.layers_dir, check_digest(chain, "chain id")))
+        return True
+
+    def _ensure_layers(self, layers: list[dict], diff_ids: list[str],
+                       created: list[str] | None = None) -> list[int]:
         """Unpack the layers not unpacked yet; returns each layer's size. Two processes may
         unpack one layer at once: the first rename wins, the other's copy is dropped."""
         sizes = []
@@ -605,6 +638,8 @@ class ImageStore:
             meta = _read_layer_meta(final)
             if meta is None:
                 meta = self._unpack(desc, diff_id, chain_id, final)
+                if created is not None:
+                    created.append(chain_id)
             sizes.append(meta["size"])
         return sizes
 

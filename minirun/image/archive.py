@@ -1,0 +1,730 @@
+"""Image archives: `docker save` / `podman save` archives, OCI image layout archives, and
+root filesystem tarballs (`minirun import`).
+
+An archive is untrusted input. Every path in it and in its documents must be plain
+(relative, no ".."), every JSON document is size-bounded, every blob is checked against
+the digest that names it, and an archive that fails any check is refused with one line
+naming the problem. A load is all or nothing: every image of the archive is stored and
+its layers unpacked before any record is added, and what a failed load wrote is deleted.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import os
+import platform
+import posixpath
+import re
+import shlex
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from ..errors import InvalidArgument, MiniRunError
+from . import InvalidImage
+from .reference import parse_reference
+from .store import ImageRecord, ImageStore, check_digest, normalize_name
+
+MAX_JSON_SIZE = 4 << 20        # manifest.json, index.json, manifests, configs
+MAX_MEMBERS = 100_000
+MAX_IMAGES = 1000
+MAX_HEADER_SIZE = 1 << 20      # one PAX or GNU long-name header
+MAX_LINK_DEPTH = 8
+MAX_INDEX_DEPTH = 4
+MAX_ARCHIVE_SIZE = 64 << 30    # a compressed or piped archive, once decompressed
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MEDIA_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+LAYER_MEDIA_TYPES = (
+    MEDIA_OCI_LAYER, MEDIA_OCI_LAYER + "+gzip", MEDIA_OCI_LAYER + "+zstd",
+    MEDIA_DOCKER_LAYER, MEDIA_DOCKER_LAYER + ".gzip", MEDIA_DOCKER_LAYER + ".zstd",
+)
+ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
+ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_BZIP2_MAGIC = b"BZh"
+_HEX64_JSON_RE = re.compile(r"([0-9a-f]{64})\.json")
+
+
+# --- reading archives ------------------------------------------------------------------------
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a PAX or GNU long-name header's data into memory whole: refuse one
+    larger than MAX_HEADER_SIZE before it is read."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                         tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) \
+                and self.size > MAX_HEADER_SIZE:
+            raise InvalidImage(f"archive member header of {self.size} bytes is larger than "
+                               f"{MAX_HEADER_SIZE}")
+        return super()._proc_member(tar)
+
+
+def clean_path(name: Any, what: str = "archive member") -> str:
+    """A path inside the archive, normalized; absolute paths and ".." are refused (they
+    could only be meant to reach outside it)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise InvalidImage(f"{what} {name!r}: not a plain relative path")
+    if name.startswith("/"):
+        raise InvalidImage(f"{what} {name}: absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidImage(f"{what} {name}: path with '..'")
+    if not parts:
+        return "."
+    return "/".join(parts)
+
+
+class _Archive:
+    """The members of an image archive by cleaned name; only directories, regular files
+    and links that resolve to regular files inside the archive are allowed."""
+
+    def __init__(self, tar: tarfile.TarFile) -> None:
+        self.tar = tar
+        self.members: dict[str, tarfile.TarInfo] = {}
+        try:
+            for count, info in enumerate(tar, 1):
+                if count > MAX_MEMBERS:
+                    raise InvalidImage(f"archive has more than {MAX_MEMBERS} members")
+                name = clean_path(info.name)
+                if info.isdir():
+                    continue
+                if not (info.isreg() or info.issym() or info.islnk()):
+                    raise InvalidImage(f"archive member {info.name}: a {_kind(info)} has no "
+                                       "place in an image archive")
+                if name in self.members:
+                    raise InvalidImage(f"archive member {name} appears twice")
+                self.members[name] = info
+        except (tarfile.TarError, EOFError) as e:
+            raise InvalidImage(f"not a valid tar archive: {e}") from None
+
+    def has(self, name: str) -> bool:
+        return name in self.members
+
+    def resolve(self, name: str) -> tarfile.TarInfo:
+        """The regular member `name` is, following links inside the archive only."""
+        name = clean_path(name, "path")
+        for _ in range(MAX_LINK_DEPTH):
+            info = self.members.get(name)
+            if info is None:
+                raise InvalidImage(f"archive has no {name}")
+            if info.isreg():
+                return info
+            if info.issym():
+                target = info.linkname
+                if target.startswith("/"):
+                    raise InvalidImage(f"archive member {name}: symlink to absolute {target}")
+                joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+                if joined == ".." or joined.startswith("../"):
+                    raise InvalidImage(f"archive member {name}: symlink leaves the archive")
+                name = clean_path(joined, "symlink target")
+            else:
+                name = clean_path(info.linkname, "hardlink target")
+        raise InvalidImage(f"archive member {name}: more than {MAX_LINK_DEPTH} links")
+
+    def open(self, name: str) -> IO[bytes]:
+        f = self.tar.extractfile(self.resolve(name))
+        assert f is not None  # resolve() returns regular members only
+        return f
+
+    def size(self, name: str) -> int:
+        return self.resolve(name).size
+
+    def read_json(self, name: str, what: str) -> tuple[Any, bytes]:
+        info = self.resolve(name)
+        if info.size > MAX_JSON_SIZE:
+            raise InvalidImage(f"{what} {name} is {info.size} bytes, more than {MAX_JSON_SIZE}")
+        with self.open(name) as f:
+            data = f.read()
+        try:
+            return json.loads(data), data
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidImage(f"{what} {name} is not valid JSON: {e}") from None
+
+
+def _kind(info: tarfile.TarInfo) -> str:
+    if info.ischr() or info.isblk():
+        return "device node"
+    if info.isfifo():
+        return "fifo"
+    return f"member of type {info.type!r}"
+
+
+@contextlib.contextmanager
+def _open_archive(store: ImageStore, source: str | IO[bytes]) -> Iterator[_Archive]:
+    """A seekable, uncompressed view of the archive: a plain file is read in place, a
+    compressed or piped one is first written (decompressed, size-bounded) under the store's
+    tmp dir, and removed afterwards."""
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(_open_source(source))
+        head = src.read(6)
+        compressed = _compression_of(head)
+        if compressed == "zstd":
+            raise InvalidImage("zstd-compressed archives are not supported: decompress it "
+                               "first (unzstd)")
+        if compressed is None and _seekable(src):
+            src.seek(0)
+            plain = src
+        else:
+            plain = stack.enter_context(tempfile.TemporaryFile(dir=store.tmp_dir))
+            _spool(head, src, compressed, plain)
+            plain.seek(0)
+        try:
+            tar = stack.enter_context(
+                tarfile.open(fileobj=plain, mode="r:", tarinfo=_BoundedTarInfo))
+        except tarfile.TarError as e:
+            raise InvalidImage(f"not an image archive: {e}") from None
+        yield _Archive(tar)
+
+
+@contextlib.contextmanager
+def _open_source(source: str | IO[bytes]) -> Iterator[IO[bytes]]:
+    """A path opened (and closed after), or a file object as it is."""
+    if not isinstance(source, str):
+        yield source
+        return
+    try:
+        f = open(source, "rb")  # noqa: SIM115 -- closed by the with below
+    except OSError as e:
+        raise MiniRunError(f"cannot open {source}: {e.strerror}") from None
+    with f:
+        yield f
+
+
+def _seekable(f: IO[bytes]) -> bool:
+    try:
+        return f.seekable()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _compression_of(head: bytes) -> str | None:
+    if head.startswith(_GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(_ZSTD_MAGIC):
+        return "zstd"
+    if head.startswith(_XZ_MAGIC):
+        return "xz"
+    if head.startswith(_BZIP2_MAGIC):
+        return "bzip2"
+    return None
+
+
+class _Rest:
+    """`head` (already read to sniff the format), then the rest of `src`."""
+
+    def __init__(self, head: bytes, src: IO[bytes]) -> None:
+        self.head, self.src = head, src
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            out, self.head = self.head, b""
+            return out
+        return self.src.read(n)
+
+
+def _decompressing(head: bytes, src: IO[bytes], compression: str | None) -> Any:
+    rest = _Rest(head, src)
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=rest, mode="rb")
+    if compression == "xz":
+        return lzma.LZMAFile(rest, "rb")
+    if compression == "bzip2":
+        return bz2.BZ2File(rest, "rb")
+    return rest
+
+
+def _spool(head: bytes, src: IO[bytes], compression: str | None, out: IO[bytes],
+           limit: int = MAX_ARCHIVE_SIZE) -> None:
+    stream = _decompressing(head, src, compression)
+    total = 0
+    try:
+        while chunk := stream.read(1 << 20):
+            total += len(chunk)
+            if total > limit:
+                raise InvalidImage(f"archive is larger than {limit} bytes once decompressed")
+            out.write(chunk)
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile) and e.errno:
+            raise
+        raise InvalidImage(f"archive does not decompress: {e}") from None
+
+
+# --- load --------------------------------------------------------------------------------------
+
+@dataclass
+class _Layer:
+    member: str
+    digest: str | None          # known from the archive's documents; checked on write
+    media_type: str | None      # None: detected from the first bytes
+    size: int | None = None
+
+
+@dataclass
+class _Image:
+    config_member: str
+    config_digest: str | None
+    layers: list[_Layer]
+    names: list[str]
+    manifest: bytes | None = None
+    manifest_digest: str | None = None
+    layer_descs: list[dict] = field(default_factory=list)
+
+
+def load(store: ImageStore, source: str | IO[bytes]) -> list[ImageRecord]:
+    """Load every image of a docker-save or OCI layout archive (plain, gzip, xz or bzip2;
+    a path or a file object such as stdin). All or nothing."""
+    new_blobs: list[str] = []
+    new_chains: list[str] = []
+    try:
+        with _open_archive(store, source) as archive, store.lease():
+            if archive.has("oci-layout") and archive.has("index.json"):
+                images = _oci_images(archive)
+            elif archive.has("manifest.json"):
+                images = _docker_images(archive)
+            else:
+                raise InvalidImage("not an image archive: no manifest.json (docker save) and "
+                                   "no oci-layout with index.json (OCI layout)")
+            if not images:
+                raise InvalidImage("archive holds no image")
+            for image in images:
+                _store_blobs(store, archive, image, new_blobs)
+                new_chains += store.unpack_layers(image.config_digest, image.layer_descs)
+            return [store.add_image(i.manifest_digest, i.config_digest, i.layer_descs, i.names)
+                    for i in images]
+    except BaseException:
+        store.discard(new_blobs, new_chains)
+        raise
+
+
+def _put(store: ImageStore, data: IO[bytes] | bytes, expected: str | None,
+         new_blobs: list[str], max_size: int | None = None) -> str:
+    digest, created = store.put_blob_ex(data, expected, max_size)
+    if created:
+        new_blobs.append(digest)
+    return digest
+
+
+def _store_blobs(store: ImageStore, archive: _Archive, image: _Image,
+                 new_blobs: list[str]) -> None:
+    _, config_data = archive.read_json(image.config_member, "image config")
+    image.config_digest = _put(store, config_data, image.config_digest, new_blobs)
+    if image.manifest is not None:
+        image.manifest_digest = _put(store, image.manifest, image.manifest_digest, new_blobs)
+    for layer in image.layers:
+        size = archive.size(layer.member)
+        if layer.size is not None and layer.size != size:
+            raise InvalidImage(f"layer {layer.member}: {size} bytes in the archive, "
+                               f"{layer.size} in its descriptor")
+        media_type = layer.media_type
+        if media_type is None:
+            with archive.open(layer.member) as f:
+                media_type = _docker_layer_type(f.read(6))
+        with archive.open(layer.member) as f:
+            digest = _put(store, f, layer.digest, new_blobs)
+        image.layer_descs.append({"digest": digest, "media_type": media_type, "size": size})
+
+
+def _docker_layer_type(head: bytes) -> str:
+    compression = _compression_of(head)
+    if compression == "gzip":
+        return MEDIA_DOCKER_LAYER + ".gzip"
+    if compression == "zstd":
+        return MEDIA_DOCKER_LAYER + ".zstd"
+    return MEDIA_DOCKER_LAYER
+
+
+def _blob_member(digest: str) -> str:
+    return f"blobs/sha256/{check_digest(digest)}"
+
+
+def _digest_of_path(path: str) -> str | None:
+    """docker-save paths that name their content: blobs/sha256/<hex> and <hex>.json."""
+    parts = path.split("/")
+    if len(parts) == 3 and parts[:2] == ["blobs", "sha256"]:
+        return "sha256:" + check_digest("sha256:" + parts[2], f"blob name {path}")
+    m = _HEX64_JSON_RE.fullmatch(path)
+    return "sha256:" + m.group(1) if m else None
+
+
+def _names(values: Any, what: str) -> list[str]:
+    if values is None:
+        return []
+    if not isinstance(values, list):
+        raise InvalidImage(f"{what} is not a list")
+    names = []
+    for value in values:
+        try:
+            names.append(str(normalize_name(value)))
+        except InvalidArgument as e:
+            raise InvalidImage(f"{what}: {e}") from None
+    return names
+
+
+def _docker_images(archive: _Archive) -> list[_Image]:
+    manifest, _ = archive.read_json("manifest.json", "manifest")
+    if not isinstance(manifest, list):
+        raise InvalidImage("manifest.json is not a list")
+    if len(manifest) > MAX_IMAGES:
+        raise InvalidImage(f"manifest.json lists more than {MAX_IMAGES} images")
+    images = []
+    for entry in manifest:
+        if not isinstance(entry, dict):
+            raise InvalidImage("manifest.json: an entry is not an object")
+        config = clean_path(entry.get("Config"), "manifest.json Config")
+        layers = entry.get("Layers")
+        if not isinstance(layers, list):
+            raise InvalidImage("manifest.json: Layers is not a list")
+        images.append(_Image(
+            config_member=config,
+            config_digest=_digest_of_path(config),
+            layers=[_Layer(p, _digest_of_path(p), None)
+                    for p in (clean_path(p, "manifest.json layer") for p in layers)],
+            names=_names(entry.get("RepoTags"), "manifest.json RepoTags"),
+        ))
+    return images
+
+
+def host_platform() -> tuple[str, str]:
+    machine = platform.machine()
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
+            "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x"}.get(machine, machine)
+    return "linux", arch
+
+
+def _descriptor(desc: Any, what: str) -> tuple[str, str, int]:
+    if not isinstance(desc, dict):
+        raise InvalidImage(f"{what}: descriptor is not an object")
+    digest = desc.get("digest")
+    check_digest(digest, f"{what} digest")
+    size = desc.get("size")
+    media_type = desc.get("mediaType", "")
+    if not isinstance(size, int) or size < 0 or not isinstance(media_type, str):
+        raise InvalidImage(f"{what} {digest}: bad size or media type")
+    return digest, media_type, size
+
+
+def _read_blob_json(archive: _Archive, digest: str, size: int, what: str) -> tuple[Any, bytes]:
+    member = _blob_member(digest)
+    if not archive.has(member):
+        raise InvalidImage(f"{what} {digest} is missing from the archive")
+    if archive.size(member) != size:
+        raise InvalidImage(f"{what} {digest}: {archive.size(member)} bytes in the archive, "
+                           f"{size} in its descriptor")
+    doc, data = archive.read_json(member, what)
+    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    if actual != digest:
+        raise InvalidImage(f"{what}: digest mismatch: expected {digest}, got {actual}")
+    return doc, data
+
+
+def _oci_images(archive: _Archive) -> list[_Image]:
+    layout, _ = archive.read_json("oci-layout", "oci-layout")
+    if not isinstance(layout, dict) or not isinstance(layout.get("imageLayoutVersion"), str):
+        raise InvalidImage("oci-layout has no imageLayoutVersion")
+    index, _ = archive.read_json("index.json", "index")
+    images: list[_Image] = []
+    _walk_index(archive, index, [], images, depth=0)
+    return images
+
+
+def _walk_index(archive: _Archive, index: Any, names: list[str], images: list[_Image],
+                depth: int) -> None:
+    if depth > MAX_INDEX_DEPTH:
+        raise InvalidImage(f"image indexes nested more than {MAX_INDEX_DEPTH} deep")
+    if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
+        raise InvalidImage("index has no manifests list")
+    wanted = host_platform()
+    candidates = []
+    for desc in index["manifests"]:
+        digest, media_type, size = _descriptor(desc, "index entry")
+        plat = desc.get("platform")
+        if isinstance(plat, dict) and (plat.get("os"), plat.get("architecture")) != wanted:
+            continue
+        candidates.append((desc, digest, media_type, size))
+    if depth > 0:
+        # a multi-platform index: the host's image only, once
+        candidates = candidates[:1]
+        if not candidates:
+            raise InvalidImage(f"no {'/'.join(wanted)} image in the archive's index")
+    for desc, digest, media_type, size in candidates:
+        entry_names = names or _index_names(desc)
+        if len(images) >= MAX_IMAGES:
+            raise InvalidImage(f"archive holds more than {MAX_IMAGES} images")
+        doc, data = _read_blob_json(archive, digest, size, "manifest")
+        kind = media_type or (doc.get("mediaType", "") if isinstance(doc, dict) else "")
+        if kind in (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST):
+            _walk_index(archive, doc, entry_names, images, depth + 1)
+        elif kind in (MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST):
+            images.append(_manifest_image(archive, doc, data, digest, entry_names))
+        else:
+            raise InvalidImage(f"manifest {digest}: unsupported media type {kind!r}")
+
+
+def _index_names(desc: dict) -> list[str]:
+    annotations = desc.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise InvalidImage("index entry: annotations is not an object")
+    name = annotations.get(ANNOTATION_CONTAINERD_NAME)
+    if name is None:
+        name = annotations.get(ANNOTATION_REF_NAME)
+        # A bare tag ("latest", as umoci writes) names no repository: leave it unnamed.
+        if isinstance(name, str) and ":" not in name and "/" not in name:
+            name = None
+    return _names([name] if name is not None else [], "index entry name")
+
+
+def _manifest_image(archive: _Archive, doc: Any, data: bytes, digest: str,
+                    names: list[str]) -> _Image:
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
+        raise InvalidImage(f"manifest {digest}: not a schema 2 image manifest")
+    config_digest, _, config_size = _descriptor(doc.get("config"), "config")
+    config_member = _blob_member(config_digest)
+    if not archive.has(config_member):
+        raise InvalidImage(f"config {config_digest} is missing from the archive")
+    if archive.size(config_member) != config_size:
+        raise InvalidImage(f"config {config_digest}: size differs from its descriptor")
+    layers = doc.get("layers")
+    if not isinstance(layers, list):
+        raise InvalidImage(f"manifest {digest}: layers is not a list")
+    out = []
+    for desc in layers:
+        layer_digest, media_type, size = _descriptor(desc, "layer")
+        if media_type not in LAYER_MEDIA_TYPES:
+            raise InvalidImage(f"layer {layer_digest}: unsupported media type {media_type!r}")
+        member = _blob_member(layer_digest)
+        if not archive.has(member):
+            raise InvalidImage(f"layer {layer_digest} is missing from the archive")
+        out.append(_Layer(member, layer_digest, media_type, size))
+    return _Image(config_member=config_member, config_digest=config_digest, layers=out,
+                  names=names, manifest=data, manifest_digest=digest)
+
+
+# --- import ------------------------------------------------------------------------------------
+
+def parse_cmd(text: str) -> list[str]:
+    """`--cmd` as docker's CMD: a JSON array (`["sh", "-c", "x"]`) or a shell-like line."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise InvalidArgument(f"--cmd {text}: not a JSON array: {e}") from None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InvalidArgument(f"--cmd {text}: want a JSON array of strings")
+        return value
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise InvalidArgument(f"--cmd {text}: {e}") from None
+
+
+def import_rootfs(store: ImageStore, tar_path: str | IO[bytes], name: str | None,
+                  *, cmd: list[str] | None = None) -> ImageRecord:
+    """A single-layer image from a root filesystem tarball (plain, gzip, xz or bzip2), as
+    `docker import`: the layer is stored uncompressed, the config has only PATH in Env (and
+    `cmd` as Cmd when given). `created` is the newest mtime in the tarball, so importing the
+    same tarball twice gives the same image id."""
+    ref = normalize_name(name) if name else None
+    if ref is not None and ref.digest is not None:
+        raise InvalidArgument(f"cannot import as {name}: a name with a digest")
+    new_blobs: list[str] = []
+    new_chains: list[str] = []
+    try:
+        with _open_source(tar_path) as src, store.lease():
+            head = src.read(6)
+            compression = _compression_of(head)
+            if compression == "zstd":
+                raise InvalidImage("zstd-compressed tarballs are not supported: decompress "
+                                   "it first (unzstd)")
+            stream = _decompressing(head, src, compression)
+            try:
+                layer = _put(store, stream, None, new_blobs)
+            except (EOFError, lzma.LZMAError, gzip.BadGzipFile) as e:
+                raise InvalidImage(f"tarball does not decompress: {e}") from None
+            created = _newest_mtime(store.blob_path(layer))
+            config = {
+                "created": created,
+                "architecture": host_platform()[1],
+                "os": "linux",
+                "config": {"Env": [f"PATH={DEFAULT_PATH}"], **({"Cmd": cmd} if cmd else {})},
+                "rootfs": {"type": "layers", "diff_ids": [layer]},
+                "history": [{"created": created, "created_by": "minirun import"}],
+            }
+            config_data = json.dumps(config, separators=(",", ":")).encode()
+            config_digest = _put(store, config_data, None, new_blobs)
+            layer_desc = {"digest": layer, "media_type": MEDIA_OCI_LAYER,
+                          "size": store.blob_size(layer)}
+            manifest = json.dumps({
+                "schemaVersion": 2,
+                "mediaType": MEDIA_OCI_MANIFEST,
+                "config": {"mediaType": MEDIA_OCI_CONFIG, "digest": config_digest,
+                           "size": len(config_data)},
+                "layers": [{"mediaType": MEDIA_OCI_LAYER, "digest": layer,
+                            "size": layer_desc["size"]}],
+            }, separators=(",", ":")).encode()
+            manifest_digest = _put(store, manifest, None, new_blobs)
+            new_chains += store.unpack_layers(config_digest, [layer_desc])
+            return store.add_image(manifest_digest, config_digest, [layer_desc],
+                                   [str(ref)] if ref else [])
+    except BaseException:
+        store.discard(new_blobs, new_chains)
+        raise
+
+
+def _newest_mtime(tar_file: str) -> str:
+    newest = 0
+    try:
+        with tarfile.open(tar_file, "r:", tarinfo=_BoundedTarInfo) as tar:
+            for count, info in enumerate(tar, 1):
+                if count > 10 * MAX_MEMBERS:
+                    raise InvalidImage(f"tarball has more than {10 * MAX_MEMBERS} members")
+                newest = max(newest, int(info.mtime))
+    except (tarfile.TarError, EOFError, ValueError) as e:
+        raise InvalidImage(f"not a tar archive: {e}") from None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest))
+
+
+# --- save --------------------------------------------------------------------------------------
+
+def save(store: ImageStore, images: list[str | ImageRecord], path: str | IO[bytes]) -> None:
+    """Write a docker-save archive that is also an OCI image layout (as docker 25 writes):
+    manifest.json with RepoTags for `docker load` and `podman load`, index.json with
+    image names for OCI tools, every blob once under blobs/sha256/. An image given by name
+    is saved with that name; given by id, with none."""
+    entries = []
+    for image in images:
+        record = store.get(image)
+        names = []
+        if isinstance(image, str):
+            with contextlib.suppress(InvalidArgument):
+                ref = parse_reference(image)
+                if str(ref) in record.names:
+                    names.append(str(ref))
+        entries.append((record, names))
+    if isinstance(path, str):
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".minirun-save-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                _write_archive(store, entries, out, stream=False)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    else:
+        _write_archive(store, entries, path, stream=not _seekable(path))
+
+
+def _write_archive(store: ImageStore, entries: list[tuple[ImageRecord, list[str]]],
+                   out: IO[bytes], stream: bool) -> None:
+    written: set[str] = set()
+    docker_manifest = []
+    index_entries = []
+    with tarfile.open(fileobj=out, mode="w|" if stream else "w",
+                      format=tarfile.PAX_FORMAT) as tar:
+        _add_dir(tar, "blobs")
+        _add_dir(tar, "blobs/sha256")
+
+        def add_blob(digest: str) -> None:
+            if digest not in written:
+                written.add(digest)
+                with store.open_blob(digest) as f:
+                    _add_file(tar, _blob_member(digest), f, os.fstat(f.fileno()).st_size)
+
+        for record, names in entries:
+            add_blob(record.id)
+            for layer in record.layers:
+                add_blob(layer["digest"])
+            if record.manifest_digest:
+                manifest_digest = record.manifest_digest
+                media_type = store.read_json_blob(manifest_digest, "manifest").get(
+                    "mediaType", MEDIA_OCI_MANIFEST)
+                add_blob(manifest_digest)
+            else:
+                data = _synthesized_manifest(store, record)
+                manifest_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+                media_type = MEDIA_OCI_MANIFEST
+                if manifest_digest not in written:
+                    written.add(manifest_digest)
+                    _add_bytes(tar, _blob_member(manifest_digest), data)
+            docker_manifest.append({
+                "Config": _blob_member(record.id),
+                "RepoTags": [parse_reference(n).familiar() for n in names],
+                "Layers": [_blob_member(layer["digest"]) for layer in record.layers],
+            })
+            size = store.blob_size(manifest_digest)
+            for name in names or [None]:
+                desc = {"mediaType": media_type, "digest": manifest_digest, "size": size}
+                if name:
+                    ref = parse_reference(name)
+                    desc["annotations"] = {ANNOTATION_CONTAINERD_NAME: str(ref),
+                                           ANNOTATION_REF_NAME: ref.tag or ""}
+                index_entries.append(desc)
+        _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        _add_bytes(tar, "index.json", json.dumps(
+            {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX,
+             "manifests": index_entries}).encode())
+        _add_bytes(tar, "manifest.json", json.dumps(docker_manifest).encode())
+
+
+def _synthesized_manifest(store: ImageStore, record: ImageRecord) -> bytes:
+    layers = []
+    for layer in record.layers:
+        with store.open_blob(layer["digest"]) as f:
+            compression = _compression_of(f.read(6))
+        media_type = MEDIA_OCI_LAYER + {"gzip": "+gzip", "zstd": "+zstd"}.get(compression, "")
+        layers.append({"mediaType": media_type, "digest": layer["digest"],
+                       "size": store.blob_size(layer["digest"])})
+    return json.dumps({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_OCI_MANIFEST,
+        "config": {"mediaType": MEDIA_OCI_CONFIG, "digest": record.id,
+                   "size": store.blob_size(record.id)},
+        "layers": layers,
+    }, separators=(",", ":")).encode()
+
+
+def _tarinfo(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = size
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    info.mtime = 0  # the same archive for the same images
+    return info
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    tar.addfile(_tarinfo(name, kind=tarfile.DIRTYPE))
+
+
+def _add_file(tar: tarfile.TarFile, name: str, f: IO[bytes], size: int) -> None:
+    tar.addfile(_tarinfo(name, size), f)
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
