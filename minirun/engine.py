@@ -90,7 +90,9 @@ def parse_size(text: str, what: str) -> int:
     return int(value)
 
 
+# libseccomp's name of this architecture (archMap) and Go's (the includes/excludes)
 _NATIVE_ARCH = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
+_GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
 def docker_profile_to_oci(profile: dict, caps: list[str]) -> dict:
@@ -98,6 +100,7 @@ def docker_profile_to_oci(profile: dict, caps: list[str]) -> dict:
     capability and architecture) as the OCI linux.seccomp for this host and these
     capabilities, as moby builds it."""
     native = _NATIVE_ARCH.get(os.uname().machine)
+    go_arch = _GO_ARCH.get(os.uname().machine)
     arches = []
     for entry in profile.get("archMap") or []:
         if entry.get("architecture") == native:
@@ -107,9 +110,9 @@ def docker_profile_to_oci(profile: dict, caps: list[str]) -> dict:
         inc, exc = call.get("includes") or {}, call.get("excludes") or {}
         if any(c not in caps for c in inc.get("caps") or []):
             continue
-        if inc.get("arches") and native not in inc["arches"]:
+        if inc.get("arches") and go_arch not in inc["arches"]:
             continue
-        if any(c in caps for c in exc.get("caps") or []) or native in (exc.get("arches") or []):
+        if any(c in caps for c in exc.get("caps") or []) or go_arch in (exc.get("arches") or []):
             continue
         rule = {"names": call.get("names") or [call["name"]], "action": call["action"]}
         for key in ("args", "errnoRet"):
