@@ -92,6 +92,9 @@ def _register_commands() -> None:
     from . import cli_pull
 
     cli_pull.register(cli)
+    from . import cli_image
+
+    cli_image.register(cli)
 
 
 _register_commands()

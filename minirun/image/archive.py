@@ -294,6 +294,13 @@ class _Image:
 def load(store: ImageStore, source: str | IO[bytes]) -> list[ImageRecord]:
     """Load every image of a docker-save or OCI layout archive (plain, gzip, xz or bzip2;
     a path or a file object such as stdin). All or nothing."""
+    return [record for record, _ in load_with_names(store, source)]
+
+
+def load_with_names(store: ImageStore,
+                    source: str | IO[bytes]) -> list[tuple[ImageRecord, list[str]]]:
+    """load(), also giving the names each image got from the archive (for `Loaded image:`);
+    an image the archive lists twice is returned once."""
     new_blobs: list[str] = []
     new_chains: list[str] = []
     try:
@@ -310,8 +317,14 @@ def load(store: ImageStore, source: str | IO[bytes]) -> list[ImageRecord]:
             for image in images:
                 _store_blobs(store, archive, image, new_blobs)
                 new_chains += store.unpack_layers(image.config_digest, image.layer_descs)
-            return [store.add_image(i.manifest_digest, i.config_digest, i.layer_descs, i.names)
-                    for i in images]
+            loaded: dict[str, tuple[ImageRecord, list[str]]] = {}
+            for i in images:
+                record = store.add_image(i.manifest_digest, i.config_digest, i.layer_descs,
+                                         i.names)
+                names = loaded.get(record.id, (record, []))[1]
+                names += [n for n in i.names if n not in names]
+                loaded[record.id] = (record, names)
+            return [(store.get(record.id), names) for record, names in loaded.values()]
     except BaseException:
         store.discard(new_blobs, new_chains)
         raise
@@ -612,22 +625,21 @@ def save(store: ImageStore, images: list[str | ImageRecord], path: str | IO[byte
     manifest.json with RepoTags for `docker load` and `podman load`, index.json with
     image names for OCI tools, every blob once under blobs/sha256/. An image given by name
     is saved with that name; given by id, with none."""
-    entries = []
+    entries: dict[str, tuple[ImageRecord, list[str]]] = {}
     for image in images:
         record = store.get(image)
-        names = []
+        names = entries.setdefault(record.id, (record, []))[1]
         if isinstance(image, str):
             with contextlib.suppress(InvalidArgument):
                 ref = parse_reference(image)
-                if str(ref) in record.names:
+                if str(ref) in record.names and str(ref) not in names:
                     names.append(str(ref))
-        entries.append((record, names))
     if isinstance(path, str):
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".minirun-save-", dir=directory)
         try:
             with os.fdopen(fd, "wb") as out:
-                _write_archive(store, entries, out, stream=False)
+                _write_archive(store, list(entries.values()), out, stream=False)
                 out.flush()
                 os.fsync(out.fileno())
             os.chmod(tmp, 0o644)
@@ -637,7 +649,7 @@ def save(store: ImageStore, images: list[str | ImageRecord], path: str | IO[byte
                 os.unlink(tmp)
             raise
     else:
-        _write_archive(store, entries, path, stream=not _seekable(path))
+        _write_archive(store, list(entries.values()), path, stream=not _seekable(path))
 
 
 def _write_archive(store: ImageStore, entries: list[tuple[ImageRecord, list[str]]],

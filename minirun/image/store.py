@@ -349,6 +349,8 @@ class ImageStore:
         for digest in blobs:
             if not self.has_blob(digest):
                 raise InvalidImage(f"blob {digest} is not in the store")
+        for desc in descs:
+            desc["size"] = self.blob_size(desc["digest"])
         config = self._config(config_digest)
         diff_ids = config["rootfs"]["diff_ids"]
         if len(diff_ids) != len(descs):
@@ -593,6 +595,10 @@ class ImageStore:
             self._ensure_layers(record.layers, record.diff_ids)
         return [self._layer_dir(c) for c in record.chain_ids]
 
+    def layer_paths(self, image: ImageRecord) -> list[str]:
+        """Where the image's layers are (or will be) unpacked, bottom first; unpacks nothing."""
+        return [self._layer_dir(c) for c in image.chain_ids]
+
     def _layer_dir(self, chain_id: str) -> str:
         return os.path.join(self.layers_dir, check_digest(chain_id, "chain id"), "diff")
 
@@ -784,7 +790,9 @@ def check_layer_descriptor(desc: Any) -> dict:
     digest = desc.get("digest")
     check_digest(digest, "layer digest")
     media_type = desc.get("media_type", desc.get("mediaType", ""))
-    size = desc.get("size", 0)
+    size = desc.get("size")
+    if size is None:  # add_image takes the size from the blob itself
+        size = 0
     if not isinstance(media_type, str) or not isinstance(size, int) or size < 0:
         raise InvalidImage(f"layer {digest}: bad media type or size")
     return {"digest": digest, "media_type": media_type, "size": size}
