@@ -49,7 +49,7 @@ MEDIA_DOCKER_SCHEMA1 = (
 )
 INDEX_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST)
 MANIFEST_TYPES = (MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST)
-ACCEPT = ", ".join((MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST))
+ACCEPT = f"{MEDIA_OCI_INDEX}, {MEDIA_OCI_MANIFEST}, {MEDIA_DOCKER_LIST}, {MEDIA_DOCKER_MANIFEST}"
 
 CONFIG_TYPES = (
     "application/vnd.oci.image.config.v1+json",
@@ -78,7 +78,12 @@ TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
-DOCKER_HUB_ALIASES = (DOCKER_HUB, "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com")
+DOCKER_HUB_ALIASES = (
+    DOCKER_HUB,
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+)
 
 DEFAULT_CONFIG_PATH = "/etc/minirun/registries.json"
 
@@ -135,8 +140,10 @@ def load_config(path: str | None = None) -> RegistryConfig:
         )
     return RegistryConfig(
         insecure=tuple(_normalize_registry(h) for h in insecure),
-        mirrors={_normalize_registry(k): tuple(_normalize_registry(h) for h in v)
-                 for k, v in mirrors.items()},
+        mirrors={
+            _normalize_registry(k): tuple(_normalize_registry(h) for h in v)
+            for k, v in mirrors.items()
+        },
         path=path,
     )
 
@@ -194,8 +201,9 @@ def default_auth_files() -> list[str]:
     return files
 
 
-def load_credentials(registry: str, repository: str, auth_file: str | None = None
-                     ) -> Credentials | None:
+def load_credentials(
+    registry: str, repository: str, auth_file: str | None = None
+) -> Credentials | None:
     """The credentials for `registry` from a config.json-style "auths" map.
 
     Keys may be 'host', 'host:port', 'https://host/v1/' (docker hub's historic key) or
@@ -237,13 +245,19 @@ def load_credentials(registry: str, repository: str, auth_file: str | None = Non
 
 
 def _decode_entry(entry: dict, registry: str, path: str) -> Credentials:
-    if "auth" in entry and entry["auth"]:
+    if entry.get("auth"):
         try:
-            user, sep, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+            user, sep, password = (
+                base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+            )
         except (ValueError, UnicodeDecodeError):
-            raise InvalidArgument(f"auth file {path}: entry for {registry} is not base64 'user:password'") from None
+            raise InvalidArgument(
+                f"auth file {path}: entry for {registry} is not base64 'user:password'"
+            ) from None
         if not sep:
-            raise InvalidArgument(f"auth file {path}: entry for {registry} has no ':' between user and password")
+            raise InvalidArgument(
+                f"auth file {path}: entry for {registry} has no ':' between user and password"
+            )
         return Credentials(user, password, path)
     if entry.get("username") and "password" in entry:
         return Credentials(entry["username"], entry["password"], path)
@@ -264,16 +278,24 @@ class Platform:
 
 
 _MACHINE_TO_ARCH = {
-    "x86_64": ("amd64", None), "amd64": ("amd64", None),
-    "aarch64": ("arm64", "v8"), "arm64": ("arm64", "v8"),
-    "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
-    "i386": ("386", None), "i686": ("386", None),
-    "ppc64le": ("ppc64le", None), "s390x": ("s390x", None), "riscv64": ("riscv64", None),
+    "x86_64": ("amd64", None),
+    "amd64": ("amd64", None),
+    "aarch64": ("arm64", "v8"),
+    "arm64": ("arm64", "v8"),
+    "armv7l": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "i386": ("386", None),
+    "i686": ("386", None),
+    "ppc64le": ("ppc64le", None),
+    "s390x": ("s390x", None),
+    "riscv64": ("riscv64", None),
 }
 
 
 def host_platform() -> Platform:
-    arch, variant = _MACHINE_TO_ARCH.get(platform_module.machine(), (platform_module.machine(), None))
+    arch, variant = _MACHINE_TO_ARCH.get(
+        platform_module.machine(), (platform_module.machine(), None)
+    )
     return Platform("linux", arch, variant)
 
 
@@ -312,10 +334,13 @@ def choose_manifest(index: dict, want: Platform, reference: str) -> dict:
         for entry in entries:
             if _platform_matches(Platform(want.os, want.architecture), entry):
                 return entry
-    available = sorted({
-        str(Platform(p.get("os", "?"), p.get("architecture", "?"), p.get("variant")))
-        for p in (e.get("platform") or {} for e in entries) if p
-    })
+    available = sorted(
+        {
+            str(Platform(p.get("os", "?"), p.get("architecture", "?"), p.get("variant")))
+            for p in (e.get("platform") or {} for e in entries)
+            if p
+        }
+    )
     raise NotFound(
         f"no {want} image in {reference} (it has: {', '.join(available) or 'no platforms'})"
     )
@@ -331,7 +356,8 @@ class Progress(Protocol):
 
 
 class TerminalProgress:
-    """One line per blob on a terminal, redrawn in place: 'sha256:0123456789ab [####  ] 1.2/3.4 MiB'."""
+    """One line per blob on a terminal, redrawn in place:
+    'sha256:0123456789ab [####    ] 1.2 KiB/3.4 KiB'."""
 
     WIDTH = 30
 
@@ -373,7 +399,7 @@ class TerminalProgress:
         self.stream.flush()
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
@@ -465,7 +491,11 @@ class RegistryClient:
 
     def _host_is_insecure(self, host: str) -> bool:
         host = host.lower()
-        return is_loopback(host) or host in self.insecure_hosts or _host_of(host) in self.insecure_hosts
+        return (
+            is_loopback(host)
+            or host in self.insecure_hosts
+            or _host_of(host) in self.insecure_hosts
+        )
 
     def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         if scheme == "https":
@@ -488,16 +518,15 @@ class RegistryClient:
     def _probe_scheme(self) -> str:
         """https (unverified) if the insecure registry speaks it, else http: as docker does."""
         self.requests += 1
+        conn = self._connect("https", self.api_host)
         try:
-            conn = self._connect("https", self.api_host)
             conn.request("GET", "/v2/", headers={"User-Agent": _user_agent()})
             conn.getresponse().close()
-            conn.close()
             return "https"
-        except ssl.SSLError:
+        except (OSError, http.client.HTTPException):  # TLS refused, reset, timed out, ...
             return "http"
-        except (ConnectionError, socket.timeout, OSError, http.client.HTTPException):
-            return "http"
+        finally:
+            conn.close()
 
     def _send_once(self, method: str, url: str, headers: dict[str, str]) -> _Response:
         """One request, following redirects; Authorization is only sent to the registry host."""
@@ -505,8 +534,11 @@ class RegistryClient:
             parts = urllib.parse.urlsplit(url)
             if parts.scheme not in ("http", "https"):
                 raise RegistryError(f"registry {self.registry} redirected to unsupported url {url}")
-            if parts.scheme == "http" and not self._host_is_insecure(parts.netloc) \
-                    and not (parts.netloc == self.api_host and self.insecure):
+            if (
+                parts.scheme == "http"
+                and not self._host_is_insecure(parts.netloc)
+                and not (parts.netloc == self.api_host and self.insecure)
+            ):
                 raise RegistryError(
                     f"refusing plain http to {parts.netloc}: name it in the insecure registries"
                 )
@@ -534,8 +566,9 @@ class RegistryClient:
             return _Response(conn, resp, url)
         raise RegistryError(f"registry {self.registry}: too many redirects for {url}")
 
-    def request(self, method: str, path: str, headers: dict[str, str] | None = None,
-                *, what: str) -> _Response:
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, *, what: str
+    ) -> _Response:
         """A request to the registry with auth and bounded retries on 5xx/429/connection
         errors. Returns any other response, open; raises for 401/403."""
         base_headers = {"User-Agent": _user_agent(), **(headers or {})}
@@ -554,17 +587,33 @@ class RegistryClient:
                     "add it to the insecure registries to skip verification"
                 ) from None
             except ConnectionRefusedError:
-                raise RegistryError(f"cannot connect to registry {self.registry}: connection refused") from None
+                raise RegistryError(
+                    f"cannot connect to registry {self.registry}: connection refused"
+                ) from None
             except socket.gaierror as e:
-                raise RegistryError(f"cannot resolve registry {self.registry}: {e.strerror}") from None
-            except (ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException, ssl.SSLError) as e:
+                raise RegistryError(
+                    f"cannot resolve registry {self.registry}: {e.strerror}"
+                ) from None
+            except ssl.SSLError as e:
+                # A handshake failure does not go away on retry: most often the registry
+                # speaks plain http.
+                raise RegistryError(
+                    f"tls handshake with {self.registry} failed ({e.reason or e}): if it only "
+                    "speaks http, add it to the insecure registries"
+                ) from None
+            except (ConnectionError, TimeoutError, http.client.HTTPException) as e:
                 if attempt >= self.retries:
                     raise RegistryError(
-                        f"{what}: {self.registry} failed after {attempt + 1} attempts: {_describe(e)}"
+                        f"{what}: {self.registry} failed after {attempt + 1} attempts: "
+                        f"{_describe(e)}"
                     ) from None
                 self._sleep(attempt)
                 attempt += 1
                 continue
+            except OSError as e:  # no route, network unreachable, ...
+                raise RegistryError(
+                    f"cannot connect to registry {self.registry}: {_describe(e)}"
+                ) from None
             if resp.status in TRANSIENT_STATUSES and attempt < self.retries:
                 resp.close()
                 self._sleep(attempt, resp.headers.get("Retry-After"))
@@ -574,7 +623,7 @@ class RegistryClient:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.close()
                 if auth_attempts >= 2:
-                    raise self._denied(what)
+                    raise self._denied(what, challenge)
                 auth_attempts += 1
                 self._answer_challenge(challenge, what)
                 continue
@@ -587,14 +636,20 @@ class RegistryClient:
             return resp
 
     def _sleep(self, attempt: int, retry_after: str | None = None) -> None:
-        delay = self.backoff * (2 ** attempt)
+        delay = self.backoff * (2**attempt)
         if retry_after and retry_after.isdigit():
             delay = max(delay, min(float(retry_after), 30.0))
         time.sleep(delay)
 
     # Authentication ------------------------------------------------------------------
 
-    def _denied(self, what: str) -> AuthenticationError:
+    def _denied(self, what: str, challenge: str = "") -> AuthenticationError:
+        if parse_challenge(challenge)[1].get("error") == "insufficient_scope":
+            # Token registries answer so for a repository that does not exist too.
+            return AuthenticationError(
+                f"{what}: {self.registry} denied access to {self.repository}: it does not "
+                "exist or needs other credentials"
+            )
         if self.credentials:
             return AuthenticationError(
                 f"{what}: {self.registry} refused the credentials of user "
@@ -615,7 +670,9 @@ class RegistryClient:
             self._authorization = _basic(self.credentials)
         elif scheme == "bearer" and params.get("realm"):
             scope = params.get("scope") or f"repository:{self.repository}:pull"
-            self._authorization = "Bearer " + self._fetch_token(params["realm"], params.get("service"), scope, what)
+            self._authorization = "Bearer " + self._fetch_token(
+                params["realm"], params.get("service"), scope, what
+            )
         else:
             raise AuthenticationError(
                 f"{what}: {self.registry} asked for an unsupported authentication {header!r}"
@@ -642,9 +699,23 @@ class RegistryClient:
         for attempt in range(self.retries + 1):
             try:
                 resp = self._send_token_request(url, headers)
-            except (ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException) as e:
-                if attempt >= self.retries or isinstance(e, ConnectionRefusedError):
-                    raise RegistryError(f"{what}: token server {parts.netloc}: {_describe(e)}") from None
+            except ssl.SSLCertVerificationError as e:
+                raise RegistryError(
+                    f"{what}: tls certificate of token server {parts.netloc} not trusted "
+                    f"({e.verify_message})"
+                ) from None
+            except (ConnectionError, TimeoutError, http.client.HTTPException, OSError) as e:
+                transient = isinstance(
+                    e, (ConnectionError, TimeoutError, http.client.HTTPException)
+                )
+                if (
+                    attempt >= self.retries
+                    or not transient
+                    or isinstance(e, ConnectionRefusedError)
+                ):
+                    raise RegistryError(
+                        f"{what}: token server {parts.netloc}: {_describe(e)}"
+                    ) from None
                 self._sleep(attempt)
                 continue
             if resp.status in TRANSIENT_STATUSES and attempt < self.retries:
@@ -662,7 +733,9 @@ class RegistryClient:
             try:
                 body = json.loads(resp.read_limited(MAX_TOKEN_RESPONSE, "token response"))
             except ValueError:
-                raise AuthenticationError(f"{what}: token server {parts.netloc} sent invalid json") from None
+                raise AuthenticationError(
+                    f"{what}: token server {parts.netloc} sent invalid json"
+                ) from None
         finally:
             resp.close()
         token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
@@ -705,8 +778,15 @@ class RegistryClient:
         finally:
             resp.close()
 
-    def fetch_blob(self, store: ImageStore, digest: str, size: int | None, display: str,
-                   progress: Progress | None = None, max_size: int | None = None) -> str:
+    def fetch_blob(
+        self,
+        store: ImageStore,
+        digest: str,
+        size: int | None,
+        display: str,
+        progress: Progress | None = None,
+        max_size: int | None = None,
+    ) -> str:
         """Stream one blob into the store, checked against its digest; a broken transfer is
         started again (bounded), a wrong digest is not."""
         path = f"/v2/{self.repository}/blobs/{digest}"
@@ -718,7 +798,9 @@ class RegistryClient:
                 if resp.status == 404:
                     raise NotFound(f"{what} not found on {self.registry}")
                 if resp.status != 200:
-                    raise RegistryError(f"{what}: {self.registry} answered {resp.status} {resp.resp.reason}")
+                    raise RegistryError(
+                        f"{what}: {self.registry} answered {resp.status} {resp.resp.reason}"
+                    )
                 length = resp.headers.get("Content-Length")
                 if size is not None and length and length.isdigit() and int(length) != size:
                     raise InvalidImage(
@@ -726,11 +808,16 @@ class RegistryClient:
                     )
                 if progress:
                     progress.start(digest, size)
-                reader = _ProgressReader(resp, progress)
+                reader = _ProgressReader(resp, progress, size)
                 limit = size if size is not None else max_size
                 try:
                     return store.put_blob(reader, expected_digest=digest, max_size=limit)
-                except (ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException) as e:
+                except (
+                    ConnectionError,
+                    TimeoutError,
+                    http.client.HTTPException,
+                    ssl.SSLEOFError,
+                ) as e:
                     if attempt >= self.retries:
                         raise RegistryError(
                             f"{what}: transfer failed after {attempt + 1} attempts: {_describe(e)}"
@@ -744,16 +831,28 @@ class RegistryClient:
 
 
 class _ProgressReader:
-    """A file-like view of a response body that reports bytes read."""
+    """A file-like view of a response body that reports bytes read, and turns a body that
+    ends early into IncompleteRead (http.client returns a short read there), so that a cut
+    transfer is retried instead of failing its digest check."""
 
-    def __init__(self, resp: _Response, progress: Progress | None) -> None:
+    def __init__(self, resp: _Response, progress: Progress | None, size: int | None) -> None:
         self.resp = resp
         self.progress = progress
+        self.expected = size
+        self.got = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self.resp.read(n if n and n > 0 else 1 << 20)
-        if data and self.progress:
-            self.progress.advance(len(data))
+        if data:
+            self.got += len(data)
+            if self.progress:
+                self.progress.advance(len(data))
+            return data
+        missing = self.resp.resp.length or 0
+        if self.expected is not None and self.got < self.expected:
+            missing = max(missing, self.expected - self.got)
+        if missing:
+            raise http.client.IncompleteRead(b"", missing)
         return data
 
     def readinto(self, buf) -> int:
@@ -768,8 +867,19 @@ def _basic(credentials: Credentials) -> str:
 
 
 def _describe(e: BaseException) -> str:
+    """A transport error in words, for one-line messages."""
+    if isinstance(e, http.client.IncompleteRead):
+        return f"connection closed with {e.expected} bytes still to come"
+    if isinstance(e, http.client.RemoteDisconnected):
+        return "connection closed by the server"
+    if isinstance(e, ConnectionResetError):
+        return "connection reset"
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror[:1].lower() + e.strerror[1:]
     text = str(e) or type(e).__name__
-    return text.lower() if text[:1].isupper() and not text[1:2].isupper() else text
+    return text[:1].lower() + text[1:]
 
 
 def _user_agent() -> str:
@@ -812,8 +922,14 @@ class PullStats:
 
 
 class _Puller:
-    def __init__(self, store: ImageStore, ref: Reference, client: RegistryClient,
-                 progress: Progress | None, stats: PullStats) -> None:
+    def __init__(
+        self,
+        store: ImageStore,
+        ref: Reference,
+        client: RegistryClient,
+        progress: Progress | None,
+        stats: PullStats,
+    ) -> None:
         self.store = store
         self.ref = ref
         self.client = client
@@ -832,13 +948,15 @@ class _Puller:
         else:
             data, content_type, header_digest = self.client.get_manifest(reference, self.display)
             claimed = expected_digest or header_digest
-            digest = _digest_of(data, claimed or "sha256:")
-            if claimed and digest != claimed:
-                raise InvalidImage(
-                    f"pull {self.display}: manifest digest mismatch: expected {claimed}, got {digest}"
-                )
-            if digest.startswith("sha256:"):
-                self.store.put_blob(data, expected_digest=digest)
+            if claimed:
+                got = _digest_of(data, claimed)
+                if got != claimed:
+                    raise InvalidImage(
+                        f"pull {self.display}: manifest digest mismatch: expected {claimed}, "
+                        f"got {got}"
+                    )
+            # The store names everything by sha256, whatever algorithm the registry used.
+            digest = self.store.put_blob(data)
         try:
             manifest = json.loads(data)
         except ValueError:
@@ -853,12 +971,16 @@ class _Puller:
     def blob(self, descriptor: dict, max_size: int | None = None) -> str:
         digest = descriptor.get("digest")
         if not isinstance(digest, str) or not digest.startswith("sha256:"):
-            raise InvalidImage(f"pull {self.display}: descriptor without a sha256 digest: {descriptor}")
+            raise InvalidImage(
+                f"pull {self.display}: descriptor without a sha256 digest: {descriptor}"
+            )
         size = descriptor.get("size")
         if not isinstance(size, int) or size < 0:
             size = None
         if max_size is not None and size is not None and size > max_size:
-            raise InvalidImage(f"pull {self.display}: blob {digest} is {size} bytes, over {max_size}")
+            raise InvalidImage(
+                f"pull {self.display}: blob {digest} is {size} bytes, over {max_size}"
+            )
         if self.store.has_blob(digest):
             self.stats.blobs_present.append(digest)
             if self.progress:
@@ -894,8 +1016,10 @@ def pull(
     from .reference import Reference, parse_reference
 
     ref = reference if isinstance(reference, Reference) else parse_reference(reference)
-    want = platform if isinstance(platform, Platform) else (
-        parse_platform(platform) if platform else host_platform()
+    want = (
+        platform
+        if isinstance(platform, Platform)
+        else (parse_platform(platform) if platform else host_platform())
     )
     config = config if config is not None else load_config()
     insecure = tuple(_normalize_registry(h) for h in insecure_registries) + config.insecure
@@ -930,8 +1054,14 @@ def pull(
     raise last_error or RegistryError(f"pull {ref}: no endpoint")
 
 
-def _pull_from(store: ImageStore, ref: Reference, client: RegistryClient, want: Platform,
-               progress: Progress | None, stats: PullStats) -> ImageRecord:
+def _pull_from(
+    store: ImageStore,
+    ref: Reference,
+    client: RegistryClient,
+    want: Platform,
+    progress: Progress | None,
+    stats: PullStats,
+) -> ImageRecord:
     puller = _Puller(store, ref, client, progress, stats)
     manifest, digest, content_type = puller.manifest(ref.digest or ref.tag or "latest", ref.digest)
     top_digest = digest
@@ -964,10 +1094,12 @@ def _pull_from(store: ImageStore, ref: Reference, client: RegistryClient, want: 
             raise InvalidImage(f"pull {ref}: unsupported layer media type {kind!r}")
     config_digest = puller.blob(config_desc, MAX_CONFIG_SIZE)
     for layer in layers:
-        records.append({
-            "digest": puller.blob(layer),
-            "media_type": layer["mediaType"],
-            "size": layer.get("size"),
-        })
+        records.append(
+            {
+                "digest": puller.blob(layer),
+                "media_type": layer["mediaType"],
+                "size": layer.get("size"),
+            }
+        )
     # add_image unpacks the layers, each checked against the config's diff_ids.
     return store.add_image(top_digest, config_digest, records, [str(ref)])
