@@ -117,8 +117,11 @@ def env(tmp_path_factory):
         skopeo_copy(f"{oci}:plain", f"{dest}/plain:none", "--preserve-digests")
         skopeo_copy(f"{oci}:multi", f"{dest}/multi:latest", "--all", "--preserve-digests")
         skopeo_copy(f"{oci}:busybox", f"{dest}/busybox:latest", "--preserve-digests")
+        skopeo_copy(f"{oci}:multi", f"{dest}/multi:v2s2", "--all", "--format", "v2s2")
         v2s2, v2s2_digest = raw_manifest(reg, "small:v2s2")
         assert v2s2["mediaType"] == R.MEDIA_DOCKER_MANIFEST
+        manifest_list, _ = raw_manifest(reg, "multi:v2s2")
+        assert manifest_list["mediaType"] == R.MEDIA_DOCKER_LIST
         zstd, zstd_digest = raw_manifest(reg, "plain:zstd")
         assert {layer["mediaType"] for layer in zstd["layers"]} == {
             "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -299,6 +302,16 @@ def test_index_platform_option(env, store, no_auth_file, platform, arch):
     record = pull(store, env.ref("multi:latest"), platform=platform)
     assert record.id == getattr(env, arch).config_digest
     assert record.config["architecture"] == arch
+    assert files_of(store, record) == {"arch": f"{arch}\n".encode()}
+
+
+@pytest.mark.parametrize("platform,arch", [("linux/amd64", "amd64"), ("linux/arm64", "arm64")])
+def test_docker_manifest_list(env, store, no_auth_file, platform, arch):
+    record = pull(store, env.ref("multi:v2s2"), platform=platform)
+    assert record.config["architecture"] == arch
+    assert [layer["media_type"] for layer in record.layers] == [
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    ]
     assert files_of(store, record) == {"arch": f"{arch}\n".encode()}
 
 
