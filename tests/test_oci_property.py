@@ -224,14 +224,18 @@ def configs(draw, rootfs_path: str, scratch: str):
 
 
 def processes_rooted_in(path: str) -> list[int]:
+    """Processes whose root directory is `path`, compared by device and inode: after
+    pivot_root, readlink of /proc/<pid>/root says "/" from the host."""
+    want = os.stat(path)
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.readlink(f"/proc/{entry}/root") == path:
-                    found.append(int(entry))
+                st = os.stat(f"/proc/{entry}/root")
             except OSError:
                 continue
+            if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+                found.append(int(entry))
     return found
 
 
