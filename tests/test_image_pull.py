@@ -73,7 +73,7 @@ class Env:
         return f"{(registry or self.reg).host}/{name}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def env(tmp_path_factory):
     assert os.path.exists("/usr/bin/docker-registry"), (
         "docker-registry is not installed: run scripts/install.sh"
@@ -839,3 +839,30 @@ def test_terminal_progress_bar():
     text = buf.getvalue()
     assert "sha256:abababababab [###############               ] 1.0 KiB/2.0 KiB" in text
     assert text.endswith("sha256:abababababab done\n")
+
+
+def test_docker_hub_endpoint_is_https_without_a_probe():
+    client = R.RegistryClient("docker.io", "library/busybox")
+    assert client._base_url() == "https://registry-1.docker.io"
+    assert client.requests == 0  # no request was needed to decide
+
+
+def test_choose_manifest_variants():
+    index = {
+        "manifests": [
+            {"digest": "sha256:a", "platform": {"os": "linux", "architecture": "arm64"}},
+            {
+                "digest": "sha256:b",
+                "platform": {"os": "linux", "architecture": "arm", "variant": "v7"},
+            },
+            {"digest": "sha256:c", "platform": {"os": "linux", "architecture": "amd64"}},
+        ]
+    }
+    pick = R.choose_manifest
+    assert pick(index, R.parse_platform("linux/arm64/v8"), "x")["digest"] == "sha256:a"
+    assert pick(index, R.parse_platform("linux/arm/v7"), "x")["digest"] == "sha256:b"
+    assert pick(index, R.parse_platform("amd64"), "x")["digest"] == "sha256:c"
+    with pytest.raises(NotFound, match=r"no linux/arm/v6 image in x \(it has: linux/amd64, "):
+        pick(index, R.parse_platform("linux/arm/v6"), "x")
+    with pytest.raises(InvalidArgument, match="expected os/arch"):
+        R.parse_platform("linux/")

@@ -328,11 +328,12 @@ def choose_manifest(index: dict, want: Platform, reference: str) -> dict:
     for entry in entries:
         if _platform_matches(want, entry):
             return entry
-    # Without a variant asked for, an exact variant-less match was tried first; a host
-    # that says arm64/v8 still runs an entry that only says arm64.
+    # An entry that names no variant is taken for one that was asked for (arm/v7 runs an
+    # entry that only says arm), never an entry with another variant (v7 code on a v6 cpu).
     if want.variant:
         for entry in entries:
-            if _platform_matches(Platform(want.os, want.architecture), entry):
+            plain = Platform(want.os, want.architecture)
+            if _platform_matches(plain, entry) and not entry["platform"].get("variant"):
                 return entry
     available = sorted(
         {
