@@ -793,6 +793,9 @@ def test_credentials_lookup(tmp_path):
     assert R.load_credentials("reg.example:5000", "other/x", path).username == "plain"
     assert R.load_credentials("reg.example:5000", "team/app", path).username == "team"
     assert R.load_credentials("reg.example", "team/app", path) is None
+    with open(path, "w") as f:  # what docker leaves when a credential helper has the secret
+        json.dump({"auths": {"reg.example": {}}, "credsStore": "desktop"}, f)
+    assert R.load_credentials("reg.example", "x", path) is None
     with open(path, "w") as f:
         json.dump({"auths": {"reg.example": {"auth": "bm9jb2xvbg=="}}}, f)  # "nocolon"
     with pytest.raises(InvalidArgument, match="no ':' between user and password"):

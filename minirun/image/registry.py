@@ -240,11 +240,15 @@ def load_credentials(
             if best is None or weight > best[0]:
                 best = (weight, entry)
         if best is not None:
-            return _decode_entry(best[1], registry, path)
+            found = _decode_entry(best[1], registry, path)
+            if found is not None:
+                return found
     return None
 
 
-def _decode_entry(entry: dict, registry: str, path: str) -> Credentials:
+def _decode_entry(entry: dict, registry: str, path: str) -> Credentials | None:
+    """The entry's user and password; None for an entry that holds none (docker leaves
+    `{}` there when a credential helper keeps the secret, which this client cannot run)."""
     if entry.get("auth"):
         try:
             user, sep, password = (
@@ -261,7 +265,7 @@ def _decode_entry(entry: dict, registry: str, path: str) -> Credentials:
         return Credentials(user, password, path)
     if entry.get("username") and "password" in entry:
         return Credentials(entry["username"], entry["password"], path)
-    raise InvalidArgument(f"auth file {path}: entry for {registry} has no usable credentials")
+    return None
 
 
 # --- platforms ---------------------------------------------------------------------------
