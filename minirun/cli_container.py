@@ -67,10 +67,15 @@ def run(root, image, command, volumes, remove, **kw) -> None:
                       cap_drop=list(kw.pop("cap_drop")),
                       security_opt=list(kw.pop("security_opt")), **kw)
     try:
-        if opts.detach:
-            raise MiniRunError("-d needs the minirun daemon, which is not there yet")
         if opts.userns != "host":
             raise MiniRunError(f"--userns {opts.userns}: only host for now")
+        if opts.detach:
+            if opts.tty or opts.interactive:
+                raise MiniRunError("-d with -i or -t is not supported yet (no attach)")
+            click.echo(_engine(root).run_detached(image, opts))
+            return
+        if opts.restart != "no":
+            raise MiniRunError("--restart needs -d: the daemon applies restart policies")
         status = _engine(root).run_foreground(image, opts)
     except ExecutableNotFound as e:
         click.echo(f"minirun: error: {e}", err=True)
@@ -164,6 +169,7 @@ def inspect(root, containers) -> None:
                     "Config": {"Image": r["image"], "Cmd": json.loads(r["command"])},
                     "State": {"Status": r["status"], "ExitCode": r["exit_code"],
                               "Pid": r["pid"] or 0},
+                    "RestartCount": r["restart_count"] or 0,
                     "Created": r["created"], "HostConfig": json.loads(r["options"])})
     click.echo(json.dumps(out, indent=2))
 
@@ -179,10 +185,108 @@ def container_prune(root) -> None:
             click.echo(r["id"])
 
 
+def _each(root, containers, action) -> None:
+    engine = _engine(root)
+    failed = False
+    for name in containers:
+        try:
+            action(engine, name)
+            click.echo(name)
+        except MiniRunError as e:
+            click.echo(f"minirun: error: {e}", err=True)
+            failed = True
+    if failed:
+        sys.exit(1)
+
+
+@click.command(name="stop")
+@root_option
+@click.option("-t", "--time", "timeout", type=float, default=10.0,
+              help="seconds to wait before SIGKILL")
+@click.argument("containers", nargs=-1, required=True)
+def stop(root, timeout, containers) -> None:
+    """Stop containers: their stop signal, then SIGKILL."""
+    _each(root, containers, lambda e, n: e.stop(n, timeout))
+
+
+@click.command(name="kill")
+@root_option
+@click.option("-s", "--signal", "sig", default="KILL")
+@click.argument("containers", nargs=-1, required=True)
+def kill(root, sig, containers) -> None:
+    """Send a signal to containers (SIGKILL by default)."""
+    _each(root, containers, lambda e, n: e.kill(n, sig))
+
+
+@click.command(name="start")
+@root_option
+@click.argument("containers", nargs=-1, required=True)
+def start(root, containers) -> None:
+    """Start stopped containers (in the daemon)."""
+    _each(root, containers, lambda e, n: e.start(n))
+
+
+@click.command(name="restart")
+@root_option
+@click.option("-t", "--time", "timeout", type=float, default=10.0)
+@click.argument("containers", nargs=-1, required=True)
+def restart(root, timeout, containers) -> None:
+    """Stop then start containers."""
+    _each(root, containers, lambda e, n: (e.stop(n, timeout), e.start(n)))
+
+
+@click.command(name="wait")
+@root_option
+@click.argument("containers", nargs=-1, required=True)
+def wait(root, containers) -> None:
+    """Wait for containers to exit; print their exit codes."""
+    engine = _engine(root)
+    for name in containers:
+        rec = engine.get(name)
+        engine.wait_exit(rec["id"])
+        click.echo(engine.get(rec["id"])["exit_code"])
+
+
+@click.command(name="logs")
+@root_option
+@click.option("-f", "--follow", is_flag=True)
+@click.option("--tail", default="all", help="lines from the end (or all)")
+@click.option("--since", default=None, help="RFC 3339 time or seconds ago (e.g. 60)")
+@click.option("-t", "--timestamps", is_flag=True)
+@click.argument("container")
+def logs(root, follow, tail, since, timestamps, container) -> None:
+    """A container's output, from its CRI-format log."""
+    from .logs import follow_log
+
+    engine = _engine(root)
+    rec = engine.get(container)
+    try:
+        tail_n = None if tail == "all" else int(tail)
+    except ValueError:
+        raise MiniRunError(f"--tail {tail!r}: a number or all") from None
+    for stream, stamp, text in follow_log(engine, rec["id"], follow=follow, tail=tail_n,
+                                          since=since):
+        out = sys.stdout if stream == "stdout" else sys.stderr
+        out.write(f"{stamp} {text}" if timestamps else text)
+        out.flush()
+
+
+@click.command(name="daemon")
+@root_option
+@click.option("--run-root", envvar="MINIRUN_RUN_ROOT", default=None)
+def daemon(root, run_root) -> None:
+    """Supervise detached containers (started on first need by run -d)."""
+    from .daemon.server import Daemon
+    from .engine import Engine
+
+    Daemon(Engine(root=root, run_root=run_root)).serve()
+
+
 def register(group: click.Group) -> None:
-    for cmd in (run, ps, rm, inspect):
+    for cmd in (run, ps, rm, inspect, stop, kill, start, restart, wait, logs, daemon):
         group.add_command(cmd)
     container = click.Group(name="container", help="Manage containers.")
-    for cmd in (run, ps, rm, inspect, container_prune):
+    for cmd in (run, ps, rm, inspect, stop, kill, start, restart, wait, logs,
+                container_prune):
         container.add_command(cmd, name="ls" if cmd is ps else None)
     group.add_command(container)

@@ -91,6 +91,16 @@ def parse_size(text: str, what: str) -> int:
 
 
 # libseccomp's name of this architecture (archMap) and Go's (the includes/excludes)
+def parse_restart(text: str) -> tuple[str, int | None]:
+    """docker's --restart: no, always, unless-stopped, on-failure[:N]."""
+    policy, _, count = text.partition(":")
+    if policy not in ("no", "always", "unless-stopped", "on-failure") or \
+            (count and (policy != "on-failure" or not count.isdigit())):
+        raise InvalidArgument(f"invalid restart policy {text!r}: no, always, unless-stopped "
+                              "or on-failure[:N]")
+    return policy, int(count) if count else None
+
+
 _NATIVE_ARCH = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
 _GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
@@ -147,7 +157,8 @@ class Engine:
                 id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, image TEXT NOT NULL,
                 image_id TEXT NOT NULL, command TEXT NOT NULL, created REAL NOT NULL,
                 status TEXT NOT NULL, exit_code INTEGER, started REAL, finished REAL,
-                pid INTEGER, options TEXT NOT NULL, restart_count INTEGER DEFAULT 0)""")
+                pid INTEGER, options TEXT NOT NULL, restart_count INTEGER DEFAULT 0,
+                stop_signal TEXT DEFAULT '', user_stopped INTEGER DEFAULT 0)""")
             self._db = db
         return self._db
 
@@ -187,6 +198,10 @@ class Engine:
         self._reconcile(rows[0])
         return rows[0]
 
+    def get_status_only(self, cid: str) -> str | None:
+        row = self.db.execute("SELECT status FROM containers WHERE id = ?", (cid,)).fetchone()
+        return row[0] if row else None
+
     def _reconcile(self, rec: dict) -> None:
         """A record still saying running whose container the runtime no longer has
         running (a crashed foreground `minirun run`): mark it exited."""
@@ -201,15 +216,48 @@ class Engine:
         except MiniRunError:
             return
         if status in ("stopped", "missing"):
+            from .daemon.keeper import read_exit_status
+
+            # the keeper writes the status of a detached container the moment it reaps
+            # it, whether or not the daemon is there to record it
+            kept = read_exit_status(self.run_root, rec["id"])
+            if kept is None and _is_zombie(rec["pid"]):
+                return  # its parent (the keeper) is about to reap it and record the status
+            if kept is None and json.loads(rec["options"]).get("detach"):
+                # reaped a moment ago: the keeper writes the status right after waitpid
+                deadline = time.monotonic() + 1.0
+                while kept is None and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    kept = read_exit_status(self.run_root, rec["id"])
+                if kept is None and self.get_status_only(rec["id"]) == "exited":
+                    return  # the daemon recorded it meanwhile
             rec["status"] = "exited"
-            rec["exit_code"] = rec["exit_code"] if rec["exit_code"] is not None else -1
+            rec["exit_code"] = kept if kept is not None else (
+                rec["exit_code"] if rec["exit_code"] is not None else -1)
             self._update(rec["id"], status="exited", exit_code=rec["exit_code"],
                          finished=time.time())
 
     # --- create ------------------------------------------------------------------------------
 
     def create(self, image_ref: str, opts: RunOptions, console_fd=None):
+        """The container's record, snapshot and bundle, and the runtime's container,
+        created (not started) by this process, which will be its init's parent."""
         from . import runtime
+        from .image.store import ImageStore
+
+        cid = self.prepare(image_ref, opts)
+        try:
+            bundle = os.path.join(self.root, "containers", cid)
+            c = runtime.create(self.oci_root, cid, bundle,
+                               runtime.CreateOptions(console_fd=console_fd))
+            self._update(cid, status="created", pid=c.pid)
+        except BaseException:
+            self._remove_everything(cid, ImageStore(self.root))
+            raise
+        return cid, c
+
+    def prepare(self, image_ref: str, opts: RunOptions) -> str:
+        """The record, the overlay snapshot and config.json of a new container."""
         from .image.store import ImageStore
 
         store = ImageStore(self.root)
@@ -227,13 +275,11 @@ class Engine:
             cfg = self._oci_config(cid, config, args, rootfs, bundle, opts)
             with open(os.path.join(bundle, "config.json"), "w") as f:
                 json.dump(cfg, f)
-            c = runtime.create(self.oci_root, cid, bundle,
-                               runtime.CreateOptions(console_fd=console_fd))
-            self._update(cid, status="created", pid=c.pid)
+            self._update(cid, status="created", stop_signal=config.get("StopSignal") or "")
         except BaseException:
             self._remove_everything(cid, store)
             raise
-        return cid, c
+        return cid
 
     def _command(self, config: dict, opts: RunOptions) -> list[str]:
         if opts.entrypoint is not None:
@@ -485,6 +531,88 @@ class Engine:
                 if opts.remove:
                     self.remove(cid, force=True)
 
+    def run_detached(self, image_ref: str, opts: RunOptions) -> str:
+        from .image.store import ImageStore
+
+        parse_restart(opts.restart)
+        cid = self.prepare(image_ref, opts)
+        try:
+            self._start_in_daemon(cid)
+        except BaseException:
+            self._remove_everything(cid, ImageStore(self.root))
+            raise
+        return cid
+
+    def _start_in_daemon(self, cid: str) -> None:
+        from .daemon.server import request
+
+        reply = request(self, {"op": "start", "id": cid})
+        if "error" in reply:
+            raise MiniRunError(reply["error"])
+
+    def start(self, name_or_id: str) -> str:
+        rec = self.get(name_or_id)
+        if rec["status"] == "running":
+            return rec["id"]
+        self._update(rec["id"], user_stopped=0)
+        self._start_in_daemon(rec["id"])
+        return rec["id"]
+
+    def kill(self, name_or_id: str, sig: str = "KILL") -> str:
+        from . import container as ctr
+
+        rec = self.get(name_or_id)
+        if rec["status"] != "running":
+            raise ContainerStateError(f"container {rec['name']} is not running")
+        self._update(rec["id"], user_stopped=1)
+        ctr.kill(self.oci_root, rec["id"], ctr.parse_signal(sig))
+        return rec["id"]
+
+    def stop(self, name_or_id: str, timeout: float = 10.0) -> str:
+        """The stop signal (the image's StopSignal, else SIGTERM), then SIGKILL after
+        `timeout` seconds; returns once the container has exited."""
+        from . import container as ctr
+
+        rec = self.get(name_or_id)
+        if rec["status"] != "running":
+            return rec["id"]
+        self._update(rec["id"], user_stopped=1)
+        try:
+            ctr.kill(self.oci_root, rec["id"], ctr.parse_signal(rec["stop_signal"] or "TERM"))
+        except (ContainerStateError, NotFound):
+            pass
+        if not self.wait_exit(rec["id"], timeout):
+            try:
+                ctr.kill(self.oci_root, rec["id"], ctr.parse_signal("KILL"), all_processes=True)
+            except (ContainerStateError, NotFound):
+                pass
+            self.wait_exit(rec["id"], 30)
+        return rec["id"]
+
+    def wait_exit(self, cid: str, timeout: float | None = None) -> bool:
+        """Until the record says exited (the daemon writes it) or the runtime has no
+        running container left and the keeper's status file is there."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.get(cid)["status"] == "exited":
+                return True
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+    def should_restart(self, rec: dict, status: int) -> bool:
+        opts = json.loads(rec["options"])
+        policy, limit = parse_restart(opts.get("restart") or "no")
+        fresh = self.get(rec["id"])
+        if fresh["user_stopped"]:
+            return False
+        count = fresh["restart_count"] or 0
+        if policy == "always" or policy == "unless-stopped":
+            return True
+        if policy == "on-failure":
+            return status != 0 and (limit is None or count < limit)
+        return False
+
     def remove(self, name_or_id: str, force: bool = False) -> str:
         rec = self.get(name_or_id)
         if rec["status"] == "running" and not force:
@@ -504,6 +632,17 @@ class Engine:
             pass
         store.release(cid)
         self.db.execute("DELETE FROM containers WHERE id = ?", (cid,))
+
+
+def _is_zombie(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2:data.rindex(b")") + 3] == b"Z"
 
 
 def _read_in_root(rootfs: str, path: str) -> str:

@@ -1,0 +1,49 @@
+"""The small message protocol between the CLI, the daemon and the keeper: one JSON object
+per SOCK_SEQPACKET message, file descriptors alongside with SCM_RIGHTS."""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import socket
+
+MAX_MSG = 1 << 20
+MAX_FDS = 64
+
+
+def send(sock: socket.socket, msg: dict, fds: list[int] | tuple = ()) -> None:
+    data = json.dumps(msg).encode()
+    if fds:
+        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        sock.send(data)
+
+
+def recv(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    """(message, fds); (None, []) when the peer has gone."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MSG, MAX_FDS)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    return json.loads(data), list(fds)
+
+
+def connect(path: str, timeout: float | None = 30.0) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(timeout)
+    sock.connect(path)
+    return sock
+
+
+def listen(path: str) -> socket.socket:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.bind(path)
+    os.chmod(path, 0o600)
+    sock.listen(64)
+    return sock

@@ -1,0 +1,322 @@
+"""`minirun daemon`: serves the CLI, writes container logs, records exits, restarts.
+
+  CLI -> daemon  {"op": "ping"}            <- {"ok": true, "pid"}
+  CLI -> daemon  {"op": "start", "id"}     <- {"ok": true, "pid"} | {"error"}
+
+Logs are in the CRI format kubelet writes and Filebeat / Fluent Bit read as they are:
+`<RFC3339Nano> <stdout|stderr> <P|F> <message>`, P for a partial line, rotated by size.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+
+from ..errors import MiniRunError
+from . import proto
+
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_KEEP = 1
+PARTIAL_AT = 16 * 1024
+
+
+def rfc3339nano(ns: int | None = None) -> str:
+    ns = time.time_ns() if ns is None else ns
+    secs, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+
+
+class CriLog:
+    """One container's log file; both streams write through it."""
+
+    def __init__(self, path: str, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.f = open(path, "ab")
+        self.pending = {"stdout": b"", "stderr": b""}
+
+    def write(self, stream: str, data: bytes) -> None:
+        buf = self.pending[stream] + data
+        *lines, rest = buf.split(b"\n")
+        for line in lines:
+            self._line(stream, "F", line)
+        while len(rest) >= PARTIAL_AT:
+            self._line(stream, "P", rest[:PARTIAL_AT])
+            rest = rest[PARTIAL_AT:]
+        self.pending[stream] = rest
+        self.f.flush()
+
+    def close_stream(self, stream: str) -> None:
+        if self.pending[stream]:
+            self._line(stream, "F", self.pending[stream])
+            self.pending[stream] = b""
+            self.f.flush()
+
+    def _line(self, stream: str, tag: str, msg: bytes) -> None:
+        self.f.write(f"{rfc3339nano()} {stream} {tag} ".encode() + msg + b"\n")
+        if self.f.tell() >= self.max_bytes:
+            self.rotate()
+
+    def rotate(self) -> None:
+        self.f.close()
+        for n in range(self.keep, 0, -1):
+            src = self.path if n == 1 else f"{self.path}.{n - 1}"
+            if os.path.exists(src):
+                os.replace(src, f"{self.path}.{n}")
+        self.f = open(self.path, "ab")
+
+    def close(self) -> None:
+        for stream in self.pending:
+            self.close_stream(stream)
+        self.f.close()
+
+
+class Daemon:
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.run_root = engine.run_root
+        self.sock_path = os.path.join(self.run_root, "minirun.sock")
+        self.keeper_path = os.path.join(self.run_root, "keeper.sock")
+        self.sel = selectors.DefaultSelector()
+        self.logs: dict[str, CriLog] = {}
+        self.open_streams: dict[str, int] = {}
+        self.keeper = None
+
+    # --- the keeper --------------------------------------------------------------------------
+
+    def connect_keeper(self) -> None:
+        try:
+            self.keeper = proto.connect(self.keeper_path)
+        except OSError:
+            spawn_detached([sys.executable, "-m", "minirun.daemon.keeper", self.run_root],
+                           os.path.join(self.run_root, "keeper.log"))
+            self.keeper = wait_for_socket(self.keeper_path)
+        self.keeper.settimeout(None)
+        proto.send(self.keeper, {"op": "hello"})
+        exited = []
+        while True:
+            msg, fds = proto.recv(self.keeper)
+            if msg is None:
+                raise RuntimeError("the keeper went away")
+            if msg.get("done"):
+                break
+            held = msg["held"]
+            self.adopt(held["id"], fds)
+            if held["status"] is not None:
+                exited.append((held["id"], held["status"]))
+        for cid, status in exited:
+            self.on_exit(cid, status)
+
+    def keeper_call(self, msg: dict) -> tuple[dict, list[int]]:
+        """A request to the keeper; exit events that arrive meanwhile are handled."""
+        proto.send(self.keeper, msg)
+        while True:
+            reply, fds = proto.recv(self.keeper)
+            if reply is None:
+                raise RuntimeError("the keeper went away")
+            if "event" in reply:
+                self.on_exit(reply["id"], reply["status"])
+                continue
+            return reply, fds
+
+    def adopt(self, cid: str, fds: list[int]) -> None:
+        path = os.path.join(self.engine.root, "containers", cid, "ctr.log")
+        if not os.path.isdir(os.path.dirname(path)):
+            for fd in fds:
+                os.close(fd)
+            return
+        if cid not in self.logs:
+            self.logs[cid] = CriLog(path)
+        self.open_streams[cid] = len(fds)
+        for fd, stream in zip(fds, ("stdout", "stderr")):
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ, ("pipe", cid, stream))
+
+    # --- events --------------------------------------------------------------------------------
+
+    def on_pipe(self, fd: int, cid: str, stream: str) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        log = self.logs.get(cid)
+        if data:
+            if log:
+                log.write(stream, data)
+            return
+        self.sel.unregister(fd)
+        os.close(fd)
+        if log:
+            log.close_stream(stream)
+        self.open_streams[cid] = self.open_streams.get(cid, 1) - 1
+
+    def drain(self, cid: str) -> None:
+        """Read what the container wrote before it exited, so the log is complete."""
+        for key in list(self.sel.get_map().values()):
+            if isinstance(key.data, tuple) and key.data[0] == "pipe" and key.data[1] == cid:
+                deadline = time.monotonic() + 2
+                while key.fileobj in self.sel.get_map() and time.monotonic() < deadline:
+                    self.on_pipe(key.fileobj, cid, key.data[2])
+
+    def on_exit(self, cid: str, status: int) -> None:
+        from .. import container as ctr
+        from ..errors import NotFound
+
+        self.drain(cid)
+        log = self.logs.pop(cid, None)
+        if log:
+            log.close()
+        try:
+            rec = self.engine.get(cid)
+        except NotFound:
+            rec = None
+        # the record first: the status file the keeper wrote goes with `forget`
+        if rec is not None:
+            self.engine._update(cid, status="exited", exit_code=status,
+                                finished=time.time(), pid=0)
+        try:
+            ctr.delete(self.engine.oci_root, cid, force=True)
+        except NotFound:
+            pass
+        if self.keeper is not None:
+            self.keeper_call({"op": "forget", "id": cid})
+        if rec is None:
+            return
+        if self.engine.should_restart(rec, status):
+            self.engine._update(cid, restart_count=(rec["restart_count"] or 0) + 1)
+            try:
+                self.start(cid)
+            except Exception as e:  # noqa: BLE001
+                log_line(f"restart of {cid[:12]} failed: {e}")
+
+    def start(self, cid: str) -> int:
+        bundle = os.path.join(self.engine.root, "containers", cid)
+        reply, fds = self.keeper_call({"op": "start", "id": cid,
+                                       "oci_root": self.engine.oci_root, "bundle": bundle})
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        self.engine._update(cid, status="running", pid=reply["pid"], started=time.time(),
+                            exit_code=None)
+        self.adopt(cid, fds)
+        if reply.get("status") is not None:  # it has exited already
+            self.on_exit(cid, reply["status"])
+        return reply["pid"]
+
+    def on_client(self, conn) -> None:
+        try:
+            msg, fds = proto.recv(conn)
+        except OSError:
+            msg, fds = None, []
+        for fd in fds:
+            os.close(fd)
+        if msg is None:
+            self.sel.unregister(conn)
+            conn.close()
+            return
+        try:
+            if msg.get("op") == "ping":
+                proto.send(conn, {"ok": True, "pid": os.getpid()})
+            elif msg.get("op") == "start":
+                proto.send(conn, {"ok": True, "pid": self.start(msg["id"])})
+            else:
+                proto.send(conn, {"error": f"unknown op {msg.get('op')!r}"})
+        except Exception as e:  # noqa: BLE001 - answer the client, keep serving
+            try:
+                proto.send(conn, {"error": str(e) or type(e).__name__})
+            except OSError:
+                pass
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        os.makedirs(self.run_root, mode=0o711, exist_ok=True)
+        self.connect_keeper()
+        listener = proto.listen(self.sock_path)
+        with open(os.path.join(self.run_root, "daemon.pid"), "w") as f:
+            f.write(str(os.getpid()))
+        self.sel.register(listener, selectors.EVENT_READ, ("listen",))
+        self.sel.register(self.keeper, selectors.EVENT_READ, ("keeper",))
+        log_line(f"minirun daemon {os.getpid()} serving {self.sock_path}")
+        while True:
+            for key, _ in self.sel.select():
+                kind = key.data[0]
+                if kind == "listen":
+                    conn, _ = listener.accept()
+                    self.sel.register(conn, selectors.EVENT_READ, ("client",))
+                elif kind == "client":
+                    self.on_client(key.fileobj)
+                elif kind == "pipe":
+                    self.on_pipe(key.fileobj, key.data[1], key.data[2])
+                elif kind == "keeper":
+                    msg, fds = proto.recv(self.keeper)
+                    for fd in fds:
+                        os.close(fd)
+                    if msg is None:
+                        log_line("the keeper went away; exiting")
+                        return
+                    if "event" in msg:
+                        self.on_exit(msg["id"], msg["status"])
+
+
+def log_line(msg: str) -> None:
+    """The daemon's own log: JSON lines with Elastic Common Schema names."""
+    import json
+
+    sys.stderr.write(json.dumps({"@timestamp": rfc3339nano(), "log.level": "info",
+                                 "message": msg, "process.pid": os.getpid()}) + "\n")
+    sys.stderr.flush()
+
+
+def spawn_detached(argv: list[str], log_path: str) -> None:
+    """Start a long-lived process outside our session, its output in log_path."""
+    with open(log_path, "ab") as log, open(os.devnull, "rb") as null:
+        subprocess.Popen(argv, stdin=null, stdout=log, stderr=log, start_new_session=True,
+                         close_fds=True, cwd="/")
+
+
+def wait_for_socket(path: str, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return proto.connect(path)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise MiniRunError(f"nothing answers on {path}") from None
+            time.sleep(0.05)
+
+
+def ensure_daemon(engine) -> None:
+    """Connect to the daemon, starting it on first need."""
+    path = os.path.join(engine.run_root, "minirun.sock")
+    try:
+        sock = proto.connect(path, timeout=5)
+    except OSError:
+        os.makedirs(engine.run_root, mode=0o711, exist_ok=True)
+        env_root = ["--root", engine.root, "--run-root", engine.run_root]
+        spawn_detached([sys.executable, "-m", "minirun.cli", "daemon", *env_root],
+                       os.path.join(engine.run_root, "daemon.log"))
+        sock = wait_for_socket(path)
+    proto.send(sock, {"op": "ping"})
+    reply, _ = proto.recv(sock)
+    sock.close()
+    if not reply or not reply.get("ok"):
+        raise MiniRunError("the minirun daemon does not answer")
+
+
+def request(engine, msg: dict) -> dict:
+    ensure_daemon(engine)
+    sock = proto.connect(os.path.join(engine.run_root, "minirun.sock"), timeout=120)
+    try:
+        proto.send(sock, msg)
+        reply, fds = proto.recv(sock)
+        for fd in fds:
+            os.close(fd)
+    finally:
+        sock.close()
+    if reply is None:
+        raise MiniRunError("the minirun daemon closed the connection")
+    return reply

@@ -1,0 +1,77 @@
+"""A private engine (data root, run root) with busybox:latest imported, for the engine and
+daemon tests; on teardown every container is removed, the daemon and keeper stopped by
+pid, and no mount is left under the roots."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ocitest import REPO
+
+
+class EngineEnv:
+    def __init__(self, top: str) -> None:
+        self.top = top
+        self.root = os.path.join(top, "lib")
+        self.run_root = os.path.join(top, "run")
+        self.env = dict(os.environ, MINIRUN_ROOT=self.root, MINIRUN_RUN_ROOT=self.run_root)
+
+    def __call__(self, *args, timeout: float = 120, check: bool = False,
+                 **kw) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "minirun.cli", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout, **kw)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"minirun {' '.join(args)}: {proc.returncode}: {proc.stderr}")
+        return proc
+
+    def pid_of(self, name: str) -> int | None:
+        try:
+            with open(os.path.join(self.run_root, f"{name}.pid")) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None
+
+    def stop_process(self, name: str) -> None:
+        pid = self.pid_of(name)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def teardown(self) -> list[str]:
+        for cid in self("ps", "-a", "-q").stdout.split():
+            self("rm", "-f", cid)
+        self.stop_process("daemon")
+        self.stop_process("keeper")
+        time.sleep(0.2)
+        left = []
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                if self.top in line:
+                    left.append(line.split()[4])
+        for point in reversed(left):
+            subprocess.run(["umount", "-l", point])
+        subprocess.run(["rm", "-rf", "--one-file-system", self.top])
+        return left
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    top = str(tmp_path_factory.mktemp("engine"))
+    env = EngineEnv(top)
+    tar = os.path.join(top, "busybox.tar")
+    subprocess.run([os.path.join(REPO, "rootfs", "build.sh"), "--tar", tar], check=True,
+                   stdout=subprocess.DEVNULL)
+    from minirun.image.archive import import_rootfs
+    from minirun.image.store import ImageStore
+    import_rootfs(ImageStore(env.root), tar, "busybox:latest")
+    yield env
+    left = env.teardown()
+    assert not left, f"mounts left under the engine roots: {left}"
