@@ -14,6 +14,7 @@ import _signal as signal
 import _socket as socket
 import os
 
+from . import seccomp as _seccomp
 from . import security
 from . import spec as _spec
 from . import sys as _sys
@@ -104,6 +105,8 @@ def exec_process(root: str, container_id: str, process: dict, opts: ExecOptions)
     _check_cwd(process.get("cwd", "/"))
     if process.get("terminal") and not (opts.console_socket or opts.console_fd):
         raise InvalidArgument("cannot allocate a tty without --console-socket")
+    # The container's profile applies to every process in it, as under runc.
+    seccomp_filter = _seccomp.compile_profile((cfg.get("linux") or {}).get("seccomp"))
 
     ns_fds = _open_namespaces(c)
     console = opts.console_fd
@@ -115,7 +118,7 @@ def exec_process(root: str, container_id: str, process: dict, opts: ExecOptions)
             except OSError as e:
                 raise MiniRunError(f"console socket {opts.console_socket}: {e.strerror}") \
                     from None
-        pid = _spawn(c, process, caps, rlimits, ns_fds, console, opts)
+        pid = _spawn(c, process, caps, rlimits, ns_fds, console, opts, seccomp_filter)
     finally:
         for _, fd in ns_fds:
             os.close(fd)
@@ -153,7 +156,7 @@ def _open_namespaces(c: Container) -> list[tuple[str, int]]:
 
 
 def _spawn(c: Container, process: dict, caps, rlimits, ns_fds, console,
-           opts: ExecOptions) -> int:
+           opts: ExecOptions, seccomp_filter=None) -> int:
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1, name="prctl(PR_SET_CHILD_SUBREAPER)")
     cg = c.cgroup()
@@ -162,7 +165,8 @@ def _spawn(c: Container, process: dict, caps, rlimits, ns_fds, console,
         parent_sock.close()
         code = 1
         try:
-            _first_child(c, process, caps, rlimits, ns_fds, console, opts, cg, child_sock)
+            _first_child(c, process, caps, rlimits, ns_fds, console, opts, cg, child_sock,
+                         seccomp_filter)
             code = 0
         except BaseException as e:
             _report_error(child_sock, e)
@@ -195,7 +199,8 @@ def _spawn(c: Container, process: dict, caps, rlimits, ns_fds, console,
         parent_sock.close()
 
 
-def _first_child(c, process, caps, rlimits, ns_fds, console, opts, cg, sock) -> None:
+def _first_child(c, process, caps, rlimits, ns_fds, console, opts, cg, sock,
+                 seccomp_filter=None) -> None:
     _reset_signals()
     # CVE-2019-5736: processes of the container must not reach our /proc/<pid>/exe (the
     # host's python) once we are in their namespaces.
@@ -209,14 +214,14 @@ def _first_child(c, process, caps, rlimits, ns_fds, console, opts, cg, sock) -> 
     if pid == 0:
         code = 1
         try:
-            _exec_child(c, process, caps, rlimits, console, opts, sock)
+            _exec_child(c, process, caps, rlimits, console, opts, sock, seccomp_filter)
         except BaseException as e:
             _report_error(sock, e)
         os._exit(code)
     _send(sock, {"pid": pid})
 
 
-def _exec_child(c, process, caps, rlimits, console, opts, sock) -> None:
+def _exec_child(c, process, caps, rlimits, console, opts, sock, seccomp_filter=None) -> None:
     os.setsid()
     if not c.data.get("no_new_keyring"):
         _sys.join_session_keyring(f"_ses.{c.id}")
@@ -224,7 +229,7 @@ def _exec_child(c, process, caps, rlimits, console, opts, sock) -> None:
         _setup_terminal(console, process.get("consoleSize"), console_mount=False)
     if console is not None:
         console.close()
-    exe, env, user = prepare_process(process, caps, rlimits)
+    exe, env, user = prepare_process(process, caps, rlimits, seccomp_filter)
     _send(sock, {"ready": True})
     sock.close()
-    exec_user_program(exe, process["args"], env, user, opts.preserve_fds)
+    exec_user_program(exe, process["args"], env, user, opts.preserve_fds, seccomp_filter)

@@ -274,8 +274,7 @@ def _seccomp(proc: str) -> Feature:
         lib = ctypes.CDLL(name)
     except OSError:
         return Feature(False, reason="libseccomp.so.2 not found (install libseccomp2)")
-    detail = (f"libseccomp {_libseccomp_version(lib)}, actions: {actions.strip()}; "
-              "note: minirun-oci does not apply linux.seccomp yet and refuses configs that ask")
+    detail = f"libseccomp {_libseccomp_version(lib)}, actions: {actions.strip()}"
     if mode != "0":
         detail += f"; this process is already under seccomp mode {mode}"
     return Feature(True, detail=detail)

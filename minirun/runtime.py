@@ -64,6 +64,7 @@ from .errors import (AlreadyExists, ContainerStateError, HookError, InvalidArgum
                      InvalidSpec, KernelFeatureMissing, MiniRunError, NotFound)
 from .mounts import RootfsBuilder, make_in_root, setup_console_mount
 from .namespaces import NamespacePlan, write_id_maps
+from . import seccomp as _seccomp
 from . import security
 from . import spec as _spec
 
@@ -151,6 +152,9 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
                                     security.last_cap())
     rlimits = security.rlimit_plan(process.get("rlimits"))
     _check_cwd(process.get("cwd", "/"))
+    # Checked and compiled to BPF here, before anything exists: the init only loads it.
+    seccomp_filter = _seccomp.compile_profile((cfg.get("linux") or {}).get("seccomp"))
+    trace("create: seccomp compiled")
 
     os.makedirs(root, mode=0o700, exist_ok=True)
     c = Container(root, container_id)
@@ -195,7 +199,8 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
                 console.connect(opts.console_socket)
             except OSError as e:
                 raise MiniRunError(f"console socket {opts.console_socket}: {e.strerror}") from None
-        init_pid = _spawn(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts)
+        init_pid = _spawn(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts,
+                          seccomp_filter)
         c.data["pid"] = init_pid
         c.data["start_time"] = proc_start_time(init_pid)
         c.data["ready"] = True
@@ -226,7 +231,7 @@ def _check_cwd(cwd: str) -> None:
 
 
 def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: NamespacePlan,
-           caps, rlimits, console, opts: CreateOptions) -> int:
+           caps, rlimits, console, opts: CreateOptions, seccomp_filter=None) -> int:
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1, name="prctl(PR_SET_CHILD_SUBREAPER)")
     linux = cfg.get("linux") or {}
@@ -236,7 +241,7 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
         code = 1
         try:
             _first_child(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts,
-                         child_sock)
+                         child_sock, seccomp_filter)
             code = 0
         except BaseException as e:
             _report_error(child_sock, e)
@@ -310,7 +315,7 @@ def _reset_signals() -> None:
 
 
 def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, console,
-                 opts, sock) -> None:
+                 opts, sock, seccomp_filter=None) -> None:
     """C: join the cgroup and namespaces, fork the init, report its pid, exit."""
     trace("child: forked")
     _reset_signals()
@@ -347,7 +352,7 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
         code = 1
         try:
             _init(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts, sock,
-                  fifo_fd)
+                  fifo_fd, seccomp_filter)
         except BaseException as e:
             _report_error(sock, e)
         os._exit(code)
@@ -355,7 +360,7 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
 
 
 def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, console, opts,
-          sock, fifo_fd: int) -> None:
+          sock, fifo_fd: int, seccomp_filter=None) -> None:
     """I: pid 1 of the container. Returns only by raising; on success it execs."""
     os.setsid()
     # Our pid as the host sees it: /proc is still the host's until pivot_root.
@@ -399,7 +404,7 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
 
     if linux.get("personality"):
         _sys.personality(linux["personality"]["domain"])
-    exe, env, user = prepare_process(process, caps, rlimits)
+    exe, env, user = prepare_process(process, caps, rlimits, seccomp_filter)
 
     trace("init: ready")
     _send(sock, {"ready": True})
@@ -416,16 +421,22 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     os.close(fifo_fd)
     if hooks.get("startContainer"):
         run_hooks(hooks, ("startContainer",), c.hook_state("running"))
-    exec_user_program(exe, process["args"], env, user, opts.preserve_fds)
+    exec_user_program(exe, process["args"], env, user, opts.preserve_fds, seccomp_filter)
 
 
-def prepare_process(process: dict, caps, rlimits) -> tuple[str, dict, dict]:
+def prepare_process(process: dict, caps, rlimits,
+                    seccomp_filter=None) -> tuple[str, dict, dict]:
     """The process settings, in runc's order, for the container's init and for exec:
-    rlimits, oom score, bounding set, user, capabilities, cwd (verified), the executable
-    looked up in the container, no_new_privs. Returns (executable, env, user)."""
+    rlimits, oom score, seccomp without no_new_privs, bounding set, user, capabilities,
+    cwd (verified), the executable looked up in the container, no_new_privs. Returns
+    (executable, env, user)."""
     security.apply_rlimits(rlimits)
     if "oomScoreAdj" in process:
         security.set_oom_score_adj(process["oomScoreAdj"])
+    if seccomp_filter is not None and not process.get("noNewPrivileges"):
+        # Without no_new_privs loading a filter needs CAP_SYS_ADMIN: before the
+        # capabilities go, as runc (the rest of our setup then runs under it).
+        seccomp_filter.install()
     user = process.get("user") or {}
     top = security.last_cap()
     if caps is not None:
@@ -444,10 +455,20 @@ def prepare_process(process: dict, caps, rlimits) -> tuple[str, dict, dict]:
 
 
 def exec_user_program(exe: str, args: list[str], env: dict, user: dict,
-                      preserve_fds: int) -> None:
-    """The last steps before the user's program: umask, fds, execve. Never returns."""
+                      preserve_fds: int, seccomp_filter=None) -> None:
+    """The last steps before the user's program: umask, fds, seccomp (with
+    no_new_privs), execve. Never returns."""
     os.umask(user["umask"] if user.get("umask") is not None else 0o022)
     _prepare_fds(preserve_fds)
+    if seccomp_filter is not None and not seccomp_filter.installed:
+        # With no_new_privs: as late as can be, so that the fifo, the startContainer
+        # hooks and our own exit path stay out of the profile; only execve is left.
+        # (runc loads it before waiting on the fifo, for its notify fd.)
+        try:
+            seccomp_filter.install()
+        except MiniRunError as e:
+            os.write(2, f"minirun: {e}\n".encode())
+            os._exit(1)
     try:
         os.execve(exe, args, env)
     except OSError as e:
@@ -529,7 +550,21 @@ def _prepare_fds(preserve: int) -> None:
     # CVE-2024-21626: no host fd may reach the user's program. Python opens its fds
     # close-on-exec already; this catches anything inherited from our caller too.
     first = 3 + preserve
-    _sys.close_range(first, 0xFFFFFFFF, _sys.CLOSE_RANGE_CLOEXEC)
+    try:
+        _sys.close_range(first, 0xFFFFFFFF, _sys.CLOSE_RANGE_CLOEXEC)
+    except _sys.SysError as e:
+        # Refused by a seccomp profile without close_range (loaded earlier when
+        # no_new_privs is off), or a kernel older than 5.11: mark each fd instead.
+        try:
+            names = os.listdir("/proc/self/fd")
+        except OSError:
+            raise e from None
+        for name in names:
+            if int(name) >= first:
+                try:
+                    fcntl.fcntl(int(name), fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+                except OSError:
+                    pass
     for fd in range(3 + preserve):
         try:
             os.set_inheritable(fd, True)

@@ -288,7 +288,6 @@ UNSUPPORTED: tuple[str, ...] = (
     "process.ioPriority",
     "process.scheduler",
     "process.execCPUAffinity",
-    "linux.seccomp",
     "linux.intelRdt",
     "linux.timeOffsets",
     "linux.mountLabel",
@@ -1113,6 +1112,20 @@ def write_default_spec(bundle: str, rootless: bool = False) -> str:
     return path
 
 
+def _seccomp_features() -> dict:
+    # Imported here: features is not on the start path, and only this asks libseccomp.
+    from minirun import seccomp
+
+    return {
+        "enabled": seccomp.libseccomp_version() is not None,
+        "actions": sorted(seccomp.ACTIONS),
+        "operators": sorted(seccomp.OPERATORS),
+        "archs": sorted(seccomp.ARCHITECTURES),
+        "knownFlags": list(seccomp.FLAGS),
+        "supportedFlags": seccomp.supported_flags(),
+    }
+
+
 def features() -> dict:
     """The runtime-spec features document (``minirun-oci features``)."""
     return {
@@ -1130,11 +1143,21 @@ def features() -> dict:
                 "systemdUser": False,
                 "rdma": False,
             },
-            "seccomp": {"enabled": False},
+            "seccomp": _seccomp_features(),
             "apparmor": {"enabled": False},
             "selinux": {"enabled": False},
             "intelRdt": {"enabled": False},
             "mountExtensions": {"idmap": {"enabled": False}},
         },
-        "annotations": {"io.github.minirun.version": __version__},
+        "annotations": _feature_annotations(),
     }
+
+
+def _feature_annotations() -> dict:
+    from minirun import seccomp
+
+    out = {"io.github.minirun.version": __version__}
+    version = seccomp.libseccomp_version()
+    if version:
+        out["io.github.seccomp.libseccomp.version"] = version  # runc's key
+    return out

@@ -21,8 +21,8 @@ _ARCH = os.uname().machine
 # Numbers that glibc has no wrapper for. openat2 and close_range share one number on
 # every architecture (added after the syscall tables were unified).
 _NR = {
-    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126, "keyctl": 250},
-    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91, "keyctl": 219},
+    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126, "keyctl": 250, "seccomp": 317},
+    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91, "keyctl": 219, "seccomp": 277},
 }.get(_ARCH, {})
 NR_OPENAT2 = 437
 NR_CLOSE_RANGE = 436
@@ -236,6 +236,37 @@ def join_session_keyring(name: str) -> None:
         err = ctypes.get_errno()
         if err != _errno.ENOSYS:  # no keyring support in this kernel: nothing to share
             raise SysError("keyctl(JOIN_SESSION_KEYRING)", name, err)
+
+
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SECCOMP_SET_MODE_FILTER = 1
+
+
+class SockFprog(ctypes.Structure):
+    """struct sock_fprog: a classic BPF program (8-byte struct sock_filter each)."""
+
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    @classmethod
+    def of(cls, program: bytes) -> SockFprog:
+        buf = ctypes.create_string_buffer(program, len(program))
+        prog = cls(len(program) // 8, ctypes.addressof(buf))
+        prog._buf = buf  # the instructions live as long as the struct
+        return prog
+
+
+def seccomp_set_mode_filter(prog: SockFprog, flags: int = 0) -> None:
+    """Install a seccomp filter on the calling thread: prctl(PR_SET_SECCOMP) without
+    flags (as runc), seccomp(SECCOMP_SET_MODE_FILTER, flags) with them."""
+    if flags:
+        ret = _syscall(_NR["seccomp"], SECCOMP_SET_MODE_FILTER, ctypes.c_uint(flags),
+                       ctypes.byref(prog))
+        _check(ret, "seccomp(SECCOMP_SET_MODE_FILTER)")
+    else:
+        ret = _libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                          ctypes.byref(prog), ctypes.c_ulong(0), ctypes.c_ulong(0))
+        _check(ret, "prctl(PR_SET_SECCOMP)")
 
 
 def ioctl_int(fd: int, request: int, value: int, name: str) -> None:

@@ -11,6 +11,7 @@ line of that log is the error ctr shows when something fails.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -264,11 +265,29 @@ def test_exit_code_propagates(ctr):
 
 
 def test_runtime_error_reaches_ctr(ctr):
-    """minirun refuses linux.seccomp; its one-line error goes through log.json to ctr."""
+    """A profile minirun refuses: its one-line error goes through log.json to ctr."""
     cid = f"seccomp-{run_token()}"
-    proc = ctr.run(cid, "true", opts=("--rm", "--seccomp"), check=False)
+    profile = os.path.join(ctr.base, "bad-seccomp.json")
+    with open(profile, "w") as f:
+        json.dump({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
+             "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_BOGUS"}]}]}, f)
+    proc = ctr.run(cid, "true", opts=("--rm", "--seccomp", "--seccomp-profile", profile),
+                   check=False)
     assert proc.returncode != 0
-    assert "linux.seccomp: not supported by minirun yet" in proc.stderr, proc.stderr
+    assert "linux.seccomp.syscalls[0].args[0].op: unknown operator" in proc.stderr, \
+        proc.stderr
+
+
+def test_default_seccomp_profile(ctr):
+    """containerd's default profile (ctr --seccomp), applied as runc applies it."""
+    cid = f"seccomp-{run_token()}"
+    proc = ctr.run(cid, "sh", "-c", "grep ^Seccomp: /proc/self/status; linux32 -R true",
+                   opts=("--rm", "--seccomp"), check=False)
+    assert proc.stdout.split() == ["Seccomp:", "2"], proc.stderr
+    assert proc.returncode == 1, proc.stdout
+    # Allowed unconfined; the profile allows personality() for five values only.
+    assert "personality(0x40008): Operation not permitted" in proc.stderr
 
 
 def test_terminal(ctr):

@@ -460,7 +460,7 @@ def test_capability_numbers_match_the_kernel_header():
 
 
 UNSUPPORTED_CASES = [
-    ("seccomp", _set("linux.seccomp", {"defaultAction": "SCMP_ACT_ALLOW"}), ["linux.seccomp"]),
+    ("seccomp", _set("linux.seccomp", {"defaultAction": "SCMP_ACT_ALLOW"}), []),
     ("seccomp-null", _set("linux.seccomp", None), []),
     ("intel-rdt", _set("linux.intelRdt", {"closID": "x"}), ["linux.intelRdt"]),
     ("personality", _set("linux.personality", {"domain": "LINUX32"}), ["linux.personality"]),
@@ -593,10 +593,15 @@ def test_features_document_shape():
         "systemdUser": False,
         "rdma": False,
     }
-    assert linux["seccomp"] == {"enabled": False}
+    assert linux["seccomp"]["enabled"] is True
+    assert "SCMP_ACT_ERRNO" in linux["seccomp"]["actions"]
+    assert "SCMP_ACT_NOTIFY" not in linux["seccomp"]["actions"]
+    assert "SCMP_CMP_MASKED_EQ" in linux["seccomp"]["operators"]
+    assert "SCMP_ARCH_X86_64" in linux["seccomp"]["archs"]
     assert linux["apparmor"] == {"enabled": False}
     assert linux["selinux"] == {"enabled": False}
-    assert doc["annotations"] == {"io.github.minirun.version": spec.__version__}
+    assert doc["annotations"]["io.github.minirun.version"] == spec.__version__
+    assert doc["annotations"]["io.github.seccomp.libseccomp.version"].count(".") == 2
 
 
 def test_every_advertised_mount_option_is_understood():

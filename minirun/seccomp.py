@@ -1,0 +1,490 @@
+"""linux.seccomp: an OCI seccomp profile compiled to a classic BPF program.
+
+`compile_profile` runs in the runtime before it forks: it checks the profile (names of
+actions, operators, architectures and flags, each error naming its JSON path), builds the
+filter with libseccomp through ctypes, exports it as BPF and prepends runc's -ENOSYS stub.
+The container's process then only makes one system call, seccomp(2) or prctl(2) through
+minirun.sys, right before execve: no libseccomp code runs after the fork, nothing is
+loaded from inside the container's root, and the program the kernel gets is the one the
+parent checked (length included).
+
+Why export rather than seccomp_load() in the child: runc 1.1 exports and patches the
+program too. libseccomp gives EPERM (or the default errno) for every syscall the profile
+does not list, including those newer than the profile; runc prepends a stub that answers
+-ENOSYS for syscall numbers above the highest one the profile names, per architecture, so
+that libc falls back from e.g. clone3 to clone instead of failing. Matching runc there
+needs the program in hand.
+
+Behaviour matched to runc 1.1.5 (checked against the real one):
+- syscall names libseccomp cannot resolve on this architecture are skipped silently (runc
+  logs them at debug level only); an empty name is an error;
+- a rule whose action is the default action is skipped;
+- arguments naming the same index twice become one rule per argument (an OR), as runc;
+- errnoRet only matters for SCMP_ACT_ERRNO and SCMP_ACT_TRACE (EPERM when absent);
+- SCMP_ACT_KILL is SCMP_ACT_KILL_THREAD;
+- more than 32 syscall rules turn on libseccomp's binary-tree optimization;
+- defaultAction "" with no syscalls means no filter at all.
+Deliberate differences: runc 1.1.5 refuses every `flags` entry ("seccomp flags are not yet
+supported by runc"); minirun applies SECCOMP_FILTER_FLAG_LOG and _SPEC_ALLOW and accepts
+SECCOMP_FILTER_FLAG_TSYNC as a no-op (the init has one thread), as runc 1.2 does. Seccomp
+notify (SCMP_ACT_NOTIFY, listenerPath) is refused.
+
+Only ctypes (already loaded by minirun.sys), errno, os and struct at import time;
+libseccomp itself is loaded on first use, so a config without seccomp pays nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import os
+import struct
+
+from . import sys as _sys
+from .errors import InvalidSpec, KernelFeatureMissing, MiniRunError
+
+# libseccomp action values (seccomp.h); ERRNO and TRACE carry their data in the low 16 bits.
+_ACT_KILL_PROCESS = 0x80000000
+_ACT_KILL_THREAD = 0x00000000
+_ACT_TRAP = 0x00030000
+_ACT_ERRNO = 0x00050000
+_ACT_TRACE = 0x7FF00000
+_ACT_LOG = 0x7FFC0000
+_ACT_ALLOW = 0x7FFF0000
+
+ACTIONS: dict[str, int] = {
+    "SCMP_ACT_KILL": _ACT_KILL_THREAD,
+    "SCMP_ACT_KILL_THREAD": _ACT_KILL_THREAD,
+    "SCMP_ACT_KILL_PROCESS": _ACT_KILL_PROCESS,
+    "SCMP_ACT_TRAP": _ACT_TRAP,
+    "SCMP_ACT_ERRNO": _ACT_ERRNO,
+    "SCMP_ACT_TRACE": _ACT_TRACE,
+    "SCMP_ACT_LOG": _ACT_LOG,
+    "SCMP_ACT_ALLOW": _ACT_ALLOW,
+}
+# Actions after which the process goes on as if nothing were filtered: runc adds no
+# -ENOSYS stub under such a default (a tracer handles new syscalls itself).
+_PERMISSIVE = frozenset({_ACT_ALLOW, _ACT_LOG, _ACT_TRACE})
+
+OPERATORS: dict[str, int] = {
+    "SCMP_CMP_NE": 1,
+    "SCMP_CMP_LT": 2,
+    "SCMP_CMP_LE": 3,
+    "SCMP_CMP_EQ": 4,
+    "SCMP_CMP_GE": 5,
+    "SCMP_CMP_GT": 6,
+    "SCMP_CMP_MASKED_EQ": 7,
+}
+
+_64BIT = 0x80000000
+_LE = 0x40000000
+_MIPS_N32 = 0x20000000
+# OCI name -> (libseccomp token, AUDIT_ARCH_* the kernel puts in seccomp_data.arch).
+# They differ only for x32: libseccomp's token is made up, the kernel says x86_64 and
+# sets bit 30 of the syscall number.
+ARCHITECTURES: dict[str, tuple[int, int]] = {
+    "SCMP_ARCH_X86": (3 | _LE, 3 | _LE),
+    "SCMP_ARCH_X86_64": (62 | _64BIT | _LE, 62 | _64BIT | _LE),
+    "SCMP_ARCH_X32": (62 | _LE, 62 | _64BIT | _LE),
+    "SCMP_ARCH_ARM": (40 | _LE, 40 | _LE),
+    "SCMP_ARCH_AARCH64": (183 | _64BIT | _LE, 183 | _64BIT | _LE),
+    "SCMP_ARCH_MIPS": (8, 8),
+    "SCMP_ARCH_MIPS64": (8 | _64BIT, 8 | _64BIT),
+    "SCMP_ARCH_MIPS64N32": (8 | _64BIT | _MIPS_N32, 8 | _64BIT | _MIPS_N32),
+    "SCMP_ARCH_MIPSEL": (8 | _LE, 8 | _LE),
+    "SCMP_ARCH_MIPSEL64": (8 | _64BIT | _LE, 8 | _64BIT | _LE),
+    "SCMP_ARCH_MIPSEL64N32": (8 | _64BIT | _LE | _MIPS_N32, 8 | _64BIT | _LE | _MIPS_N32),
+    "SCMP_ARCH_PPC": (20, 20),
+    "SCMP_ARCH_PPC64": (21 | _64BIT, 21 | _64BIT),
+    "SCMP_ARCH_PPC64LE": (21 | _64BIT | _LE, 21 | _64BIT | _LE),
+    "SCMP_ARCH_S390": (22, 22),
+    "SCMP_ARCH_S390X": (22 | _64BIT, 22 | _64BIT),
+    "SCMP_ARCH_PARISC": (15, 15),
+    "SCMP_ARCH_PARISC64": (15 | _64BIT, 15 | _64BIT),
+    "SCMP_ARCH_RISCV64": (243 | _64BIT | _LE, 243 | _64BIT | _LE),
+}
+_X86_64_AUDIT = ARCHITECTURES["SCMP_ARCH_X86_64"][1]
+_X32_TOKEN = ARCHITECTURES["SCMP_ARCH_X32"][0]
+_S390_TOKENS = (ARCHITECTURES["SCMP_ARCH_S390"][0], ARCHITECTURES["SCMP_ARCH_S390X"][0])
+_X32_SYSCALL_BIT = 1 << 30
+
+# seccomp(2) filter flags, with the libseccomp API level (seccomp_api_get) that says the
+# kernel has them. TSYNC: accepted, nothing to do (runc ignores it too).
+SECCOMP_FILTER_FLAG_TSYNC = "SECCOMP_FILTER_FLAG_TSYNC"
+FLAGS: dict[str, tuple[int, int]] = {
+    SECCOMP_FILTER_FLAG_TSYNC: (0, 0),
+    "SECCOMP_FILTER_FLAG_LOG": (1 << 1, 3),
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW": (1 << 2, 4),
+}
+# Flags that only make sense with a seccomp agent (a listener fd), which minirun refuses.
+_AGENT_FLAGS = ("SECCOMP_FILTER_FLAG_NEW_LISTENER", "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV")
+
+_MAX_ARGS = 6  # a syscall has at most six arguments
+_BPF_MAXINSNS = 4096  # the kernel refuses longer programs (EINVAL)
+_OPTIMIZE_ABOVE = 32  # runc turns on the binary tree above 32 rules
+_SCMP_FLTATR_CTL_OPTIMIZE = 8
+_NR_SCMP_ERROR = -1
+
+# classic BPF opcodes for the stub
+_LD_W_ABS = 0x20
+_JMP_JA = 0x05
+_JMP_JEQ = 0x15
+_JMP_JGT = 0x25
+_JMP_JSET = 0x45
+_RET_K = 0x06
+_INSN = struct.Struct("=HBBI")  # struct sock_filter, in host byte order
+_RET_ENOSYS = _ACT_ERRNO | _errno.ENOSYS
+
+
+class SeccompFilter:
+    """A checked, compiled filter: `install()` applies it to the calling thread."""
+
+    def __init__(self, program: bytes, flags: int, ignored: tuple[str, ...],
+                 stub_length: int = 0) -> None:
+        self.program = program
+        self.flags = flags
+        self.ignored = ignored  # syscall names libseccomp does not know here
+        self.stub_length = stub_length  # instructions of the -ENOSYS stub, at the start
+        self.installed = False
+        # Built now so that the child only makes the system call.
+        self._prog = _sys.SockFprog.of(program)
+
+    def __len__(self) -> int:
+        return len(self.program) // _INSN.size
+
+    def install(self) -> None:
+        _sys.seccomp_set_mode_filter(self._prog, self.flags)
+        self.installed = True
+
+
+class _ScmpArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
+                ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def _libseccomp() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        try:
+            lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+        except OSError:
+            raise KernelFeatureMissing("linux.seccomp needs libseccomp.so.2 "
+                                       "(install libseccomp2)") from None
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_init.argtypes = [ctypes.c_uint32]
+        lib.seccomp_release.argtypes = [ctypes.c_void_p]
+        lib.seccomp_arch_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        lib.seccomp_arch_native.restype = ctypes.c_uint32
+        lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
+        lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                               ctypes.c_uint, ctypes.POINTER(_ScmpArgCmp)]
+        lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.seccomp_api_get.restype = ctypes.c_uint
+        _lib = lib
+    return _lib
+
+
+def libseccomp_version() -> str | None:
+    """"major.minor.micro" of the libseccomp this host has, None without one."""
+    try:
+        lib = _libseccomp()
+    except KernelFeatureMissing:
+        return None
+
+    class Version(ctypes.Structure):
+        _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint),
+                    ("micro", ctypes.c_uint)]
+
+    get = lib.seccomp_version
+    get.restype = ctypes.POINTER(Version)
+    v = get().contents
+    return f"{v.major}.{v.minor}.{v.micro}"
+
+
+def supported_flags() -> list[str]:
+    """The flags of FLAGS that this kernel and libseccomp can apply."""
+    try:
+        level = _libseccomp().seccomp_api_get()
+    except KernelFeatureMissing:
+        return []
+    return [name for name, (_, need) in FLAGS.items() if level >= need]
+
+
+def _fail(path: str, message: str) -> None:
+    raise InvalidSpec(f"config.json: {path}: {message}")
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _action(name: str, errno_ret: int | None, path: str) -> int:
+    if name == "SCMP_ACT_NOTIFY":
+        _fail(path, "SCMP_ACT_NOTIFY needs a seccomp agent (listenerPath), which minirun "
+                    "does not support")
+    value = ACTIONS.get(name)
+    if value is None:
+        _fail(path, f"unknown seccomp action {_quote(name)} (known: "
+                    f"{', '.join(sorted(ACTIONS))})")
+    if value in (_ACT_ERRNO, _ACT_TRACE):
+        value |= (_errno.EPERM if errno_ret is None else errno_ret) & 0xFFFF
+    return value
+
+
+class _Rule:
+    __slots__ = ("action", "args", "name", "path")
+
+    def __init__(self, name: str, action: int, args: list[tuple[int, int, int, int]],
+                 path: str) -> None:
+        self.name = name
+        self.action = action
+        self.args = args  # (index, op, value, valueTwo)
+        self.path = path
+
+
+def _check(seccomp: dict) -> tuple[int, list[tuple[str, int, int]], int, list[_Rule]]:
+    """Everything that does not need libseccomp: (default action, [(arch name, token,
+    audit arch)], load flags, rules one per syscall name)."""
+    base = "linux.seccomp"
+    if seccomp.get("listenerPath"):
+        _fail(f"{base}.listenerPath", "seccomp notify agents are not supported by minirun")
+    default = _action(seccomp.get("defaultAction", ""), seccomp.get("defaultErrnoRet"),
+                      f"{base}.defaultAction")
+
+    arches = []
+    for i, name in enumerate(seccomp.get("architectures") or []):
+        if name not in ARCHITECTURES:
+            _fail(f"{base}.architectures[{i}]", f"unknown architecture {_quote(name)} "
+                                                f"(known: {', '.join(sorted(ARCHITECTURES))})")
+        arches.append((name, *ARCHITECTURES[name]))
+
+    flags = 0
+    for i, name in enumerate(seccomp.get("flags") or []):
+        path = f"{base}.flags[{i}]"
+        if name in _AGENT_FLAGS:
+            _fail(path, f"{name} only applies to a seccomp agent (listenerPath), which "
+                        "minirun does not support")
+        if name not in FLAGS:
+            _fail(path, f"unknown seccomp flag {_quote(name)} (known: {', '.join(FLAGS)})")
+        bit, level = FLAGS[name]
+        if level and _libseccomp().seccomp_api_get() < level:
+            raise KernelFeatureMissing(f"config.json: {path}: {name} is not supported by "
+                                       "this kernel or libseccomp")
+        flags |= bit
+
+    rules = []
+    for i, call in enumerate(seccomp.get("syscalls") or []):
+        path = f"{base}.syscalls[{i}]"
+        action = _action(call.get("action", ""), call.get("errnoRet"), f"{path}.action")
+        args = []
+        for k, arg in enumerate(call.get("args") or []):
+            op = OPERATORS.get(arg.get("op"))
+            if op is None:
+                _fail(f"{path}.args[{k}].op", f"unknown operator {_quote(arg.get('op'))} "
+                                              f"(known: {', '.join(sorted(OPERATORS))})")
+            if arg["index"] >= _MAX_ARGS:
+                _fail(f"{path}.args[{k}].index", f"{arg['index']} is out of range: a syscall "
+                                                 f"has at most {_MAX_ARGS} arguments (0-5)")
+            args.append((arg["index"], op, arg["value"], arg.get("valueTwo", 0)))
+        for j, name in enumerate(call.get("names") or []):
+            if not name:
+                _fail(f"{path}.names[{j}]", "an empty string is not a syscall name")
+            rules.append(_Rule(name, action, args, f"{path}.names[{j}]"))
+    return default, arches, flags, rules
+
+
+def compile_profile(seccomp: dict | None) -> SeccompFilter | None:
+    """Check and compile linux.seccomp, before the runtime forks. None: no filter (no
+    profile, or runc's "seccomp disabled": an empty defaultAction and no syscalls)."""
+    if not seccomp or (not seccomp.get("defaultAction") and not seccomp.get("syscalls")):
+        return None
+    default, arches, flags, rules = _check(seccomp)
+    lib = _libseccomp()
+    ctx = lib.seccomp_init(default)
+    if not ctx:
+        raise InvalidSpec("config.json: linux.seccomp.defaultAction: libseccomp refused "
+                          "the default action")
+    try:
+        for i, (name, token, _) in enumerate(arches):
+            rc = lib.seccomp_arch_add(ctx, token)
+            if rc < 0 and rc != -_errno.EEXIST:  # the native one is already in
+                why = os.strerror(-rc).lower()
+                if rc == -_errno.EDOM:
+                    why = "its byte order or word size cannot share a filter with this host's"
+                _fail(f"linux.seccomp.architectures[{i}]",
+                      f"libseccomp {libseccomp_version()} cannot add {name}: {why}")
+        if len(rules) > _OPTIMIZE_ABOVE:
+            lib.seccomp_attr_set(ctx, _SCMP_FLTATR_CTL_OPTIMIZE, 2)  # best effort, as runc
+        ignored = []
+        for rule in rules:
+            if rule.action == default:
+                continue  # libseccomp refuses it (EACCES); runc skips it silently
+            nr = lib.seccomp_syscall_resolve_name(rule.name.encode())
+            if nr == _NR_SCMP_ERROR:
+                ignored.append(rule.name)  # not on this architecture: runc ignores it
+                continue
+            _add_rule(lib, ctx, nr, rule)
+        program = _export(lib, ctx)
+    finally:
+        lib.seccomp_release(ctx)
+    stub = b""
+    if default not in _PERMISSIVE and default != _RET_ENOSYS:
+        stub = _enosys_stub(lib, arches, rules)
+    program = stub + program
+    count = len(program) // _INSN.size
+    if count > _BPF_MAXINSNS:
+        raise InvalidSpec(f"config.json: linux.seccomp: the profile compiles to {count} BPF "
+                          f"instructions, more than the kernel's limit of {_BPF_MAXINSNS}")
+    return SeccompFilter(program, flags, tuple(ignored), len(stub) // _INSN.size)
+
+
+def _add_rule(lib: ctypes.CDLL, ctx: int, nr: int, rule: _Rule) -> None:
+    indexes = [a[0] for a in rule.args]
+    if len(set(indexes)) == len(indexes):
+        groups = [rule.args]
+    else:
+        # Two conditions on one argument cannot be ANDed in libseccomp: runc adds one
+        # rule per condition, so any one of them matches.
+        groups = [[a] for a in rule.args]
+    for group in groups:
+        conds = (_ScmpArgCmp * max(1, len(group)))()
+        for n, (index, op, a, b) in enumerate(group):
+            conds[n] = _ScmpArgCmp(index, op, a, b)
+        rc = lib.seccomp_rule_add_array(ctx, rule.action, nr, len(group), conds)
+        if rc < 0:
+            _fail(rule.path, f"libseccomp refused the rule for {rule.name}: "
+                             f"{os.strerror(-rc).lower()}")
+
+
+def _export(lib: ctypes.CDLL, ctx: int) -> bytes:
+    # A memfd rather than a pipe: a long program would fill a pipe we are not reading.
+    fd = os.memfd_create("minirun-seccomp", os.MFD_CLOEXEC)
+    try:
+        rc = lib.seccomp_export_bpf(ctx, fd)
+        if rc < 0:
+            raise MiniRunError(f"seccomp_export_bpf: {os.strerror(-rc).lower()}")
+        size = os.lseek(fd, 0, os.SEEK_END)
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+
+
+# --- runc's -ENOSYS stub ---------------------------------------------------------------
+
+def _ja(skip: int) -> tuple[int, int, int, int]:
+    return (_JMP_JA, 0, 0, skip)
+
+
+def _jump(op: int, k: int, jt: int = 0, jf: int = 0) -> tuple[int, int, int, int]:
+    return (op, jt, jf, k)
+
+
+def _last_syscalls(lib: ctypes.CDLL, arches: list[tuple[str, int, int]],
+                   rules: list[_Rule]) -> dict[int, dict[int, int]]:
+    """{audit arch: {libseccomp token: highest syscall number the profile names}}, for
+    the listed architectures only (others get the filter's bad-arch action anyway)."""
+    last: dict[int, dict[int, int]] = {}
+    names = {r.name.encode() for r in rules}
+    for _, token, audit in arches:
+        per_arch = last.setdefault(audit, {})
+        if token in per_arch:
+            continue
+        highest = max((lib.seccomp_syscall_resolve_name_arch(token, n) for n in names),
+                      default=0)
+        if highest > 0:
+            per_arch[token] = highest
+    return {audit: m for audit, m in last.items() if m}
+
+
+def _enosys_stub(lib: ctypes.CDLL, arches: list[tuple[str, int, int]],
+                 rules: list[_Rule]) -> bytes:
+    """runc's patchbpf stub, instruction for instruction: for each listed architecture,
+    a syscall number above the highest the profile names returns -ENOSYS; everything
+    else falls through to libseccomp's program. Built from the end backwards, since
+    BPF jumps only go forward and are counted from the instruction after the jump."""
+    last = _last_syscalls(lib, arches, rules)
+    if not last:
+        return b""
+    tail = [_ja(1), (_RET_K, 0, 0, _RET_ENOSYS)]
+    jump_table = {}
+    for audit, per_token in last.items():
+        to_enosys = len(tail) - 1
+        to_filter = to_enosys + 1
+        section = [(_LD_W_ABS, 0, 0, 0)]  # seccomp_data.nr
+        if len(per_token) == 1:
+            (token, nr), = per_token.items()
+            if token in _S390_TOKENS:
+                # s390 multiplexes unknown large syscall numbers into 0 (setup(2), long
+                # gone): that must be -ENOSYS too.
+                section += [_jump(_JMP_JEQ, 0, jt=0, jf=1), (_RET_K, 0, 0, _RET_ENOSYS)]
+            if to_enosys + 1 <= 255:
+                sec_tail = [_jump(_JMP_JGT, nr, jt=to_enosys + 1), _ja(to_filter)]
+            else:
+                sec_tail = [_jump(_JMP_JGT, nr, jt=0, jf=1), (_RET_K, 0, 0, _RET_ENOSYS),
+                            _ja(to_filter)]
+            if audit == _X86_64_AUDIT:
+                # x86_64 and x32 share the audit arch; bit 30 of the number tells them
+                # apart. Skip the check in the other mode.
+                if token == _X32_TOKEN:
+                    sec_tail.insert(0, _jump(_JMP_JSET, _X32_SYSCALL_BIT, jt=0,
+                                             jf=len(sec_tail) - 1))
+                else:
+                    sec_tail.insert(0, _jump(_JMP_JSET, _X32_SYSCALL_BIT,
+                                             jt=len(sec_tail) - 1))
+            section += sec_tail
+        else:
+            x32 = per_token[_X32_TOKEN]
+            x86_64 = per_token[ARCHITECTURES["SCMP_ARCH_X86_64"][0]]
+            if to_enosys + 2 <= 255:
+                section += [_jump(_JMP_JSET, _X32_SYSCALL_BIT, jt=1),
+                            _jump(_JMP_JGT, x86_64, jt=to_enosys + 2, jf=1),
+                            _jump(_JMP_JGT, x32, jt=to_enosys + 1),
+                            _ja(to_filter)]
+            else:
+                section += [_jump(_JMP_JSET, _X32_SYSCALL_BIT, jt=1),
+                            _jump(_JMP_JGT, x86_64, jt=1, jf=2),
+                            _jump(_JMP_JGT, x32, jt=0, jf=1),
+                            (_RET_K, 0, 0, _RET_ENOSYS),
+                            _ja(to_filter)]
+        tail = section + tail
+        jump_table[audit] = len(tail)
+    tail.insert(0, _ja(len(tail)))  # an architecture not listed: straight to the filter
+    for audit in last:
+        jump = len(tail) - jump_table[audit]
+        if jump <= 255:
+            tail.insert(0, _jump(_JMP_JEQ, audit, jt=jump))
+        else:
+            tail[0:0] = [_jump(_JMP_JEQ, audit, jt=0, jf=1), _ja(jump)]
+    tail.insert(0, (_LD_W_ABS, 0, 0, 4))  # seccomp_data.arch
+    return b"".join(_INSN.pack(*insn) for insn in tail)
+
+
+def disassemble(program: bytes) -> list[str]:
+    """One line per instruction, in the notation of runc's --debug dump ("ld [4]",
+    "jeq #3221225534,1", ...); for tests and debugging."""
+    out = []
+    for off in range(0, len(program), _INSN.size):
+        code, jt, jf, k = _INSN.unpack_from(program, off)
+        if code == _LD_W_ABS:
+            out.append(f"ld [{k}]")
+        elif code == _JMP_JA:
+            out.append(f"ja {k}")
+        elif code == _RET_K:
+            out.append(f"ret #{k}")
+        elif code in (_JMP_JEQ, _JMP_JGT, _JMP_JSET):
+            op = {_JMP_JEQ: "jeq", _JMP_JGT: "jgt", _JMP_JSET: "jset"}[code]
+            if jt and jf:
+                out.append(f"{op} #{k},{jt},{jf}")
+            elif jt:
+                out.append(f"{op} #{k},{jt}")
+            else:
+                neg = {_JMP_JEQ: "jneq", _JMP_JGT: "jle", _JMP_JSET: "jset"}[code]
+                out.append(f"{neg} #{k},{jf}" if code != _JMP_JSET else f"{op} #{k},0,{jf}")
+        else:
+            out.append(f"0x{code:02x} {jt} {jf} {k}")
+    return out
