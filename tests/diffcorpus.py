@@ -40,8 +40,19 @@ for k in net/ipv4/ip_forward kernel/shmmax; do echo "$k $(cat /proc/sys/$k 2>&1)
 echo '## env'; env | sort; pwd
 """
 
+# Appended by the seccomp cases: what a few syscalls answer. Each runs in a child shell,
+# since a KILL action would otherwise end the report (busybox runs mkdir in-process).
+SYSCALL_PROBES = r"""
+echo '## syscalls'
+sh -c 'mkdir /dev/shm/probe' 2>&1; echo "mkdir $?"
+sh -c 'unshare -U true' 2>&1; echo "unshare-user $?"
+sh -c 'nsenter -t 1 -u true' 2>&1; echo "setns $?"
+sh -c 'linux32 true' 2>&1; echo "personality-linux32 $?"
+(true); echo "fork $?"
+"""
+
 SECTIONS = ("status", "mounts", "ns", "id", "uts", "ulimit", "umask", "oom", "cgroup",
-            "cgfiles", "dev", "sysctl", "env")
+            "cgfiles", "dev", "sysctl", "env", "syscalls")
 
 
 @dataclass
@@ -148,6 +159,47 @@ def _no_ns_drop_sysctl(kind: str, sysctl: dict) -> Callable[[dict, Ctx], None]:
     return _all(_drop_ns(kind), _set("linux.sysctl", sysctl))
 
 
+def _seccomp(profile: dict, no_new_privileges: bool = True) -> Callable[[dict, Ctx], None]:
+    """A linux.seccomp profile, and the syscall probes in the report."""
+    def mutate(cfg: dict, ctx: Ctx) -> None:
+        cfg["linux"]["seccomp"] = profile
+        cfg["process"]["noNewPrivileges"] = no_new_privileges
+        cfg["process"]["args"][-1] += SYSCALL_PROBES
+    return mutate
+
+
+def _errno_rule(*names: str, **extra) -> dict:
+    return {"names": list(names), "action": "SCMP_ACT_ERRNO", **extra}
+
+
+def _allow_up_to(last: int, but: tuple[str, ...] = (), also: tuple[str, ...] = ()) -> list[str]:
+    """Names of this host's syscalls numbered 0..last (libseccomp's table), except `but`."""
+    import ctypes
+
+    lib = ctypes.CDLL("libseccomp.so.2")
+    lib.seccomp_syscall_resolve_num_arch.restype = ctypes.c_void_p
+    free = ctypes.CDLL(None).free
+    names = []
+    for nr in range(last + 1):
+        ptr = lib.seccomp_syscall_resolve_num_arch(0, nr)
+        if ptr:
+            names.append(ctypes.string_at(ptr).decode())
+            free(ctypes.c_void_p(ptr))
+    return [n for n in names if n not in but and not n.startswith("UNKNOWN")] + list(also)
+
+
+def _allow_list_profile(cfg: dict, ctx: Ctx) -> None:
+    # Docker's shape: everything denied but a list. Up to fanotify_init (300) plus
+    # prlimit64 (ulimit), without mkdir: mkdir gets the default errno, and setns (308),
+    # above the last listed syscall, gets ENOSYS from runc's stub.
+    _seccomp({"defaultAction": "SCMP_ACT_ERRNO",
+              "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+              "syscalls": [{"names": _allow_up_to(300, but=("mkdir", "mkdirat"),
+                                                  also=("prlimit64",)),
+                            "action": "SCMP_ACT_ALLOW"}]})(cfg, ctx)
+
+
+CLONE_NEWUSER = 0x10000000
 USERNS_HOST_ID = 100000
 
 
@@ -292,6 +344,41 @@ CORPUS: list[Case] = [
     Case("user-namespace", _userns, rootfs="userns", expect="userns-mqueue-group"),
     Case("user-namespace-no-netns", _all(_userns, _drop_ns("network")), rootfs="userns",
          expect="minirun-only:sysfs-in-userns"),
+    Case("seccomp-errno", _seccomp({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        _errno_rule("mkdir", "mkdirat"), _errno_rule("unshare", errnoRet=13)]})),
+    Case("seccomp-errno-without-no-new-privileges", _seccomp(
+        {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [_errno_rule("mkdir", "mkdirat")]},
+        no_new_privileges=False)),
+    Case("seccomp-kill", _seccomp({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir"], "action": "SCMP_ACT_KILL"},
+        {"names": ["unshare"], "action": "SCMP_ACT_KILL_PROCESS"},
+        {"names": ["personality"], "action": "SCMP_ACT_TRAP"}]})),
+    Case("seccomp-args", _seccomp({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        _errno_rule("unshare", "clone", args=[{"index": 0, "value": CLONE_NEWUSER,
+                                               "valueTwo": CLONE_NEWUSER,
+                                               "op": "SCMP_CMP_MASKED_EQ"}]),
+        _errno_rule("personality", errnoRet=22, args=[{"index": 0, "value": 8,
+                                                       "op": "SCMP_CMP_EQ"}])]})),
+    Case("seccomp-unknown-syscall-names", _seccomp({"defaultAction": "SCMP_ACT_ALLOW",
+                                                    "syscalls": [_errno_rule(
+                                                        "not_a_syscall", "mkdir")]})),
+    Case("seccomp-default-errno-allow-list", _allow_list_profile),
+    Case("seccomp-empty-default-action", _seccomp({"defaultAction": ""})),
+    Case("seccomp-bad-operator", _seccomp({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        _errno_rule("mkdir", args=[{"index": 0, "value": 1, "op": "SCMP_CMP_BOGUS"}])]}),
+         expect="both-refuse"),
+    Case("seccomp-bad-action", _seccomp({"defaultAction": "SCMP_ACT_BOGUS"}),
+         expect="both-refuse"),
+    Case("seccomp-bad-architecture", _seccomp({"defaultAction": "SCMP_ACT_ALLOW",
+                                               "architectures": ["SCMP_ARCH_BOGUS"]}),
+         expect="both-refuse"),
+    Case("seccomp-argument-index-out-of-range", _seccomp(
+        {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            _errno_rule("mkdir", args=[{"index": 6, "value": 1, "op": "SCMP_CMP_EQ"}])]}),
+         expect="both-refuse"),
+    Case("seccomp-empty-syscall-name", _seccomp({"defaultAction": "SCMP_ACT_ALLOW",
+                                                 "syscalls": [_errno_rule("")]}),
+         expect="both-refuse"),
 ]
 
 # Exit statuses of the program, compared between the two.
