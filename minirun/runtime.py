@@ -64,7 +64,6 @@ from .errors import (AlreadyExists, ContainerStateError, HookError, InvalidArgum
                      InvalidSpec, KernelFeatureMissing, MiniRunError, NotFound)
 from .mounts import RootfsBuilder, make_in_root, setup_console_mount
 from .namespaces import NamespacePlan, write_id_maps
-from . import seccomp as _seccomp
 from . import security
 from . import spec as _spec
 
@@ -152,9 +151,14 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
                                     security.last_cap())
     rlimits = security.rlimit_plan(process.get("rlimits"))
     _check_cwd(process.get("cwd", "/"))
-    # Checked and compiled to BPF here, before anything exists: the init only loads it.
-    seccomp_filter = _seccomp.compile_profile((cfg.get("linux") or {}).get("seccomp"))
-    trace("create: seccomp compiled")
+    seccomp_filter = None
+    if (cfg.get("linux") or {}).get("seccomp"):
+        # Checked and compiled to BPF here, before anything exists: the init only loads
+        # it. Imported here so that configs without a profile do not pay for the module.
+        from . import seccomp
+
+        seccomp_filter = seccomp.compile_profile(cfg["linux"]["seccomp"])
+        trace("create: seccomp compiled")
 
     os.makedirs(root, mode=0o700, exist_ok=True)
     c = Container(root, container_id)
