@@ -11,7 +11,6 @@ import copy
 import glob
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -168,5 +167,6 @@ def wait_for(pred, timeout: float = 10.0, interval: float = 0.05):
 
 
 def copy_rootfs(src: str, dest: str) -> str:
-    shutil.copytree(src, dest, symlinks=True)
+    # cp -a keeps busybox's hard links (copytree would make ~500 MB of copies)
+    subprocess.run(["cp", "-a", src, dest], check=True)
     return dest

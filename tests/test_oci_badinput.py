@@ -13,14 +13,18 @@ pytestmark = [needs_root, pytest.mark.root]
 
 
 def processes_rooted_in(path: str) -> list[int]:
+    """Processes whose root is `path`. By device and inode: after pivot_root the link
+    /proc/<pid>/root reads "/", so comparing paths would never find one."""
+    want = os.stat(path)
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.readlink(f"/proc/{entry}/root") == path:
-                    found.append(int(entry))
+                st = os.stat(f"/proc/{entry}/root")
             except OSError:
                 continue
+            if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+                found.append(int(entry))
     return found
 
 

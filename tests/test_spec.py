@@ -463,7 +463,7 @@ UNSUPPORTED_CASES = [
     ("seccomp", _set("linux.seccomp", {"defaultAction": "SCMP_ACT_ALLOW"}), []),
     ("seccomp-null", _set("linux.seccomp", None), []),
     ("intel-rdt", _set("linux.intelRdt", {"closID": "x"}), ["linux.intelRdt"]),
-    ("personality", _set("linux.personality", {"domain": "LINUX32"}), ["linux.personality"]),
+    ("personality-supported", _set("linux.personality", {"domain": "LINUX32"}), []),
     ("time-offsets", _set("linux.timeOffsets", {"boottime": {"secs": 5}}), ["linux.timeOffsets"]),
     ("mount-label", _set("linux.mountLabel", "system_u:object_r:x:s0"), ["linux.mountLabel"]),
     ("apparmor", _set("process.apparmorProfile", "docker-default"), ["process.apparmorProfile"]),
@@ -488,8 +488,8 @@ UNSUPPORTED_CASES = [
     ),
     (
         "several",
-        _all(_set("process.selinuxLabel", "l"), _set("linux.personality", {"domain": "LINUX"})),
-        ["process.selinuxLabel", "linux.personality"],
+        _all(_set("process.selinuxLabel", "l"), _set("linux.intelRdt", {"closID": "x"})),
+        ["process.selinuxLabel", "linux.intelRdt"],
     ),
 ]
 
