@@ -60,8 +60,9 @@ from .container import (  # noqa: F401 - re-exported: runtime is the lifecycle's
     wait_init,
     wait_child,
 )
-from .errors import (AlreadyExists, ContainerStateError, HookError, InvalidArgument,
-                     InvalidSpec, KernelFeatureMissing, MiniRunError, NotFound)
+from .errors import (AlreadyExists, ContainerStateError, ExecutableNotFound, HookError,
+                     InvalidArgument, InvalidSpec, KernelFeatureMissing, MiniRunError,
+                     NotExecutable, NotFound)
 from .mounts import RootfsBuilder, make_in_root, setup_console_mount
 from .namespaces import NamespacePlan, write_id_maps
 from . import security
@@ -305,7 +306,7 @@ def _report_error(sock: socket.socket, e: BaseException) -> None:
 
 _ERROR_KINDS = {cls.__name__: cls for cls in
                 (MiniRunError, NotFound, InvalidSpec, InvalidArgument, KernelFeatureMissing,
-                 HookError, ContainerStateError)}
+                 HookError, ContainerStateError, ExecutableNotFound, NotExecutable)}
 
 
 def _rebuild_error(msg: dict) -> MiniRunError:
@@ -535,13 +536,13 @@ def _find_executable(name: str, env: dict) -> str:
         if os.path.isfile(name) and os.access(name, os.X_OK):
             return name
         if not os.path.exists(name):
-            raise NotFound(f'exec: "{name}": stat {name}: no such file or directory')
-        raise InvalidSpec(f'exec: "{name}": permission denied')
+            raise ExecutableNotFound(f'exec: "{name}": stat {name}: no such file or directory')
+        raise NotExecutable(f'exec: "{name}": permission denied')
     for d in env.get("PATH", DEFAULT_PATH).split(":"):
         path = os.path.join(d or ".", name)
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
-    raise NotFound(f'exec: "{name}": executable file not found in $PATH')
+    raise ExecutableNotFound(f'exec: "{name}": executable file not found in $PATH')
 
 
 def _write_sysctl(key: str, value: str) -> None:
