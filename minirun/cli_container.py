@@ -143,17 +143,7 @@ def ps(root, all_, quiet, fmt) -> None:
 @click.argument("containers", nargs=-1, required=True)
 def rm(root, force, volumes, containers) -> None:
     """Remove containers."""
-    engine = _engine(root)
-    failed = False
-    for name in containers:
-        try:
-            engine.remove(name, force=force)
-            click.echo(name)
-        except MiniRunError as e:
-            click.echo(f"minirun: error: {e}", err=True)
-            failed = True
-    if failed:
-        sys.exit(1)
+    _each(root, containers, lambda e, n: e.remove(n, force=force))
 
 
 @click.command(name="inspect")

@@ -61,6 +61,22 @@ def container_cgroup_dirs(cgroup_path: str) -> list[str]:
     return found
 
 
+def processes_rooted_in(path: str) -> list[int]:
+    """Processes whose root directory is `path`, compared by device and inode: after
+    pivot_root, readlink of /proc/<pid>/root says "/" from the host."""
+    want = os.stat(path)
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                st = os.stat(f"/proc/{entry}/root")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+                found.append(int(entry))
+    return found
+
+
 def mounts_mentioning(text: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [line for line in f if text in line]

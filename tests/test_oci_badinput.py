@@ -6,26 +6,11 @@ import os
 
 import pytest
 
-from ocitest import (base_config, container_cgroup_dirs, mounts_mentioning, needs_root, oci,  # noqa: F401
-                     rootfs)
+from ocitest import (  # noqa: F401 - fixtures are used by name
+    base_config, container_cgroup_dirs, mounts_mentioning, needs_root, oci,
+    processes_rooted_in, rootfs)
 
 pytestmark = [needs_root, pytest.mark.root]
-
-
-def processes_rooted_in(path: str) -> list[int]:
-    """Processes whose root is `path`. By device and inode: after pivot_root the link
-    /proc/<pid>/root reads "/", so comparing paths would never find one."""
-    want = os.stat(path)
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                st = os.stat(f"/proc/{entry}/root")
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
-                found.append(int(entry))
-    return found
 
 
 def assert_refused(oci, proc, *words, cid=None, rootfs=None):

@@ -13,8 +13,9 @@ import tempfile
 
 import pytest
 
-from ocitest import (OCI_CMD, base_config, container_cgroup_dirs, mounts_mentioning,  # noqa: F401
-                     needs_root, oci, rootfs, wait_for)
+from ocitest import (  # noqa: F401 - fixtures are used by name
+    OCI_CMD, base_config, container_cgroup_dirs, mounts_mentioning, needs_root, oci,
+    processes_rooted_in, rootfs, wait_for)
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -43,22 +44,6 @@ def own_rootfs(rootfs: str, tmp_path) -> str:
     dest = str(tmp_path / "own-rootfs")
     subprocess.run(["cp", "-a", rootfs, dest], check=True)
     return dest
-
-
-def processes_rooted_in(path: str) -> list[int]:
-    """Processes whose root directory is `path`, compared by device and inode: after
-    pivot_root, readlink of /proc/<pid>/root says "/" from the host."""
-    want = os.stat(path)
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                st = os.stat(f"/proc/{entry}/root")
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
-                found.append(int(entry))
-    return found
 
 
 def oci_with_fds(oci, fds: dict[int, str], *args, timeout: float = 60):

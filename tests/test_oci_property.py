@@ -27,8 +27,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ocitest import (OCI_CMD, base_config, container_cgroup_dirs, mounts_mentioning,  # noqa: F401
-                     needs_root, new_id, rootfs, wait_for)
+from ocitest import (  # noqa: F401 - fixtures are used by name
+    OCI_CMD, base_config, container_cgroup_dirs, mounts_mentioning, needs_root, new_id,
+    processes_rooted_in, rootfs, wait_for)
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -221,22 +222,6 @@ def configs(draw, rootfs_path: str, scratch: str):
     if truncate:
         text = text[:draw(st.integers(0, len(text) - 1))]
     return text, ctx["exit"]
-
-
-def processes_rooted_in(path: str) -> list[int]:
-    """Processes whose root directory is `path`, compared by device and inode: after
-    pivot_root, readlink of /proc/<pid>/root says "/" from the host."""
-    want = os.stat(path)
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                st = os.stat(f"/proc/{entry}/root")
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
-                found.append(int(entry))
-    return found
 
 
 @pytest.fixture(scope="module")
