@@ -261,6 +261,43 @@ def logs(root, follow, tail, since, timestamps, container) -> None:
         out.flush()
 
 
+@click.command(name="exec", context_settings={"allow_interspersed_args": False})
+@root_option
+@click.option("-i", "--interactive", is_flag=True, help="keep stdin open (it always is)")
+@click.option("-t", "--tty", is_flag=True)
+@click.option("-d", "--detach", is_flag=True)
+@click.option("-u", "--user", default=None)
+@click.option("-w", "--workdir", default=None)
+@click.option("-e", "--env", multiple=True)
+@click.argument("container")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(root, interactive, tty, detach, user, workdir, env, container, command) -> None:
+    """Run a command in a running container."""
+    try:
+        status = _engine(root).exec(container, list(command), tty=tty, env=list(env),
+                                    user=user, workdir=workdir, detach=detach)
+    except ExecutableNotFound as e:
+        click.echo(f"minirun: error: {e}", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    except NotExecutable as e:
+        click.echo(f"minirun: error: {e}", err=True)
+        sys.exit(EXIT_CANNOT_EXECUTE)
+    except MiniRunError as e:
+        click.echo(f"minirun: error: {e}", err=True)
+        sys.exit(EXIT_ENGINE)
+    sys.exit(status)
+
+
+@click.command(name="top", context_settings={"allow_interspersed_args": False})
+@root_option
+@click.argument("container")
+@click.argument("ps_args", nargs=-1, type=click.UNPROCESSED)
+def top(root, container, ps_args) -> None:
+    """The processes of a container (host ps, default -ef)."""
+    for line in _engine(root).top(container, list(ps_args)):
+        click.echo(line)
+
+
 @click.command(name="daemon")
 @root_option
 @click.option("--run-root", envvar="MINIRUN_RUN_ROOT", default=None)
@@ -273,10 +310,11 @@ def daemon(root, run_root) -> None:
 
 
 def register(group: click.Group) -> None:
-    for cmd in (run, ps, rm, inspect, stop, kill, start, restart, wait, logs, daemon):
+    for cmd in (run, ps, rm, inspect, stop, kill, start, restart, wait, logs, exec_, top,
+                daemon):
         group.add_command(cmd)
     container = click.Group(name="container", help="Manage containers.")
-    for cmd in (run, ps, rm, inspect, stop, kill, start, restart, wait, logs,
+    for cmd in (run, ps, rm, inspect, stop, kill, start, restart, wait, logs, exec_, top,
                 container_prune):
         container.add_command(cmd, name="ls" if cmd is ps else None)
     group.add_command(container)

@@ -613,6 +613,52 @@ class Engine:
             return status != 0 and (limit is None or count < limit)
         return False
 
+    def exec(self, name_or_id: str, command: list[str], tty: bool = False,
+             env: list[str] | None = None, user: str | None = None,
+             workdir: str | None = None, detach: bool = False) -> int:
+        """A process in a running container, through minirun-oci's exec code; the
+        caller's terminal or stdio is the process's."""
+        from . import container as ctr
+        from . import execproc
+
+        rec = self.get(name_or_id)
+        if rec["status"] != "running":
+            raise ContainerStateError(f"container {rec['name']} is not running")
+        c = ctr.Container.load(self.oci_root, rec["id"])
+        uid_gid = None
+        if user:
+            rootfs = c.data.get("rootfs", "")
+            u = self._user(user, rootfs)
+            uid_gid = f"{u['uid']}:{u['gid']}"
+        process = execproc.build_process(c, command, tty=tty, cwd=workdir, env=env,
+                                         user=uid_gid)
+        proxy = None
+        opts = execproc.ExecOptions(detach=detach)
+        if tty and not detach:
+            from .terminal import TerminalProxy
+
+            proxy = TerminalProxy()
+            opts.console_fd = proxy.container_end
+        try:
+            pid = execproc.exec_process(self.oci_root, rec["id"], process, opts)
+            if detach:
+                return 0
+            if proxy:
+                proxy.receive_master()
+                return proxy.run_until_exit(pid)
+            return ctr.wait_child(pid)
+        finally:
+            if proxy:
+                proxy.close()
+
+    def top(self, name_or_id: str, ps_args: list[str]) -> list[str]:
+        """The host's ps output, only the container's processes (as docker top)."""
+        from . import ops
+
+        rec = self.get(name_or_id)
+        pids = ops.container_pids(self.oci_root, rec["id"])
+        return ops.filter_ps_output(ops.run_ps(ps_args or ["-ef"]), pids)
+
     def remove(self, name_or_id: str, force: bool = False) -> str:
         rec = self.get(name_or_id)
         if rec["status"] == "running" and not force:

@@ -132,3 +132,18 @@ def test_daemon_killed_with_20_containers(engine):
     assert codes == {name: 42 for name in names}
     for name in names:
         engine("rm", name)
+
+
+def test_exec_and_top_in_a_running_container(engine):
+    engine("run", "-d", "--name", "target", "-h", "tgt", "busybox", "sleep", "100",
+           check=True)
+    proc = engine("exec", "-e", "X=1", "-u", "app", "-w", "/tmp", "target", "sh", "-c",
+                  "echo $X; id -u; pwd; hostname; exit 3")
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.split() == ["1", "1000", "/tmp", "tgt"]
+    assert engine("exec", "target", "no-such-cmd").returncode == 127
+    top = engine("top", "target").stdout.splitlines()
+    assert top[0].split()[:2] == ["UID", "PID"]
+    assert any(line.rstrip().endswith("sleep 100") for line in top[1:])
+    engine("rm", "-f", "target", check=True)
+    assert engine("exec", "target", "true").returncode == 125
