@@ -96,3 +96,14 @@ def test_two_containers_share_layers(engine_root):
     b = minirun(engine_root, "run", "--rm", "busybox", "stat", "-c", "%d:%i", "/bin/busybox")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     assert a.stdout.split(":")[1] == b.stdout.split(":")[1]
+
+
+def test_init_reaps_and_forwards(engine_root):
+    """--init: tini is pid 1, the command runs under it, orphans are reaped."""
+    proc = minirun(engine_root, "run", "--rm", "--init", "busybox", "sh", "-c",
+                   "cat /proc/1/cmdline | tr '\\0' ' '; echo; (sleep 0.1 &); sleep 0.3; "
+                   "ps -o stat,comm | grep -c Z || true")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("/sbin/minirun-init --")
+    assert lines[-1].strip() == "0"  # no zombie left
