@@ -25,6 +25,7 @@ import shlex
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -237,10 +238,13 @@ class _Rest:
         self.head, self.src = head, src
 
     def read(self, n: int = -1) -> bytes:
-        if self.head:
-            out, self.head = self.head, b""
-            return out
-        return self.src.read(n)
+        if not self.head:
+            return self.src.read(n)
+        if n < 0:
+            out, self.head = self.head + self.src.read(), b""
+        else:
+            out, self.head = self.head[:n], self.head[n:]
+        return out
 
 
 def _decompressing(head: bytes, src: IO[bytes], compression: str | None) -> Any:
@@ -264,10 +268,19 @@ def _spool(head: bytes, src: IO[bytes], compression: str | None, out: IO[bytes],
             if total > limit:
                 raise InvalidImage(f"archive is larger than {limit} bytes once decompressed")
             out.write(chunk)
-    except (OSError, EOFError, lzma.LZMAError) as e:
-        if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile) and e.errno:
+    except _DECOMPRESS_ERRORS as e:
+        if _is_host_error(e):
             raise
         raise InvalidImage(f"archive does not decompress: {e}") from None
+
+
+# gzip raises BadGzipFile (an OSError) and EOFError, bz2 a bare OSError, zlib and lzma
+# their own errors; an OSError with an errno is the host's (a read error, a full disk).
+_DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def _is_host_error(e: BaseException) -> bool:
+    return isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile) and bool(e.errno)
 
 
 # --- load --------------------------------------------------------------------------------------
@@ -395,7 +408,7 @@ def _names(values: Any, what: str) -> list[str]:
 
 
 def _docker_images(archive: _Archive) -> list[_Image]:
-    manifest, _ = archive.read_json("manifest.json", "manifest")
+    manifest, _ = archive.read_json("manifest.json", "file")
     if not isinstance(manifest, list):
         raise InvalidImage("manifest.json is not a list")
     if len(manifest) > MAX_IMAGES:
@@ -452,10 +465,10 @@ def _read_blob_json(archive: _Archive, digest: str, size: int, what: str) -> tup
 
 
 def _oci_images(archive: _Archive) -> list[_Image]:
-    layout, _ = archive.read_json("oci-layout", "oci-layout")
+    layout, _ = archive.read_json("oci-layout", "file")
     if not isinstance(layout, dict) or not isinstance(layout.get("imageLayoutVersion"), str):
         raise InvalidImage("oci-layout has no imageLayoutVersion")
-    index, _ = archive.read_json("index.json", "index")
+    index, _ = archive.read_json("index.json", "file")
     images: list[_Image] = []
     _walk_index(archive, index, [], images, depth=0)
     return images
@@ -573,7 +586,9 @@ def import_rootfs(store: ImageStore, tar_path: str | IO[bytes], name: str | None
             stream = _decompressing(head, src, compression)
             try:
                 layer = _put(store, stream, None, new_blobs)
-            except (EOFError, lzma.LZMAError, gzip.BadGzipFile) as e:
+            except _DECOMPRESS_ERRORS as e:
+                if _is_host_error(e):
+                    raise
                 raise InvalidImage(f"tarball does not decompress: {e}") from None
             created = _newest_mtime(store.blob_path(layer))
             config = {
@@ -686,7 +701,8 @@ def _write_archive(store: ImageStore, entries: list[tuple[ImageRecord, list[str]
                     _add_bytes(tar, _blob_member(manifest_digest), data)
             docker_manifest.append({
                 "Config": _blob_member(record.id),
-                "RepoTags": [parse_reference(n).familiar() for n in names],
+                # Full names: podman reads an unqualified "saved:1" as localhost/saved:1.
+                "RepoTags": names,
                 "Layers": [_blob_member(layer["digest"]) for layer in record.layers],
             })
             size = store.blob_size(manifest_digest)
@@ -694,8 +710,10 @@ def _write_archive(store: ImageStore, entries: list[tuple[ImageRecord, list[str]
                 desc = {"mediaType": media_type, "digest": manifest_digest, "size": size}
                 if name:
                     ref = parse_reference(name)
+                    # ref.name as skopeo and podman write it, so that
+                    # `skopeo copy oci-archive:FILE:busybox:latest` finds it
                     desc["annotations"] = {ANNOTATION_CONTAINERD_NAME: str(ref),
-                                           ANNOTATION_REF_NAME: ref.tag or ""}
+                                           ANNOTATION_REF_NAME: ref.familiar()}
                 index_entries.append(desc)
         _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
         _add_bytes(tar, "index.json", json.dumps(
