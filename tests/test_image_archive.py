@@ -21,17 +21,21 @@ import tempfile
 import time
 
 import pytest
-
+import test_image_store
 from clients import build_rootfs_tarball, remove_tree
+from test_image_store import assert_store_empty, image_config, layer_tar, sha256, store_contents
+
 from minirun.image import InvalidImage, archive
 from minirun.image.store import ImageStore
-from test_image_store import (assert_store_empty, image_config, layer_tar, sha256,  # noqa: F401
-                              store, store_contents, tmp_root)
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts and layer owners need root"),
 ]
+
+# the store fixtures, shared
+tmp_root = test_image_store.tmp_root
+store = test_image_store.store
 
 needs = {tool: pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} is not installed")
          for tool in ("podman", "skopeo", "umoci")}
@@ -139,7 +143,7 @@ def test_load_podman_docker_archive(store, podman_archives, rootfs_tar):
     (record,) = archive.load(store, docker_tar)
     assert record.names == ["localhost/busybox:latest"]
     assert record.manifest_digest is None
-    assert record.diff_ids == [sha256(open(rootfs_tar, "rb").read())]
+    assert record.diff_ids == ["sha256:" + file_sha(rootfs_tar)]
     assert store.get("localhost/busybox").id == record.id
     check_busybox_rootfs(store, "localhost/busybox", rootfs_tar)
 

@@ -18,8 +18,8 @@ import tarfile
 import tempfile
 
 import pytest
-
 from clients import mounts_under, remove_tree
+
 from minirun.errors import AlreadyExists, ContainerStateError, InvalidArgument, NotFound
 from minirun.image import InvalidImage
 from minirun.image.reference import parse_reference
@@ -272,8 +272,8 @@ def test_snapshots_share_layers_and_keep_writes_apart(store):
         assert os.listdir(os.path.join(store.root, "containers", "c2", "upper")) == []
         assert os.path.exists(os.path.join(store.layer_dirs(image)[1], "data"))
         # the overlay's options name the shared dirs, top first
-        mountinfo = open("/proc/self/mountinfo").read()
-        line = next(x for x in mountinfo.splitlines() if f" {m1} " in x)
+        with open("/proc/self/mountinfo") as f:
+            line = next(x for x in f if f" {m1} " in x)
         lowers = line.split("lowerdir=")[1].split(",")[0].split(":")
         assert lowers == list(reversed(store.layer_dirs(image)))
         assert store.get("app").containers == ["c1", "c2"]
