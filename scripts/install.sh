@@ -5,7 +5,7 @@
 #
 # 1. apt packages (skipped when all are installed, or with --no-apt)
 # 2. the venv .venv in the checkout, with minirun installed editable plus test extras
-# 3. the default busybox rootfs (rootfs/build.sh)
+# 3. the default busybox rootfs (rootfs/build.sh) and image busybox:latest in /var/lib/minirun
 # 4. /usr/local/bin/minirun and /usr/local/bin/minirun-oci
 #
 # Both commands are small launchers generated into .venv/bin (the shebang needs the
@@ -115,6 +115,26 @@ link_launchers() {
     say "linked $BIN_DIR/minirun-oci -> $VENV/bin/minirun-oci-fast"
 }
 
+# busybox:latest in the image store (MINIRUN_ROOT, default /var/lib/minirun), from the same
+# busybox rootfs as a tarball, so `minirun run busybox ...` works with no registry. The
+# tarball is reproducible: when busybox:latest already has its layer, nothing is done.
+import_default_image() {
+    local tmp layer have
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/minirun-image.XXXXXX")
+    "$CHECKOUT/rootfs/build.sh" --tar "$tmp/busybox.tar" >/dev/null
+    layer=sha256:$(sha256sum "$tmp/busybox.tar" | cut -d' ' -f1)
+    have=$("$VENV/bin/python" -m minirun.cli image inspect busybox:latest 2>/dev/null |
+        "$VENV/bin/python" -c 'import json, sys; print(" ".join(json.load(sys.stdin)[0]["RootFS"]["Layers"]))' \
+        2>/dev/null) || have=""
+    if [ "$have" = "$layer" ]; then
+        say "image busybox:latest: present"
+    else
+        say "importing the busybox rootfs as image busybox:latest"
+        "$VENV/bin/python" -m minirun.cli import --cmd '["sh"]' "$tmp/busybox.tar" busybox:latest >/dev/null
+    fi
+    rm -rf --one-file-system -- "$tmp"
+}
+
 main() {
     local apt=1
     while [ $# -gt 0 ]; do
@@ -135,6 +155,7 @@ main() {
     make_venv
     say "building the busybox rootfs"
     "$CHECKOUT/rootfs/build.sh"
+    import_default_image
     link_launchers
     say "done: try 'minirun info'"
 }
