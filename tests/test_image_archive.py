@@ -164,6 +164,22 @@ def test_load_podman_oci_archive_with_gzip_layers(store, podman_archives, rootfs
 
 
 @needs["podman"]
+def test_docker_archive_image_saved_and_loaded_again(store, tmp_root, podman_archives):
+    """No manifest recorded (docker-save has none): save writes one for it."""
+    docker_tar, _ = podman_archives
+    (record,) = archive.load(store, docker_tar)
+    out = os.path.join(tmp_root, "again.tar")
+    archive.save(store, [record.id, "localhost/busybox"], out)
+    other = ImageStore(os.path.join(tmp_root, "other"))
+    try:
+        (loaded,) = archive.load(other, out)
+        assert (loaded.id, loaded.names) == (record.id, ["localhost/busybox:latest"])
+        assert loaded.manifest_digest is not None
+    finally:
+        other.close()
+
+
+@needs["podman"]
 @needs["skopeo"]
 def test_load_skopeo_oci_archive(store, work, podman_archives, rootfs_tar):
     docker_tar, _ = podman_archives
@@ -505,3 +521,35 @@ def test_nested_indexes_are_bounded(store, tmp_root):
     with pytest.raises(InvalidImage, match="nested more than"):
         archive.load(store, path)
     assert_store_empty(store)
+
+
+def test_save_of_a_pulled_multi_platform_image_writes_its_own_manifest(store, tmp_root):
+    """A pull records the index digest; the other platforms' manifests are not in the store,
+    so save writes a manifest for the image instead of the index."""
+    layer = layer_tar({"a": b"1"})
+    layer_digest = store.put_blob(layer)
+    config = image_config([layer_digest])
+    config_digest = store.put_blob(config)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": archive.MEDIA_OCI_MANIFEST,
+        "config": {"mediaType": archive.MEDIA_OCI_CONFIG, "digest": config_digest,
+                   "size": len(config)},
+        "layers": [{"mediaType": archive.MEDIA_OCI_LAYER, "digest": layer_digest,
+                    "size": len(layer)}]}).encode()
+    index = json.dumps({"schemaVersion": 2, "mediaType": archive.MEDIA_OCI_INDEX, "manifests": [
+        {"mediaType": archive.MEDIA_OCI_MANIFEST, "digest": sha256(manifest),
+         "size": len(manifest), "platform": {"os": "linux", "architecture": "amd64"}},
+        {"mediaType": archive.MEDIA_OCI_MANIFEST, "digest": sha256(b"arm64 manifest"),
+         "size": 14, "platform": {"os": "linux", "architecture": "arm64"}}]}).encode()
+    index_digest = store.put_blob(index)
+    store.add_image(index_digest, config_digest,
+                    [{"digest": layer_digest, "media_type": archive.MEDIA_OCI_LAYER}], ["multi"])
+    out = os.path.join(tmp_root, "multi.tar")
+    archive.save(store, ["multi"], out)
+    other = ImageStore(os.path.join(tmp_root, "other"))
+    try:
+        (loaded,) = archive.load(other, out)
+        assert loaded.id == config_digest and loaded.names == ["docker.io/library/multi:latest"]
+        assert loaded.manifest_digest not in (None, index_digest)
+    finally:
+        other.close()

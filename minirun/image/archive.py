@@ -687,15 +687,16 @@ def _write_archive(store: ImageStore, entries: list[tuple[ImageRecord, list[str]
             add_blob(record.id)
             for layer in record.layers:
                 add_blob(layer["digest"])
-            if record.manifest_digest:
-                manifest_digest = record.manifest_digest
-                media_type = store.read_json_blob(manifest_digest, "manifest").get(
-                    "mediaType", MEDIA_OCI_MANIFEST)
+            stored = _stored_manifest(store, record)
+            if stored is not None:
+                manifest_digest, media_type = stored
+                manifest_size = store.blob_size(manifest_digest)
                 add_blob(manifest_digest)
             else:
                 data = _synthesized_manifest(store, record)
                 manifest_digest = "sha256:" + hashlib.sha256(data).hexdigest()
                 media_type = MEDIA_OCI_MANIFEST
+                manifest_size = len(data)
                 if manifest_digest not in written:
                     written.add(manifest_digest)
                     _add_bytes(tar, _blob_member(manifest_digest), data)
@@ -705,9 +706,9 @@ def _write_archive(store: ImageStore, entries: list[tuple[ImageRecord, list[str]
                 "RepoTags": names,
                 "Layers": [_blob_member(layer["digest"]) for layer in record.layers],
             })
-            size = store.blob_size(manifest_digest)
             for name in names or [None]:
-                desc = {"mediaType": media_type, "digest": manifest_digest, "size": size}
+                desc = {"mediaType": media_type, "digest": manifest_digest,
+                        "size": manifest_size}
                 if name:
                     ref = parse_reference(name)
                     # ref.name as skopeo and podman write it, so that
@@ -720,6 +721,26 @@ def _write_archive(store: ImageStore, entries: list[tuple[ImageRecord, list[str]
             {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX,
              "manifests": index_entries}).encode())
         _add_bytes(tar, "manifest.json", json.dumps(docker_manifest).encode())
+
+
+def _stored_manifest(store: ImageStore, record: ImageRecord) -> tuple[str, str] | None:
+    """The image's own manifest (digest, media type) when it describes exactly the stored
+    config and layers; a pulled multi-platform image records its index instead, whose
+    other platforms' manifests are not in the store."""
+    if not record.manifest_digest or not store.has_blob(record.manifest_digest):
+        return None
+    doc = store.read_json_blob(record.manifest_digest, "manifest")
+    media_type = doc.get("mediaType", MEDIA_OCI_MANIFEST) if isinstance(doc, dict) else None
+    if media_type not in (MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST):
+        return None
+    config = doc.get("config")
+    layers = doc.get("layers")
+    if not isinstance(config, dict) or config.get("digest") != record.id or \
+            not isinstance(layers, list) or \
+            [x.get("digest") if isinstance(x, dict) else None for x in layers] != \
+            [x["digest"] for x in record.layers]:
+        return None
+    return record.manifest_digest, media_type
 
 
 def _synthesized_manifest(store: ImageStore, record: ImageRecord) -> bytes:
