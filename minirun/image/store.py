@@ -428,8 +428,9 @@ class ImageStore:
             label = parse_reference(by_name).familiar() if by_name else record.short_id
             if record.containers:
                 if not force:
-                    raise ContainerStateError(
-                        f"image {label} is in use by container {', '.join(record.containers)}")
+                    users = ", ".join(c[:12] if re.fullmatch(r"[0-9a-f]{64}", c) else c
+                                      for c in record.containers)
+                    raise ContainerStateError(f"image {label} is in use by container {users}")
                 db.execute("DELETE FROM names WHERE image_id = ?", (image_id,))
                 result.untagged.extend(record.names)
                 return result
