@@ -514,4 +514,7 @@ def test_v2_update_stats_and_oom_event(oci, rootfs):
         if proc.poll() is None:
             proc.kill()
     assert code == 0, err
-    assert [e for e in events if e["type"] == "oom"] == [{"type": "oom", "id": cid}], events
+    # one event per OOM kill: under emulation the kernel may kill both ends of the
+    # memhog pipeline, so at least one, each for this container
+    ooms = [e for e in events if e["type"] == "oom"]
+    assert ooms and all(e == {"type": "oom", "id": cid} for e in ooms), events
