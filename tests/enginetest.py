@@ -45,6 +45,16 @@ class EngineEnv:
             except ProcessLookupError:
                 pass
 
+    def daemon_logs(self) -> str:
+        out = []
+        for name in ("daemon.log", "keeper.log"):
+            try:
+                with open(os.path.join(self.run_root, name)) as f:
+                    out.append(f"--- {name}\n" + f.read()[-4000:])
+            except OSError:
+                pass
+        return "\n".join(out)
+
     def teardown(self) -> list[str]:
         for cid in self("ps", "-a", "-q").stdout.split():
             self("rm", "-f", cid)

@@ -69,8 +69,9 @@ def test_stop_trapped_and_ignored_sigterm(engine):
 def test_restart_on_failure_exactly_n_times(engine):
     engine("run", "-d", "--name", "flaky", "--restart", "on-failure:3", "busybox", "sh", "-c",
            "echo try; exit 1", check=True)
-    assert wait_for(lambda: inspect(engine, "flaky")["RestartCount"] == 3 and
+    done = wait_for(lambda: inspect(engine, "flaky")["RestartCount"] == 3 and
                     inspect(engine, "flaky")["State"]["Status"] == "exited", timeout=30)
+    assert done, (inspect(engine, "flaky"), engine.daemon_logs())
     time.sleep(1)  # no fourth restart
     rec = inspect(engine, "flaky")
     assert rec["RestartCount"] == 3 and rec["State"]["ExitCode"] == 1

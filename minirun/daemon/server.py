@@ -160,7 +160,7 @@ class Daemon:
         for key in list(self.sel.get_map().values()):
             if isinstance(key.data, tuple) and key.data[0] == "pipe" and key.data[1] == cid:
                 deadline = time.monotonic() + 2
-                while key.fileobj in self.sel.get_map() and time.monotonic() < deadline:
+                while self.sel.get_map().get(key.fd) is key and time.monotonic() < deadline:
                     self.on_pipe(key.fileobj, cid, key.data[2])
 
     def on_exit(self, cid: str, status: int) -> None:
@@ -243,23 +243,36 @@ class Daemon:
         log_line(f"minirun daemon {os.getpid()} serving {self.sock_path}")
         while True:
             for key, _ in self.sel.select():
-                kind = key.data[0]
-                if kind == "listen":
-                    conn, _ = listener.accept()
-                    self.sel.register(conn, selectors.EVENT_READ, ("client",))
-                elif kind == "client":
-                    self.on_client(key.fileobj)
-                elif kind == "pipe":
-                    self.on_pipe(key.fileobj, key.data[1], key.data[2])
-                elif kind == "keeper":
-                    msg, fds = proto.recv(self.keeper)
-                    for fd in fds:
-                        os.close(fd)
-                    if msg is None:
-                        log_line("the keeper went away; exiting")
+                # A key handled earlier in this round may have closed a pipe (an exit
+                # drains it) and its number may be a new pipe's now: skip stale keys.
+                if self.sel.get_map().get(key.fd) is not key:
+                    continue
+                try:
+                    if self.dispatch(key, listener) is False:
                         return
-                    if "event" in msg:
-                        self.on_exit(msg["id"], msg["status"])
+                except Exception as e:  # noqa: BLE001 - one container's trouble
+                    log_line(f"error: {type(e).__name__}: {e}")
+
+    def dispatch(self, key, listener) -> bool:
+        """Handle one ready key; False when the daemon must stop (the keeper is gone)."""
+        kind = key.data[0]
+        if kind == "listen":
+            conn, _ = listener.accept()
+            self.sel.register(conn, selectors.EVENT_READ, ("client",))
+        elif kind == "client":
+            self.on_client(key.fileobj)
+        elif kind == "pipe":
+            self.on_pipe(key.fileobj, key.data[1], key.data[2])
+        elif kind == "keeper":
+            msg, fds = proto.recv(self.keeper)
+            for fd in fds:
+                os.close(fd)
+            if msg is None:
+                log_line("the keeper went away; exiting")
+                return False
+            if "event" in msg:
+                self.on_exit(msg["id"], msg["status"])
+        return True
 
 
 def log_line(msg: str) -> None:
