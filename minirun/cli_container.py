@@ -16,6 +16,14 @@ from .errors import ExecutableNotFound, MiniRunError, NotExecutable
 EXIT_ENGINE, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND = 125, 126, 127
 
 
+def docker_exit_code(e: MiniRunError) -> int:
+    if isinstance(e, ExecutableNotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(e, NotExecutable):
+        return EXIT_CANNOT_EXECUTE
+    return EXIT_ENGINE
+
+
 def _engine(root: str | None):
     from .engine import Engine
 
@@ -77,15 +85,9 @@ def run(root, image, command, volumes, remove, **kw) -> None:
         if opts.restart != "no":
             raise MiniRunError("--restart needs -d: the daemon applies restart policies")
         status = _engine(root).run_foreground(image, opts)
-    except ExecutableNotFound as e:
-        click.echo(f"minirun: error: {e}", err=True)
-        sys.exit(EXIT_NOT_FOUND)
-    except NotExecutable as e:
-        click.echo(f"minirun: error: {e}", err=True)
-        sys.exit(EXIT_CANNOT_EXECUTE)
     except MiniRunError as e:
         click.echo(f"minirun: error: {e}", err=True)
-        sys.exit(EXIT_ENGINE)
+        sys.exit(docker_exit_code(e))
     sys.exit(status)
 
 
@@ -276,15 +278,9 @@ def exec_(root, interactive, tty, detach, user, workdir, env, container, command
     try:
         status = _engine(root).exec(container, list(command), tty=tty, env=list(env),
                                     user=user, workdir=workdir, detach=detach)
-    except ExecutableNotFound as e:
-        click.echo(f"minirun: error: {e}", err=True)
-        sys.exit(EXIT_NOT_FOUND)
-    except NotExecutable as e:
-        click.echo(f"minirun: error: {e}", err=True)
-        sys.exit(EXIT_CANNOT_EXECUTE)
     except MiniRunError as e:
         click.echo(f"minirun: error: {e}", err=True)
-        sys.exit(EXIT_ENGINE)
+        sys.exit(docker_exit_code(e))
     sys.exit(status)
 
 
