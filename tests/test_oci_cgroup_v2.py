@@ -107,7 +107,10 @@ def test_v2_memory_limit_oom_kills(oci, rootfs, v2_env):
                                    " echo status=$?"])
     cfg["linux"]["resources"]["memory"] = {"limit": 32 * 1024 * 1024, "swap": 32 * 1024 * 1024}
     proc = oci.run(cfg, rootfs)
-    assert proc.stdout.strip() == f"status={128 + signal.SIGKILL}", proc.stdout + proc.stderr
+    # tail killed (the shell reports it) or, now and then, the shell itself
+    assert proc.stdout.strip() == f"status={128 + signal.SIGKILL}" or \
+        (proc.returncode == 128 + signal.SIGKILL and proc.stdout == ""), \
+        (proc.returncode, proc.stdout + proc.stderr)
 
 
 @pytest.mark.cgroup_v2

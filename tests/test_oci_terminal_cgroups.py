@@ -118,8 +118,10 @@ def test_memory_limit_oom_kills(oci, rootfs):
     cfg = cgroup_cfg(["sh", "-c", "head -c 200000000 /dev/zero | tail -c 100000000 >/dev/null;"
                       " echo status=$?"], {"memory": {"limit": 32 * 1024 * 1024}})
     proc = oci.run(cfg, rootfs)
-    # tail was SIGKILLed by the OOM killer; the shell (pid 1) goes on and reports it
-    assert proc.stdout.strip() == "status=137", proc.stdout + proc.stderr
+    # The OOM killer SIGKILLs tail (the shell, pid 1, reports it) or, now and then, the
+    # shell itself (the container ends with 137). Without the limit: status=0.
+    assert proc.stdout.strip() == "status=137" or \
+        (proc.returncode == 137 and proc.stdout == ""), (proc.returncode, proc.stdout + proc.stderr)
 
 
 def test_pids_limit_stops_fork(oci, rootfs):
