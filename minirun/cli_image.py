@@ -265,7 +265,8 @@ def import_(root: str | None, cmd: str | None, file: str, name: str | None) -> N
 @_host_errors
 def save(root: str | None, output: str | None, image_refs: tuple[str, ...]) -> None:
     """Save images to a docker-save archive that is also an OCI layout (loadable by docker,
-    podman, skopeo and minirun)."""
+    podman, skopeo and minirun). As docker: a repository without a tag (busybox) saves
+    every tag of it, NAME:TAG that tag, an image id the image without names."""
     from .image import archive
 
     with _store(root) as store:

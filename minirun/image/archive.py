@@ -32,7 +32,7 @@ from typing import IO, Any
 
 from ..errors import InvalidArgument, MiniRunError
 from . import InvalidImage
-from .reference import parse_reference
+from .reference import Reference, parse_reference
 from .store import ImageRecord, ImageStore, check_digest, normalize_name
 
 MAX_JSON_SIZE = 4 << 20        # manifest.json, index.json, manifests, configs
@@ -637,24 +637,17 @@ def _newest_mtime(tar_file: str) -> str:
 
 def save(store: ImageStore, images: list[str | ImageRecord], path: str | IO[bytes]) -> None:
     """Write a docker-save archive that is also an OCI image layout (as docker 25 writes):
-    manifest.json with RepoTags for `docker load` and `podman load`, index.json with
-    image names for OCI tools, every blob once under blobs/sha256/. An image given by name
-    is saved with that name; given by id, with none."""
-    entries: dict[str, tuple[ImageRecord, list[str]]] = {}
-    for image in images:
-        record = store.get(image)
-        names = entries.setdefault(record.id, (record, []))[1]
-        if isinstance(image, str):
-            with contextlib.suppress(InvalidArgument):
-                ref = parse_reference(image)
-                if str(ref) in record.names and str(ref) not in names:
-                    names.append(str(ref))
+    manifest.json with RepoTags for `docker load` and `podman load`, a `repositories` file
+    as docker writes it, index.json with image names for OCI tools, every blob once under
+    blobs/sha256/. Which images and names, as `docker save` picks them: see
+    select_for_save."""
+    entries = select_for_save(store, images)
     if isinstance(path, str):
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".minirun-save-", dir=directory)
         try:
             with os.fdopen(fd, "wb") as out:
-                _write_archive(store, list(entries.values()), out, stream=False)
+                _write_archive(store, entries, out, stream=False)
                 out.flush()
                 os.fsync(out.fileno())
             os.chmod(tmp, 0o644)
@@ -664,7 +657,60 @@ def save(store: ImageStore, images: list[str | ImageRecord], path: str | IO[byte
                 os.unlink(tmp)
             raise
     else:
-        _write_archive(store, list(entries.values()), path, stream=not _seekable(path))
+        _write_archive(store, entries, path, stream=not _seekable(path))
+
+
+def select_for_save(store: ImageStore,
+                    images: list[str | ImageRecord]) -> list[tuple[ImageRecord, list[str]]]:
+    """The images to save and the names each is saved with, by docker's rule (moby
+    image/tarexport parseNames): a repository without tag or digest (`busybox`) is every
+    tagged name of that repository, each image once with all its tags; if the repository
+    has no name in the store, the argument is tried as an image id prefix. A tagged name
+    (`busybox:1.36`) is that name. An image id, or a name with a digest, is the image
+    without names (the archive does not say which of its tags were meant)."""
+    entries: dict[str, tuple[ImageRecord, list[str]]] = {}
+    all_records: list[ImageRecord] | None = None
+
+    def add(record: ImageRecord, name: str | None) -> None:
+        names = entries.setdefault(record.id, (record, []))[1]
+        if name is not None and name not in names:
+            names.append(name)
+
+    for image in images:
+        if isinstance(image, ImageRecord):
+            add(store.get(image), None)
+            continue
+        ref = _repository_only(image)
+        if ref is not None:
+            if all_records is None:
+                all_records = store.images()
+            matched = False
+            for record in all_records:
+                for name in record.names:
+                    named = parse_reference(name)
+                    if named.name != ref.name:
+                        continue
+                    matched = True
+                    add(record, name if named.tag and not named.digest else None)
+            if matched:
+                continue
+        record = store.get(image)
+        ref = None
+        with contextlib.suppress(InvalidArgument):
+            ref = parse_reference(image)
+        tagged = ref is not None and ref.digest is None and str(ref) in record.names
+        add(record, str(ref) if tagged else None)
+    return list(entries.values())
+
+
+def _repository_only(text: str) -> Reference | None:
+    """The parsed reference when `text` names a repository without tag or digest."""
+    if "@" in text or ":" in text.rsplit("/", 1)[-1]:
+        return None
+    try:
+        return parse_reference(text)
+    except InvalidArgument:
+        return None
 
 
 def _write_archive(store: ImageStore, entries: list[tuple[ImageRecord, list[str]]],
@@ -672,6 +718,8 @@ def _write_archive(store: ImageStore, entries: list[tuple[ImageRecord, list[str]
     written: set[str] = set()
     docker_manifest = []
     index_entries = []
+    # docker's legacy `repositories`: repository -> tag -> the top layer's file in the archive
+    repositories: dict[str, dict[str, str]] = {}
     with tarfile.open(fileobj=out, mode="w|" if stream else "w",
                       format=tarfile.PAX_FORMAT) as tar:
         _add_dir(tar, "blobs")
@@ -711,6 +759,9 @@ def _write_archive(store: ImageStore, entries: list[tuple[ImageRecord, list[str]
                         "size": manifest_size}
                 if name:
                     ref = parse_reference(name)
+                    if ref.tag and record.layers:
+                        repositories.setdefault(ref.familiar_name(), {})[ref.tag] = \
+                            check_digest(record.layers[-1]["digest"])
                     # ref.name as skopeo and podman write it, so that
                     # `skopeo copy oci-archive:FILE:busybox:latest` finds it
                     desc["annotations"] = {ANNOTATION_CONTAINERD_NAME: str(ref),
@@ -721,6 +772,8 @@ def _write_archive(store: ImageStore, entries: list[tuple[ImageRecord, list[str]
             {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX,
              "manifests": index_entries}).encode())
         _add_bytes(tar, "manifest.json", json.dumps(docker_manifest).encode())
+        if repositories:
+            _add_bytes(tar, "repositories", json.dumps(repositories).encode())
 
 
 def _stored_manifest(store: ImageStore, record: ImageRecord) -> tuple[str, str] | None:
