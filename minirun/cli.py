@@ -95,6 +95,9 @@ def _register_commands() -> None:
     from . import cli_image
 
     cli_image.register(cli)
+    from . import cli_network
+
+    cli_network.register(cli)
 
 
 _register_commands()

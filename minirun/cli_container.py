@@ -61,7 +61,15 @@ root_option = click.option("--root", envvar="MINIRUN_ROOT", default=None,
 @click.option("--init", is_flag=True, help="a small init (tini) as pid 1")
 @click.option("--restart", default="no")
 @click.option("--entrypoint", default=None)
-@click.option("--network", "--net", default="none", help="none | host")
+@click.option("--network", "--net", default="bridge",
+              help="bridge | NETWORK | host | none | container:NAME | cni:NAME")
+@click.option("-p", "--publish", multiple=True, metavar="[IP:][HOST:]PORT[/PROTO]",
+              help="publish a container port on the host")
+@click.option("-P", "--publish-all", is_flag=True, help="publish the image's exposed ports")
+@click.option("--dns", multiple=True, help="a DNS server for the container")
+@click.option("--dns-search", multiple=True, help="a DNS search domain")
+@click.option("--dns-option", multiple=True, help="a resolv.conf option")
+@click.option("--add-host", multiple=True, metavar="HOST:IP", help="an /etc/hosts entry")
 @click.option("--userns", default="host")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -73,7 +81,11 @@ def run(root, image, command, volumes, remove, **kw) -> None:
                       env=list(kw.pop("env")), env_files=list(kw.pop("env_file")),
                       tmpfs=list(kw.pop("tmpfs")), cap_add=list(kw.pop("cap_add")),
                       cap_drop=list(kw.pop("cap_drop")),
-                      security_opt=list(kw.pop("security_opt")), **kw)
+                      security_opt=list(kw.pop("security_opt")),
+                      publish=list(kw.pop("publish")), dns=list(kw.pop("dns")),
+                      dns_search=list(kw.pop("dns_search")),
+                      dns_option=list(kw.pop("dns_option")),
+                      add_host=list(kw.pop("add_host")), **kw)
     try:
         if opts.userns != "host":
             raise MiniRunError(f"--userns {opts.userns}: only host for now")
@@ -162,7 +174,8 @@ def inspect(root, containers) -> None:
                     "State": {"Status": r["status"], "ExitCode": r["exit_code"],
                               "Pid": r["pid"] or 0},
                     "RestartCount": r["restart_count"] or 0,
-                    "Created": r["created"], "HostConfig": json.loads(r["options"])})
+                    "Created": r["created"], "HostConfig": json.loads(r["options"]),
+                    "NetworkSettings": engine.network_settings(r)})
     click.echo(json.dumps(out, indent=2))
 
 

@@ -70,8 +70,14 @@ class RunOptions:
     init: bool = False
     restart: str = "no"
     entrypoint: str | None = None
-    network: str = "none"
+    network: str = "bridge"
     userns: str = "host"
+    publish: list[str] = field(default_factory=list)
+    publish_all: bool = False
+    dns: list[str] = field(default_factory=list)
+    dns_search: list[str] = field(default_factory=list)
+    dns_option: list[str] = field(default_factory=list)
+    add_host: list[str] = field(default_factory=list)
 
 
 def parse_size(text: str, what: str) -> int:
@@ -143,6 +149,7 @@ class Engine:
         self.oci_root = os.path.join(self.run_root, "engine")
         os.makedirs(self.root, mode=0o711, exist_ok=True)
         self._db = None
+        self._networks = None
 
     # --- records ---------------------------------------------------------------------------
 
@@ -161,6 +168,14 @@ class Engine:
                 stop_signal TEXT DEFAULT '', user_stopped INTEGER DEFAULT 0)""")
             self._db = db
         return self._db
+
+    @property
+    def networks(self):
+        if self._networks is None:
+            from .network.manager import Networks
+
+            self._networks = Networks(self.db, self.root)
+        return self._networks
 
     def _insert(self, cid: str, name: str, image: str, image_id: str, command: list[str],
                 opts: RunOptions) -> None:
@@ -272,7 +287,8 @@ class Engine:
         try:
             rootfs = store.snapshot(image, cid)
             bundle = os.path.join(self.root, "containers", cid)
-            cfg = self._oci_config(cid, config, args, rootfs, bundle, opts)
+            net = self._network(cid, name, config, opts)
+            cfg = self._oci_config(cid, config, args, rootfs, bundle, opts, net)
             with open(os.path.join(bundle, "config.json"), "w") as f:
                 json.dump(cfg, f)
             self._update(cid, status="created", stop_signal=config.get("StopSignal") or "")
@@ -280,6 +296,27 @@ class Engine:
             self._remove_everything(cid, store)
             raise
         return cid
+
+    def _network(self, cid: str, name: str, config: dict, opts: RunOptions):
+        """The container's network: an Attachment (its own netns, wired), the record of
+        the container whose netns it shares, or None (host, none)."""
+        mode = opts.network or "bridge"
+        if mode in ("host", "none") or mode.startswith("container:"):
+            if opts.publish or opts.publish_all:
+                raise InvalidArgument(f"-p/-P need a bridge or CNI network, not {mode}")
+            if mode.startswith("container:"):
+                if opts.hostname:
+                    raise InvalidArgument("--hostname conflicts with --network container:")
+                other = self.get(mode.split(":", 1)[1])
+                if other["status"] != "running":
+                    raise ContainerStateError(
+                        f"cannot join the network of {other['name']}: it is not running")
+                return other
+            return None
+        exposed = list((config.get("ExposedPorts") or {}).keys()) if opts.publish_all else []
+        return self.networks.attach(cid, mode, name=name, hostname=opts.hostname or cid[:12],
+                                    publish=opts.publish, exposed=exposed,
+                                    extra_hosts=opts.add_host)
 
     def _command(self, config: dict, opts: RunOptions) -> list[str]:
         if opts.entrypoint is not None:
@@ -360,7 +397,7 @@ class Engine:
         return {"uid": uid, "gid": gid or 0, "additionalGids": sorted(set(extra))}
 
     def _oci_config(self, cid: str, config: dict, args: list[str], rootfs: str, bundle: str,
-                    opts: RunOptions) -> dict:
+                    opts: RunOptions, net=None) -> dict:
         from .spec import UNSUPPORTED, default_spec
 
         hostname = opts.hostname or cid[:12]
@@ -396,14 +433,16 @@ class Engine:
         namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
         if opts.network == "none":
             namespaces.append({"type": "network"})
-        elif opts.network != "host":
-            raise InvalidArgument(f"--network {opts.network!r}: only host and none for now")
+        elif isinstance(net, dict):  # container:NAME joins that container's netns
+            namespaces.append({"type": "network", "path": self._netns_of(net)})
+        elif net is not None:
+            namespaces.append({"type": "network", "path": net.netns})
         linux["namespaces"] = namespaces
         if not opts.privileged and "linux.seccomp" not in UNSUPPORTED:
             profile = self._seccomp(opts, caps["bounding"])
             if profile:
                 linux["seccomp"] = profile
-        cfg["mounts"] += self._extra_mounts(cid, bundle, hostname, opts)
+        cfg["mounts"] += self._extra_mounts(cid, bundle, hostname, opts, net)
         cfg["annotations"] = {"io.minirun.id": cid}
         return cfg
 
@@ -451,18 +490,31 @@ class Engine:
         return docker_profile_to_oci(profile, caps)
 
     def _extra_mounts(self, cid: str, bundle: str, hostname: str,
-                      opts: RunOptions) -> list[dict]:
+                      opts: RunOptions, net=None) -> list[dict]:
         mounts = []
+        hosts = None if net is None or isinstance(net, dict) else \
+            self.networks.hosts_text(cid)
+        if hosts is None:
+            hosts = (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                     f"127.0.1.1\t{hostname}\n")
+            for entry in opts.add_host:
+                host, _, addr = entry.partition(":")
+                if not host or not addr:
+                    raise InvalidArgument(f"--add-host {entry!r}: expected HOST:IP")
+                hosts += f"{addr}\t{host}\n"
         files = {
             "hostname": f"{hostname}\n",
-            "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-                     f"127.0.1.1\t{hostname}\n",
-            "resolv.conf": _resolv_conf(),
+            "hosts": hosts,
+            "resolv.conf": _resolv_conf(opts.dns, opts.dns_search, opts.dns_option),
         }
         for name, text in files.items():
             path = os.path.join(bundle, name)
-            with open(path, "w") as f:
-                f.write(text)
+            if isinstance(net, dict) and name != "hostname":
+                # docker: a container sharing another's network shares its hosts and DNS
+                path = os.path.join(self.root, "containers", net["id"], name)
+            else:
+                with open(path, "w") as f:
+                    f.write(text)
             mounts.append({"destination": f"/etc/{name}", "type": "bind", "source": path,
                            "options": ["rbind", "rprivate"]})
         for spec in opts.volumes:
@@ -550,10 +602,23 @@ class Engine:
         if "error" in reply:
             raise MiniRunError(reply["error"])
 
+    def _netns_of(self, rec: dict) -> str:
+        ep = self.networks.endpoint(rec["id"])
+        if ep is not None:
+            return ep["netns"]
+        opts = json.loads(rec["options"])
+        if opts.get("network") == "host":
+            raise InvalidArgument(f"container {rec['name']} uses the host's network: "
+                                  "use --network host")
+        if not rec["pid"]:
+            raise ContainerStateError(f"container {rec['name']} has no network namespace")
+        return f"/proc/{rec['pid']}/ns/net"
+
     def start(self, name_or_id: str) -> str:
         rec = self.get(name_or_id)
         if rec["status"] == "running":
             return rec["id"]
+        self.networks.ensure_wired(rec["id"])
         self._update(rec["id"], user_stopped=0)
         self._start_in_daemon(rec["id"])
         return rec["id"]
@@ -676,8 +741,26 @@ class Engine:
             ctr.delete(self.oci_root, cid, force=True)
         except NotFound:
             pass
+        self.networks.detach(cid)
         store.release(cid)
         self.db.execute("DELETE FROM containers WHERE id = ?", (cid,))
+
+    def network_settings(self, rec: dict) -> dict:
+        """docker inspect's NetworkSettings."""
+        ep = self.networks.endpoint(rec["id"])
+        mode = json.loads(rec["options"]).get("network") or "bridge"
+        if ep is None:
+            return {"Networks": {mode: {}}, "Ports": {}}
+        ports: dict = {}
+        for p in json.loads(ep["ports"]):
+            ports.setdefault(f"{p['container_port']}/{p['proto']}", []).append(
+                {"HostIp": p["host_ip"] or "0.0.0.0", "HostPort": str(p["host_port"])})
+        return {"Networks": {ep["network"]: {"IPAddress": ep["ip"] or "",
+                                             "IPPrefixLen": ep["prefixlen"] or 0,
+                                             "Gateway": ep["gateway"] or "",
+                                             "NetworkNamespace": ep["netns"]}},
+                "IPAddress": ep["ip"] or "", "Gateway": ep["gateway"] or "", "Ports": ports,
+                "SandboxKey": ep["netns"]}
 
 
 def _is_zombie(pid: int | None) -> bool:
@@ -706,8 +789,10 @@ def _read_in_root(rootfs: str, path: str) -> str:
         return f.read(1 << 20)
 
 
-def _resolv_conf() -> str:
-    """The host's resolv.conf without loopback resolvers, which mean nothing inside."""
+def _resolv_conf(dns: list[str] = (), search: list[str] = (),
+                 options: list[str] = ()) -> str:
+    """The host's resolv.conf without loopback resolvers, which mean nothing inside;
+    --dns, --dns-search and --dns-option replace the host's lines of their kind."""
     try:
         with open("/etc/resolv.conf") as f:
             lines = f.read().splitlines()
@@ -716,8 +801,30 @@ def _resolv_conf() -> str:
     keep = []
     for line in lines:
         parts = line.split()
-        if parts[:1] == ["nameserver"] and len(parts) > 1 and \
-                (parts[1].startswith("127.") or parts[1] == "::1"):
+        if parts[:1] == ["nameserver"] and (dns or len(parts) > 1 and
+                                            (parts[1].startswith("127.") or parts[1] == "::1")):
+            continue
+        if parts[:1] in (["search"], ["domain"]) and search:
+            continue
+        if parts[:1] == ["options"] and options:
             continue
         keep.append(line)
+    for server in dns:
+        if not _is_ip(server):
+            raise InvalidArgument(f"--dns {server!r}: not an IP address")
+        keep.append(f"nameserver {server}")
+    if search:
+        keep.append("search " + " ".join(search))
+    if options:
+        keep.append("options " + " ".join(options))
     return "\n".join(keep) + "\n"
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
