@@ -51,9 +51,16 @@ def our_netns(names: set[str]) -> set[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def host_left_as_found():
-    """No link and no netns of this module may outlive it."""
+    """No link and no netns of this module may outlive it, and IPv4 forwarding, which the
+    bridge plugin turns on for isGateway (a CNI network's documented effect), is put back."""
     links, netns = ours(host_links()), our_netns(netns_names())
-    yield
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        forward = f.read()
+    try:
+        yield
+    finally:
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write(forward)
     # a namespace's links go with it, but the kernel tears it down asynchronously
     wait_until(lambda: ours(host_links()) == links)
     assert ours(host_links()) == links

@@ -1,0 +1,430 @@
+"""Bridge networking end to end: `minirun run` on the default bridge and on user networks,
+published ports, /etc/hosts and resolv.conf, the network modes, concurrency, crashes and
+bad input; and after all of it the host's links, addresses, routes, nftables ruleset,
+sysctls and netns exactly as they were.
+
+Traffic goes only to 127.0.0.1 and to container addresses on the test's own bridges.
+Masquerade (traffic to the outside) is checked by reading the ruleset, never by sending.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from enginetest import EngineEnv, engine  # noqa: F401
+from nettest import differences, free_port, host_network_state, wait_until_same
+from ocitest import needs_root
+
+pytestmark = [needs_root, pytest.mark.root]
+
+HTTPD = "mkdir -p /www && echo hello from $(hostname) > /www/index.html && " \
+        "exec httpd -f -p 80 -h /www"
+
+
+@pytest.fixture(scope="module")
+def host_before():
+    return host_network_state()
+
+
+@pytest.fixture(scope="module")
+def env(host_before, engine):  # noqa: F811
+    yield engine
+    for cid in engine("ps", "-a", "-q").stdout.split():
+        engine("rm", "-f", cid)
+    for name in engine("network", "ls", "-q").stdout.split():
+        if name != "bridge":
+            engine("network", "rm", name)
+    diff = wait_until_same(host_before)
+    assert not diff, f"the host's network changed: {diff}"
+
+
+def run_ok(env, *args, timeout=60) -> str:
+    proc = env(*args, timeout=timeout)
+    assert proc.returncode == 0, f"minirun {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+def ip_of(env, name: str) -> str:
+    data = json.loads(run_ok(env, "inspect", name))[0]
+    return data["NetworkSettings"]["IPAddress"]
+
+
+def sh(env, name: str, script: str, timeout=30) -> subprocess.CompletedProcess:
+    return env("exec", name, "sh", "-c", script, timeout=timeout)
+
+
+def http_get(env, name: str, host: str, timeout: int = 5) -> str:
+    """The body of http://host/ fetched from inside a container (busybox's static wget
+    crashes in getaddrinfo on Debian 12, so nc speaks HTTP/1.0)."""
+    proc = sh(env, name, f'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w {timeout} {host} 80')
+    head, _, body = proc.stdout.partition("\n\n")  # text mode made \r\n \n
+    return body if head.startswith("HTTP/1.") else ""
+
+
+def wait_http(url: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def bridge_of(env, network: str = "bridge") -> str:
+    return json.loads(run_ok(env, "network", "inspect", network))[0]["Options"]["bridge"]
+
+
+def nft_table(env) -> str:
+    name = "minirun_" + bridge_of(env)[2:10]
+    proc = subprocess.run(["nft", "list", "table", "ip", name], capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def test_default_bridge_two_containers_reach_each_other(env):
+    run_ok(env, "run", "-d", "--name", "web1", "busybox", "sh", "-c", HTTPD)
+    run_ok(env, "run", "-d", "--name", "cli1", "busybox", "sleep", "300")
+    try:
+        web, cli = ip_of(env, "web1"), ip_of(env, "cli1")
+        assert web != cli and web.split(".")[:2] == cli.split(".")[:2]
+        inside = sh(env, "cli1", "ip -o -4 addr show eth0; ip route; cat /sys/class/net/eth0/mtu")
+        assert f"inet {cli}/16" in inside.stdout
+        gateway = json.loads(run_ok(env, "inspect", "cli1"))[0]["NetworkSettings"]["Gateway"]
+        assert f"default via {gateway} dev eth0" in inside.stdout
+        with open("/sys/class/net/eth0/mtu") as f:  # the host's default route device
+            assert inside.stdout.split()[-1] == f.read().strip()
+        ping = sh(env, "cli1", f"ping -c 1 -W 3 {web}")
+        assert ping.returncode == 0 and "1 packets received" in ping.stdout, ping.stdout
+        page = http_get(env, "cli1", web)
+        assert page == "hello from " + json.loads(run_ok(env, "inspect", "web1"))[0][
+            "Id"][:12] + "\n"
+        # outbound NAT exists for the subnet, checked by reading the rules
+        subnet = json.loads(run_ok(env, "network", "inspect", "bridge"))[0]["IPAM"][
+            "Config"][0]["Subnet"]
+        assert f'ip saddr {subnet} oifname != "{bridge_of(env)}" masquerade' in nft_table(env)
+        with open("/proc/sys/net/ipv4/ip_forward") as f:
+            assert f.read().strip() == "1"
+    finally:
+        env("rm", "-f", "web1", "cli1")
+    assert nft_table(env) == "", "the table outlived the last container"
+
+
+def test_published_port_on_localhost_and_its_rule_goes_with_rm(env):
+    port = free_port()
+    run_ok(env, "run", "-d", "--name", "pub", "-p", f"127.0.0.1:{port}:80", "busybox",
+           "sh", "-c", HTTPD)
+    try:
+        assert wait_http(f"http://127.0.0.1:{port}/").startswith("hello from ")
+        settings = json.loads(run_ok(env, "inspect", "pub"))[0]["NetworkSettings"]
+        assert settings["Ports"] == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+        assert f"ip daddr 127.0.0.1 tcp dport {port} dnat to {settings['IPAddress']}:80" in \
+            nft_table(env)
+    finally:
+        run_ok(env, "rm", "-f", "pub")
+    assert f"dport {port}" not in subprocess.run(["nft", "list", "ruleset"],
+                                                 capture_output=True, text=True).stdout
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_random_host_port_and_a_second_container_keeps_its_rule(env):
+    run_ok(env, "run", "-d", "--name", "r1", "-p", "80", "busybox", "sh", "-c", HTTPD)
+    run_ok(env, "run", "-d", "--name", "r2", "-p", "127.0.0.1::80", "busybox", "sh", "-c",
+           HTTPD)
+    try:
+        ports = {}
+        for name in ("r1", "r2"):
+            binding = json.loads(run_ok(env, "inspect", name))[0]["NetworkSettings"][
+                "Ports"]["80/tcp"][0]
+            ports[name] = int(binding["HostPort"])
+            assert ports[name] > 0
+        assert ports["r1"] != ports["r2"]
+        r1_id = json.loads(run_ok(env, "inspect", "r1"))[0]["Id"][:12]
+        # published on every address: 127.0.0.1 works too
+        assert wait_http(f"http://127.0.0.1:{ports['r1']}/") == f"hello from {r1_id}\n"
+        run_ok(env, "rm", "-f", "r1")
+        assert wait_http(f"http://127.0.0.1:{ports['r2']}/").startswith("hello from ")
+    finally:
+        env("rm", "-f", "r1", "r2")
+
+
+def test_user_network_names_resolve_and_networks_are_isolated(env):
+    run_ok(env, "network", "create", "--subnet", "10.211.7.0/24", "front")
+    run_ok(env, "network", "create", "back")
+    try:
+        run_ok(env, "run", "-d", "--name", "fa", "--network", "front", "busybox", "sh", "-c",
+               HTTPD)
+        run_ok(env, "run", "-d", "--name", "fb", "--network", "front", "busybox", "sleep",
+               "300")
+        run_ok(env, "run", "-d", "--name", "ba", "--network", "back", "busybox", "sleep", "300")
+        fa, ba = ip_of(env, "fa"), ip_of(env, "ba")
+        assert fa.startswith("10.211.7.")
+        # by name, both ways: fa was there before fb, and learns of it afterwards
+        assert http_get(env, "fb", "fa").startswith("hello from")
+        assert sh(env, "fa", "ping -c 1 -W 3 fb").returncode == 0
+        # another network cannot reach them, by address, either way
+        assert sh(env, "ba", f"ping -c 1 -W 2 {fa}").returncode != 0
+        assert http_get(env, "ba", fa, timeout=2) == ""
+        assert sh(env, "fa", f"ping -c 1 -W 2 {ba}").returncode != 0
+        assert sh(env, "ba", "ping -c 1 -W 1 fa").returncode != 0  # and not by name
+        # a container that leaves is forgotten by the others
+        run_ok(env, "rm", "-f", "fb")
+        assert "fb" not in sh(env, "fa", "cat /etc/hosts").stdout
+        listing = run_ok(env, "network", "ls")
+        assert "front" in listing and "back" in listing and "10.211.7.0/24" in listing
+        proc = env("network", "rm", "front")
+        assert proc.returncode == 1 and "in use" in one_line_error(proc)
+    finally:
+        env("rm", "-f", "fa", "fb", "ba")
+        env("network", "rm", "front", "back")
+    assert "front" not in run_ok(env, "network", "ls", "-q").split()
+
+
+def test_hosts_and_resolv_conf(env):
+    out = run_ok(env, "run", "--rm", "-h", "myhost", "--name", "named", "--dns", "192.0.2.53",
+                 "--dns-search", "example.test", "--add-host", "db.local:10.9.8.7",
+                 "busybox", "sh", "-c",
+                 "cat /etc/resolv.conf; echo ---; cat /etc/hosts; echo ---; hostname")
+    resolv, hosts, hostname = out.split("---\n")
+    assert "nameserver 192.0.2.53" in resolv.splitlines()
+    assert "search example.test" in resolv.splitlines()
+    assert not [ln for ln in resolv.splitlines() if ln.startswith("nameserver 127.")]
+    lines = [ln.split() for ln in hosts.splitlines()]
+    assert ["10.9.8.7", "db.local"] in lines
+    mine = [ln for ln in lines if "myhost" in ln]
+    assert mine and mine[0][1:] == ["myhost", "named"]
+    assert hostname.strip() == "myhost"
+
+
+def test_resolv_conf_skips_the_hosts_loopback_resolvers(env):
+    out = run_ok(env, "run", "--rm", "busybox", "cat", "/etc/resolv.conf")
+    with open("/etc/resolv.conf") as f:
+        host = [ln.split()[1] for ln in f if ln.startswith("nameserver")]
+    inside = [ln.split()[1] for ln in out.splitlines() if ln.startswith("nameserver")]
+    assert inside == [a for a in host if not a.startswith("127.") and a != "::1"]
+
+
+def test_modes_host_none_and_container(env):
+    host_links = sorted(os.listdir("/sys/class/net"))
+    out = run_ok(env, "run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net")
+    assert sorted(out.split()) == host_links
+    out = run_ok(env, "run", "--rm", "--network", "none", "busybox", "ls", "/sys/class/net")
+    assert out.split() == ["lo"]
+    run_ok(env, "run", "-d", "--name", "owner", "busybox", "sh", "-c", HTTPD)
+    try:
+        owner_ip = ip_of(env, "owner")
+        out = run_ok(env, "run", "--rm", "--network", "container:owner", "busybox", "sh", "-c",
+                     "ip -o -4 addr show eth0; "
+                     'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 5 127.0.0.1 80')
+        assert f"inet {owner_ip}/" in out and "hello from" in out
+        proc = env("run", "--rm", "--network", "container:nosuch", "busybox", "true")
+        assert proc.returncode == 125 and "no such container" in one_line_error(proc)
+    finally:
+        env("rm", "-f", "owner")
+
+
+def test_twenty_concurrent_runs_get_twenty_addresses(env):
+    procs = [subprocess.Popen([sys.executable, "-m", "minirun.cli", "run", "-d", "--name",
+                               f"c{i}", "busybox", "sleep", "300"], env=env.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(20)]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=180)
+            assert p.returncode == 0, err
+        ips = [ip_of(env, f"c{i}") for i in range(20)]
+        assert len(set(ips)) == 20 and all(ips)
+        inside = sh(env, "c0", "ip -o -4 addr show eth0").stdout
+        assert f"inet {ips[0]}/" in inside
+        assert sh(env, "c0", f"ping -c 1 -W 3 {ips[19]}").returncode == 0
+    finally:
+        env("rm", "-f", *[f"c{i}" for i in range(20)], timeout=300)
+
+
+def test_fifty_run_rm_cycles_leave_the_host_as_it_was(env, host_before):
+    for i in range(50):
+        args = ["-p", f"127.0.0.1:{free_port()}:80"] if i % 2 else []
+        run_ok(env, "run", "--rm", *args, "busybox", "true")
+    diff = wait_until_same(host_before)
+    assert not diff, f"after 50 cycles: {diff}"
+
+
+def test_a_killed_run_mid_setup_is_cleaned_by_rm(env, host_before):
+    before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    proc = subprocess.Popen([sys.executable, "-m", "minirun.cli", "run", "--name", "killed",
+                             "busybox", "sleep", "300"], env=env.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (set(os.listdir("/run/netns")) - before if os.path.isdir("/run/netns")
+                   else set()):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.002)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert "killed" in run_ok(env, "ps", "-a")
+    run_ok(env, "rm", "-f", "killed")
+    diff = wait_until_same(host_before)
+    assert not diff, f"after a killed run and rm: {diff}"
+
+
+def test_network_prune_cleans_an_endpoint_whose_container_record_is_gone(env, host_before):
+    run_ok(env, "run", "-d", "--name", "orphan", "busybox", "sleep", "300")
+    cid = json.loads(run_ok(env, "inspect", "orphan"))[0]["Id"]
+    run_ok(env, "kill", "orphan")
+    # what a crash between the network and the record's deletion leaves behind
+    import sqlite3
+    db = sqlite3.connect(os.path.join(env.root, "engine.db"))
+    with db:
+        db.execute("DELETE FROM containers WHERE id = ?", (cid,))
+    db.close()
+    from minirun.image.store import ImageStore
+    ImageStore(env.root).release(cid)
+    assert f"mr{cid[:12]}" in os.listdir("/sys/class/net")
+    proc = env("network", "prune")
+    assert proc.returncode == 0 and cid[:12] in proc.stderr
+    diff = wait_until_same(host_before)
+    assert not diff, f"after network prune: {diff}"
+
+
+def test_start_after_reboot_rewires_with_the_same_address(env):
+    run_ok(env, "run", "-d", "--name", "reboot", "busybox", "sleep", "300")
+    try:
+        ip = ip_of(env, "reboot")
+        cid = json.loads(run_ok(env, "inspect", "reboot"))[0]["Id"]
+        run_ok(env, "stop", "-t", "1", "reboot")
+        # a reboot takes the links and the netns, not the records
+        subprocess.run(["ip", "link", "del", f"mr{cid[:12]}"], check=True)
+        subprocess.run(["umount", f"/run/netns/minirun-{cid[:12]}"], check=True)
+        os.unlink(f"/run/netns/minirun-{cid[:12]}")
+        run_ok(env, "start", "reboot")
+        assert ip_of(env, "reboot") == ip
+        assert f"inet {ip}/" in sh(env, "reboot", "ip -o -4 addr show eth0").stdout
+    finally:
+        env("rm", "-f", "reboot")
+
+
+@pytest.mark.parametrize("subnet, why", [
+    ("10.0.0.0/33", "invalid subnet"),
+    ("banana", "invalid subnet"),
+    ("10.211.8.1/24", "invalid subnet"),  # host bits set
+    ("127.0.0.0/16", "not usable"),
+])
+def test_bad_subnets(env, subnet, why):
+    proc = env("network", "create", "--subnet", subnet, "badnet")
+    assert proc.returncode == 1 and why in one_line_error(proc)
+    assert "badnet" not in run_ok(env, "network", "ls", "-q").split()
+
+
+def test_overlapping_subnets_are_refused(env):
+    run_ok(env, "network", "create", "--subnet", "10.212.0.0/24", "first")
+    try:
+        proc = env("network", "create", "--subnet", "10.212.0.128/25", "second")
+        assert proc.returncode == 1 and "overlaps network first" in one_line_error(proc)
+        with open("/proc/net/route") as f:
+            dev = next(ln.split()[0] for ln in f.read().splitlines()[1:]
+                       if ln.split()[1] != "00000000")
+        host_route = subprocess.run(["ip", "-4", "-o", "route", "show", "dev", dev,
+                                     "scope", "link"], capture_output=True,
+                                    text=True).stdout.split()[0]
+        proc = env("network", "create", "--subnet", host_route, "clash")
+        assert proc.returncode == 1 and "overlaps the host route" in one_line_error(proc)
+        assert set(run_ok(env, "network", "ls", "-q").split()) == {"bridge", "first"}
+    finally:
+        env("network", "rm", "first")
+
+
+def test_bad_run_network_input_leaves_nothing(env, host_before):
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = held.getsockname()[1]
+    try:
+        cases = [
+            (["--network", "nosuchnet"], "no such network: nosuchnet"),
+            (["-p", f"127.0.0.1:{port}:80"], "already in use"),
+            (["-p", "99999:80"], "invalid port"),
+            (["-p", "1.2.3:80:80"], "invalid IPv4 host address"),
+            (["-p", "80", "--network", "none"], "need a bridge"),
+            (["--add-host", "nocolon"], "expected HOST:IP"),
+            (["--dns", "not-an-ip"], "not an IP address"),
+        ]
+        for args, why in cases:
+            proc = env("run", "--rm", *args, "busybox", "true")
+            assert proc.returncode == 125, (args, proc.stderr)
+            assert why in one_line_error(proc), (args, proc.stderr)
+    finally:
+        held.close()
+    assert run_ok(env, "ps", "-a", "-q").split() == []
+    diff = wait_until_same(host_before)
+    assert not diff, f"after refused runs: {diff}"
+
+
+def test_same_host_port_twice_is_refused(env):
+    port = free_port()
+    run_ok(env, "run", "-d", "--name", "p1", "-p", f"{port}:80", "busybox", "sleep", "300")
+    try:
+        proc = env("run", "-d", "--name", "p2", "-p", f"127.0.0.1:{port}:80", "busybox",
+                   "sleep", "300")
+        assert proc.returncode == 125 and "already published" in one_line_error(proc)
+        assert "p2" not in run_ok(env, "ps", "-a")
+    finally:
+        env("rm", "-f", "p1", "p2")
+
+
+def test_the_default_network_cannot_be_removed(env):
+    proc = env("network", "rm", "bridge")
+    assert proc.returncode == 1 and "cannot be removed" in one_line_error(proc)
+
+
+def test_internal_network_has_no_nat(env):
+    run_ok(env, "network", "create", "--internal", "--subnet", "10.213.0.0/24", "inner")
+    try:
+        run_ok(env, "run", "-d", "--name", "in1", "--network", "inner", "busybox", "sleep",
+               "300")
+        run_ok(env, "run", "-d", "--name", "in2", "--network", "inner", "busybox", "sleep",
+               "300")
+        assert sh(env, "in1", "ping -c 1 -W 3 in2").returncode == 0
+        table = nft_table(env) or subprocess.run(["nft", "list", "ruleset"],
+                                                 capture_output=True, text=True).stdout
+        assert "10.213.0.0/24" in table
+        assert "ip saddr 10.213.0.0/24 oifname" not in table  # no masquerade
+    finally:
+        env("rm", "-f", "in1", "in2")
+        env("network", "rm", "inner")
+
+
+def test_a_second_root_gets_its_own_bridge_and_table(env, tmp_path):
+    other = EngineEnv(str(tmp_path))
+    os.makedirs(other.root)
+    assert bridge_of(other) != bridge_of(env)
+    assert bridge_of(other).startswith("mr") and len(bridge_of(other)) <= 15
+    from minirun.network.manager import Networks
+    import sqlite3
+    tables = {Networks(sqlite3.connect(":memory:"), root).table for root in (env.root, other.root)}
+    assert len(tables) == 2 and all(t.startswith("minirun_") for t in tables)
+
+
+def test_differences_reports_what_changed():
+    before = {"links": [("a", None)], "sysctls": {"x": "0"}}
+    after = {"links": [("a", None), ("b", "veth")], "sysctls": {"x": "1"}}
+    diff = differences(before, after)
+    assert any("new [('b', 'veth')]" in d for d in diff) and any("'0' -> '1'" in d for d in diff)
