@@ -35,12 +35,37 @@ def info(fmt: str) -> None:
     from .info import collect
 
     host = collect()
+    nets = _networks_info()
     if fmt == "json":
         import json
 
-        click.echo(json.dumps(host.to_dict(), indent=2))
+        click.echo(json.dumps(dict(host.to_dict(), networks=nets), indent=2))
     else:
         click.echo(format_info(host))
+        click.echo("networks:")
+        if isinstance(nets, str):
+            click.echo(f"  unavailable: {nets}")
+        for n in nets if isinstance(nets, list) else []:
+            state = "up" if n["bridge_up"] else "down (made when a container joins)"
+            click.echo(f"  {n['name']}: {n['subnet']} on {n['bridge']}, {state}, "
+                       f"{n['containers']} container(s){', internal' if n['internal'] else ''}")
+
+
+def _networks_info() -> list[dict] | str:
+    """The engine's networks, whether their bridges are up and how many containers each
+    has; a string saying why when they cannot be read."""
+    import os
+
+    from .engine import Engine
+
+    try:
+        nets = Engine().networks
+        return [{"name": r["name"], "subnet": r["subnet"], "gateway": r["gateway"],
+                 "bridge": r["bridge"], "internal": bool(r["internal"]),
+                 "bridge_up": os.path.isdir(f"/sys/class/net/{r['bridge']}/bridge"),
+                 "containers": len(nets.containers_on(r["name"]))} for r in nets.list()]
+    except Exception as e:  # noqa: BLE001 - info must not fail over the networks
+        return f"{type(e).__name__}: {e}"
 
 
 def format_info(host: HostInfo) -> str:

@@ -10,6 +10,7 @@ Masquerade (traffic to the outside) is checked by reading the ruleset, never by 
 from __future__ import annotations
 
 import json
+import secrets
 import os
 import signal
 import socket
@@ -428,3 +429,57 @@ def test_differences_reports_what_changed():
     after = {"links": [("a", None), ("b", "veth")], "sysctls": {"x": "1"}}
     diff = differences(before, after)
     assert any("new [('b', 'veth')]" in d for d in diff) and any("'0' -> '1'" in d for d in diff)
+
+
+def test_cni_network_through_run(env, tmp_path):
+    """--network cni:NAME: the standard bridge plugin wires the container's netns."""
+    token = secrets.token_hex(3)
+    bridge, name = f"mrcni{token}", f"mrtest{token}"
+    conf_dir, ipam_dir = tmp_path / "net.d", tmp_path / "ipam"
+    conf_dir.mkdir()
+    (conf_dir / "10-test.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": name,
+        "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
+                     "ipam": {"type": "host-local", "subnet": "10.214.0.0/24",
+                              "dataDir": str(ipam_dir)}}]}))
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        forward = f.read()
+    env.env["MINIRUN_CNI_CONF_DIR"] = str(conf_dir)
+    try:
+        for c in ("k1", "k2"):
+            run_ok(env, "run", "-d", "--name", c, "--network", f"cni:{name}", "busybox",
+                   "sleep", "300")
+        k1, k2 = ip_of(env, "k1"), ip_of(env, "k2")
+        assert k1.startswith("10.214.0.") and k2.startswith("10.214.0.") and k1 != k2
+        assert f"inet {k1}/24" in sh(env, "k1", "ip -o -4 addr show eth0").stdout
+        assert sh(env, "k1", f"ping -c 1 -W 3 {k2}").returncode == 0
+        assert sorted(os.listdir(ipam_dir / name)) >= sorted([k1, k2])
+        run_ok(env, "rm", "-f", "k1", "k2")
+        assert k1 not in os.listdir(ipam_dir / name) and k2 not in os.listdir(ipam_dir / name)
+        links = os.listdir("/sys/class/net")
+        assert not [ln for ln in links if ln.startswith("veth") and
+                    os.path.exists(f"/sys/class/net/{ln}/brport") and
+                    os.path.realpath(f"/sys/class/net/{ln}/master").endswith(bridge)]
+        proc = env("run", "--rm", "--network", "cni:nosuchnet", "busybox", "true")
+        assert proc.returncode == 125 and "nosuchnet" in one_line_error(proc)
+    finally:
+        env("rm", "-f", "k1", "k2")
+        del env.env["MINIRUN_CNI_CONF_DIR"]
+        subprocess.run(["ip", "link", "del", bridge], stderr=subprocess.DEVNULL)
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write(forward)
+
+
+def test_info_and_inspect_show_the_networks(env):
+    run_ok(env, "run", "-d", "--name", "shown", "-p", "127.0.0.1::80", "busybox", "sleep", "300")
+    try:
+        nets = {n["name"]: n for n in json.loads(run_ok(env, "info", "--format", "json"))[
+            "networks"]}
+        assert nets["bridge"]["containers"] == 1 and nets["bridge"]["bridge_up"]
+        assert "bridge: " in run_ok(env, "info") and "1 container(s)" in run_ok(env, "info")
+        settings = json.loads(run_ok(env, "inspect", "shown"))[0]["NetworkSettings"]
+        assert settings["Networks"]["bridge"]["IPAddress"] == settings["IPAddress"]
+        assert settings["SandboxKey"].startswith("/run/netns/minirun-")
+        assert list(settings["Ports"]) == ["80/tcp"]
+    finally:
+        env("rm", "-f", "shown")

@@ -241,6 +241,7 @@ class Daemon:
         self.sel.register(listener, selectors.EVENT_READ, ("listen",))
         self.sel.register(self.keeper, selectors.EVENT_READ, ("keeper",))
         log_line(f"minirun daemon {os.getpid()} serving {self.sock_path}")
+        self.recover_networks()
         while True:
             for key, _ in self.sel.select():
                 # A key handled earlier in this round may have closed a pipe (an exit
@@ -252,6 +253,15 @@ class Daemon:
                         return
                 except Exception as e:  # noqa: BLE001 - one container's trouble
                     log_line(f"error: {type(e).__name__}: {e}")
+
+    def recover_networks(self) -> None:
+        """Leases, links and netns of containers whose records a crash took away."""
+        try:
+            known = {r["id"] for r in self.engine.records()}
+            for cid in self.engine.networks.recover(known):
+                log_line(f"cleaned the network of the vanished container {cid[:12]}")
+        except Exception as e:  # noqa: BLE001 - never a reason not to serve
+            log_line(f"network recovery failed: {e}")
 
     def dispatch(self, key, listener) -> bool:
         """Handle one ready key; False when the daemon must stop (the keeper is gone)."""

@@ -255,17 +255,22 @@ class Networks:
     def prune(self, known_containers: set[str]) -> tuple[list[str], list[str]]:
         """Endpoints of containers that no longer exist (a crash mid-setup), then the user
         networks nobody uses: (containers cleaned, networks removed)."""
-        cleaned = []
-        for row in self._rows("SELECT container FROM endpoints"):
-            if row["container"] not in known_containers:
-                self.detach(row["container"])
-                cleaned.append(row["container"])
+        cleaned = self.recover(known_containers)
         removed = []
         for rec in self._rows("SELECT name FROM networks WHERE name != ?", (DEFAULT_NETWORK,)):
             if not self.containers_on(rec["name"]):
                 self.db.execute("DELETE FROM networks WHERE name = ?", (rec["name"],))
                 removed.append(rec["name"])
         return cleaned, removed
+
+    def recover(self, known_containers: set[str]) -> list[str]:
+        """Detach the endpoints whose container record is gone (a crash between steps)."""
+        cleaned = []
+        for row in self._rows("SELECT container FROM endpoints"):
+            if row["container"] not in known_containers:
+                self.detach(row["container"])
+                cleaned.append(row["container"])
+        return cleaned
 
     # --- attach and detach ----------------------------------------------------------------
 
