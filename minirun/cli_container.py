@@ -62,7 +62,8 @@ root_option = click.option("--root", envvar="MINIRUN_ROOT", default=None,
 @click.option("--restart", default="no")
 @click.option("--entrypoint", default=None)
 @click.option("--network", "--net", default="none", help="none | host")
-@click.option("--userns", default="host")
+@click.option("--userns", default="host",
+              help="host | auto (alias private: a new user namespace) | ns:PATH")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(root, image, command, volumes, remove, **kw) -> None:
@@ -75,8 +76,6 @@ def run(root, image, command, volumes, remove, **kw) -> None:
                       cap_drop=list(kw.pop("cap_drop")),
                       security_opt=list(kw.pop("security_opt")), **kw)
     try:
-        if opts.userns != "host":
-            raise MiniRunError(f"--userns {opts.userns}: only host for now")
         if opts.detach:
             if opts.tty or opts.interactive:
                 raise MiniRunError("-d with -i or -t is not supported yet (no attach)")
@@ -157,12 +156,14 @@ def inspect(root, containers) -> None:
     out = []
     for name in containers:
         r = engine.get(name)
+        host_config = json.loads(r["options"])
+        host_config["UsernsMode"] = host_config.get("userns") or "host"
         out.append({"Id": r["id"], "Name": r["name"], "Image": r["image_id"],
                     "Config": {"Image": r["image"], "Cmd": json.loads(r["command"])},
                     "State": {"Status": r["status"], "ExitCode": r["exit_code"],
                               "Pid": r["pid"] or 0},
                     "RestartCount": r["restart_count"] or 0,
-                    "Created": r["created"], "HostConfig": json.loads(r["options"])})
+                    "Created": r["created"], "HostConfig": host_config})
     click.echo(json.dumps(out, indent=2))
 
 
