@@ -70,7 +70,8 @@ root_option = click.option("--root", envvar="MINIRUN_ROOT", default=None,
 @click.option("--dns-search", multiple=True, help="a DNS search domain")
 @click.option("--dns-option", multiple=True, help="a resolv.conf option")
 @click.option("--add-host", multiple=True, metavar="HOST:IP", help="an /etc/hosts entry")
-@click.option("--userns", default="host")
+@click.option("--userns", default="host",
+              help="host | auto (alias private: a new user namespace) | ns:PATH")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(root, image, command, volumes, remove, **kw) -> None:
@@ -87,8 +88,6 @@ def run(root, image, command, volumes, remove, **kw) -> None:
                       dns_option=list(kw.pop("dns_option")),
                       add_host=list(kw.pop("add_host")), **kw)
     try:
-        if opts.userns != "host":
-            raise MiniRunError(f"--userns {opts.userns}: only host for now")
         if opts.detach:
             if opts.tty or opts.interactive:
                 raise MiniRunError("-d with -i or -t is not supported yet (no attach)")
@@ -169,12 +168,14 @@ def inspect(root, containers) -> None:
     out = []
     for name in containers:
         r = engine.get(name)
+        host_config = json.loads(r["options"])
+        host_config["UsernsMode"] = host_config.get("userns") or "host"
         out.append({"Id": r["id"], "Name": r["name"], "Image": r["image_id"],
                     "Config": {"Image": r["image"], "Cmd": json.loads(r["command"])},
                     "State": {"Status": r["status"], "ExitCode": r["exit_code"],
                               "Pid": r["pid"] or 0},
                     "RestartCount": r["restart_count"] or 0,
-                    "Created": r["created"], "HostConfig": json.loads(r["options"]),
+                    "Created": r["created"], "HostConfig": host_config,
                     "NetworkSettings": engine.network_settings(r)})
     click.echo(json.dumps(out, indent=2))
 

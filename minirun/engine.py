@@ -17,6 +17,7 @@ import os
 import secrets
 import shlex
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -40,6 +41,12 @@ MASKED_PATHS = ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys",
                 "/sys/devices/virtual/powercap"]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+# --userns auto: container ids 0..65535 map to one host range, the same for every
+# container (as docker's userns-remap; podman's auto gives each container its own).
+USERNS_RANGE_ENV = "MINIRUN_USERNS_RANGE"
+USERNS_SUBID_USER = "containers"
+DEFAULT_USERNS_RANGE = (100000, 65536)
+USERNS_MAX_SIZE = 65536
 
 
 @dataclass
@@ -283,12 +290,14 @@ class Engine:
             raise InvalidArgument(f"invalid container name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]")
         config = image.config.get("config") or {}
         args = self._command(config, opts)
+        idmap = self._userns_idmap(opts)
         self._insert(cid, name, image_ref, image.id, args, opts)
         try:
-            rootfs = store.snapshot(image, cid)
+            rootfs = store.snapshot(image, cid, idmap=idmap)
             bundle = os.path.join(self.root, "containers", cid)
             net = self._network(cid, name, config, opts)
             cfg = self._oci_config(cid, config, args, rootfs, bundle, opts, net)
+            self._apply_userns(cfg, idmap, bundle, rootfs)
             with open(os.path.join(bundle, "config.json"), "w") as f:
                 json.dump(cfg, f)
             self._update(cid, status="created", stop_signal=config.get("StopSignal") or "")
@@ -549,6 +558,61 @@ class Engine:
         return {"destination": dest, "type": "bind", "source": source,
                 "options": ["rbind", mode, "rprivate"]}
 
+    # --- user namespaces -------------------------------------------------------------------
+
+    def _userns_idmap(self, opts: RunOptions):
+        """--userns as the snapshot's IdMap (None: the host's user namespace): host, auto
+        (alias private: a new namespace on the range of `userns_range`) or ns:PATH (join
+        that namespace)."""
+        from .image.store import IdMap, open_user_namespace
+
+        mode = opts.userns or "host"
+        if mode == "host":
+            return None
+        if opts.privileged:
+            raise InvalidArgument(f"--privileged cannot be used with --userns {mode}: a "
+                                  "privileged container runs in the host's user namespace")
+        if mode in ("auto", "private"):
+            uid_start, uid_size = userns_range("/etc/subuid")
+            gid_start, gid_size = userns_range("/etc/subgid")
+            idmap = IdMap(uid_mappings=({"containerID": 0, "hostID": uid_start,
+                                         "size": uid_size},),
+                          gid_mappings=({"containerID": 0, "hostID": gid_start,
+                                         "size": gid_size},))
+        elif mode.startswith("ns:") and os.path.isabs(mode[3:]):
+            os.close(open_user_namespace(mode[3:]))
+            idmap = IdMap(userns_path=mode[3:])
+        else:
+            raise InvalidArgument(f"invalid --userns mode {mode!r}: host, auto, private or "
+                                  "ns:/PATH")
+        # The container's root is an unprivileged host uid: it must search its way down
+        # to the rootfs and the bundle's files.
+        blocked = _unsearchable_dir(self.root)
+        if blocked:
+            raise InvalidArgument(f"--userns {mode}: the container's root cannot reach "
+                                  f"{self.root}: {blocked} is not searchable by others "
+                                  f"(chmod o+x {blocked})")
+        return idmap
+
+    def _apply_userns(self, cfg: dict, idmap, bundle: str, rootfs: str) -> None:
+        """The user namespace in config.json, and the files the engine wrote in the bundle
+        for the container (hostname, hosts, resolv.conf) given to its root, as docker's
+        userns-remap does; the merged root is owned by that root as the host sees it."""
+        if idmap is None:
+            return
+        linux = cfg["linux"]
+        if idmap.userns_path is not None:
+            linux["namespaces"].append({"type": "user", "path": idmap.userns_path})
+        else:
+            linux["namespaces"].append({"type": "user"})
+            linux["uidMappings"] = [dict(m) for m in idmap.uid_mappings]
+            linux["gidMappings"] = [dict(m) for m in idmap.gid_mappings]
+        owner = os.stat(rootfs)
+        for mount in cfg["mounts"]:
+            source = mount.get("source") or ""
+            if os.path.dirname(source) == bundle and os.path.isfile(source):
+                os.chown(source, owner.st_uid, owner.st_gid)
+
     # --- run, stop, remove ---------------------------------------------------------------
 
     def run_foreground(self, image_ref: str, opts: RunOptions) -> int:
@@ -761,6 +825,62 @@ class Engine:
                                              "NetworkNamespace": ep["netns"]}},
                 "IPAddress": ep["ip"] or "", "Gateway": ep["gateway"] or "", "Ports": ports,
                 "SandboxKey": ep["netns"]}
+
+
+def userns_range(subid_file: str) -> tuple[int, int]:
+    """(first host id, how many) for --userns auto: MINIRUN_USERNS_RANGE (START:SIZE), else
+    the `containers` user's range in `subid_file` (/etc/subuid or /etc/subgid), else
+    100000:65536; at most 65536 ids."""
+    text = os.environ.get(USERNS_RANGE_ENV)
+    if text:
+        start, size = _parse_id_range(text, USERNS_RANGE_ENV)
+    else:
+        start, size = _subid_range(subid_file, USERNS_SUBID_USER) or DEFAULT_USERNS_RANGE
+    return start, min(size, USERNS_MAX_SIZE)
+
+
+def _parse_id_range(text: str, what: str) -> tuple[int, int]:
+    start, sep, size = text.strip().partition(":")
+    if not sep or not start.isdigit() or not size.isdigit():
+        raise InvalidArgument(f"{what}: want START:SIZE, got {text!r}")
+    first, count = int(start), int(size)
+    # host id 0 in the range would make the container's root the host's
+    if first == 0 or count == 0 or first + count > 0xFFFFFFFF:
+        raise InvalidArgument(f"{what}: {text!r} is not a range of host ids above 0")
+    return first, count
+
+
+def _subid_range(path: str, user: str) -> tuple[int, int] | None:
+    """The first range of `user` (by name or uid) in a subuid/subgid file."""
+    import pwd
+
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise InvalidArgument(f"{path}: {e.strerror}") from None
+    try:
+        names = {user, str(pwd.getpwnam(user).pw_uid)}
+    except KeyError:
+        names = {user}
+    for line in lines:
+        name, _, rest = line.strip().partition(":")
+        if name in names:
+            return _parse_id_range(rest, f"{path}: {user}")
+    return None
+
+
+def _unsearchable_dir(path: str) -> str | None:
+    """The first directory on the way to `path` (itself included) that others may not
+    search, or None."""
+    current = "/"
+    for part in os.path.realpath(path).split("/")[1:]:
+        current = os.path.join(current, part)
+        if not os.stat(current).st_mode & stat.S_IXOTH:
+            return current
+    return None
 
 
 def _is_zombie(pid: int | None) -> bool:

@@ -19,7 +19,7 @@ from . import security
 from . import spec as _spec
 from . import sys as _sys
 from .errors import ContainerStateError, InvalidArgument, InvalidSpec, MiniRunError
-from .namespaces import NAMESPACES
+from .namespaces import NAMESPACES, join_namespaces
 from .runtime import (Container, _check_cwd, _kill_and_wait, _rebuild_error, _recv,
                       _report_error, _reset_signals, _send, _setup_terminal, _write_pid_file,
                       exec_user_program, prepare_process, proc_start_time, trace)
@@ -208,8 +208,7 @@ def _first_child(c, process, caps, rlimits, ns_fds, console, opts, cg, sock,
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL, name="prctl(PR_SET_PDEATHSIG)")
     if cg.exists():
         cg.add_pid(0)
-    for kind, fd in ns_fds:
-        _sys.setns(fd, NAMESPACES[kind][0], label=f"{kind} namespace of the container")
+    join_namespaces(ns_fds, " of the container")
     pid = os.fork()
     if pid == 0:
         code = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 from . import sys as _sys
@@ -70,10 +71,41 @@ class NamespacePlan:
         self.join = []
 
     def join_all(self) -> None:
-        for kind, fd in self.join:
-            _sys.setns(fd, NAMESPACES[kind][0], label=f"{kind} namespace")
-            os.close(fd)
-        self.join = []
+        try:
+            join_namespaces(self.join)
+        finally:
+            for _, fd in self.join:
+                os.close(fd)
+            self.join = []
+
+
+def join_namespaces(ns_fds: list[tuple[str, int]], label: str = "") -> None:
+    """setns in two passes, as runc does: a namespace the user namespace being joined does
+    not own (a netns made before the container, as the engine makes them) can only be
+    joined before entering that user namespace; one it owns, by an unprivileged caller,
+    only after. The mount namespace goes last (its root changes our /proc)."""
+    def join(kind: str, fd: int) -> None:
+        _sys.setns(fd, NAMESPACES[kind][0], label=f"{kind} namespace{label}")
+
+    if not any(kind == "user" for kind, _ in ns_fds):
+        for kind, fd in ns_fds:
+            join(kind, fd)
+        return
+    later = []
+    for kind, fd in ns_fds:
+        if kind in ("user", "mount"):
+            continue
+        try:
+            join(kind, fd)
+        except _sys.SysError as e:
+            if e.errno != errno.EPERM:
+                raise
+            later.append((kind, fd))
+    for kind, fd in ns_fds:
+        if kind == "user":
+            join(kind, fd)
+    for kind, fd in later + [(k, f) for k, f in ns_fds if k == "mount"]:
+        join(kind, fd)
 
 
 def format_id_map(mappings: list[dict]) -> str:

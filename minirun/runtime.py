@@ -352,6 +352,11 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
         flags &= ~_sys.CLONE_NEWUSER
+    elif plan.has("user"):
+        # A joined user namespace: become its root, as runc does. Until then we are the
+        # host's uid 0, which it does not map: whatever we create would fail (EOVERFLOW).
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
     if flags:
         _sys.unshare(flags)
     trace("child: namespaces entered")
@@ -379,7 +384,8 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
 
     builder = RootfsBuilder(cfg, rootfs, bundle, cg, new_userns=plan.has("user"),
                             new_cgroupns=bool(plan.new_flags & _sys.CLONE_NEWCGROUP),
-                            new_netns=plan.has("network"))
+                            # only a netns made after the userns is owned by it
+                            new_netns=bool(plan.new_flags & _sys.CLONE_NEWNET))
     if not opts.no_new_keyring:
         _sys.join_session_keyring(f"_ses.{c.id}")
     trace("init: forked")

@@ -28,8 +28,15 @@ NR_OPENAT2 = 437
 NR_CLOSE_RANGE = 436
 NR_PIDFD_SEND_SIGNAL = 424
 NR_MOUNT_SETATTR = 442
+NR_OPEN_TREE = 428
+NR_MOVE_MOUNT = 429
 AT_RECURSIVE = 0x8000
 AT_EMPTY_PATH = 0x1000
+AT_FDCWD = -100
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
+NS_GET_NSTYPE = 0xB703
 
 # clone/unshare flags
 CLONE_NEWTIME = 0x00000080
@@ -174,12 +181,35 @@ class _MountAttr(ctypes.Structure):
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
-def mount_setattr(fd: int, attr_set: int, attr_clr: int, label: str | None = None) -> None:
-    """Recursive mount attributes (the "rro", "rnosuid", ... options) on the mount at fd."""
-    attr = _MountAttr(attr_set, attr_clr, 0, 0)
-    ret = _syscall(NR_MOUNT_SETATTR, fd, b"", ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE),
-                   ctypes.byref(attr), ctypes.sizeof(attr))
+def mount_setattr(fd: int, attr_set: int, attr_clr: int, label: str | None = None,
+                  userns_fd: int = 0, recursive: bool = True) -> None:
+    """Mount attributes on the mount at fd: recursive for the "rro", "rnosuid", ... options;
+    MOUNT_ATTR_IDMAP with `userns_fd` maps a detached mount's ids as that namespace does."""
+    attr = _MountAttr(attr_set, attr_clr, 0, userns_fd)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    ret = _syscall(NR_MOUNT_SETATTR, fd, b"", ctypes.c_uint(flags), ctypes.byref(attr),
+                   ctypes.sizeof(attr))
     _check(ret, "mount_setattr", label)
+
+
+def open_tree(path: str, flags: int, dirfd: int = AT_FDCWD) -> int:
+    """open_tree(2): with OPEN_TREE_CLONE, a detached copy of the mount at `path` (a
+    directory inside a mount is cloned as a bind mount of it); the fd is close-on-exec."""
+    ret = _syscall(NR_OPEN_TREE, dirfd, _b(path), ctypes.c_uint(flags | os.O_CLOEXEC))
+    return _check(ret, "open_tree", path)
+
+
+def move_mount(fd: int, target: str, label: str | None = None) -> None:
+    """move_mount(2): attach the (detached) mount at fd on `target`."""
+    ret = _syscall(NR_MOVE_MOUNT, fd, b"", AT_FDCWD, _b(target),
+                   ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
+    _check(ret, "move_mount", label or target)
+
+
+def ns_get_nstype(fd: int, label: str | None = None) -> int:
+    """The CLONE_NEW* type of the namespace file open at fd (ioctl NS_GET_NSTYPE)."""
+    return _check(_libc.ioctl(fd, ctypes.c_ulong(NS_GET_NSTYPE)), "ioctl(NS_GET_NSTYPE)",
+                  label)
 
 
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:

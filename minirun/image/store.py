@@ -8,6 +8,7 @@ Layout under the root (default /var/lib/minirun, or MINIRUN_ROOT):
     layers/<chainid-hex>/meta.json  its diff_id and size; written before the directory is
                                     renamed into place, so a layer that exists is complete
     containers/<id>/{upper,work,merged}   one container's overlay snapshot
+    containers/<id>/lower/<n>       with an IdMap: layer n (0 the top) mounted idmapped
     images.db                       image records, names and which containers use which image
 
 Records live in SQLite (WAL, busy_timeout, BEGIN IMMEDIATE for writes), so two `minirun`
@@ -39,7 +40,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Self
 
-from ..errors import AlreadyExists, ContainerStateError, InvalidArgument, MiniRunError, NotFound
+from ..errors import (
+    AlreadyExists,
+    ContainerStateError,
+    InvalidArgument,
+    KernelFeatureMissing,
+    MiniRunError,
+    NotFound,
+)
 from . import InvalidImage
 from .reference import Reference, parse_reference
 
@@ -129,6 +137,23 @@ class ImageRecord:
 
     def references(self) -> list[Reference]:
         return [parse_reference(name) for name in self.names]
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """The user namespace a container runs in, so that its snapshot shows the image's files
+    with their image owners inside it: OCI id mappings (a namespace to be created) or the
+    path of an existing namespace."""
+
+    uid_mappings: tuple[dict, ...] = ()
+    gid_mappings: tuple[dict, ...] = ()
+    userns_path: str | None = None
+
+    def open_userns(self) -> int:
+        """An fd of a user namespace holding the mapping, for MOUNT_ATTR_IDMAP."""
+        if self.userns_path is not None:
+            return open_user_namespace(self.userns_path)
+        return _new_userns(list(self.uid_mappings), list(self.gid_mappings))
 
 
 @dataclass
@@ -683,10 +708,13 @@ class ImageStore:
 
     # --- snapshots ---------------------------------------------------------------------------
 
-    def snapshot(self, image: str | ImageRecord, container_id: str) -> str:
+    def snapshot(self, image: str | ImageRecord, container_id: str,
+                 idmap: IdMap | None = None) -> str:
         """Mount an overlay of the image's layers (shared, read-only below) with the
         container's own upper dir on <root>/containers/<id>/merged and record that the
-        container uses the image; returns the merged path."""
+        container uses the image; returns the merged path. With `idmap`, the layers are
+        idmapped mounts, so that in that user namespace the files have their owners from
+        the image (a file of uid 0 is the container's root's) and the layers stay shared."""
         check_container_id(container_id)
         cdir = os.path.join(self.containers_dir, container_id)
         with self.lease():
@@ -707,28 +735,33 @@ class ImageStore:
             try:
                 self._ensure_layers(record.layers, record.diff_ids)
                 lowers = [self._layer_dir(c) for c in reversed(record.chain_ids)]
-                self._mount_overlay(cdir, lowers)
+                self._mount_overlay(cdir, lowers, idmap)
             except BaseException:
                 self._undo_snapshot(container_id, cdir)
                 raise
         return merged
 
-    def _mount_overlay(self, cdir: str, lowers: list[str]) -> None:
+    def _mount_overlay(self, cdir: str, lowers: list[str], idmap: IdMap | None = None) -> None:
         from .. import sys as msys
 
         upper, work, merged = (os.path.join(cdir, n) for n in ("upper", "work", "merged"))
         os.mkdir(upper, 0o755)
         os.mkdir(work, 0o700)
         os.mkdir(merged, 0o755)
-        if lowers:
-            # The merged root takes the upper dir's owner and mode: the image's, not ours.
-            st = os.stat(lowers[0])
-            os.chown(upper, st.st_uid, st.st_gid)
-            os.chmod(upper, stat.S_IMODE(st.st_mode))
-        else:
+        if not lowers:
             empty = os.path.join(cdir, "empty")
             os.mkdir(empty, 0o755)
             lowers = [empty]
+        if idmap is not None:
+            lowers = _idmap_layers(cdir, lowers, idmap)
+        # The merged root takes the upper dir's owner and mode: the image's, not ours (seen
+        # through an idmapped layer, the owner is the container's root as the host sees it,
+        # so that root may write to / and what it writes is recorded as its own).
+        st = os.stat(lowers[0])
+        os.chown(upper, st.st_uid, st.st_gid)
+        os.chmod(upper, stat.S_IMODE(st.st_mode))
+        if idmap is not None:
+            os.chown(work, st.st_uid, st.st_gid)
         fds: list[int] = []
         try:
             data = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
@@ -740,14 +773,20 @@ class ImageStore:
                 if len(data) > MOUNT_DATA_MAX:
                     raise InvalidImage(f"image has too many layers ({len(lowers)}) for one "
                                        "overlay mount")
-            msys.mount("overlay", merged, "overlay", 0, data)
+            try:
+                msys.mount("overlay", merged, "overlay", 0, data)
+            except msys.SysError as e:
+                if idmap is not None and e.errno == errno.EINVAL:
+                    raise KernelFeatureMissing(f"overlayfs refuses idmapped lower layers "
+                                               f"(linux >= 5.19 needed): {e}") from None
+                raise
         finally:
             for fd in fds:
                 os.close(fd)
 
     def _undo_snapshot(self, container_id: str, cdir: str) -> None:
         with contextlib.suppress(MiniRunError, OSError):
-            _unmount_all(os.path.join(cdir, "merged"))
+            _unmount_snapshot(cdir)
         if os.path.lexists(cdir) and not mounts_under(cdir):
             remove_tree(cdir)
         with self._write() as db:
@@ -758,7 +797,7 @@ class ImageStore:
         ever crossing into a mount, and forget that it used the image."""
         check_container_id(container_id)
         cdir = os.path.join(self.containers_dir, container_id)
-        _unmount_all(os.path.join(cdir, "merged"))
+        _unmount_snapshot(cdir)
         left = mounts_under(cdir)
         if left:
             raise ContainerStateError(f"refusing to remove {cdir}: {left[0]} is mounted "
@@ -881,6 +920,15 @@ def mounts_under(path: str) -> list[str]:
     return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
 
 
+def _unmount_snapshot(cdir: str) -> None:
+    """The overlay first (it holds its lower layers), then the idmapped layers the store
+    mounted under lower/; nothing else under the container's dir."""
+    _unmount_all(os.path.join(cdir, "merged"))
+    lower = os.path.join(cdir, "lower")
+    for name in _listdir(lower):
+        _unmount_all(os.path.join(lower, name))
+
+
 def _unmount_all(target: str) -> None:
     """Unmount everything stacked on `target`; detach lazily what is busy."""
     from .. import sys as msys
@@ -936,3 +984,142 @@ def _remove_entry(parent_fd: int, name: str, dev: int, shown: str) -> None:
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=parent_fd)
+
+
+# --- idmapped layers -------------------------------------------------------------------------
+
+_IDMAP_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
+def _idmap_layers(cdir: str, layers: list[str], idmap: IdMap) -> list[str]:
+    """Each layer dir cloned as a detached bind mount, idmapped as the container's user
+    namespace maps ids, and attached at <cdir>/lower/<n>; returns those mount points. The
+    caller unmounts them (`_unmount_snapshot`) when a later step fails."""
+    from .. import sys as msys
+
+    top = os.path.join(cdir, "lower")
+    os.mkdir(top, 0o700)
+    userns_fd = idmap.open_userns()
+    points = []
+    try:
+        for n, layer in enumerate(layers):
+            point = os.path.join(top, str(n))
+            os.mkdir(point, 0o755)
+            try:
+                fd = msys.open_tree(layer, msys.OPEN_TREE_CLONE)
+                try:
+                    msys.mount_setattr(fd, msys.MOUNT_ATTR_IDMAP, 0, label=layer,
+                                       userns_fd=userns_fd, recursive=False)
+                    msys.move_mount(fd, point)
+                finally:
+                    os.close(fd)
+            except msys.SysError as e:
+                if e.errno in _IDMAP_UNSUPPORTED:
+                    raise KernelFeatureMissing(f"idmapped mounts are not available here "
+                                               f"(linux >= 5.19 and a file system that "
+                                               f"supports them needed): {e}") from None
+                raise
+            points.append(point)
+    finally:
+        os.close(userns_fd)
+    return points
+
+
+def open_user_namespace(path: str) -> int:
+    """An fd of the user namespace file at `path` (/proc/<pid>/ns/user or a bind mount of
+    one); anything else, and the host's own namespace, is refused."""
+    from .. import sys as msys
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise InvalidArgument(f"user namespace {path}: {e.strerror}") from None
+    try:
+        try:
+            kind = msys.ns_get_nstype(fd, path)
+        except msys.SysError:
+            kind = 0
+        if kind != msys.CLONE_NEWUSER:
+            raise InvalidArgument(f"{path} is not a user namespace")
+        own = os.stat("/proc/self/ns/user")
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+            raise InvalidArgument(f"{path} is the host's user namespace")
+        if not _userns_has_maps(fd, path):
+            # mount_setattr would only say EINVAL
+            raise InvalidArgument(f"user namespace {path} has no id mapping yet (its uid_map "
+                                  "or gid_map is empty)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _userns_has_maps(fd: int, path: str) -> bool:
+    """Whether the user namespace at fd has both its uid and its gid map written: a child
+    joins it and reads its own maps."""
+    from .. import sys as msys
+
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            try:
+                msys.setns(fd, msys.CLONE_NEWUSER)
+            except msys.SysError as e:
+                os.write(w, b"e%d" % e.errno)
+                raise
+            with open("/proc/self/uid_map", "rb") as u, open("/proc/self/gid_map", "rb") as g:
+                os.write(w, b"1" if u.read().strip() and g.read().strip() else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        answer = os.read(r, 16)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    if answer.startswith(b"e") and answer[1:].isdigit():
+        raise InvalidArgument(f"cannot join user namespace {path}: "
+                              f"{os.strerror(int(answer[1:]))}")
+    return answer == b"1"
+
+
+def _new_userns(uid_mappings: list[dict], gid_mappings: list[dict]) -> int:
+    """An fd of a new user namespace with these mappings, for idmapping only: a child
+    unshares it, we write its maps and open it, and the child exits (the fd, then the
+    idmapped mounts, keep the namespace alive)."""
+    from .. import sys as msys
+    from ..namespaces import write_id_maps
+
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    done_r, done_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            try:
+                msys.unshare(msys.CLONE_NEWUSER)
+                os.write(ready_w, b"ok")
+            except msys.SysError as e:
+                os.write(ready_w, str(e.errno).encode())
+            os.read(done_r, 1)  # until the parent has opened the namespace
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        answer = os.read(ready_r, 16)
+        if answer != b"ok":
+            err = int(answer) if answer.isdigit() else errno.EIO
+            raise KernelFeatureMissing(f"cannot create a user namespace: {os.strerror(err)}")
+        write_id_maps(pid, uid_mappings, gid_mappings)
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(done_w)
+        os.waitpid(pid, 0)
