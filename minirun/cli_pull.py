@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from .errors import MiniRunError
+
 
 @click.command()
 @click.option(
@@ -55,7 +57,12 @@ def pull(
     if not quiet and sys.stderr.isatty():
         progress = registry.TerminalProgress(sys.stderr)
     config = registry.load_config(registries_conf)
-    with ImageStore(root) as store:
+    try:
+        store = ImageStore(root)
+    except OSError as e:
+        raise MiniRunError(f"cannot open the image store: {e.strerror}: "
+                           f"{e.filename or root}") from None
+    with store:
         record = registry.pull(
             store,
             reference,

@@ -240,12 +240,6 @@ def test_rmi_is_refused_while_a_container_uses_the_image(session):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug outside this test's files: minirun/cli_pull.py pull() lets an OSError from "
-    "ImageStore(root) escape as a traceback (cli.main catches only MiniRunError; the image "
-    "commands have cli_image._host_errors), and minirun/image/store.py ImageStore.__init__ "
-    "creates the root with os.mkdir, so a root whose parent is missing fails where "
-    "`minirun run` (Engine) creates it"))
 def test_first_pull_into_a_root_whose_parent_is_missing(session, tmp_path):
     fresh = EngineEnv(str(tmp_path / "not-there-yet"))
     proc = fresh("pull", f"{session.reg.host}/app:nope")

@@ -188,6 +188,7 @@ class ImageStore:
         self.tmp_dir = os.path.join(self.root, "tmp")
         # Search-only on the way to containers/: a container's init in a user namespace
         # must reach its rootfs; blobs and layers are for root only.
+        os.makedirs(os.path.dirname(os.path.abspath(self.root)), mode=0o755, exist_ok=True)
         for path, mode in ((self.root, 0o711), (os.path.join(self.root, "blobs"), 0o700),
                            (self.blobs_dir, 0o700), (self.layers_dir, 0o700),
                            (self.containers_dir, 0o711), (self.tmp_dir, 0o700)):
