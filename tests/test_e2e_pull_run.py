@@ -18,6 +18,7 @@ import re
 import subprocess
 import tarfile
 import time
+import urllib.request
 
 import pytest
 from enginetest import EngineEnv
@@ -219,6 +220,29 @@ def test_stop_sends_the_image_stop_signal(session):
     assert "got SIGTERM" not in logs
     inspected = json.loads(session("inspect", "svc").stdout)[0]
     assert inspected["State"]["ExitCode"] == 7
+
+
+def test_publish_all_publishes_the_image_exposed_port(session):
+    proc = session("run", "-d", "-P", "--name", "exposed", "--entrypoint", "/bin/sh",
+                   session.image, "-c", "mkdir -p /tmp/w && echo exposed > /tmp/w/index.html"
+                   " && exec httpd -f -p 8080 -h /tmp/w")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        ports = json.loads(session("inspect", "exposed").stdout)[0]["NetworkSettings"]["Ports"]
+        assert list(ports) == ["8080/tcp"]
+        url = f"http://127.0.0.1:{ports['8080/tcp'][0]['HostPort']}/"
+        body = None
+        deadline = time.monotonic() + 15
+        while body is None:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    body = r.read().decode()
+            except OSError:
+                assert time.monotonic() < deadline, f"nothing answered on {url}"
+                time.sleep(0.1)
+        assert body == "exposed\n"
+    finally:
+        session("rm", "-f", "exposed")
 
 
 def test_rmi_is_refused_while_a_container_uses_the_image(session):
