@@ -483,3 +483,30 @@ def test_info_and_inspect_show_the_networks(env):
         assert list(settings["Ports"]) == ["80/tcp"]
     finally:
         env("rm", "-f", "shown")
+
+
+def test_two_roots_never_share_a_default_subnet(env, tmp_path):
+    """A second root whose default subnet was chosen while the first root's bridge was down
+    moves to a free one when it brings its bridge up (instead of failing)."""
+    import sqlite3
+
+    from minirun.network.manager import Networks
+
+    roots = [tmp_path / "one", tmp_path / "two"]
+    nets = []
+    for root in roots:
+        root.mkdir()
+        nets.append(Networks(sqlite3.connect(root / "engine.db", isolation_level=None),
+                             str(root)))
+    first, second = "1" * 64, "2" * 64
+    try:
+        a = nets[0].attach(first, "bridge", name="one", hostname="one")
+        nets[1].ensure_default()
+        nets[1].db.execute("UPDATE networks SET subnet = ?, gateway = ?",
+                           (nets[0].get("bridge")["subnet"], a.gateway))
+        b = nets[1].attach(second, "bridge", name="two", hostname="two")
+        assert nets[1].get("bridge")["subnet"] != nets[0].get("bridge")["subnet"]
+        assert b.ip.split(".")[:2] != a.ip.split(".")[:2]
+    finally:
+        nets[1].detach(second)
+        nets[0].detach(first)

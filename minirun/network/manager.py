@@ -291,6 +291,7 @@ class Networks:
             return self._attach_cni(cid, network, name, hostname, ports, hosts)
         rec = self.get(network)
         with HostLock():
+            rec = self._repick_default_subnet(rec)
             ip = self._lease(cid, rec, name, hostname, hosts)
             try:
                 ports = self._reserve_ports(cid, rec, ports, ip)
@@ -306,6 +307,19 @@ class Networks:
         net = ipaddress.IPv4Network(rec["subnet"])
         return Attachment(netns.path_for(f"minirun-{cid[:12]}"), rec["name"], ip,
                           net.prefixlen, rec["gateway"], ports)
+
+    def _repick_default_subnet(self, rec: dict) -> dict:
+        """The default network's subnet was free when it was chosen; if something took it
+        since (another root's bridge, a new host route) and nothing uses ours yet, move to
+        a free one rather than fail. A subnet the user chose is never moved."""
+        if rec["name"] != DEFAULT_NETWORK or os.environ.get("MINIRUN_BRIDGE_SUBNET") or \
+                self.containers_on(rec["name"]) or \
+                not self._clash(ipaddress.IPv4Network(rec["subnet"]), rec["name"]):
+            return rec
+        net = self._free_subnet(DEFAULT_SUBNETS, rec["name"])
+        self.db.execute("UPDATE networks SET subnet = ?, gateway = ? WHERE name = ?",
+                        (str(net), str(net.network_address + 1), rec["name"]))
+        return self.get(rec["name"])
 
     def _lease(self, cid: str, rec: dict, name: str, hostname: str, hosts: list) -> str:
         """The lowest free address of the network, recorded with the endpoint's resource
