@@ -89,8 +89,6 @@ def run(root, image, command, volumes, remove, **kw) -> None:
                       add_host=list(kw.pop("add_host")), **kw)
     try:
         if opts.detach:
-            if opts.tty or opts.interactive:
-                raise MiniRunError("-d with -i or -t is not supported yet (no attach)")
             click.echo(_engine(root).run_detached(image, opts))
             return
         if opts.restart != "no":
@@ -298,6 +296,30 @@ def exec_(root, interactive, tty, detach, user, workdir, env, container, command
     sys.exit(status)
 
 
+@click.command(name="attach")
+@root_option
+@click.option("--detach-keys", default=None,
+              help="the keys that detach, docker's format (default ctrl-p,ctrl-q)")
+@click.option("--no-stdin", is_flag=True, help="do not connect stdin")
+@click.argument("container")
+def attach(root, detach_keys, no_stdin, container) -> None:
+    """Connect this terminal to a running detached container (its input and output).
+
+    The detach keys leave it running; otherwise attach ends when the container exits,
+    with its exit status."""
+    from .terminal import DEFAULT_DETACH_KEYS
+
+    keys = DEFAULT_DETACH_KEYS if detach_keys is None else detach_keys
+    try:
+        status = _engine(root).attach(container, detach_keys=keys, stdin=not no_stdin)
+    except MiniRunError as e:
+        click.echo(f"minirun: error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(status)
+
+
 @click.command(name="top", context_settings={"allow_interspersed_args": False})
 @root_option
 @click.argument("container")
@@ -321,10 +343,10 @@ def daemon(root, run_root) -> None:
 
 def register(group: click.Group) -> None:
     for cmd in (run, ps, rm, inspect, stop, kill, start, restart, wait, logs, exec_, top,
-                daemon):
+                attach, daemon):
         group.add_command(cmd)
     container = click.Group(name="container", help="Manage containers.")
     for cmd in (run, ps, rm, inspect, stop, kill, start, restart, wait, logs, exec_, top,
-                container_prune):
+                attach, container_prune):
         container.add_command(cmd, name="ls" if cmd is ps else None)
     group.add_command(container)

@@ -687,6 +687,20 @@ class Engine:
         self._start_in_daemon(rec["id"])
         return rec["id"]
 
+    def attach(self, name_or_id: str, detach_keys: str = "ctrl-p,ctrl-q",
+               stdin: bool = True) -> int:
+        """The caller's terminal or stdio on a detached container's, through the daemon:
+        the container's exit status, or 0 once the detach keys are typed."""
+        from .daemon.server import STOPPED, open_attach
+        from .terminal import AttachSession, parse_detach_keys
+
+        keys = parse_detach_keys(detach_keys)
+        rec = self.get(name_or_id)
+        if rec["status"] != "running":
+            raise ContainerStateError(STOPPED)
+        sock, reply, input_fd = open_attach(self, rec["id"], stdin)
+        return AttachSession(sock, reply["tty"], reply["stdin"], input_fd, keys).run()
+
     def kill(self, name_or_id: str, sig: str = "KILL") -> str:
         from . import container as ctr
 

@@ -52,7 +52,7 @@ def follow_log(engine, cid: str, follow: bool = False, tail: int | None = None,
     lines = []
     for p in (f"{path}.1", path):
         try:
-            with open(p, errors="replace") as f:
+            with open(p, errors="replace", newline="\n") as f:  # a tty's lone \r is data
                 lines += f.readlines()
         except FileNotFoundError:
             pass
@@ -72,7 +72,7 @@ def follow_log(engine, cid: str, follow: bool = False, tail: int | None = None,
         if size < offset:  # rotated
             offset = 0
         if size > offset:
-            with open(path, errors="replace") as f:
+            with open(path, errors="replace", newline="\n") as f:
                 f.seek(offset)
                 buf += f.read()
                 offset = f.tell()

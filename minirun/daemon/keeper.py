@@ -1,12 +1,18 @@
-"""The keeper: parent of every detached container, holder of their output pipes, and the
-one place exit statuses are learnt (see minirun/daemon/__init__.py).
+"""The keeper: parent of every detached container, holder of their stdio (output pipes,
+the stdin pipe of a -i container, the pty master of a -t one), and the one place exit
+statuses are learnt (see minirun/daemon/__init__.py).
 
-  daemon -> keeper  {"op": "start", "id", "oci_root", "bundle"}
-                    <- {"ok": true, "pid"} + fds [stdout, stderr] | {"error"}
+  daemon -> keeper  {"op": "start", "id", "oci_root", "bundle", "tty", "stdin"}
+                    <- {"ok": true, "pid", "status", "streams"} + fds | {"error"}
   daemon -> keeper  {"op": "hello"}
-                    <- {"held": {"id", "pid", "status"}} + fds, one per container, then {"done"}
+                    <- {"held": {"id", "pid", "status", "streams"}} + fds, one per
+                       container, then {"done"}
+  daemon -> keeper  {"op": "close_stdin", "id"}  an attached client sent EOF
   daemon -> keeper  {"op": "forget", "id"}    the daemon has recorded the exit: let go
   keeper -> daemon  {"event": "exit", "id", "status"}
+
+"streams" names the fds in order: "stdout", "stderr" and "stdin" (the write end) for a
+container on pipes, "tty" (the pty master) for a terminal container.
 """
 
 from __future__ import annotations
@@ -35,11 +41,17 @@ def read_exit_status(run_root: str, cid: str) -> int | None:
 
 
 class Held:
-    def __init__(self, cid: str, pid: int, fds: list[int]) -> None:
+    def __init__(self, cid: str, pid: int, streams: dict[str, int]) -> None:
         self.id = cid
         self.pid = pid
-        self.fds = fds
+        self.streams = streams
         self.status: int | None = None
+
+    def close(self, name: str | None = None) -> None:
+        for stream in [name] if name else list(self.streams):
+            fd = self.streams.pop(stream, None)
+            if fd is not None:
+                os.close(fd)
 
 
 class Keeper:
@@ -144,21 +156,29 @@ class Keeper:
                 self.daemon = conn
                 for held in self.held.values():
                     proto.send(conn, {"held": {"id": held.id, "pid": held.pid,
-                                               "status": held.status}}, held.fds)
+                                               "status": held.status,
+                                               "streams": list(held.streams)}},
+                               list(held.streams.values()))
                 proto.send(conn, {"done": True})
             elif op == "start":
                 self.starting = msg["id"]
                 try:
-                    held = self.start(msg["id"], msg["oci_root"], msg["bundle"])
+                    held = self.start(msg["id"], msg["oci_root"], msg["bundle"],
+                                      tty=bool(msg.get("tty")), stdin=bool(msg.get("stdin")))
                 finally:
                     self.starting = None
-                proto.send(conn, {"ok": True, "pid": held.pid, "status": held.status},
-                           held.fds)
+                proto.send(conn, {"ok": True, "pid": held.pid, "status": held.status,
+                                  "streams": list(held.streams)},
+                           list(held.streams.values()))
+            elif op == "close_stdin":
+                held = self.held.get(msg["id"])
+                if held:
+                    held.close("stdin")
+                proto.send(conn, {"ok": True})
             elif op == "forget":
                 held = self.held.pop(msg["id"], None)
                 if held:
-                    for fd in held.fds:
-                        os.close(fd)
+                    held.close()
                     try:
                         os.unlink(exit_file(self.run_root, held.id))
                     except FileNotFoundError:
@@ -172,57 +192,55 @@ class Keeper:
             except OSError:
                 self.drop(conn)
 
-    def start(self, cid: str, oci_root: str, bundle: str) -> Held:
+    def start(self, cid: str, oci_root: str, bundle: str, tty: bool = False,
+              stdin: bool = False) -> Held:
         """Create and start the container in a worker whose container init then becomes
-        our child (we are a subreaper); its output goes to pipes we keep."""
+        our child (we are a subreaper); its output goes to pipes we keep, or to a pty
+        whose master we keep."""
         if cid in self.held:
-            old = self.held.pop(cid)
-            for fd in old.fds:
-                os.close(fd)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            self.held.pop(cid).close()
+        ours: dict[str, int] = {}  # stream -> the end we keep
+        theirs: dict[int, int] = {}  # the worker's (then the init's) fd -> the other end
+        console = None
+        if tty:
+            # the init sends the pty master on this socket during create
+            console = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            for fd, stream in ((1, "stdout"), (2, "stderr")):
+                r, w = os.pipe2(os.O_CLOEXEC)
+                ours[stream], theirs[fd] = r, w
+            if stdin:
+                r, w = os.pipe2(os.O_CLOEXEC)
+                ours["stdin"], theirs[0] = w, r
         res_r, res_w = os.pipe2(os.O_CLOEXEC)
         worker = os.fork()
         if worker == 0:
-            code = 1
-            try:
-                os.close(out_r)
-                os.close(err_r)
-                os.close(res_r)
-                null = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(null, 0)
-                os.dup2(out_w, 1)
-                os.dup2(err_w, 2)
-                from .. import container, runtime
-
-                c = runtime.create(oci_root, cid, bundle, runtime.CreateOptions())
-                container.start(oci_root, cid)
-                os.write(res_w, f"ok {c.pid}".encode())
-                code = 0
-            except BaseException as e:  # noqa: BLE001
-                os.write(res_w, f"error {e}".encode())
-            os._exit(code)
-        for fd in (out_w, err_w, res_w):
+            self._worker(cid, oci_root, bundle, ours, theirs, console, res_r, res_w)
+        for fd in [*theirs.values(), res_w]:
             os.close(fd)
-        result = b""
-        while True:
-            chunk = os.read(res_r, 65536)
-            if not chunk:
-                break
-            result += chunk
-        os.close(res_r)
-        os.waitpid(worker, 0)
-        text = result.decode(errors="replace")
-        if not text.startswith("ok "):
-            os.close(out_r)
-            os.close(err_r)
-            raise RuntimeError(text[6:] if text.startswith("error ") else "create failed")
+        if console is not None:
+            console[1].close()  # so a worker that failed cannot leave us waiting for it
+        try:
+            text = _read_all(res_r).decode(errors="replace")
+            os.waitpid(worker, 0)
+            if not text.startswith("ok "):
+                raise RuntimeError(text[6:] if text.startswith("error ") else "create failed")
+            if console is not None:
+                ours["tty"] = _receive_master(console[0])
+        except BaseException:
+            for fd in ours.values():
+                os.close(fd)
+            raise
+        finally:
+            if console is not None:
+                for end in console:
+                    end.close()
         pid = int(text.split()[1])
         try:
             os.unlink(exit_file(self.run_root, cid))
         except FileNotFoundError:
             pass
-        held = Held(cid, pid, [out_r, err_r])
+        held = Held(cid, pid, ours)
         self.held[cid] = held
         self.by_pid[pid] = cid
         self.reap()
@@ -230,6 +248,53 @@ class Keeper:
             del self.by_pid[pid]
             self.record(cid, self.unclaimed.pop(pid))
         return held
+
+    @staticmethod
+    def _worker(cid: str, oci_root: str, bundle: str, ours: dict[str, int],
+                theirs: dict[int, int], console, res_r: int, res_w: int) -> None:
+        """The forked worker: its stdio (the init inherits it) are the container's
+        pipes, /dev/null for what is not kept; with a tty the init replaces them."""
+        code = 1
+        try:
+            for fd in [*ours.values(), res_r]:
+                os.close(fd)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(theirs.get(fd, null), fd)
+            from .. import container, runtime
+
+            opts = runtime.CreateOptions(console_fd=console[1] if console else None)
+            c = runtime.create(oci_root, cid, bundle, opts)
+            container.start(oci_root, cid)
+            os.write(res_w, f"ok {c.pid}".encode())
+            code = 0
+        except BaseException as e:  # noqa: BLE001
+            os.write(res_w, f"error {e}".encode())
+        os._exit(code)
+
+
+def _read_all(fd: int) -> bytes:
+    out = b""
+    try:
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return out
+            out += chunk
+    finally:
+        os.close(fd)
+
+
+def _receive_master(sock: socket.socket, timeout: float = 10.0) -> int:
+    sock.settimeout(timeout)
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 1024, 1)
+    except TimeoutError:
+        fds = []
+    if not fds:
+        raise RuntimeError("no terminal received from the container")
+    os.set_inheritable(fds[0], False)
+    return fds[0]
 
 
 def main() -> None:

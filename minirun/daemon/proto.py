@@ -1,5 +1,9 @@
 """The small message protocol between the CLI, the daemon and the keeper: one JSON object
-per SOCK_SEQPACKET message, file descriptors alongside with SCM_RIGHTS."""
+per SOCK_SEQPACKET message, file descriptors alongside with SCM_RIGHTS.
+
+After an attach handshake the daemon sends the client stream messages instead: one tag
+byte and the payload, STDOUT/STDERR with the container's output, EXIT with its exit
+status in ASCII (the last message)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ import socket
 
 MAX_MSG = 1 << 20
 MAX_FDS = 64
+
+STDOUT, STDERR, EXIT = b"o", b"e", b"x"
+STREAM_TAGS = {"stdout": STDOUT, "stderr": STDERR}
 
 
 def send(sock: socket.socket, msg: dict, fds: list[int] | tuple = ()) -> None:
@@ -23,6 +30,10 @@ def send(sock: socket.socket, msg: dict, fds: list[int] | tuple = ()) -> None:
 def recv(sock: socket.socket) -> tuple[dict | None, list[int]]:
     """(message, fds); (None, []) when the peer has gone."""
     data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MSG, MAX_FDS)
+    for fd in fds:
+        # recvmsg does not ask for MSG_CMSG_CLOEXEC: a pty master or pipe must not leak
+        # into whatever the receiver forks next
+        os.set_inheritable(fd, False)
     if not data:
         for fd in fds:
             os.close(fd)

@@ -2,6 +2,15 @@
 
   CLI -> daemon  {"op": "ping"}            <- {"ok": true, "pid"}
   CLI -> daemon  {"op": "start", "id"}     <- {"ok": true, "pid"} | {"error"}
+  CLI -> daemon  {"op": "attach", "id", "stdin"}
+                 <- {"ok": true, "tty", "stdin"} + [pty master | stdin pipe] | {"error"}
+                 then the container's output as stream messages (proto.py) until its
+                 exit status; the client may send {"op": "close_stdin"} (its EOF)
+
+Attach: the daemon reads the container's output (for the log) and copies it to every
+attached client; input does not pass through the daemon: the client gets a dup of the
+pty master (it also sets the window size on it) or of the stdin pipe's write end and
+writes to it itself. Detach keys are the client's business: it just goes away.
 
 Logs are in the CRI format kubelet writes and Filebeat / Fluent Bit read as they are:
 `<RFC3339Nano> <stdout|stderr> <P|F> <message>`, P for a partial line, rotated by size.
@@ -9,19 +18,25 @@ Logs are in the CRI format kubelet writes and Filebeat / Fluent Bit read as they
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
 
-from ..errors import MiniRunError
+from ..errors import ContainerStateError, MiniRunError
 from . import proto
 
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_KEEP = 1
 PARTIAL_AT = 16 * 1024
+# output queued for an attached client that does not read it; past this it is dropped
+# (the log still has everything) rather than let it stall the daemon
+ATTACH_QUEUE_MAX = 8 * 1024 * 1024
+STOPPED = "you cannot attach to a stopped container, start it first"
 
 
 def rfc3339nano(ns: int | None = None) -> str:
@@ -76,6 +91,31 @@ class CriLog:
         self.f.close()
 
 
+class Stdio:
+    """A running container's input as the daemon holds it for attach (the pty master,
+    or the stdin pipe's write end while it is open) and the clients attached to it."""
+
+    def __init__(self, tty: bool, interactive: bool, input_fd: int | None) -> None:
+        self.tty = tty
+        self.interactive = interactive
+        self.input_fd = input_fd
+        self.clients: set[AttachedClient] = set()
+
+    def close_input(self) -> None:
+        if self.input_fd is not None:
+            os.close(self.input_fd)
+            self.input_fd = None
+
+
+class AttachedClient:
+    def __init__(self, conn, cid: str) -> None:
+        self.conn = conn
+        self.cid = cid
+        self.queue: list[bytes] = []
+        self.queued = 0
+        self.closing = False  # the exit status is queued: close once it is sent
+
+
 class Daemon:
     def __init__(self, engine) -> None:
         self.engine = engine
@@ -85,6 +125,8 @@ class Daemon:
         self.sel = selectors.DefaultSelector()
         self.logs: dict[str, CriLog] = {}
         self.open_streams: dict[str, int] = {}
+        self.stdio: dict[str, Stdio] = {}  # the containers the daemon holds, running
+        self.attached: dict[object, AttachedClient] = {}  # by connection
         self.keeper = None
 
     # --- the keeper --------------------------------------------------------------------------
@@ -106,7 +148,7 @@ class Daemon:
             if msg.get("done"):
                 break
             held = msg["held"]
-            self.adopt(held["id"], fds)
+            self.adopt(held["id"], fds, held.get("streams", ["stdout", "stderr"]))
             if held["status"] is not None:
                 exited.append((held["id"], held["status"]))
         for cid, status in exited:
@@ -124,7 +166,9 @@ class Daemon:
                 continue
             return reply, fds
 
-    def adopt(self, cid: str, fds: list[int]) -> None:
+    def adopt(self, cid: str, fds: list[int], streams: list[str]) -> None:
+        """Read the container's output into its log; keep its input for attach. A pty
+        master is both: its output is logged as stdout."""
         path = os.path.join(self.engine.root, "containers", cid, "ctr.log")
         if not os.path.isdir(os.path.dirname(path)):
             for fd in fds:
@@ -132,10 +176,30 @@ class Daemon:
             return
         if cid not in self.logs:
             self.logs[cid] = CriLog(path)
-        self.open_streams[cid] = len(fds)
-        for fd, stream in zip(fds, ("stdout", "stderr")):
-            os.set_blocking(fd, False)
+        readers = []
+        input_fd = None
+        for fd, stream in zip(fds, streams):
+            if stream == "tty":
+                input_fd = fd
+                readers.append((os.dup(fd), "stdout"))
+            elif stream == "stdin":
+                input_fd = fd
+            else:
+                readers.append((fd, stream))
+        old = self.stdio.pop(cid, None)
+        if old is not None:
+            old.close_input()
+        self.stdio[cid] = Stdio("tty" in streams,
+                                bool(self.run_options(cid).get("interactive")), input_fd)
+        self.open_streams[cid] = len(readers)
+        for fd, stream in readers:
+            os.set_blocking(fd, False)  # for a pty master: also the keeper's, the clients'
             self.sel.register(fd, selectors.EVENT_READ, ("pipe", cid, stream))
+
+    def run_options(self, cid: str) -> dict:
+        row = self.engine.db.execute("SELECT options FROM containers WHERE id = ?",
+                                     (cid,)).fetchone()
+        return json.loads(row[0]) if row else {}
 
     # --- events --------------------------------------------------------------------------------
 
@@ -144,10 +208,15 @@ class Daemon:
             data = os.read(fd, 65536)
         except BlockingIOError:
             return
+        except OSError:
+            data = b""  # EIO: a pty master whose container side has all gone
         log = self.logs.get(cid)
         if data:
             if log:
                 log.write(stream, data)
+            st = self.stdio.get(cid)
+            for client in list(st.clients if st else ()):
+                self.send_to(client, proto.STREAM_TAGS[stream] + data)
             return
         self.sel.unregister(fd)
         os.close(fd)
@@ -179,6 +248,14 @@ class Daemon:
         if rec is not None:
             self.engine._update(cid, status="exited", exit_code=status,
                                 finished=time.time(), pid=0)
+        st = self.stdio.pop(cid, None)
+        if st is not None:
+            st.close_input()
+            for client in list(st.clients):
+                self.send_to(client, proto.EXIT + str(status).encode())
+                client.closing = True
+                if not client.queue:
+                    self.detach(client)
         try:
             ctr.delete(self.engine.oci_root, cid, force=True)
         except NotFound:
@@ -195,14 +272,19 @@ class Daemon:
                 log_line(f"restart of {cid[:12]} failed: {e}")
 
     def start(self, cid: str) -> int:
+        """Start the container in the keeper; a -t container gets a new pty, a -i one
+        a new stdin pipe, each time."""
         bundle = os.path.join(self.engine.root, "containers", cid)
+        opts = self.run_options(cid)
         reply, fds = self.keeper_call({"op": "start", "id": cid,
-                                       "oci_root": self.engine.oci_root, "bundle": bundle})
+                                       "oci_root": self.engine.oci_root, "bundle": bundle,
+                                       "tty": bool(opts.get("tty")),
+                                       "stdin": bool(opts.get("interactive"))})
         if "error" in reply:
             raise RuntimeError(reply["error"])
         self.engine._update(cid, status="running", pid=reply["pid"], started=time.time(),
                             exit_code=None)
-        self.adopt(cid, fds)
+        self.adopt(cid, fds, reply.get("streams", ["stdout", "stderr"]))
         if reply.get("status") is not None:  # it has exited already
             self.on_exit(cid, reply["status"])
         return reply["pid"]
@@ -223,6 +305,8 @@ class Daemon:
                 proto.send(conn, {"ok": True, "pid": os.getpid()})
             elif msg.get("op") == "start":
                 proto.send(conn, {"ok": True, "pid": self.start(msg["id"])})
+            elif msg.get("op") == "attach":
+                self.attach(conn, msg["id"], bool(msg.get("stdin", True)))
             else:
                 proto.send(conn, {"error": f"unknown op {msg.get('op')!r}"})
         except Exception as e:  # noqa: BLE001 - answer the client, keep serving
@@ -230,6 +314,103 @@ class Daemon:
                 proto.send(conn, {"error": str(e) or type(e).__name__})
             except OSError:
                 pass
+
+    # --- attach --------------------------------------------------------------------------------
+
+    def attach(self, conn, cid: str, want_stdin: bool) -> None:
+        st = self.stdio.get(cid)
+        if st is None:
+            opts = self.run_options(cid)
+            raise ContainerStateError(
+                STOPPED if not opts or opts.get("detach") else
+                "only a container run with -d can be attached: this one runs in the "
+                "foreground of the minirun that started it")
+        stdin = want_stdin and st.input_fd is not None and (st.interactive or not st.tty)
+        # a tty client needs the master to set the window size even without stdin
+        fds = [st.input_fd] if stdin or st.tty else []
+        proto.send(conn, {"ok": True, "tty": st.tty, "stdin": stdin}, fds)
+        conn.setblocking(False)
+        client = AttachedClient(conn, cid)
+        st.clients.add(client)
+        self.attached[conn] = client
+        self.sel.modify(conn, selectors.EVENT_READ, ("attached", cid))
+
+    def send_to(self, client: AttachedClient, msg: bytes) -> None:
+        if client.closing:
+            return
+        if not client.queue:
+            try:
+                client.conn.send(msg)
+                return
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.detach(client)
+                return
+        client.queue.append(msg)
+        client.queued += len(msg)
+        if client.queued > ATTACH_QUEUE_MAX:
+            log_line(f"attach to {client.cid[:12]}: the client reads too slowly; dropped it")
+            self.detach(client)
+            return
+        self.sel.modify(client.conn, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                        ("attached", client.cid))
+
+    def flush(self, client: AttachedClient) -> None:
+        while client.queue:
+            try:
+                client.conn.send(client.queue[0])
+            except BlockingIOError:
+                return
+            except OSError:
+                self.detach(client)
+                return
+            client.queued -= len(client.queue.pop(0))
+        if client.closing:
+            self.detach(client)
+        else:
+            self.sel.modify(client.conn, selectors.EVENT_READ, ("attached", client.cid))
+
+    def on_attached(self, conn, events: int) -> None:
+        client = self.attached[conn]
+        if events & selectors.EVENT_WRITE:
+            self.flush(client)
+            if conn not in self.attached:
+                return
+        if not events & selectors.EVENT_READ:
+            return
+        try:
+            msg, fds = proto.recv(conn)
+        except BlockingIOError:
+            return
+        except OSError:
+            msg, fds = None, []
+        for fd in fds:
+            os.close(fd)
+        if msg is None:  # detached (or gone)
+            self.detach(client)
+        elif msg.get("op") == "close_stdin":
+            self.close_stdin(client.cid)
+
+    def close_stdin(self, cid: str) -> None:
+        """An attached client's EOF: every write end of the pipe goes (the client has
+        closed its own), so the container reads EOF."""
+        st = self.stdio.get(cid)
+        if st is None or st.tty or st.input_fd is None:
+            return
+        st.close_input()
+        self.keeper_call({"op": "close_stdin", "id": cid})
+
+    def detach(self, client: AttachedClient) -> None:
+        self.attached.pop(client.conn, None)
+        st = self.stdio.get(client.cid)
+        if st is not None:
+            st.clients.discard(client)
+        try:
+            self.sel.unregister(client.conn)
+        except (KeyError, ValueError):
+            pass
+        client.conn.close()
 
     def serve(self) -> None:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -243,13 +424,13 @@ class Daemon:
         log_line(f"minirun daemon {os.getpid()} serving {self.sock_path}")
         self.recover_networks()
         while True:
-            for key, _ in self.sel.select():
+            for key, events in self.sel.select():
                 # A key handled earlier in this round may have closed a pipe (an exit
                 # drains it) and its number may be a new pipe's now: skip stale keys.
                 if self.sel.get_map().get(key.fd) is not key:
                     continue
                 try:
-                    if self.dispatch(key, listener) is False:
+                    if self.dispatch(key, events, listener) is False:
                         return
                 except Exception as e:  # noqa: BLE001 - one container's trouble
                     log_line(f"error: {type(e).__name__}: {e}")
@@ -263,7 +444,7 @@ class Daemon:
         except Exception as e:  # noqa: BLE001 - never a reason not to serve
             log_line(f"network recovery failed: {e}")
 
-    def dispatch(self, key, listener) -> bool:
+    def dispatch(self, key, events: int, listener) -> bool:
         """Handle one ready key; False when the daemon must stop (the keeper is gone)."""
         kind = key.data[0]
         if kind == "listen":
@@ -271,6 +452,8 @@ class Daemon:
             self.sel.register(conn, selectors.EVENT_READ, ("client",))
         elif kind == "client":
             self.on_client(key.fileobj)
+        elif kind == "attached":
+            self.on_attached(key.fileobj, events)
         elif kind == "pipe":
             self.on_pipe(key.fileobj, key.data[1], key.data[2])
         elif kind == "keeper":
@@ -328,6 +511,27 @@ def ensure_daemon(engine) -> None:
     sock.close()
     if not reply or not reply.get("ok"):
         raise MiniRunError("the minirun daemon does not answer")
+
+
+def open_attach(engine, cid: str, stdin: bool) -> tuple[socket.socket, dict, int | None]:
+    """An attach connection to the daemon: (socket, reply, the input fd or None)."""
+    ensure_daemon(engine)
+    sock = proto.connect(os.path.join(engine.run_root, "minirun.sock"), timeout=120)
+    try:
+        proto.send(sock, {"op": "attach", "id": cid, "stdin": stdin})
+        reply, fds = proto.recv(sock)
+    except BaseException:
+        sock.close()
+        raise
+    if reply is None or "error" in reply:
+        for fd in fds:
+            os.close(fd)
+        sock.close()
+        if reply is None:
+            raise MiniRunError("the minirun daemon closed the connection")
+        raise MiniRunError(reply["error"])
+    sock.settimeout(None)
+    return sock, reply, fds[0] if fds else None
 
 
 def request(engine, msg: dict) -> dict:
