@@ -111,16 +111,8 @@ class Netlink:
 
     def link_index(self, name: str) -> int | None:
         """The index of the link called name in this socket's netns, or None."""
-        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name)
-        try:
-            replies = self.request(RTM_GETLINK, 0, body, f"find link {name}")
-        except NetlinkError as e:
-            if e.errno in (errno.ENODEV, errno.ENOENT):
-                return None
-            raise
-        for payload in replies:
-            return _IFINFO.unpack_from(payload)[2]
-        return None
+        info = self.link_info(name)
+        return None if info is None else info["index"]
 
     def link_info(self, name: str) -> dict | None:
         """index, flags, mtu, master and kind of a link, or None if there is none."""
