@@ -88,13 +88,15 @@ def _recv(sock: socket.socket, timeout: float | None = SYNC_TIMEOUT) -> dict:
 class CreateOptions:
     def __init__(self, console_socket: str | None = None, pid_file: str | None = None,
                  no_pivot: bool = False, no_new_keyring: bool = False,
-                 preserve_fds: int = 0, console_fd: socket.socket | None = None) -> None:
+                 preserve_fds: int = 0, console_fd: socket.socket | None = None,
+                 seccomp_cache: str | None = None) -> None:
         self.console_socket = console_socket
         self.pid_file = pid_file
         self.no_pivot = no_pivot
         self.no_new_keyring = no_new_keyring
         self.preserve_fds = preserve_fds
         self.console_fd = console_fd  # an already-connected console socket (run -t)
+        self.seccomp_cache = seccomp_cache  # where compiled profiles are kept (the engine's)
 
 
 def _check_supported(cfg: dict) -> None:
@@ -158,7 +160,7 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
         # it. Imported here so that configs without a profile do not pay for the module.
         from . import seccomp
 
-        seccomp_filter = seccomp.compile_profile(cfg["linux"]["seccomp"])
+        seccomp_filter = seccomp.compile_profile(cfg["linux"]["seccomp"], opts.seccomp_cache)
         if seccomp_filter is not None:
             # As runc's debug log: names libseccomp does not know here are skipped.
             trace(f"create: seccomp compiled, {len(seccomp_filter)} BPF instructions, "

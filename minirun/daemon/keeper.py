@@ -262,8 +262,10 @@ class Keeper:
             for fd in (0, 1, 2):
                 os.dup2(theirs.get(fd, null), fd)
             from .. import container, runtime
+            from ..layout import seccomp_cache_dir
 
-            opts = runtime.CreateOptions(console_fd=console[1] if console else None)
+            opts = runtime.CreateOptions(console_fd=console[1] if console else None,
+                                         seccomp_cache=seccomp_cache_dir(bundle))
             c = runtime.create(oci_root, cid, bundle, opts)
             container.start(oci_root, cid)
             os.write(res_w, f"ok {c.pid}".encode())

@@ -206,6 +206,7 @@ class ImageStore:
                              isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA busy_timeout = 30000")
         db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # safe in WAL against crashes of minirun
         db.execute("PRAGMA foreign_keys = ON")
         with self._write(db):
             for statement in _SCHEMA:
