@@ -849,9 +849,14 @@ class Engine:
         for p in json.loads(ep["ports"]):
             ports.setdefault(f"{p['container_port']}/{p['proto']}", []).append(
                 {"HostIp": p["host_ip"] or "0.0.0.0", "HostPort": str(p["host_port"])})
+        from .network.manager import mac_for
+
+        mac = ":".join(f"{b:02x}" for b in mac_for(ep["ip"])) \
+            if ep["ip"] and not ep["network"].startswith("cni:") else ""
         return {"Networks": {ep["network"]: {"IPAddress": ep["ip"] or "",
                                              "IPPrefixLen": ep["prefixlen"] or 0,
                                              "Gateway": ep["gateway"] or "",
+                                             "MacAddress": mac,
                                              "NetworkNamespace": ep["netns"]}},
                 "IPAddress": ep["ip"] or "", "Gateway": ep["gateway"] or "", "Ports": ports,
                 "SandboxKey": ep["netns"]}

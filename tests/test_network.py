@@ -105,8 +105,14 @@ def test_default_bridge_two_containers_reach_each_other(env):
     try:
         web, cli = ip_of(env, "web1"), ip_of(env, "cli1")
         assert web != cli and web.split(".")[:2] == cli.split(".")[:2]
-        inside = sh(env, "cli1", "ip -o -4 addr show eth0; ip route; cat /sys/class/net/eth0/mtu")
+        inside = sh(env, "cli1", "cat /sys/class/net/eth0/address; ip -o -4 addr show eth0; "
+                    "ip route; cat /sys/class/net/eth0/mtu")
         assert f"inet {cli}/16" in inside.stdout
+        # the MAC follows the address (as docker's), so a reused address keeps ARP right
+        mac = json.loads(run_ok(env, "inspect", "cli1"))[0]["NetworkSettings"]["Networks"][
+            "bridge"]["MacAddress"]
+        assert mac == "02:6d:" + ":".join(f"{int(b):02x}" for b in cli.split("."))
+        assert inside.stdout.split()[0] == mac
         gateway = json.loads(run_ok(env, "inspect", "cli1"))[0]["NetworkSettings"]["Gateway"]
         assert f"default via {gateway} dev eth0" in inside.stdout
         with open("/sys/class/net/eth0/mtu") as f:  # the host's default route device

@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS endpoints (
     container TEXT PRIMARY KEY, network TEXT NOT NULL, ip TEXT, prefixlen INTEGER,
     gateway TEXT, veth TEXT, netns TEXT NOT NULL, ports TEXT NOT NULL DEFAULT '[]',
     name TEXT NOT NULL DEFAULT '', hostname TEXT NOT NULL DEFAULT '',
-    extra_hosts TEXT NOT NULL DEFAULT '[]', mac TEXT NOT NULL DEFAULT '',
+    extra_hosts TEXT NOT NULL DEFAULT '[]',
     UNIQUE (network, ip));
 """
 
@@ -379,7 +379,7 @@ class Networks:
                 if bridge is None:
                     raise MiniRunError(f"bridge {rec['bridge']} of network {rec['name']} "
                                        "disappeared")
-                veth = host.add_veth(f"mr{cid[:12]}", "eth0", nsfd, mtu)
+                veth = host.add_veth(f"mr{cid[:12]}", "eth0", nsfd, mtu, mac_for(ip))
                 host.set_link(veth, master=bridge, what=f"attach mr{cid[:12]} to {rec['bridge']}")
                 host.set_link(veth, up=True, what=f"bring mr{cid[:12]} up")
             eth0 = inside.link_index("eth0")
@@ -648,6 +648,12 @@ def _minirun_bridges() -> list[str]:
         if alias.startswith(ALIAS_PREFIX) and os.path.isdir(f"/sys/class/net/{name}/bridge"):
             out.append(name)
     return out
+
+
+def mac_for(ip: str) -> bytes:
+    """The container's MAC from its address (as docker does): a reused address comes back
+    with the same MAC, so neighbours' ARP caches stay right."""
+    return b"\x02\x6d" + socket.inet_aton(ip)
 
 
 def _host_mtu() -> int:

@@ -147,10 +147,13 @@ class Netlink:
         self.set_link(index, alias=alias, what=f"name bridge {name} as minirun's")
         return index
 
-    def add_veth(self, name: str, peer: str, peer_netns_fd: int, mtu: int) -> int:
+    def add_veth(self, name: str, peer: str, peer_netns_fd: int, mtu: int,
+                 peer_mac: bytes | None = None) -> int:
         """A veth pair: `name` here, `peer` created directly in the netns of peer_netns_fd."""
         peer_msg = (_IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, peer) +
                     attr_u32(IFLA_MTU, mtu) + attr_u32(IFLA_NET_NS_FD, peer_netns_fd))
+        if peer_mac:
+            peer_msg += attr(IFLA_ADDRESS, peer_mac)
         data = attr(IFLA_INFO_DATA | NLA_F_NESTED, attr(VETH_INFO_PEER | NLA_F_NESTED, peer_msg))
         linkinfo = attr(IFLA_LINKINFO | NLA_F_NESTED, attr_str(IFLA_INFO_KIND, "veth") + data)
         body = (_IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name) +
