@@ -495,22 +495,33 @@ def wait_for_socket(path: str, timeout: float = 15.0):
             time.sleep(0.05)
 
 
-def ensure_daemon(engine) -> None:
-    """Connect to the daemon, starting it on first need."""
+def ensure_daemon(engine, timeout: float = 15.0) -> None:
+    """Connect to the daemon, starting it on first need. A daemon that is dying (killed:
+    its socket still accepts for a moment, then resets) counts as none."""
     path = os.path.join(engine.run_root, "minirun.sock")
-    try:
-        sock = proto.connect(path, timeout=5)
-    except OSError:
-        os.makedirs(engine.run_root, mode=0o711, exist_ok=True)
-        env_root = ["--root", engine.root, "--run-root", engine.run_root]
-        spawn_detached([sys.executable, "-m", "minirun.cli", "daemon", *env_root],
-                       os.path.join(engine.run_root, "daemon.log"))
-        sock = wait_for_socket(path)
-    proto.send(sock, {"op": "ping"})
-    reply, _ = proto.recv(sock)
-    sock.close()
-    if not reply or not reply.get("ok"):
-        raise MiniRunError("the minirun daemon does not answer")
+    deadline = time.monotonic() + timeout
+    spawned = False
+    while True:
+        try:
+            sock = proto.connect(path, timeout=5)
+            try:
+                proto.send(sock, {"op": "ping"})
+                reply, _ = proto.recv(sock)
+            finally:
+                sock.close()
+            if reply and reply.get("ok"):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise MiniRunError(f"the minirun daemon does not answer on {path}")
+        if not spawned:
+            os.makedirs(engine.run_root, mode=0o711, exist_ok=True)
+            env_root = ["--root", engine.root, "--run-root", engine.run_root]
+            spawn_detached([sys.executable, "-m", "minirun.cli", "daemon", *env_root],
+                           os.path.join(engine.run_root, "daemon.log"))
+            spawned = True
+        time.sleep(0.05)
 
 
 def open_attach(engine, cid: str, stdin: bool) -> tuple[socket.socket, dict, int | None]:

@@ -245,11 +245,12 @@ class Networks:
         rec = self.get(name)
         if rec["name"] == DEFAULT_NETWORK:
             raise InvalidArgument("the default network bridge cannot be removed")
-        users = self.containers_on(rec["name"])
-        if users:
-            raise MiniRunError(f"network {rec['name']} is in use by "
-                               f"{len(users)} container(s): remove them first")
-        self.db.execute("DELETE FROM networks WHERE name = ?", (rec["name"],))
+        with HostLock():  # no container may join it between the check and the delete
+            users = self.containers_on(rec["name"])
+            if users:
+                raise MiniRunError(f"network {rec['name']} is in use by "
+                                   f"{len(users)} container(s): remove them first")
+            self.db.execute("DELETE FROM networks WHERE name = ?", (rec["name"],))
         return rec["name"]
 
     def prune(self, known_containers: set[str]) -> tuple[list[str], list[str]]:
@@ -257,10 +258,12 @@ class Networks:
         networks nobody uses: (containers cleaned, networks removed)."""
         cleaned = self.recover(known_containers)
         removed = []
-        for rec in self._rows("SELECT name FROM networks WHERE name != ?", (DEFAULT_NETWORK,)):
-            if not self.containers_on(rec["name"]):
-                self.db.execute("DELETE FROM networks WHERE name = ?", (rec["name"],))
-                removed.append(rec["name"])
+        with HostLock():
+            for rec in self._rows("SELECT name FROM networks WHERE name != ?",
+                                  (DEFAULT_NETWORK,)):
+                if not self.containers_on(rec["name"]):
+                    self.db.execute("DELETE FROM networks WHERE name = ?", (rec["name"],))
+                    removed.append(rec["name"])
         return cleaned, removed
 
     def recover(self, known_containers: set[str]) -> list[str]:
@@ -289,9 +292,9 @@ class Networks:
         hosts = [_parse_add_host(h) for h in extra_hosts]
         if network.startswith("cni:"):
             return self._attach_cni(cid, network, name, hostname, ports, hosts)
-        rec = self.get(network)
+        self.get(network)  # an unknown network fails before anything is locked
         with HostLock():
-            rec = self._repick_default_subnet(rec)
+            rec = self._repick_default_subnet(self.get(network))  # read under the lock
             ip = self._lease(cid, rec, name, hostname, hosts)
             try:
                 ports = self._reserve_ports(cid, rec, ports, ip)
