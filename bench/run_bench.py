@@ -333,6 +333,7 @@ class HostNetwork:
 
     def __init__(self) -> None:
         self.links = set(os.listdir("/sys/class/net"))
+        self.tables = nft_tables()  # before iptables -S, which makes its base tables
         self.chains = {t: netavark_rules(t) for t in ("filter", "nat")}
         self.ip_forward = self._ip_forward()
 
@@ -364,12 +365,39 @@ class HostNetwork:
             left = netavark_rules(table)
             if left:
                 problems.append(f"iptables -t {table}: netavark rules left: {left}")
+        for family, name in set(nft_tables()) - set(self.tables):
+            # iptables-nft's empty base tables (made by netavark or by our iptables -S)
+            listing = subprocess.run(["nft", "list", "table", family, name],
+                                     capture_output=True, text=True, check=False).stdout
+            if family == "ip" and name in ("nat", "filter") and not any(
+                    line.strip() and not line.strip().startswith(("table", "chain", "type",
+                                                                   "}"))
+                    for line in listing.splitlines()):
+                subprocess.run(["nft", "delete", "table", family, name], check=False,
+                               capture_output=True)
         now = self._ip_forward()
         if now != self.ip_forward:
-            # Not put back: another engine's bridge on this host may rely on it by now.
-            problems.append(f"net.ipv4.ip_forward is {now} (was {self.ip_forward}): podman's "
-                            "bridge switched it; left as it is")
+            bridges = {n for n in os.listdir("/sys/class/net")
+                       if os.path.isdir(f"/sys/class/net/{n}/bridge")}
+            if bridges <= self.links:
+                # no bridge that was not there before the bench: podman's switched it
+                with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+                    f.write(self.ip_forward)
+            else:
+                new = " ".join(sorted(bridges - self.links))
+                problems.append(f"net.ipv4.ip_forward is {now} (was {self.ip_forward}) and "
+                                f"new bridges may need it ({new}): left as it is")
         return problems
+
+
+def nft_tables() -> list[tuple[str, str]]:
+    """(family, name) of the host's nftables tables."""
+    try:
+        out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
+                             timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [tuple(line.split()[1:3]) for line in out.splitlines() if line.startswith("table ")]
 
 
 def cleanup(tmp: str, podman: Podman | None, helper: Helper | None,

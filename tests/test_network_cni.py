@@ -248,7 +248,8 @@ def test_a_failing_plugin_undoes_the_ones_before_it(fakes):
     conflist = chain(fakes, **{"fake-c": {"ADD": {"fail": fail}}})
     with pytest.raises(MiniRunError) as err:
         fakes.add(conflist)
-    assert str(err.value) == "cni network fakenet: plugin fake-c: bad config: field x is wrong (code 7)"
+    assert str(err.value) == \
+        "cni network fakenet: plugin fake-c: bad config: field x is wrong (code 7)"
     calls = fakes.calls()
     assert [(c["type"], c["command"]) for c in calls] == [
         ("fake-a", "ADD"), ("fake-b", "ADD"), ("fake-c", "ADD"),

@@ -32,7 +32,8 @@ RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
 
 _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
-_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
+# family, dst_len, src_len, tos, table, protocol, scope, type; flags
+_RTMSG = struct.Struct("=BBBBBBBBI")
 _NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 
 
