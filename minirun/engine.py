@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shlex
 import sqlite3
 import stat
@@ -289,7 +288,7 @@ class Engine:
 
         store = ImageStore(self.root)
         image = store.get(image_ref)
-        cid = secrets.token_hex(32)
+        cid = os.urandom(32).hex()  # secrets would import hashlib and OpenSSL: 6 ms
         name = opts.name or f"minirun_{cid[:12]}"
         if not set(name) <= NAME_CHARS or not name[0].isalnum():
             raise InvalidArgument(f"invalid container name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]")

@@ -34,7 +34,6 @@ import os
 import re
 import sqlite3
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -304,6 +303,8 @@ class ImageStore:
         if expected_digest is not None:
             check_digest(expected_digest, "expected digest")
         src = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+        import tempfile  # not on the path of `minirun run`
+
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.blobs_dir)
         try:
             hasher, size = hashlib.sha256(), 0
@@ -679,6 +680,8 @@ class ImageStore:
 
     def _unpack(self, desc: dict, diff_id: str, chain_id: str, final: str) -> dict:
         from .unpack import unpack_layer
+
+        import tempfile
 
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.layers_dir)
         try:

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import ipaddress
 import json
 import os
-import secrets
 import socket
 import sqlite3
 import time
@@ -112,7 +110,9 @@ def parse_publish(spec: str) -> dict:
 
 
 def _root_tag(root: str) -> str:
-    return hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:8]
+    from ..seccomp import _sha256  # the builtin one: hashlib loads OpenSSL
+
+    return _sha256(os.path.realpath(root).encode()).hexdigest()[:8]
 
 
 class Networks:
@@ -178,7 +178,7 @@ class Networks:
             net = self._check_subnet(subnet, name)
         else:
             net = self._free_subnet(USER_SUBNETS, name)
-        nid = secrets.token_hex(32)
+        nid = os.urandom(32).hex()
         return self._insert_network(name, net, gateway, f"mrbr{nid[:10]}", internal, nid)
 
     def _insert_network(self, name: str, net: ipaddress.IPv4Network, gateway: str | None,
@@ -196,7 +196,7 @@ class Networks:
             self.db.execute(
                 "INSERT INTO networks (name, id, driver, subnet, gateway, bridge, internal,"
                 " created) VALUES (?, ?, 'bridge', ?, ?, ?, ?, ?)",
-                (name, nid or secrets.token_hex(32), str(net), str(gw), bridge, int(internal),
+                (name, nid or os.urandom(32).hex(), str(net), str(gw), bridge, int(internal),
                  time.time()))
         except sqlite3.IntegrityError:
             raise AlreadyExists(f"network {name} already exists") from None
