@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from cgrouptest import FORKER, MEMHOG, read, wipe
+
 from minirun.cgroups.v1 import CgroupV1, find_hierarchies
 from minirun.errors import KernelFeatureMissing
 
@@ -39,31 +41,8 @@ pytestmark = [
     ),
 ]
 
-# Children run as `python -c` helpers so the checks happen from inside the cgroup.
-MEMHOG = """
-import sys
-chunks = [bytearray(1 << 20) for _ in range(int(sys.argv[1]))]  # zero-filled: touched
-print("allocated", flush=True)
-sys.stdin.read()
-"""
-FORKER = """
-import os, sys, time
-kids, failed = [], 0
-for _ in range(int(sys.argv[1])):
-    try:
-        pid = os.fork()
-    except BlockingIOError:
-        failed += 1
-        continue
-    if pid == 0:
-        time.sleep(60)
-        os._exit(0)
-    kids.append(pid)
-print(len(kids), failed, flush=True)
-for pid in kids:
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-"""
+# Children run as `python -c` helpers (MEMHOG, FORKER: cgrouptest) so the checks happen
+# from inside the cgroup.
 BUSY = """
 import sys, time
 end = time.monotonic() + float(sys.argv[1])
@@ -90,49 +69,6 @@ print(time.monotonic() - start)
 """
 
 
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
-
-
-def _wipe(hierarchies, top: str) -> None:
-    """Thaw, kill and rmdir everything below `top` in every hierarchy. Only this test's
-    children can be in there: it made the cgroup."""
-    dirs = [h.mountpoint + top for h in hierarchies if os.path.isdir(h.mountpoint + top)]
-    for d in dirs:
-        for sub, _, files in os.walk(d):
-            if "freezer.state" in files:
-                with open(os.path.join(sub, "freezer.state"), "w") as f:
-                    f.write("THAWED")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        pids = set()
-        for d in dirs:
-            for sub, _, _ in os.walk(d):
-                try:
-                    pids.update(int(p) for p in _read(os.path.join(sub, "cgroup.procs")).split())
-                except FileNotFoundError:
-                    pass
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-    for d in dirs:
-        for sub, _, _ in os.walk(d, topdown=False):
-            for _ in range(100):
-                try:
-                    os.rmdir(sub)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
-
-
 @pytest.fixture
 def top():
     return f"/minirun-test-{secrets.token_hex(4)}"
@@ -145,7 +81,7 @@ def cg(top):
         cgroup.create()
         yield cgroup
     finally:
-        _wipe(cgroup.hierarchies, top)
+        wipe([h.mountpoint + top for h in cgroup.hierarchies])
         leftovers = [h.mountpoint + top for h in cgroup.hierarchies
                      if os.path.exists(h.mountpoint + top)]
         assert not leftovers, f"test cgroups left behind: {leftovers}"
@@ -180,7 +116,7 @@ def py(script: str, *args: object) -> list[str]:
 
 
 def cgfile(cg: CgroupV1, controller: str, name: str) -> str:
-    return _read(os.path.join(cg.controller_dir(controller), name)).strip()
+    return read(os.path.join(cg.controller_dir(controller), name)).strip()
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:
@@ -197,11 +133,11 @@ def test_create_places_a_process_in_every_hierarchy(cg, spawn, top):
         assert os.path.isdir(h.mountpoint + top + "/ctr")
     # cpuset copied down, or no task could join
     cpuset_root = next(h.mountpoint for h in cg.hierarchies if "cpuset" in h.controllers)
-    assert cgfile(cg, "cpuset", "cpuset.cpus") == _read(f"{cpuset_root}/cpuset.cpus").strip()
+    assert cgfile(cg, "cpuset", "cpuset.cpus") == read(f"{cpuset_root}/cpuset.cpus").strip()
     assert cgfile(cg, "cpuset", "cpuset.mems") != ""
 
     proc = spawn(["sleep", "300"])
-    lines = _read(f"/proc/{proc.pid}/cgroup").splitlines()
+    lines = read(f"/proc/{proc.pid}/cgroup").splitlines()
     placed = {}
     for line in lines:
         _, controllers, path = line.split(":", 2)
@@ -278,7 +214,7 @@ def test_cpuset_pins_the_process(cg, spawn):
     cg.apply({"cpu": {"cpus": "0", "mems": "0"}})
     assert cgfile(cg, "cpuset", "cpuset.cpus") == "0"
     proc = spawn(["sleep", "300"])
-    status = dict(line.split(":\t", 1) for line in _read(f"/proc/{proc.pid}/status").splitlines()
+    status = dict(line.split(":\t", 1) for line in read(f"/proc/{proc.pid}/status").splitlines()
                   if ":\t" in line)
     assert status["Cpus_allowed_list"].strip() == "0"
 
@@ -310,7 +246,7 @@ def loop_device(tmp_path):
 
 
 def test_blkio_weight_and_read_throttle(cg, spawn, loop_device):
-    number = _read(f"/sys/block/{os.path.basename(loop_device)}/dev").strip()
+    number = read(f"/sys/block/{os.path.basename(loop_device)}/dev").strip()
     major, minor = map(int, number.split(":"))
     cg.apply({"blockIO": {
         "weight": 500,
@@ -357,11 +293,11 @@ def test_freeze_and_thaw(cg, spawn):
     assert cgfile(cg, "freezer", "freezer.state") == "FROZEN"
     assert cg.is_frozen()
     # a frozen task shows as D in /proc
-    assert _read(f"/proc/{proc.pid}/stat").rsplit(")", 1)[1].split()[0] == "D"
+    assert read(f"/proc/{proc.pid}/stat").rsplit(")", 1)[1].split()[0] == "D"
     cg.thaw()
     assert cgfile(cg, "freezer", "freezer.state") == "THAWED"
     assert not cg.is_frozen()
-    assert wait_for(lambda: _read(f"/proc/{proc.pid}/stat").rsplit(")", 1)[1].split()[0] == "S")
+    assert wait_for(lambda: read(f"/proc/{proc.pid}/stat").rsplit(")", 1)[1].split()[0] == "S")
 
 
 def test_kill_all_kills_children_too_and_destroy_removes_everything(cg, spawn, top):

@@ -14,9 +14,10 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+
+from cgrouptest import FORKER, MEMHOG, read, wipe
 
 from minirun.cgroups.v2 import CgroupV2
 from minirun.errors import KernelFeatureMissing
@@ -27,30 +28,6 @@ ROOT = os.environ.get("MINIRUN_CGROUP_ROOT", "/sys/fs/cgroup")
 MiB = 1024 * 1024
 SLOW = 300  # seconds: a child's whole run under TCG emulation
 
-MEMHOG = """
-import sys
-chunks = [bytearray(1 << 20) for _ in range(int(sys.argv[1]))]  # zero-filled: touched
-print("allocated", flush=True)
-sys.stdin.read()
-"""
-FORKER = """
-import os, sys, time
-kids, failed = [], 0
-for _ in range(int(sys.argv[1])):
-    try:
-        pid = os.fork()
-    except BlockingIOError:
-        failed += 1
-        continue
-    if pid == 0:
-        time.sleep(600)
-        os._exit(0)
-    kids.append(pid)
-print(len(kids), failed, flush=True)
-for pid in kids:
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-"""
 # cpu time over wall time of a busy loop, measured after the interpreter has started
 BUSY_SHARE = """
 import sys, time
@@ -70,52 +47,10 @@ print(time.monotonic() - start, flush=True)
 """
 
 
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
-
-
-def _wipe(top: str) -> None:
-    """Thaw, kill and rmdir everything below `top`; only this test's children are there."""
-    if not os.path.isdir(top):
-        return
-    for sub, _, _ in os.walk(top):
-        try:
-            with open(os.path.join(sub, "cgroup.freeze"), "w") as f:
-                f.write("0")
-        except FileNotFoundError:
-            pass
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        pids = set()
-        for sub, _, _ in os.walk(top):
-            try:
-                pids.update(int(p) for p in _read(os.path.join(sub, "cgroup.procs")).split())
-            except FileNotFoundError:
-                pass
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
-    for sub, _, _ in os.walk(top, topdown=False):
-        for _ in range(200):
-            try:
-                os.rmdir(sub)
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.05)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def pure_v2_root():
     """The premise of every test here; a failure, not a skip, when it does not hold."""
-    controllers = set(_read(os.path.join(ROOT, "cgroup.subtree_control")).split())
+    controllers = set(read(os.path.join(ROOT, "cgroup.subtree_control")).split())
     assert {"memory", "cpu", "pids", "io"} <= controllers, (
         f"{ROOT} does not delegate memory, cpu, pids and io (not the v2 guest?)"
     )
@@ -133,7 +68,7 @@ def cg(top):
         cgroup.create()
         yield cgroup
     finally:
-        _wipe(ROOT + top)
+        wipe([ROOT + top], timeout=60)
         assert not os.path.exists(ROOT + top), "test cgroup left behind"
 
 
@@ -166,11 +101,11 @@ def py(script: str, *args: object) -> list[str]:
 
 
 def cgfile(cg: CgroupV2, name: str) -> str:
-    return _read(os.path.join(cg.dir, name)).strip()
+    return read(os.path.join(cg.dir, name)).strip()
 
 
 def test_create_passes_down_what_the_root_delegates(cg, top):
-    enabled = set(_read(f"{ROOT}{top}/cgroup.subtree_control").split())
+    enabled = set(read(f"{ROOT}{top}/cgroup.subtree_control").split())
     assert {"memory", "cpu", "pids", "io"} <= enabled
     # so a container without limits still has stats
     stats = cg.stats()
@@ -183,12 +118,12 @@ def test_apply_enables_a_controller_the_root_does_not_delegate_yet(cg, spawn, to
     # cpuset is not among what the guest's init enables: apply must enable it at the
     # root (a pure v2 hierarchy) and on the way down
     cg.apply({"cpu": {"cpus": "0", "mems": "0"}, "pids": {"limit": 100}})
-    assert "cpuset" in _read(f"{ROOT}/cgroup.subtree_control").split()
-    assert "cpuset" in _read(f"{ROOT}{top}/cgroup.subtree_control").split()
+    assert "cpuset" in read(f"{ROOT}/cgroup.subtree_control").split()
+    assert "cpuset" in read(f"{ROOT}{top}/cgroup.subtree_control").split()
     assert cgfile(cg, "cpuset.cpus") == "0"
     assert cgfile(cg, "pids.max") == "100"
     proc = spawn(["sleep", "600"])
-    status = _read(f"/proc/{proc.pid}/status")
+    status = read(f"/proc/{proc.pid}/status")
     assert "\nCpus_allowed_list:\t0\n" in status
 
 
@@ -242,7 +177,7 @@ def test_pids_max_makes_fork_fail(cg, spawn):
     started, failed = map(int, out.split())
     assert started == 4  # the forker itself is the fifth task
     assert failed == 6
-    assert int(_read(os.path.join(cg.dir, "pids.events")).split()[1]) >= 6
+    assert int(read(os.path.join(cg.dir, "pids.events")).split()[1]) >= 6
     cg.apply({"pids": {"limit": -1}})
     assert cgfile(cg, "pids.max") == "max"
 
@@ -263,7 +198,7 @@ def test_io_weight_from_blkio_weight(cg):
 
 
 def test_io_max_throttles_reads(cg, spawn):
-    number = _read("/sys/block/vda/dev").strip()
+    number = read("/sys/block/vda/dev").strip()
     major, minor = map(int, number.split(":"))
     free = spawn(py(DIRECT_READ, "/dev/vda", 3), stdout=subprocess.PIPE)
     unthrottled = float(free.communicate(timeout=SLOW)[0])
@@ -276,9 +211,9 @@ def test_io_max_throttles_reads(cg, spawn):
     assert throttled > 1.5  # 3 MiB at 1 MiB/s, whatever the first slice allows
     assert throttled > unthrottled + 1.0
     serviced = cg.stats()["blkio"]["ioServiceBytesRecursive"]
-    read = sum(e["value"] for e in serviced
-               if e["op"] == "Read" and (e["major"], e["minor"]) == (major, minor))
-    assert read >= 6 * MiB
+    read_bytes = sum(e["value"] for e in serviced
+                     if e["op"] == "Read" and (e["major"], e["minor"]) == (major, minor))
+    assert read_bytes >= 6 * MiB
 
 
 def test_stats_working_set(cg, spawn):

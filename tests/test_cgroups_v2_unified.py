@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from cgrouptest import read, wipe
+
 from minirun.cgroups import detect_mode
 from minirun.cgroups.v2 import CgroupV2
 from minirun.errors import KernelFeatureMissing
@@ -37,51 +39,9 @@ pytestmark = [
 ]
 
 
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
-
-
 def _events(directory: str) -> dict[str, str]:
-    return dict(line.split() for line in _read(os.path.join(directory, "cgroup.events"))
+    return dict(line.split() for line in read(os.path.join(directory, "cgroup.events"))
                 .splitlines())
-
-
-def _wipe(top: str) -> None:
-    """Thaw, kill and rmdir everything below `top`; only this test's children are there."""
-    if not os.path.isdir(top):
-        return
-    for sub, _, _ in os.walk(top):
-        try:
-            with open(os.path.join(sub, "cgroup.freeze"), "w") as f:
-                f.write("0")
-        except FileNotFoundError:
-            pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        pids = set()
-        for sub, _, _ in os.walk(top):
-            try:
-                pids.update(int(p) for p in _read(os.path.join(sub, "cgroup.procs")).split())
-            except FileNotFoundError:
-                pass
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-    for sub, _, _ in os.walk(top, topdown=False):
-        for _ in range(100):
-            try:
-                os.rmdir(sub)
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.05)
 
 
 @pytest.fixture
@@ -92,15 +52,15 @@ def top():
 @pytest.fixture
 def cg(top):
     cgroup = CgroupV2(top + "/ctr", root=UNIFIED)
-    root_subtree = _read(os.path.join(UNIFIED, "cgroup.subtree_control"))
+    root_subtree = read(os.path.join(UNIFIED, "cgroup.subtree_control"))
     try:
         cgroup.create()
         yield cgroup
     finally:
-        _wipe(UNIFIED + top)
+        wipe([UNIFIED + top])
         assert not os.path.exists(UNIFIED + top), "test cgroup left behind"
         # the driver must never have touched the host's root
-        assert _read(os.path.join(UNIFIED, "cgroup.subtree_control")) == root_subtree
+        assert read(os.path.join(UNIFIED, "cgroup.subtree_control")) == root_subtree
 
 
 @pytest.fixture
@@ -137,7 +97,7 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
 def test_placement_and_pids(cg, spawn, top):
     assert cg.exists()
     proc = spawn(["sleep", "300"])
-    assert f"0::{top}/ctr" in _read(f"/proc/{proc.pid}/cgroup").splitlines()
+    assert f"0::{top}/ctr" in read(f"/proc/{proc.pid}/cgroup").splitlines()
     assert _events(cg.dir)["populated"] == "1"
     # pids() includes cgroups nested below this one
     nested = CgroupV2(top + "/ctr/nested", root=UNIFIED)
