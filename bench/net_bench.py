@@ -40,7 +40,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,31 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CHECKOUT = os.path.dirname(HERE)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)  # benchlib, when run by another path
+
+from benchlib import (
+    CHECKOUT,
+    BenchError,
+    add_iteration_args,
+    add_output_args,
+    catch_signals,
+    checkout_commit,
+    free_port,
+    ignore_signals,
+    loadavg,
+    log_stream,
+    mountinfo,
+    progress,
+    read_ip_forward,
+    remove_tree,
+    rotated,
+    stats_header,
+    stats_row,
+    summary,
+    write_json,
+)
+
 sys.path.insert(0, CHECKOUT)  # measure this checkout's minirun, whatever is installed
 
 from minirun import sys as msys
@@ -63,11 +86,7 @@ CNI_PLUGIN_DIR = "/usr/lib/cni"
 ATTACH_GOAL_MS = 7.0
 THROUGHPUT_GOAL = 0.95
 IPERF_PORT = 5201
-
-
-class BenchError(Exception):
-    pass
-
+STATS = ("median", "p90", "min", "max")
 
 _MAIN_PID = os.getpid()
 
@@ -88,35 +107,15 @@ def run(argv: list[str], check: bool = True, **kw) -> subprocess.CompletedProces
     return proc
 
 
-def summary(values: list[float]) -> dict:
-    values = sorted(values)
-    p90 = statistics.quantiles(values, n=10, method="inclusive")[8] if len(values) > 1 \
-        else values[0]
-    return {"median": statistics.median(values), "p90": p90, "min": values[0],
-            "max": values[-1], "n": len(values)}
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
 def filesystem_type(path: str) -> str:
     """The type of the filesystem path is on (the mount with the longest matching prefix)."""
     path = os.path.realpath(path)
     best, fstype = "", "?"
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            target = fields[4]
-            if (path == target or path.startswith(target.rstrip("/") + "/")) and \
-                    len(target) >= len(best):
-                best, fstype = target, fields[fields.index("-") + 1]
+    for target, target_fstype in mountinfo():
+        if (path == target or path.startswith(target.rstrip("/") + "/")) and \
+                len(target) >= len(best):
+            best, fstype = target, target_fstype
     return fstype
-
-
-def checkout_commit() -> str:
-    return run(["git", "-C", CHECKOUT, "rev-parse", "--short", "HEAD"], check=False).stdout.strip()
 
 
 # --- the host, before and after ----------------------------------------------------------
@@ -125,7 +124,7 @@ def host_state() -> dict:
     def lines(argv: list[str]) -> list[str]:
         return sorted(run(argv, check=False).stdout.split("\n"))
 
-    forward = read_forwarding()
+    forward = read_ip_forward()
     # names and state only: counters and addresses of other links are not ours to compare
     links = sorted(" ".join(ln.split()[:2]) for ln in lines(["ip", "-br", "link"]) if ln)
     return {"links": links, "netns": [ln for ln in lines(["ip", "netns"]) if ln],
@@ -527,7 +526,7 @@ def socket_open_times(runs: int) -> dict:
             handle = make()
             handle.close()
             times.append(time.perf_counter() - t0)
-        out[label] = summary(times)
+        out[label] = summary(times, mean=False)
     return out
 
 
@@ -621,7 +620,7 @@ def throughput(res: Resources, nets: Networks, tmp: str, subnet: ipaddress.IPv4N
     setups["hand-made bridge"] = {
         "server": (["ip", "netns", "exec", pair["server"][0]], pair["server"][1]),
         "client": ["ip", "netns", "exec", pair["client"][0]], "port": IPERF_PORT}
-    port = free_port()
+    port = free_port()  # iperf3's default may be taken on the host
     setups["host loopback"] = {"server": ([], "127.0.0.1"), "client": [], "port": port}
     for label, s in setups.items():
         prefix, ip = s["server"]
@@ -636,21 +635,13 @@ def throughput(res: Resources, nets: Networks, tmp: str, subnet: ipaddress.IPv4N
             s = setups[label]
             iperf_client(s["client"], s["server"][1], s["port"], args.iperf_warmup)
     for i in range(args.iperf_runs):
-        k = i % len(labels)
-        for label in labels[k:] + labels[:k]:
+        for label in rotated(labels, i):
             s = setups[label]
             r = iperf_client(s["client"], s["server"][1], s["port"], args.iperf_time)
             samples[label].append(r)
             print(f"  run {i + 1}/{args.iperf_runs} {label}: {r['gbps']:.2f} Gbit/s "
                   f"({r['retransmits']} retransmits)", file=log)
     return samples
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (iperf3's default may be taken on the host)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- report -------------------------------------------------------------------------------
@@ -683,7 +674,7 @@ def print_attach(result: dict) -> None:
     width = 44
 
     def rows(title: str, keys: list[tuple[str, str]]) -> None:
-        print(f"{title:<{width}}{'median':>9}{'p90':>9}{'min':>9}{'max':>9}{'vs (b)':>9}")
+        print(stats_header(title, width, STATS + ("vs (b)",)))
         base = s.get("attach", {}).get("median")
         for key, label in keys:
             v = s.get(key)
@@ -691,15 +682,13 @@ def print_attach(result: dict) -> None:
                 continue
             ref = base if key in dict(ATTACH_ROWS) else s.get("detach", {}).get("median")
             ratio = f"{v['median'] / ref:8.2f}x" if ref else "-"
-            print(f"{label:<{width}}" + "".join(f"{v[k] * 1e3:9.2f}" for k in
-                                                 ("median", "p90", "min", "max")) + f"{ratio:>9}")
+            print(stats_row(label, v, width, STATS, 1e3) + f"{ratio:>9}")
             steps = result.get("steps", {}).get(key, {})
             for step, step_title in STEPS.items():
                 if step in steps:
                     indent = "        " if step in ("netns create", "veth create") and \
                         "wire" in steps else "      "
-                    print(f"{indent + step_title:<{width}}" + "".join(
-                        f"{steps[step][k] * 1e3:9.2f}" for k in ("median", "p90", "min", "max")))
+                    print(stats_row(indent + step_title, steps[step], width, STATS, 1e3))
 
     print()
     rows("attach one container (ms)", ATTACH_ROWS)
@@ -754,8 +743,7 @@ def print_throughput(result: dict, seconds: int) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--iterations", "-n", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=3)
+    add_iteration_args(p, iterations=30, warmup=3)
     p.add_argument("--first-samples", type=int, default=3, metavar="N",
                    help="times the first container (bridge up) and the last detach are "
                    "measured")
@@ -771,9 +759,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iperf-runs", type=int, default=3, metavar="N")
     p.add_argument("--iperf-warmup", type=int, default=1, metavar="S",
                    help="seconds of an uncounted first run per setup (0: none)")
-    p.add_argument("--tmpdir", default=None, help="parent of the temp dir (default $TMPDIR)")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-' for "
-                   "stdout, then no table)")
+    add_output_args(p)
     args = p.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0 or args.first_samples < 1 or \
             args.iperf_runs < 1 or args.iperf_time < 1:
@@ -795,10 +781,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("net_bench: run as root", file=sys.stderr)
         return 2
-    log = sys.stderr if args.json == "-" else sys.stdout
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN:
-            signal.signal(sig, _interrupt)
+    log = log_stream(args.json)
+    catch_signals(_interrupt)
     before = host_state()
     tmp = tempfile.mkdtemp(prefix="minirun-netbench.", dir=args.tmpdir)
     res = Resources()
@@ -860,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
         # The plugin (isGateway) switches ip_forward on and never back. minirun's bridge,
         # up since the first attach, has switched it on already (and will put it back);
         # if it has not, the value the plugin would change is noted here.
-        forward_before_cni = read_forwarding()
+        forward_before_cni = read_ip_forward()
         first["cni_add"] = attacher.cni_add(check=True)[1]
         version = run(["dpkg-query", "-W", "-f", "${Version}", "containernetworking-plugins"],
                       check=False).stdout or "?"
@@ -878,8 +862,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(total):
             if i == args.warmup:
                 attacher.steps.clear()
-            k = i % len(methods)
-            for key, method in methods[k:] + methods[:k]:
+            for key, method in rotated(methods, i):
                 # a removed netns is torn down by a kernel worker afterwards, under the
                 # locks the next attach needs: let it finish, as between two real starts
                 time.sleep(args.settle)
@@ -892,10 +875,9 @@ def main(argv: list[str] | None = None) -> int:
                     names = (key, {"attach": "detach"}.get(key, f"{key}_down"))
                 for name, value in zip(names, values):
                     samples.setdefault(name, []).append(value)
-            if (i + 1) % 10 == 0 or i + 1 == total:
-                print(f"  {i + 1}/{total}", file=log)
-        result["attach"] = {k: summary(v) for k, v in samples.items()}
-        result["steps"] = {key: {label: summary(v) for label, v in steps.items()}
+            progress(i, total, log)
+        result["attach"] = {k: summary(v, mean=False) for k, v in samples.items()}
+        result["steps"] = {key: {label: summary(v, mean=False) for label, v in steps.items()}
                            for key, steps in attacher.steps.items()}
         result["first"] = first
         result["samples"] = samples
@@ -943,8 +925,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if os.getpid() != _MAIN_PID:
             os._exit(1)  # never clean up from a forked child: the resources are the parent's
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_signals()
         if timer is not None:
             timer.restore()
         problems = res.cleanup()
@@ -952,7 +933,7 @@ def main(argv: list[str] | None = None) -> int:
             problems += restore_forwarding()
         if engine is not None:
             engine.db.close()
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", tmp], check=False)
+        remove_tree(tmp)
         left, diff = wait_host_same(res, before)
         for p in problems:
             print(f"net_bench: cleanup: {p}", file=sys.stderr)
@@ -967,18 +948,8 @@ def main(argv: list[str] | None = None) -> int:
             print("host as before: links, netns, nft tables and ip_forward unchanged", file=log)
         result["host_after"] = {"left_by_this_run": left, "differences": diff,
                                 "cleanup_problems": problems}
-        if args.json and result.get("attach"):
-            text = json.dumps(result, indent=2)
-            if args.json == "-":
-                print(text)
-            else:
-                with open(args.json, "w") as f:
-                    f.write(text + "\n")
-
-
-def read_forwarding() -> str:
-    with open("/proc/sys/net/ipv4/ip_forward") as f:
-        return f.read().strip()
+        if result.get("attach"):
+            write_json(result, args.json)
 
 
 def restore_forwarding() -> list[str]:

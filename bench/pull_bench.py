@@ -31,7 +31,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -41,43 +40,38 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
-    sys.path.insert(0, HERE)  # the sibling oci_bench.py, when run by another path
+    sys.path.insert(0, HERE)  # benchlib, when run by another path
 
-from oci_bench import checkout_state, loadavg, mounts_under, remove_tree, summary
+from benchlib import (
+    BenchError,
+    add_iteration_args,
+    add_output_args,
+    catch_signals,
+    checked,
+    checkout_state,
+    describe_checkout,
+    free_port,
+    ignore_signals,
+    loadavg,
+    log_stream,
+    machine_and_checkout,
+    minirun_command,
+    ratio,
+    remove_tree,
+    rotated,
+    stats_header,
+    stats_row,
+    summary,
+    timed,
+    write_json,
+)
 
-CHECKOUT = os.path.dirname(HERE)
-VENV = os.path.join(CHECKOUT, ".venv")
 REGISTRY_BIN = "/usr/bin/docker-registry"
 REPO_TAG = "bench:latest"
 TIMEOUT = 600.0
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-
-
-class BenchError(Exception):
-    pass
-
-
-def timed(argv: list[str], env: dict | None = None, timeout: float = TIMEOUT) -> dict:
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return {"elapsed": time.perf_counter() - t0, "code": None,
-                "stderr": f"timed out after {timeout:.0f}s"}
-    return {"elapsed": time.perf_counter() - t0, "code": proc.returncode,
-            "stdout": proc.stdout.decode(errors="replace"),
-            "stderr": proc.stderr.decode(errors="replace").strip()[-2000:]}
-
-
-def checked(argv: list[str], env: dict | None = None) -> dict:
-    result = timed(argv, env)
-    if result["code"] != 0:
-        raise BenchError(f"{' '.join(argv[:3])} ... failed ({result['code']}): "
-                         f"{result['stderr'] or '(no stderr)'}")
-    return result
 
 
 def timed_sync() -> float:
@@ -198,12 +192,6 @@ def build_image(path: str, total_mb: int, n_layers: int, seed: int) -> dict:
 
 # --- the registry -------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_registry(tmp: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     storage = os.path.join(tmp, "registry-storage")
@@ -253,7 +241,7 @@ def run_minirun(cmd: list[str], ref: str, work: str, n_layers: int) -> dict:
     root = os.path.join(work, "minirun-root")
     env = dict(os.environ, MINIRUN_ROOT=root)
     os.sync()
-    result = timed(cmd + ["pull", "-q", ref], env)
+    result = timed(cmd + ["pull", "-q", ref], env, TIMEOUT)
     if result["code"] != 0:
         raise BenchError(f"minirun pull exited {result['code']}: {result['stderr']}")
     synced = timed_sync()
@@ -269,11 +257,11 @@ def run_skopeo_umoci(ref: str, work: str) -> dict:
     bundle = os.path.join(work, "bundle")
     os.sync()
     copy = timed(["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
-                  f"docker://{ref}", f"oci:{layout}:latest"])
+                  f"docker://{ref}", f"oci:{layout}:latest"], None, TIMEOUT)
     if copy["code"] != 0:
         raise BenchError(f"skopeo copy exited {copy['code']}: {copy['stderr']}")
     copy_sync = timed_sync()
-    unpack = timed(["umoci", "unpack", "--image", f"{layout}:latest", bundle])
+    unpack = timed(["umoci", "unpack", "--image", f"{layout}:latest", bundle], None, TIMEOUT)
     if unpack["code"] != 0:
         raise BenchError(f"umoci unpack exited {unpack['code']}: {unpack['stderr']}")
     unpack_sync = timed_sync()
@@ -291,39 +279,21 @@ RATIOS = {"minirun pull / (skopeo + umoci)": ("minirun pull", "skopeo + umoci"),
                                                    "skopeo + umoci + sync")}
 
 
-def minirun_command(arg: str | None) -> tuple[list[str], str]:
-    if arg:
-        return arg.split(), "--minirun"
-    launcher = os.path.join(VENV, "bin", "minirun-launcher")
-    try:
-        with open(launcher) as f:
-            if f'sys.path[0] = "{CHECKOUT}"' in f.read():
-                return [launcher], "scripts/install.sh's launcher"
-    except OSError:
-        pass
-    console = os.path.join(VENV, "bin", "minirun")
-    if os.access(console, os.X_OK):
-        return [console], "pip's console script"
-    raise BenchError(f"no minirun in {VENV}: run scripts/install.sh first")
-
-
-def _interrupt(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+MINIRUN_HOW = {"--minirun": "--minirun", "launcher": "scripts/install.sh's launcher",
+               "console": "pip's console script"}
+STATS = ("median", "p90", "min", "max")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--iterations", "-n", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    add_iteration_args(p, iterations=5, warmup=1)
     p.add_argument("--size-mb", type=int, default=100, help="uncompressed size (MiB)")
     p.add_argument("--layers", type=int, default=5)
     p.add_argument("--seed", type=int, default=4, help="seed of the image's random bytes")
     p.add_argument("--minirun", help="the minirun command (default: scripts/install.sh's "
                    "launcher for this checkout, else .venv/bin/minirun)")
-    p.add_argument("--tmpdir", default=None, help="parent of the temp dir (default $TMPDIR); "
-                   "the pulls write there")
-    p.add_argument("--json", metavar="FILE",
-                   help="also write the results as JSON ('-' for stdout, then no table)")
+    add_output_args(p, tmpdir_help="parent of the temp dir (default $TMPDIR); the pulls "
+                    "write there")
     args = p.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0 or args.layers < 1 or args.size_mb < 1:
         p.error("--iterations, --layers and --size-mb must be >= 1, --warmup >= 0")
@@ -335,10 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("pull_bench: run as root", file=sys.stderr)
         return 2
-    log = sys.stderr if args.json == "-" else sys.stdout
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN:
-            signal.signal(sig, _interrupt)
+    log = log_stream(args.json)
+    catch_signals()
     tmp = tempfile.mkdtemp(prefix="minirun-pullbench.", dir=args.tmpdir)
     registry = None
     try:
@@ -346,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                               (REGISTRY_BIN, "docker-registry")):
             if not shutil.which(tool):
                 raise BenchError(f"no {tool}: apt-get install {package}")
-        minirun_cmd, how = minirun_command(args.minirun)
-        print(f"minirun: {' '.join(minirun_cmd)} ({how})", file=log)
+        minirun_cmd, source = minirun_command(args.minirun)
+        print(f"minirun: {' '.join(minirun_cmd)} ({MINIRUN_HOW[source]})", file=log)
         t0 = time.perf_counter()
         image = build_image(os.path.join(tmp, "layout"), args.size_mb, args.layers, args.seed)
         print(f"image: {image['layers']} gzip layers, {image['files']} files, "
@@ -357,15 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         registry, host = start_registry(tmp)
         ref = f"{host}/{REPO_TAG}"
         checked(["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
-                 f"oci:{os.path.join(tmp, 'layout')}:latest", f"docker://{ref}"])
+                 f"oci:{os.path.join(tmp, 'layout')}:latest", f"docker://{ref}"], None, TIMEOUT)
         remove_tree(os.path.join(tmp, "layout"))
         print(f"pushed to docker-registry at {ref}", file=log)
 
         state = checkout_state()
         load_before = loadavg()
-        print(f"minirun at {state['commit']}"
-              + (f" plus uncommitted changes to {len(state['dirty'])} file(s) in minirun/"
-                 if state["dirty"] else "") + f"; load average {load_before}", file=log)
+        print(describe_checkout(state, load_before), file=log)
         samples: dict[str, list[float]] = {row: [] for row in ROWS}
         tools = {"minirun": lambda work: run_minirun(minirun_cmd, ref, work, args.layers),
                  "skopeo+umoci": lambda work: run_skopeo_umoci(ref, work)}
@@ -374,8 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.warmup} warm-up + {args.iterations} iterations, alternating "
               f"{' and '.join(names)}", file=log)
         for i in range(total):
-            k = i % len(names)
-            for name in names[k:] + names[:k]:
+            for name in rotated(names, i):
                 work = tempfile.mkdtemp(prefix=f"{name}-", dir=tmp)
                 try:
                     result = tools[name](work)
@@ -388,30 +353,21 @@ def main(argv: list[str] | None = None) -> int:
                       + ", ".join(f"{k} {v:.2f}s" for k, v in result.items()), file=log)
 
         stats = {row: summary(v) for row, v in samples.items() if v}
-        ratios = {label: {s: stats[a][s] / stats[b][s] for s in ("median", "p90")}
-                  for label, (a, b) in RATIOS.items()}
+        ratios = {label: ratio(stats[a], stats[b]) for label, (a, b) in RATIOS.items()}
         result = {"times": stats, "ratios": ratios, "samples": samples, "image": image,
                   "config": {"iterations": args.iterations, "warmup": args.warmup,
-                             "minirun": minirun_cmd, "kernel": os.uname().release,
-                             "cpus": os.cpu_count(), "checkout": state,
-                             "loadavg_before": load_before, "loadavg_after": loadavg()}}
+                             "minirun": minirun_cmd,
+                             **machine_and_checkout(state, load_before)}}
         if args.json != "-":
-            print(f"\n{'time (s)':<28}{'median':>9}{'p90':>9}{'min':>9}{'max':>9}")
+            print("\n" + stats_header("time (s)", 28, STATS))
             for row, s in stats.items():
-                print(f"{row:<28}{s['median']:9.2f}{s['p90']:9.2f}{s['min']:9.2f}"
-                      f"{s['max']:9.2f}")
+                print(stats_row(row, s, 28, STATS))
             print()
             for label, r in ratios.items():
                 print(f"{label:<40} median {r['median']:.2f}, p90 {r['p90']:.2f}")
             print(f"(above 1: minirun is slower); load average at the end "
                   f"{result['config']['loadavg_after']}")
-        if args.json:
-            text = json.dumps(result, indent=2)
-            if args.json == "-":
-                print(text)
-            else:
-                with open(args.json, "w") as f:
-                    f.write(text + "\n")
+        write_json(result, args.json)
         return 0
     except (BenchError, subprocess.CalledProcessError, OSError) as e:
         print(f"pull_bench: {e}", file=sys.stderr)
@@ -420,13 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\npull_bench: interrupted, cleaning up", file=sys.stderr)
         return 130
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_signals()
         stop(registry)
-        remove_tree(tmp)
-        if os.path.exists(tmp):
-            print(f"pull_bench: cleanup: {tmp} could not be removed: {mounts_under(tmp)}",
-                  file=sys.stderr)
+        for problem in remove_tree(tmp):
+            print(f"pull_bench: cleanup: {problem}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -29,13 +29,10 @@ Everything is removed at the end, on error and on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,21 +41,38 @@ from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
-    sys.path.insert(0, HERE)  # the sibling oci_bench.py, when run by another path
+    sys.path.insert(0, HERE)  # benchlib, when run by another path
 
-from oci_bench import (
-    cgroup_mountpoints,
+from benchlib import (
+    CHECKOUT,
+    MINIRUN_CONSOLE,
+    BenchError,
+    PrivateCgroupHelper,
+    add_iteration_args,
+    add_output_args,
+    catch_signals,
+    cgroup_dirs,
+    checked,
     checkout_state,
     crun_needs_private_ns,
-    enter_private_cgroup_view,
+    describe_checkout,
+    ignore_signals,
+    kill_cgroup_procs,
     loadavg,
-    mounts_under,
+    log_stream,
+    machine_and_checkout,
+    minirun_command,
+    progress,
+    ratio,
+    read_ip_forward,
     remove_tree,
+    rotated,
     summary,
+    timed,
+    write_fast_launcher,
+    write_json,
 )
 
-CHECKOUT = os.path.dirname(HERE)
-VENV = os.path.join(CHECKOUT, ".venv")
 IMAGE = "busybox"
 CGROUP_TOP = "minirun-podman-bench"
 TOOLS = ("minirun", "minirun-console", "minirun-fast", "podman-crun", "podman-runc")
@@ -80,135 +94,23 @@ network_config_dir = "{network_dir}"
 """
 
 
-class BenchError(Exception):
-    pass
-
-
-# --- commands -----------------------------------------------------------------------------
-
-def timed(argv: list[str], env: dict, timeout: float = RUN_TIMEOUT) -> dict:
-    """Run argv, timed from spawn to exit; never raises for the command's own failure."""
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return {"elapsed": time.perf_counter() - t0, "code": None,
-                "stderr": f"timed out after {timeout:.0f}s"}
-    elapsed = time.perf_counter() - t0
-    return {"elapsed": elapsed, "code": proc.returncode,
-            "stdout": proc.stdout.decode(errors="replace")[-4000:],
-            "stderr": proc.stderr.decode(errors="replace").strip()[-2000:]}
-
-
-def checked(argv: list[str], env: dict, what: str, timeout: float = 300) -> str:
-    result = timed(argv, env, timeout)
-    if result["code"] != 0:
-        raise BenchError(f"{what} failed ({result['code']}): {result['stderr'] or '(no stderr)'}")
-    return result["stdout"]
-
-
-class Helper:
+class Helper(PrivateCgroupHelper):
     """A forked process in a private mount namespace where /sys/fs/cgroup/unified is a
     tmpfs, running commands on request (podman with crun on a hybrid host, see top)."""
 
     def __init__(self) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.pid = os.fork()
-        if self.pid == 0:
-            parent.close()
-            code = 1
-            try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGHUP, signal.SIG_DFL)
-                enter_private_cgroup_view()
-                child.send(b'{"ready": true}')
-                while True:
-                    data = child.recv(1 << 20)
-                    if not data:
-                        break
-                    req = json.loads(data)
-                    child.send(json.dumps(timed(req["argv"], req["env"],
-                                                req["timeout"])).encode())
-                code = 0
-            except BaseException as e:  # noqa: BLE001  (a fork must never return)
-                try:
-                    child.send(json.dumps({"error": f"helper: {e}"}).encode())
-                except OSError:
-                    pass
-            os._exit(code)
-        child.close()
-        self.sock = parent
-        reply = self._recv(30)
-        if "error" in reply:
-            self.close()
-            raise BenchError(reply["error"])
-
-    def _recv(self, timeout: float) -> dict:
-        self.sock.settimeout(timeout)
-        data = self.sock.recv(1 << 20)
-        if not data:
-            raise BenchError("the crun helper exited")
-        return json.loads(data)
+        super().__init__(lambda req: timed(req["argv"], req["env"], req["timeout"]),
+                         ready_timeout=30, exit_timeout=RUN_TIMEOUT + 5)
 
     def run(self, argv: list[str], env: dict, timeout: float = RUN_TIMEOUT) -> dict:
-        self.sock.send(json.dumps({"argv": argv, "env": env, "timeout": timeout}).encode())
-        reply = self._recv(timeout + 30)
+        self.send({"argv": argv, "env": env, "timeout": timeout})
+        reply = self.recv(timeout + 30)
         if "error" in reply:
             raise BenchError(reply["error"])
         return reply
 
-    def close(self) -> None:
-        """EOF ends the helper once its command in flight is done; SIGKILL if it hangs."""
-        self.sock.close()
-        deadline = time.monotonic() + RUN_TIMEOUT + 5
-        while time.monotonic() < deadline:
-            if os.waitpid(self.pid, os.WNOHANG)[0]:
-                return
-            time.sleep(0.05)
-        os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
-
 
 # --- setup --------------------------------------------------------------------------------
-
-def venv_python() -> str:
-    path = os.path.join(VENV, "bin", "python")
-    if not os.access(path, os.X_OK):
-        raise BenchError(f"no venv at {VENV}: run scripts/install.sh first")
-    return path
-
-
-def installed_launcher() -> str | None:
-    """scripts/install.sh's launcher for `minirun`, if it was written for this checkout."""
-    path = os.path.join(VENV, "bin", "minirun-launcher")
-    try:
-        with open(path) as f:
-            if f'sys.path[0] = "{CHECKOUT}"' in f.read():
-                return path
-    except OSError:
-        pass
-    return None
-
-
-def write_fast_launcher(path: str) -> str:
-    """install.sh's minirun-oci-fast approach for minirun.cli: python -SE (no site, no
-    editable-install finder), the checkout first on sys.path, site-packages last."""
-    python = venv_python()
-    site_packages = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True).stdout.strip()
-    with open(path, "w") as f:
-        f.write(f"#!{python} -SE\n"
-                "# minirun with the -SE launcher of scripts/install.sh; written by bench/.\n"
-                "import sys\n\n"
-                f"sys.path[0] = {CHECKOUT!r}\n"
-                f"sys.path.append({site_packages!r})\n"
-                "from minirun.cli import main\n\nraise SystemExit(main())\n")
-    os.chmod(path, 0o755)
-    return path
-
 
 def has_cap_sys_resource() -> bool:
     with open("/proc/self/status") as f:
@@ -269,32 +171,12 @@ class Tool:
 
 # --- cleanup ------------------------------------------------------------------------------
 
-def cgroup_tree_dirs(rel: str) -> list[str]:
-    return [d for d in (os.path.join(mp, rel.lstrip("/")) for mp in cgroup_mountpoints())
-            if os.path.isdir(d)]
-
-
 def remove_cgroup_tree(rel: str) -> list[str]:
     """rmdir `rel` and everything below it in every hierarchy, killing what is still in
     it (at the end of a run only this run's containers and conmons can be there)."""
     left = []
-    for top in cgroup_tree_dirs(rel):
-        for _ in range(50):
-            pids = []
-            for dirpath, _dirs, _files in os.walk(top):
-                try:
-                    with open(os.path.join(dirpath, "cgroup.procs")) as f:
-                        pids += [int(p) for p in f.read().split()]
-                except OSError:
-                    pass
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.1)
+    for top in cgroup_dirs(rel):
+        kill_cgroup_procs(top)
         for _ in range(50):
             for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
                 try:
@@ -310,7 +192,7 @@ def remove_cgroup_tree(rel: str) -> list[str]:
 
 
 def remove_empty_cgroup(rel: str) -> None:
-    for d in cgroup_tree_dirs(rel):
+    for d in cgroup_dirs(rel):
         try:
             os.rmdir(d)
         except OSError:
@@ -335,12 +217,7 @@ class HostNetwork:
         self.links = set(os.listdir("/sys/class/net"))
         self.tables = nft_tables()  # before iptables -S, which makes its base tables
         self.chains = {t: netavark_rules(t) for t in ("filter", "nat")}
-        self.ip_forward = self._ip_forward()
-
-    @staticmethod
-    def _ip_forward() -> str:
-        with open("/proc/sys/net/ipv4/ip_forward") as f:
-            return f.read().strip()
+        self.ip_forward = read_ip_forward()
 
     def restore(self) -> list[str]:
         problems = []
@@ -375,7 +252,7 @@ class HostNetwork:
                     for line in listing.splitlines()):
                 subprocess.run(["nft", "delete", "table", family, name], check=False,
                                capture_output=True)
-        now = self._ip_forward()
+        now = read_ip_forward()
         if now != self.ip_forward:
             bridges = {n for n in os.listdir("/sys/class/net")
                        if os.path.isdir(f"/sys/class/net/{n}/bridge")}
@@ -410,7 +287,8 @@ def cleanup(tmp: str, podman: Podman | None, helper: Helper | None,
             try:
                 # Through the helper when there is one: crun's containers can only be
                 # deleted where crun runs.
-                result = helper.run(argv, podman.env) if helper else timed(argv, podman.env)
+                result = helper.run(argv, podman.env) if helper \
+                    else timed(argv, podman.env, RUN_TIMEOUT)
             except (BenchError, OSError) as e:
                 result = {"code": None, "stderr": str(e)}
             if result["code"] != 0:
@@ -423,7 +301,7 @@ def cleanup(tmp: str, podman: Podman | None, helper: Helper | None,
     if minirun_cmd and minirun_env:
         containers = os.path.join(minirun_env["MINIRUN_ROOT"], "containers")
         for cid in sorted(os.listdir(containers)) if os.path.isdir(containers) else []:
-            result = timed(minirun_cmd + ["rm", "--force", cid], minirun_env)
+            result = timed(minirun_cmd + ["rm", "--force", cid], minirun_env, RUN_TIMEOUT)
             if result["code"] != 0:
                 problems.append(f"minirun rm --force {cid}: {result['stderr']}")
             problems += [f"cgroup {d} left" for d in remove_cgroup_tree(f"/minirun/{cid}")]
@@ -432,9 +310,7 @@ def cleanup(tmp: str, podman: Podman | None, helper: Helper | None,
         remove_empty_cgroup(f"/{CGROUP_TOP}")
     if bridged:
         problems += host_net.restore()
-    remove_tree(tmp)
-    if os.path.exists(tmp):
-        problems.append(f"{tmp} could not be removed: {mounts_under(tmp)}")
+    problems += remove_tree(tmp)
     return problems
 
 
@@ -445,13 +321,12 @@ def report(samples: dict[str, dict[str, list[float]]], tools: dict[str, Tool]) -
     for mode, per_tool in samples.items():
         stats = {name: summary(v) for name, v in per_tool.items() if v}
         ratios = {}
-        for name in stats:
+        for name, s in stats.items():
             if not name.startswith("minirun"):
                 continue
             for other in ("podman-crun", "podman-runc"):
                 if other in stats:
-                    ratios[f"{name}/{other}"] = {
-                        s: stats[name][s] / stats[other][s] for s in ("median", "p90")}
+                    ratios[f"{name}/{other}"] = ratio(s, stats[other])
         out["modes"][mode] = {"tools": stats, "ratios": ratios}
     return out
 
@@ -482,14 +357,15 @@ def print_report(result: dict, tools: dict[str, Tool]) -> None:
 
 # --- main ---------------------------------------------------------------------------------
 
-def _interrupt(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+MINIRUN_HOW = {"--minirun": "--minirun", "launcher": "scripts/install.sh's launcher",
+               "console": "pip's console script (no install.sh launcher)"}
+MINIRUN_LABEL = {"--minirun": "minirun (--minirun)", "launcher": "minirun (install.sh launcher)",
+                 "console": "minirun (console script)"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--iterations", "-n", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    add_iteration_args(p, iterations=20, warmup=3)
     p.add_argument("--network", metavar="MODE",
                    help="also measure with this network mode (e.g. bridge) on both engines, "
                    "if minirun accepts it; `none` is always measured")
@@ -499,9 +375,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "scripts/install.sh's launcher for this checkout, else .venv/bin/minirun)")
     p.add_argument("--podman-storage-driver", default="overlay",
                    help="podman's storage driver (default overlay, podman's own default)")
-    p.add_argument("--tmpdir", default=None, help="parent of the temp dir (default $TMPDIR)")
-    p.add_argument("--json", metavar="FILE",
-                   help="also write the results as JSON ('-' for stdout, then no table)")
+    add_output_args(p)
     args = p.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0:
         p.error("--iterations must be >= 1 and --warmup >= 0")
@@ -518,11 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         if t not in TOOLS:
             print(f"run_bench: unknown tool {t!r}", file=sys.stderr)
             return 2
-    log = sys.stderr if args.json == "-" else sys.stdout
+    log = log_stream(args.json)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN:
-            signal.signal(sig, _interrupt)
+    catch_signals()
     host_net = HostNetwork()
     tmp = tempfile.mkdtemp(prefix="minirun-runbench.", dir=args.tmpdir)
     podman = helper = None
@@ -530,26 +402,17 @@ def main(argv: list[str] | None = None) -> int:
     modes = ["none"]
     try:
         # minirun's image, from a fresh checkout: the rootfs tarball, imported.
-        main_launcher = installed_launcher()
-        console = os.path.join(VENV, "bin", "minirun")
-        if args.minirun:
-            minirun_cmd, how = args.minirun.split(), "--minirun"
-        elif main_launcher:
-            minirun_cmd, how = [main_launcher], "scripts/install.sh's launcher"
-        elif os.access(console, os.X_OK):
-            minirun_cmd, how = [console], "pip's console script (no install.sh launcher)"
-        else:
-            raise BenchError(f"no minirun in {VENV}: run scripts/install.sh first")
+        minirun_cmd, source = minirun_command(args.minirun)
         minirun_env = dict(os.environ, MINIRUN_ROOT=os.path.join(tmp, "minirun-root"),
                            MINIRUN_RUN_ROOT=os.path.join(tmp, "minirun-run"))
-        print(f"minirun: {' '.join(minirun_cmd)} ({how})", file=log)
+        print(f"minirun: {' '.join(minirun_cmd)} ({MINIRUN_HOW[source]})", file=log)
         tarball = os.path.join(tmp, "busybox-rootfs.tar")
         subprocess.run([os.path.join(CHECKOUT, "rootfs", "build.sh"), "--tar", tarball],
                        check=True, stdout=subprocess.DEVNULL)
         checked(minirun_cmd + ["import", "--cmd", '["sh"]', tarball, f"{IMAGE}:latest"],
-                minirun_env, "minirun import")
+                minirun_env, 300, "minirun import")
         saved = os.path.join(tmp, "busybox-saved.tar")
-        checked(minirun_cmd + ["save", "-o", saved, IMAGE], minirun_env, "minirun save")
+        checked(minirun_cmd + ["save", "-o", saved, IMAGE], minirun_env, 300, "minirun save")
 
         tools: dict[str, Tool] = {}
 
@@ -557,19 +420,15 @@ def main(argv: list[str] | None = None) -> int:
             return lambda mode: cmd + ["run", "--rm", "--network", mode, IMAGE, "true"]
 
         if "minirun" in wanted:
-            if args.minirun:
-                label = "minirun (--minirun)"
-            elif main_launcher:
-                label = "minirun (install.sh launcher)"
-            else:
-                label = "minirun (console script)"
-            tools["minirun"] = Tool("minirun", label, minirun_argv(minirun_cmd), minirun_env)
-        if "minirun-console" in wanted and os.access(console, os.X_OK) \
-                and minirun_cmd != [console]:
+            tools["minirun"] = Tool("minirun", MINIRUN_LABEL[source], minirun_argv(minirun_cmd),
+                                    minirun_env)
+        if "minirun-console" in wanted and os.access(MINIRUN_CONSOLE, os.X_OK) \
+                and minirun_cmd != [MINIRUN_CONSOLE]:
             tools["minirun-console"] = Tool("minirun-console", "minirun (pip console script)",
-                                            minirun_argv([console]), minirun_env)
+                                            minirun_argv([MINIRUN_CONSOLE]), minirun_env)
         if "minirun-fast" in wanted:
-            fast = write_fast_launcher(os.path.join(tmp, "minirun-fast"))
+            fast = write_fast_launcher(os.path.join(tmp, "minirun-fast"), "minirun.cli",
+                                       "teardown")
             tools["minirun-fast"] = Tool("minirun-fast", "minirun (-SE launcher)",
                                          minirun_argv([fast]), minirun_env)
 
@@ -579,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             if not shutil.which("podman"):
                 raise BenchError("no podman (apt-get install podman)")
             podman = Podman(os.path.join(tmp, "podman"), args.podman_storage_driver)
-            checked(podman.cmd + ["load", "-q", "-i", saved], podman.env, "podman load")
+            checked(podman.cmd + ["load", "-q", "-i", saved], podman.env, 300, "podman load")
             for name, runtime in runtimes.items():
                 if name not in wanted:
                     continue
@@ -602,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def call(tool: Tool, mode: str) -> dict:
             argv = tool.argv_for(mode)
-            return helper.run(argv, tool.env) if tool.in_helper else timed(argv, tool.env)
+            return helper.run(argv, tool.env) if tool.in_helper \
+                else timed(argv, tool.env, RUN_TIMEOUT)
 
         if args.network and args.network != "none":
             probe_tool = tools.get("minirun") or next(
@@ -619,9 +479,7 @@ def main(argv: list[str] | None = None) -> int:
 
         state = checkout_state()
         load_before = loadavg()
-        print(f"minirun at {state['commit']}"
-              + (f" plus uncommitted changes to {len(state['dirty'])} file(s) in minirun/"
-                 if state["dirty"] else "") + f"; load average {load_before}", file=log)
+        print(describe_checkout(state, load_before), file=log)
         names = list(tools)
         samples = {m: {n: [] for n in names} for m in modes}
         failures: dict[str, list[str]] = {n: [] for n in names}
@@ -630,8 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--network {mode}: {args.warmup} warm-up + {args.iterations} iterations, "
                   f"rotating over {', '.join(names)}", file=log)
             for i in range(total):
-                k = i % len(names)
-                for name in names[k:] + names[:k]:
+                for name in rotated(names, i):
                     result = call(tools[name], mode)
                     if result["code"] != 0:
                         failures[name].append(f"--network {mode} iteration {i + 1}: exit "
@@ -640,8 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                               file=log)
                     elif i >= args.warmup:
                         samples[mode][name].append(result["elapsed"])
-                if (i + 1) % 10 == 0 or i + 1 == total:
-                    print(f"  {i + 1}/{total}", file=log)
+                progress(i, total, log)
 
         result = report(samples, tools)
         result["samples"] = samples
@@ -654,8 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": {"podman": version(["podman", "--version"]),
                          "crun": version([runtimes["podman-crun"], "--version"]),
                          "runc": version([runtimes["podman-runc"], "--version"])},
-            "kernel": os.uname().release, "cpus": os.cpu_count(), "checkout": state,
-            "loadavg_before": load_before, "loadavg_after": loadavg()}
+            **machine_and_checkout(state, load_before)}
         if args.json != "-":
             print_report(result, tools)
             print(f"\nload average at the end {result['config']['loadavg_after']}")
@@ -663,13 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                 if failures[name]:
                     print(f"{name}: {len(failures[name])} failed run(s), left out of the "
                           f"numbers; first: {failures[name][0]}")
-        if args.json:
-            text = json.dumps(result, indent=2)
-            if args.json == "-":
-                print(text)
-            else:
-                with open(args.json, "w") as f:
-                    f.write(text + "\n")
+        write_json(result, args.json)
         return 1 if any(failures.values()) else 0
     except (BenchError, subprocess.CalledProcessError) as e:
         print(f"run_bench: {e}", file=sys.stderr)
@@ -678,8 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nrun_bench: interrupted, cleaning up", file=sys.stderr)
         return 130
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_signals()
         bridged = len(modes) > 1
         for p in cleanup(tmp, podman, helper, minirun_cmd, minirun_env, host_net, bridged):
             print(f"run_bench: cleanup: {p}", file=sys.stderr)

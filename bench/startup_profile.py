@@ -42,7 +42,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-import oci_bench  # after the path is set
+import benchlib  # after the path is set
+import oci_bench
 
 VENV_PYTHON = os.path.join(CHECKOUT, ".venv", "bin", "python")
 
@@ -73,16 +74,10 @@ def spawn_time(argv: list[str], env: dict | None = None) -> tuple[float, str]:
     return elapsed, b"".join(chunks).decode(errors="replace")
 
 
-def site_packages() -> str:
-    return subprocess.run(
-        [VENV_PYTHON, "-c", 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-        check=True, capture_output=True, text=True).stdout.strip()
-
-
 def path_setup() -> str:
     # The fast launcher's sys.path: checkout first, site-packages last.
     return (f"import sys; sys.path[0:0] = [{CHECKOUT!r}]; "
-            f"sys.path.append({site_packages()!r}); ")
+            f"sys.path.append({benchlib.site_packages(VENV_PYTHON)!r}); ")
 
 
 # --- 1-3: startup, imports, fixed CLI cost ------------------------------------------------
@@ -400,7 +395,7 @@ def measure_minirun_trace(n: int, runner: oci_bench.Runner, bundle: str, cfg: di
             _, code, _, errs["create"] = runner.exec(
                 rt.cmd("create", "--bundle", bundle, "--pid-file", pid_file, cid))
             if code != 0:
-                raise oci_bench.BenchError(f"create with MINIRUN_TRACE=1: {errs['create']}")
+                raise benchlib.BenchError(f"create with MINIRUN_TRACE=1: {errs['create']}")
             with open(pid_file) as f:
                 pidfd = os.pidfd_open(int(f.read()))
             _, _, _, errs["start"] = runner.exec(rt.cmd("start", cid))
@@ -444,13 +439,7 @@ def measure_attach(n: int) -> dict:
     """A fresh fork moving itself into /minirun-bench/attach-probe in every hierarchy:
     through cgroup.procs everywhere (what minirun does), through v1's `tasks` (one thread,
     itself), and `tasks` in v1 plus cgroup.procs in the cgroup2 mount."""
-    mounts = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            fstype = fields[fields.index("-") + 1]
-            if fstype in ("cgroup", "cgroup2"):
-                mounts.append((fields[4], fstype))
+    mounts = benchlib.cgroup_mounts()
     rel = f"{oci_bench.CGROUP_PARENT}/attach-probe"
     for mp, _ in mounts:
         directory = mp
@@ -565,8 +554,7 @@ def print_report(res: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--iterations", "-n", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=2)
+    benchlib.add_iteration_args(p, iterations=20, warmup=2)
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
@@ -579,16 +567,16 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("startup_profile: run as root", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGINT, oci_bench._interrupt)
-    signal.signal(signal.SIGTERM, oci_bench._interrupt)
-    log = sys.stderr if args.json == "-" else sys.stdout
+    signals = (signal.SIGINT, signal.SIGTERM)
+    benchlib.catch_signals(signals=signals)
+    log = benchlib.log_stream(args.json)
     tmp = tempfile.mkdtemp(prefix="minirun-profile.")
     runner = None
     names = []
     try:
         stale = oci_bench.remove_bench_cgroups(kill=False)
         if stale:
-            raise oci_bench.BenchError(f"stale /{oci_bench.CGROUP_PARENT} cgroups: {stale}")
+            raise benchlib.BenchError(f"stale /{oci_bench.CGROUP_PARENT} cgroups: {stale}")
         launcher, how = oci_bench.minirun_launcher(tmp)
         print(f"minirun-oci: {launcher} ({how})", file=log)
         rootfs = oci_bench.build_rootfs(tmp)
@@ -632,20 +620,14 @@ def main(argv: list[str] | None = None) -> int:
                 timeout=600, check=False).returncode
         if code != 0:
             with open(err_file) as f:
-                raise oci_bench.BenchError(f"trace worker failed: {f.read().strip()}")
+                raise benchlib.BenchError(f"trace worker failed: {f.read().strip()}")
         with open(result_file) as f:
             res["trace"] = analyse_trace(json.load(f))
         if args.json != "-":
             print_report(res)
-        if args.json:
-            text = json.dumps(res, indent=2)
-            if args.json == "-":
-                print(text)
-            else:
-                with open(args.json, "w") as f:
-                    f.write(text + "\n")
+        benchlib.write_json(res, args.json)
         return 0
-    except oci_bench.BenchError as e:
+    except benchlib.BenchError as e:
         print(f"startup_profile: {e}", file=sys.stderr)
         return 1
     except subprocess.TimeoutExpired:
@@ -655,8 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstartup_profile: interrupted, cleaning up", file=sys.stderr)
         return 130
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+        benchlib.ignore_signals(signals)
         if runner is None:
             runner = oci_bench.Runner({}, "", tmp)
         # The trace worker's containers, if it was interrupted.
@@ -664,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.runtimes["trace"] = oci_bench.Runtime(
                 "trace", [oci_bench.minirun_launcher(tmp)[0]], os.path.join(tmp, "state-trace"))
             names.append("trace")
-        except (OSError, oci_bench.BenchError):
+        except (OSError, benchlib.BenchError):
             pass
         problems = oci_bench.cleanup(runner, None, names, tmp)
         for prob in problems:
