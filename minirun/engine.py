@@ -779,24 +779,9 @@ class Engine:
             uid_gid = f"{u['uid']}:{u['gid']}"
         process = execproc.build_process(c, command, tty=tty, cwd=workdir, env=env,
                                          user=uid_gid)
-        proxy = None
-        opts = execproc.ExecOptions(detach=detach)
-        if tty and not detach:
-            from .terminal import TerminalProxy
-
-            proxy = TerminalProxy()
-            opts.console_fd = proxy.container_end
-        try:
-            pid = execproc.exec_process(self.oci_root, rec["id"], process, opts)
-            if detach:
-                return 0
-            if proxy:
-                proxy.receive_master()
-                return proxy.run_until_exit(pid)
-            return ctr.wait_child(pid)
-        finally:
-            if proxy:
-                proxy.close()
+        return execproc.exec_and_wait(self.oci_root, rec["id"], process,
+                                      execproc.ExecOptions(detach=detach),
+                                      terminal_proxy=tty and not detach)
 
     def top(self, name_or_id: str, ps_args: list[str]) -> list[str]:
         """The host's ps output, only the container's processes (as docker top)."""

@@ -87,6 +87,32 @@ def build_process(c: Container, args: list[str], process_file: str | None = None
     return process
 
 
+def exec_and_wait(root: str, container_id: str, process: dict, opts: ExecOptions,
+                  terminal_proxy: bool = False) -> int:
+    """exec, then wait for the process and return its status (0 at once with
+    opts.detach). With terminal_proxy the caller's terminal is the process's, through a
+    pty whose master comes back on a console socket."""
+    proxy = None
+    if terminal_proxy:
+        from .terminal import TerminalProxy
+
+        proxy = TerminalProxy()
+        opts.console_fd = proxy.container_end
+    try:
+        pid = exec_process(root, container_id, process, opts)
+        if opts.detach:
+            return 0
+        if proxy:
+            proxy.receive_master()
+            return proxy.run_until_exit(pid)
+        from .container import wait_child
+
+        return wait_child(pid)
+    finally:
+        if proxy:
+            proxy.close()
+
+
 def exec_process(root: str, container_id: str, process: dict, opts: ExecOptions) -> int:
     """Start `process` in the container. Detached: returns 0 once it runs; otherwise
     waits and returns its status (128+N when killed by signal N)."""

@@ -344,23 +344,8 @@ def _exec(runtime, root: str, args) -> int:
         no_new_privs=args.no_new_privs)
     opts = execproc.ExecOptions(console_socket=args.console_socket, pid_file=args.pid_file,
                                 detach=args.detach, preserve_fds=args.preserve_fds)
-    proxy = None
-    if process.get("terminal") and not args.console_socket and not args.detach:
-        from .terminal import TerminalProxy
-
-        proxy = TerminalProxy()
-        opts.console_fd = proxy.container_end
-    try:
-        pid = execproc.exec_process(root, args.id, process, opts)
-        if args.detach:
-            return 0
-        if proxy:
-            proxy.receive_master()
-            return proxy.run_until_exit(pid)
-        return runtime.wait_child(pid)
-    finally:
-        if proxy:
-            proxy.close()
+    return execproc.exec_and_wait(root, args.id, process, opts, terminal_proxy=bool(
+        process.get("terminal") and not args.console_socket and not args.detach))
 
 
 def _list(runtime, root: str, args) -> None:
