@@ -307,23 +307,76 @@ def start(root: str, container_id: str) -> Container:
             raise ContainerStateError(f"cannot start a container that is {status}"
                                       if status != "stopped" else
                                       "cannot start a container that has stopped")
-        try:
-            fd = os.open(c.fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as e:
-            if e.errno == errno.ENXIO:
-                raise ContainerStateError("cannot start a container that has stopped") from None
-            raise
-        try:
-            os.write(fd, b"0")
-        finally:
-            os.close(fd)
-        os.unlink(c.fifo)
+        watch = _release_init(c)
     finally:
         os.close(lock)
+    try:
+        _wait_for_execve(watch)
+    finally:
+        os.close(watch)
     hooks = c.data.get("hooks") or {}
     if hooks.get("poststart"):
         run_hooks(hooks, ("poststart",), c.hook_state("running"), warn_only=True)
     return c
+
+
+# The exec fifo, from start's side. The init holds it open read-write and close-on-exec,
+# blocked in a read: start writes one byte, and the init's end closes when its execve
+# succeeds (or it dies). A read end that start opened before a writer it made itself
+# reports POLLHUP once no writer is left (pipe_poll's w_counter rule), so start knows the
+# user's program runs before it calls the poststart hooks, as the runtime-spec asks.
+# Whatever the init leaves in the fifo tells why it did not get there.
+_FIFO_GO = b"0"
+FIFO_ERROR = b"E"
+
+
+def _release_init(c: Container) -> int:
+    """Let the init go; return a read end of the fifo to wait on."""
+    try:
+        # no reader (ENXIO): the init that held the fifo is gone
+        probe = os.open(c.fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise ContainerStateError("cannot start a container that has stopped") from None
+        raise
+    try:
+        watch = os.open(c.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            go = os.open(c.fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                os.write(go, _FIFO_GO)
+            finally:
+                os.close(go)
+            os.unlink(c.fifo)
+        except BaseException:
+            os.close(watch)
+            raise
+    finally:
+        os.close(probe)
+    return watch
+
+
+def _wait_for_execve(watch: int) -> None:
+    """Wait until the init's end of the fifo closes; raise if the init did not reach
+    the user's program (its error, or the byte it never read)."""
+    poller = select.poll()
+    poller.register(watch, 0)  # POLLHUP only: the go byte stays for the init to read
+    while not poller.poll():
+        pass
+    left = b""
+    while True:
+        try:
+            chunk = os.read(watch, 4096)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        left += chunk
+    if left.startswith(FIFO_ERROR):
+        raise MiniRunError(left[1:].decode(errors="replace").strip() or
+                           "the container's process failed to start")
+    if left:
+        raise ContainerStateError("the container's init died before it could start")
 
 
 SIGNALS = {name: getattr(signal, name) for name in dir(signal)

@@ -57,6 +57,7 @@ from .container import (  # noqa: F401 - re-exported: runtime is the lifecycle's
     pause,
     resume,
     FORWARDED_SIGNALS,
+    FIFO_ERROR,
     wait_init,
     wait_child,
 )
@@ -434,10 +435,23 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
             continue
         except OSError as e:
             raise MiniRunError(f"reading exec fifo: {e.strerror}") from None
-    os.close(fifo_fd)
-    if hooks.get("startContainer"):
-        run_hooks(hooks, ("startContainer",), c.hook_state("running"))
-    exec_user_program(exe, process["args"], env, user, opts.preserve_fds, seccomp_filter)
+    # fifo_fd stays open (close-on-exec) until execve: `start` waits for it to close
+    # before the poststart hooks, and reads from it why we failed if we do.
+    try:
+        if hooks.get("startContainer"):
+            run_hooks(hooks, ("startContainer",), c.hook_state("running"))
+        exec_user_program(exe, process["args"], env, user, opts.preserve_fds, seccomp_filter,
+                          error_fd=fifo_fd)
+    except BaseException as e:
+        _report_start_error(fifo_fd, str(e))
+        raise
+
+
+def _report_start_error(fifo_fd: int, msg: str) -> None:
+    try:
+        os.write(fifo_fd, FIFO_ERROR + msg.encode())
+    except OSError:
+        pass
 
 
 def prepare_process(process: dict, caps, rlimits,
@@ -471,9 +485,10 @@ def prepare_process(process: dict, caps, rlimits,
 
 
 def exec_user_program(exe: str, args: list[str], env: dict, user: dict,
-                      preserve_fds: int, seccomp_filter=None) -> None:
+                      preserve_fds: int, seccomp_filter=None, error_fd: int = -1) -> None:
     """The last steps before the user's program: umask, fds, seccomp (with
-    no_new_privs), execve. Never returns."""
+    no_new_privs), execve. Never returns. A failure goes to stderr and, for the init,
+    to error_fd (the exec fifo, which `start` reads)."""
     os.umask(user["umask"] if user.get("umask") is not None else 0o022)
     _prepare_fds(preserve_fds)
     if seccomp_filter is not None and not seccomp_filter.installed:
@@ -483,13 +498,19 @@ def exec_user_program(exe: str, args: list[str], env: dict, user: dict,
         try:
             seccomp_filter.install()
         except MiniRunError as e:
-            os.write(2, f"minirun: {e}\n".encode())
-            os._exit(1)
+            _exec_failed(str(e), error_fd, 1)
     try:
         os.execve(exe, args, env)
     except OSError as e:
-        os.write(2, f"minirun: exec {exe}: {e.strerror}\n".encode())
-        os._exit(126 if e.errno in (errno.EACCES, errno.ENOEXEC) else 127)
+        _exec_failed(f"exec {exe}: {e.strerror}", error_fd,
+                     126 if e.errno in (errno.EACCES, errno.ENOEXEC) else 127)
+
+
+def _exec_failed(msg: str, error_fd: int, code: int) -> None:
+    os.write(2, f"minirun: {msg}\n".encode())
+    if error_fd >= 0:
+        _report_start_error(error_fd, msg)
+    os._exit(code)
 
 
 def _process_env(process: dict, user: dict) -> dict:

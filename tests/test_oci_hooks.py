@@ -134,3 +134,45 @@ def test_create_killed_mid_setup_leaves_nothing_delete_cannot_clean(oci, rootfs,
     oci("delete", "--force", cid, check=True)
     assert not os.path.exists(os.path.join(oci.root, cid))
     assert container_cgroup_dirs(f"/minirun/{cid}") == []
+
+
+def _cmdline_recorder(path) -> dict:
+    """A poststart hook that records the command line of the container's init (its pid
+    from the state on stdin), NULs as spaces."""
+    script = ('pid=$(sed -n \'s/.*"pid": *\\([0-9]*\\).*/\\1/p\'); '
+              f'tr "\\0" " " < /proc/$pid/cmdline > {path}')
+    return {"path": "/bin/sh", "args": ["sh", "-c", script]}
+
+
+def test_poststart_runs_after_the_users_program_started(oci, rootfs, tmp_path):
+    """Each time, the poststart hook finds the init already running `sleep 77`, never
+    the runtime still setting it up. A slow startContainer hook (run by the init between
+    start and its execve) makes the old race certain; the plain runs catch the rest."""
+    seen = tmp_path / "cmdline"
+    cfg = base_config(["sleep", "77"])
+    cfg["hooks"] = {"poststart": [_cmdline_recorder(seen)]}
+    plain = oci.bundle(cfg, rootfs)
+    cfg["hooks"]["startContainer"] = [{"path": "/bin/sleep", "args": ["sleep", "0.3"]}]
+    slow = oci.bundle(cfg, rootfs)
+    for i in range(30):
+        cid = oci.new_id()
+        oci("create", "--bundle", slow if i % 6 == 0 else plain, cid, check=True)
+        oci("start", cid, check=True)
+        assert seen.read_text() == "sleep 77 ", f"iteration {i}"
+        seen.unlink()
+        oci("delete", "--force", cid, check=True)
+
+
+def test_failing_start_container_hook_fails_start_without_poststart(oci, rootfs, tmp_path):
+    seen = tmp_path / "cmdline"
+    cfg = base_config(["sleep", "77"])
+    cfg["hooks"] = {"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 4"]}],
+                    "poststart": [_cmdline_recorder(seen)]}
+    cid = oci.new_id()
+    oci("create", "--bundle", oci.bundle(cfg, rootfs), cid, check=True)
+    proc = oci("start", cid)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "minirun-oci: startContainer hook /bin/sh failed with exit status 4"]
+    assert not seen.exists()
+    assert wait_for(lambda: oci.state(cid)["status"] == "stopped")
