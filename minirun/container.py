@@ -254,12 +254,23 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
 
 
+def check_pid_file(path: str) -> None:
+    """Before anything starts: a pid file that cannot be written would otherwise be
+    found out only once the process runs."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise InvalidArgument(f"pid file {path}: directory {directory} does not exist")
+
+
 def _write_pid_file(path: str, pid: int) -> None:
     path = os.path.abspath(path)
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w") as f:
-        f.write(str(pid))
-    os.rename(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(str(pid))
+        os.rename(tmp, path)
+    except OSError as e:
+        raise MiniRunError(f"pid file {path}: {e.strerror}") from None
 
 
 def _kill_and_wait(pid: int, timeout: float = 10.0) -> None:

@@ -22,7 +22,8 @@ from .errors import ContainerStateError, InvalidArgument, InvalidSpec, MiniRunEr
 from .namespaces import NAMESPACES, join_namespaces
 from .runtime import (Container, _check_cwd, _kill_and_wait, _rebuild_error, _recv,
                       _report_error, _reset_signals, _send, _setup_terminal, _write_pid_file,
-                      exec_user_program, prepare_process, proc_start_time, trace)
+                      check_pid_file, exec_user_program, prepare_process, proc_start_time,
+                      trace)
 
 # setns order: the user namespace owns the others; the mount namespace goes last since
 # joining it changes our root and the /proc paths of the others would no longer resolve.
@@ -129,6 +130,8 @@ def exec_process(root: str, container_id: str, process: dict, opts: ExecOptions)
                                     security.last_cap())
     rlimits = security.rlimit_plan(process.get("rlimits"))
     _check_cwd(process.get("cwd", "/"))
+    if opts.pid_file:
+        check_pid_file(opts.pid_file)
     if process.get("terminal") and not (opts.console_socket or opts.console_fd):
         raise InvalidArgument("cannot allocate a tty without --console-socket")
     # The container's profile applies to every process in it, as under runc.
@@ -151,7 +154,11 @@ def exec_process(root: str, container_id: str, process: dict, opts: ExecOptions)
         if console is not None and opts.console_socket:
             console.close()
     if opts.pid_file:
-        _write_pid_file(opts.pid_file, pid)
+        try:
+            _write_pid_file(opts.pid_file, pid)
+        except MiniRunError:
+            _kill_and_wait(pid)  # nobody would know its pid: it must not run on
+            raise
     return pid
 
 

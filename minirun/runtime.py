@@ -46,6 +46,7 @@ from .container import (  # noqa: F401 - re-exported: runtime is the lifecycle's
     run_hook,
     run_hooks,
     _now,
+    check_pid_file,
     _write_pid_file,
     _kill_and_wait,
     _cleanup,
@@ -155,6 +156,8 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
                                     security.last_cap())
     rlimits = security.rlimit_plan(process.get("rlimits"))
     _check_cwd(process.get("cwd", "/"))
+    if opts.pid_file:
+        check_pid_file(opts.pid_file)
     seccomp_filter = None
     if (cfg.get("linux") or {}).get("seccomp"):
         # Checked and compiled to BPF here, before anything exists: the init only loads

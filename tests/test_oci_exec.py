@@ -169,3 +169,38 @@ def test_exec_preserve_fds(oci, running, tmp_path):
                pass_fds=(3,), preexec_fn=lambda: os.dup2(f.fileno(), 3))
     f.close()
     assert proc.stdout == "through fd 3\n", proc.stderr
+
+
+def _cgroup_procs(cid: str) -> set[int]:
+    procs = set()
+    for d in container_cgroup_dirs(f"/minirun/{cid}"):
+        with open(os.path.join(d, "cgroup.procs")) as f:
+            procs.update(int(p) for p in f.read().split())
+    return procs
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "a-directory"])
+def test_exec_unwritable_pid_file_fails_and_starts_nothing(oci, running, tmp_path, where):
+    if where == "missing-dir":
+        pidfile = "/non-existent/dir/x"
+    else:  # only found out when the pid is written: the process is killed again
+        pidfile = str(tmp_path / "taken")
+        os.makedirs(os.path.join(pidfile, "sub"))
+    before = _cgroup_procs(running)
+    proc = oci("exec", "-d", "--pid-file", pidfile, running, "sleep", "123")
+    assert proc.returncode == 255
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and pidfile in lines[0], proc.stderr
+    assert wait_for(lambda: _cgroup_procs(running) == before), _cgroup_procs(running)
+    assert oci.state(running)["status"] == "running"
+
+
+def test_create_with_pid_file_in_missing_dir_leaves_nothing(oci, rootfs):
+    cid = oci.new_id()
+    proc = oci("create", "--pid-file", "/non-existent/dir/x", "--bundle",
+               oci.bundle(base_config(["true"]), rootfs), cid)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "minirun-oci: pid file /non-existent/dir/x: directory /non-existent/dir does not exist"]
+    assert not os.path.exists(os.path.join(oci.root, cid))
+    assert container_cgroup_dirs(f"/minirun/{cid}") == []
