@@ -291,11 +291,15 @@ def _kill_and_wait(pid: int, timeout: float = 10.0) -> None:
 
 
 def _cleanup(c: Container, cg) -> None:
+    # A cgroup that existed before create (runc lets a container join one) keeps its
+    # directories and its other processes: the container's own are gone by now.
+    keep = tuple(c.data.get("cgroup_preexisting") or ())
     if cg is not None:
         try:
             if cg.exists():
-                cg.kill_all(signal.SIGKILL)
-                cg.destroy()
+                if not keep:
+                    cg.kill_all(signal.SIGKILL)
+                cg.destroy(keep)
         except (OSError, MiniRunError) as e:
             print(f"minirun: warning: cgroup cleanup: {e}", file=sys.stderr)
     for name in ("state.json", "state.json.tmp", "exec.fifo"):
@@ -444,7 +448,8 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
         cg = c.cgroup()
         if status != "stopped":
             if cg.exists():
-                cg.kill_all(signal.SIGKILL)
+                if not _init_takes_all(c):
+                    cg.kill_all(signal.SIGKILL)
                 if status == "paused":
                     cg.thaw()
             _kill_and_wait(c.pid)
@@ -454,6 +459,16 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
     hooks = c.data.get("hooks") or {}
     if hooks.get("poststop"):
         run_hooks(hooks, ("poststop",), c.hook_state("stopped"), warn_only=True)
+
+
+def _init_takes_all(c: Container) -> bool:
+    """In a cgroup that was not minirun's (it may hold others' processes), kill only the
+    init when its pid namespace is the container's own: the kernel then kills the rest
+    of the container, and nothing else. runc 1.1 does the same."""
+    if not c.data.get("cgroup_preexisting"):
+        return False
+    namespaces = ((c.data.get("config") or {}).get("linux") or {}).get("namespaces") or []
+    return any(ns.get("type") == "pid" and not ns.get("path") for ns in namespaces)
 
 
 def pause(root: str, container_id: str) -> None:

@@ -34,6 +34,7 @@ from . import OCI_VERSION
 from . import jsonfast as json
 from . import sys as _sys
 from .cgroups import open_cgroup, resolve_path
+from .cgroups.base import warn
 from .container import (  # noqa: F401 - re-exported: runtime is the lifecycle's API
     enable_trace,
     trace,
@@ -170,21 +171,26 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
             trace(f"create: seccomp compiled, {len(seccomp_filter)} BPF instructions, "
                   f"unknown syscalls ignored: {' '.join(seccomp_filter.ignored) or 'none'}")
 
+    linux = cfg.get("linux") or {}
+    rootless = os.geteuid() != 0
     os.makedirs(root, mode=0o700, exist_ok=True)
     c = Container(root, container_id)
+    if os.path.exists(c.dir):
+        raise AlreadyExists(f"container with id {container_id!r} already exists")
+    target = open_cgroup(resolve_path(linux.get("cgroupsPath"), container_id),
+                         rootless=rootless)
+    preexisting = _check_target_cgroup(target)
     try:
         os.mkdir(c.dir, 0o711)
     except FileExistsError:
         raise AlreadyExists(f"container with id {container_id!r} already exists") from None
 
-    linux = cfg.get("linux") or {}
-    rootless = os.geteuid() != 0
     cg = None
     init_pid = 0
     console = None
     plan = None
     try:
-        cg = open_cgroup(resolve_path(linux.get("cgroupsPath"), container_id), rootless=rootless)
+        cg = target
         c.data = {
             "ociVersion": cfg.get("ociVersion", OCI_VERSION), "id": container_id,
             "bundle": bundle, "rootfs": rootfs, "pid": 0, "start_time": None,
@@ -192,6 +198,7 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
             "hooks": cfg.get("hooks") or {}, "cgroup_path": cg.path,
             "cgroup_driver": f"v{cg.version}", "cgroup_root": cg.root, "rootless": rootless,
             "ready": False, "config": cfg, "no_new_keyring": opts.no_new_keyring,
+            "cgroup_preexisting": preexisting,
         }
         # Saved at once, and again as soon as the init's pid is known: if this process is
         # killed mid-create, `delete --force` still finds the cgroup and the init.
@@ -232,6 +239,22 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
         if console is not None and opts.console_socket:
             console.close()
     return c
+
+
+def _check_target_cgroup(cg) -> list[str]:
+    """runc 1.1's checks of a cgroup that exists before create; returns its existing
+    directories (for delete to leave alone). A frozen one is refused: the child would
+    stop in D state the moment it joins, and create would hang. One that holds
+    processes gets a warning, and the container joins it anyway, as under runc."""
+    existing = [d for d in cg.dirs() if os.path.isdir(d)]
+    if not existing:
+        return existing
+    if cg.is_frozen():
+        raise ContainerStateError("container's cgroup unexpectedly frozen")
+    found = len(cg.pids())
+    if found:
+        warn(f"container's cgroup is not empty: {found} process(es) found")
+    return existing
 
 
 def _check_cwd(cwd: str) -> None:

@@ -254,3 +254,100 @@ def test_personality(oci, rootfs, domain, machine):
     proc = oci.run(cfg, rootfs)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == machine
+
+
+# --- a cgroup that exists before create (runc 1.1's checks) -------------------------------
+
+UNIFIED = "/sys/fs/cgroup/unified"
+
+
+def _mounted_as(path: str, fstype: str) -> bool:
+    from minirun.cgroups import _fstype
+    return _fstype(path) == fstype
+
+
+@pytest.fixture(params=["v1-freezer", "v2-unified"])
+def foreign_cgroup(request, monkeypatch):
+    """A cgroup made before minirun's create, as someone else would: (cgroup path, its
+    host dir, how to freeze it). v2 runs the v2 driver on the host's unified mount."""
+    import secrets
+    from cgrouptest import wipe
+    path = f"/minirun/pre-{secrets.token_hex(5)}"
+    if request.param == "v1-freezer":
+        mount = "/sys/fs/cgroup/freezer"
+        if not _mounted_as(mount, "cgroup"):
+            pytest.skip("no cgroup v1 freezer hierarchy on this host")
+        freeze = ("freezer.state", "FROZEN")
+    else:
+        mount = UNIFIED
+        if not _mounted_as(mount, "cgroup2"):
+            pytest.skip(f"no cgroup2 mount at {mount}")
+        monkeypatch.setenv("MINIRUN_CGROUP_DRIVER", "v2")
+        monkeypatch.setenv("MINIRUN_CGROUP_ROOT", mount)
+        freeze = ("cgroup.freeze", "1")
+    directory = mount + path
+    os.makedirs(directory)
+    try:
+        yield path, directory, freeze
+    finally:
+        wipe([directory])
+        # and whatever minirun made in the other hierarchies (a failed test's leftovers)
+        wipe([d for d in (os.path.join(os.path.dirname(mount), h) + path
+                          for h in os.listdir(os.path.dirname(mount))) if os.path.isdir(d)])
+
+
+def _is_frozen(directory: str) -> bool:
+    state = os.path.join(directory, "freezer.state")
+    if os.path.exists(state):
+        return open(state).read().strip() == "FROZEN"
+    return "frozen 1" in open(os.path.join(directory, "cgroup.events")).read()
+
+
+@pytest.mark.parametrize("verb", ["create", "run"])
+def test_frozen_cgroup_is_refused_at_once(oci, rootfs, foreign_cgroup, verb):
+    from ocitest import container_cgroup_dirs
+    path, directory, (name, value) = foreign_cgroup
+    with open(os.path.join(directory, name), "w") as f:
+        f.write(value)
+    assert wait_for(lambda: _is_frozen(directory))
+    cfg = base_config(["true"])
+    cfg["linux"]["cgroupsPath"] = path
+    cid = oci.new_id()
+    flags = ["-d"] if verb == "run" else []
+    proc = oci(verb, *flags, "--bundle", oci.bundle(cfg, rootfs), cid, timeout=20)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "minirun-oci: container's cgroup unexpectedly frozen"]
+    assert not os.path.exists(os.path.join(oci.root, cid))
+    # the cgroup is someone else's: still there, still frozen, nothing made next to it
+    assert _is_frozen(directory)
+    assert container_cgroup_dirs(path) == [directory]
+
+
+def test_non_empty_cgroup_warns_and_is_left_as_found(oci, rootfs, foreign_cgroup):
+    import subprocess
+    from ocitest import container_cgroup_dirs
+    path, directory, _ = foreign_cgroup
+    other = subprocess.Popen(["sleep", "300"])
+    try:
+        with open(os.path.join(directory, "cgroup.procs"), "w") as f:
+            f.write(str(other.pid))
+        cfg = base_config(["sleep", "300"])
+        cfg["linux"]["cgroupsPath"] = path
+        cid = oci.new_id()
+        proc = oci("run", "-d", "--bundle", oci.bundle(cfg, rootfs), cid)
+        assert proc.returncode == 0, proc.stderr
+        assert "minirun: warning: container's cgroup is not empty: 1 process(es) found" \
+            in proc.stderr.splitlines(), proc.stderr
+        init = oci.state(cid)["pid"]
+        procs = open(os.path.join(directory, "cgroup.procs")).read().split()
+        assert {str(init), str(other.pid)} <= set(procs)
+        oci("delete", "--force", cid, check=True)
+        # as runc: the container's processes go, the other one and its cgroup stay
+        assert other.poll() is None
+        assert open(os.path.join(directory, "cgroup.procs")).read().split() == \
+            [str(other.pid)]
+        assert container_cgroup_dirs(path) == [directory]
+    finally:
+        other.kill()
+        other.wait()

@@ -147,10 +147,15 @@ class Cgroup(ABC):
     def exists(self) -> bool: ...
 
     @abstractmethod
-    def destroy(self) -> None:
+    def destroy(self, keep: tuple[str, ...] = ()) -> None:
         """rmdir the cgroup (every controller), retrying briefly while it empties, then
         the levels above it under minirun's parent that are left empty (_prune_parents).
-        Missing is not an error."""
+        Missing is not an error. Directories in `keep` (from dirs(): ones that existed
+        before minirun's create) are someone else's and stay."""
+
+    @abstractmethod
+    def dirs(self) -> list[str]:
+        """This cgroup's directory in each hierarchy (v1: per mount), existing or not."""
 
     def stats(self) -> dict:
         """runc `events --stats` shaped data: cpu, memory (usage, working set), pids,

@@ -201,10 +201,15 @@ class CgroupV1(Cgroup):
     def exists(self) -> bool:
         return any(os.path.isdir(self._dir_of(h)) for h in self.hierarchies)
 
-    def destroy(self) -> None:
+    def destroy(self, keep: tuple[str, ...] = ()) -> None:
         for h in self.hierarchies:
+            if self._dir_of(h) in keep:
+                continue
             self._rmdir_tree(self._dir_of(h))
             self._prune_parents(h.mountpoint)
+
+    def dirs(self) -> list[str]:
+        return [self._dir_of(h) for h in self.hierarchies]
 
     def mounts_for_container(self) -> list[tuple[str, str]]:
         # as runc: the v1 hierarchies only, not a hybrid host's unified mount

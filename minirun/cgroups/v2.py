@@ -131,9 +131,14 @@ class CgroupV2(Cgroup):
     def exists(self) -> bool:
         return os.path.isdir(self.dir)
 
-    def destroy(self) -> None:
+    def destroy(self, keep: tuple[str, ...] = ()) -> None:
+        if self.dir in keep:
+            return
         self._rmdir_tree(self.dir)
         self._prune_parents(self.root)
+
+    def dirs(self) -> list[str]:
+        return [self.dir]
 
     def mounts_for_container(self) -> list[tuple[str, str]]:
         return [(self.dir, "")]
