@@ -188,8 +188,9 @@ def list_containers(root: str) -> list[Container]:
 # --- hooks --------------------------------------------------------------------------------
 
 
-def run_hook(kind: str, hook: dict, state: bytes) -> None:
-    """Run one OCI hook with the state on its stdin; a failure or timeout raises."""
+def run_hook(kind: str, hook: dict, state: bytes, cwd: str | None = None) -> None:
+    """Run one OCI hook with the state on its stdin (in `cwd` if given); a failure or
+    timeout raises."""
     path = hook["path"]
     args = hook.get("args") or [path]
     env = hook.get("env") or []
@@ -208,6 +209,8 @@ def run_hook(kind: str, hook: dict, state: bytes) -> None:
             # a hook must not outlive a runtime killed while waiting for it
             _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL, name="prctl(PR_SET_PDEATHSIG)")
             os.dup2(r, 0)
+            if cwd:
+                os.chdir(cwd)
             os.execve(path, args, dict(e.split("=", 1) for e in env if "=" in e))
         except BaseException as e:
             os.write(2, f"minirun: hook {path}: {e}\n".encode())
@@ -235,11 +238,12 @@ def run_hook(kind: str, hook: dict, state: bytes) -> None:
         raise HookError(f"{kind} hook {path} failed with exit status {code}")
 
 
-def run_hooks(cfg_hooks: dict, kinds: tuple[str, ...], state: bytes, warn_only=False) -> None:
+def run_hooks(cfg_hooks: dict, kinds: tuple[str, ...], state: bytes, warn_only=False,
+              cwd: str | None = None) -> None:
     for kind in kinds:
         for hook in cfg_hooks.get(kind) or []:
             try:
-                run_hook(kind, hook, state)
+                run_hook(kind, hook, state, cwd)
             except HookError as e:
                 if not warn_only:
                     raise

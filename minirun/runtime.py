@@ -303,7 +303,9 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
                 os.waitpid(pid, 0)  # C exits right after; I is now our child (subreaper)
                 pid = 0
             elif msg.get("hooks"):
-                run_hooks(hooks, ("prestart", "createRuntime"), c.hook_state("creating"))
+                # runc runs them from the bundle (it chdirs there for create and run)
+                run_hooks(hooks, ("prestart", "createRuntime"), c.hook_state("creating"),
+                          cwd=bundle)
                 _send(parent_sock, {"ok": True})
             elif msg.get("ready"):
                 trace("create: init ready")
@@ -424,7 +426,9 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
         _send(sock, {"hooks": "createRuntime"})
         _recv(sock, None)
     if hooks.get("createContainer"):
-        run_hooks(hooks, ("createContainer",), c.hook_state("created"))
+        # in the container's mount namespace, before pivot_root, from the rootfs: runc's
+        # init is there when it runs them
+        run_hooks(hooks, ("createContainer",), c.hook_state("created"), cwd=rootfs)
     builder.pivot(no_pivot=opts.no_pivot)
     # As runc: a missing cwd is made before the root turns read-only, and sysctls are
     # written before readonlyPaths (the default spec's included) make /proc/sys read-only.

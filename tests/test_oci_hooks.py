@@ -176,3 +176,21 @@ def test_failing_start_container_hook_fails_start_without_poststart(oci, rootfs,
         "minirun-oci: startContainer hook /bin/sh failed with exit status 4"]
     assert not seen.exists()
     assert wait_for(lambda: oci.state(cid)["status"] == "stopped")
+
+
+def test_hooks_working_directories_as_runc(oci, rootfs, tmp_path):
+    """runc runs prestart and createRuntime hooks from the bundle, createContainer hooks
+    from the rootfs (in the container's mount namespace, before pivot_root)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = base_config(["true"])
+    cfg["hooks"] = {kind: [{"path": "/bin/sh", "args": [
+        "sh", "-c", f"pwd > {out}/{kind}; readlink /proc/self/cwd >> {out}/{kind}"]}]
+        for kind in ("prestart", "createRuntime", "createContainer")}
+    bundle = oci.bundle(cfg, rootfs)
+    cid = oci.new_id()
+    oci("create", "--bundle", bundle, cid, check=True, cwd="/")
+    for kind in ("prestart", "createRuntime"):
+        assert (out / kind).read_text().split() == [bundle, bundle], kind
+    real = os.path.realpath(rootfs)
+    assert (out / "createContainer").read_text().split() == [real, real]
