@@ -487,8 +487,9 @@ def _report_start_error(fifo_fd: int, msg: str) -> None:
 def prepare_process(process: dict, caps, rlimits,
                     seccomp_filter=None) -> tuple[str, dict, dict]:
     """The process settings, in runc's order, for the container's init and for exec:
-    rlimits, oom score, seccomp without no_new_privs, bounding set, user, capabilities,
-    cwd (verified), the executable looked up in the container, no_new_privs. Returns
+    rlimits, oom score, seccomp without no_new_privs, cwd (verified; again as the user
+    if root was refused), bounding set, user, capabilities, the executable looked up in
+    the container, no_new_privs. Returns
     (executable, env, user)."""
     security.apply_rlimits(rlimits)
     if "oomScoreAdj" in process:
@@ -499,15 +500,21 @@ def prepare_process(process: dict, caps, rlimits,
         seccomp_filter.install()
     user = process.get("user") or {}
     top = security.last_cap()
+    # As runc: the cwd is entered while we are still root with every capability (so that
+    # uid 0 without CAP_DAC_OVERRIDE gets into a 0700 home of another user), and once
+    # more as the user when root was refused (a directory only the user may enter).
+    cwd = process.get("cwd", "/")
+    entered = _enter_cwd(cwd, retry_as_user=True)
     if caps is not None:
         security.drop_bounding(caps, top)
         _sys.prctl(_sys.PR_SET_KEEPCAPS, 1, name="prctl(PR_SET_KEEPCAPS)")
     security.set_user(user, security.setgroups_allowed())
+    if not entered:
+        _enter_cwd(cwd)
     if caps is not None:
         _sys.prctl(_sys.PR_SET_KEEPCAPS, 0, name="prctl(PR_SET_KEEPCAPS)")
         security.apply_caps(caps, top)
     env = _process_env(process, user)
-    _enter_cwd(process.get("cwd", "/"))
     exe = _find_executable(process["args"][0], env)
     if process.get("noNewPrivileges"):
         _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1, name="prctl(PR_SET_NO_NEW_PRIVS)")
@@ -567,7 +574,9 @@ def _make_cwd(cwd: str) -> None:
         os.close(rootfd)
 
 
-def _enter_cwd(cwd: str) -> None:
+def _enter_cwd(cwd: str, retry_as_user: bool = False) -> bool:
+    """chdir and verify; False (not entered) on a refusal that the caller will retry
+    as the process's user."""
     try:
         os.chdir(cwd)
     except FileNotFoundError:
@@ -578,6 +587,10 @@ def _enter_cwd(cwd: str) -> None:
             os.chdir(cwd)
         except OSError as e:
             raise InvalidSpec(f"process.cwd {cwd}: {e.strerror}") from None
+    except PermissionError as e:
+        if retry_as_user:
+            return False
+        raise InvalidSpec(f"process.cwd {cwd}: {e.strerror}") from None
     except OSError as e:
         raise InvalidSpec(f"process.cwd {cwd}: {e.strerror}") from None
     # CVE-2024-21626: the directory we are in must be inside the container's root; a
@@ -588,6 +601,7 @@ def _enter_cwd(cwd: str) -> None:
         here = ""  # glibc's getcwd fails with ENOENT on an unreachable directory
     if not here.startswith("/") or "(unreachable)" in here:
         raise MiniRunError(f"process.cwd {cwd} resolves outside the container")
+    return True
 
 
 def _find_executable(name: str, env: dict) -> str:

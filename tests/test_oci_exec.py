@@ -204,3 +204,30 @@ def test_create_with_pid_file_in_missing_dir_leaves_nothing(oci, rootfs):
         "minirun-oci: pid file /non-existent/dir/x: directory /non-existent/dir does not exist"]
     assert not os.path.exists(os.path.join(oci.root, cid))
     assert container_cgroup_dirs(f"/minirun/{cid}") == []
+
+
+@pytest.fixture
+def private_home(tmp_path):
+    """A host dir owned by uid 1000, mode 0700, to bind at /home/u."""
+    home = tmp_path / "home-u"
+    home.mkdir()
+    os.chown(home, 1000, 1000)
+    home.chmod(0o700)
+    return {"destination": "/home/u", "type": "bind", "source": str(home),
+            "options": ["rbind", "rw"]}
+
+
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_exec_into_a_cwd_only_its_owner_may_enter(oci, rootfs, private_home, uid):
+    """As runc: uid 0 (without CAP_DAC_OVERRIDE) and the owner both get in, since the
+    cwd is entered before the user changes, and again as the user if root is refused."""
+    cfg = base_config(["sleep", "300"])
+    cfg["mounts"].append(private_home)
+    cid = oci.new_id()
+    oci("run", "-d", "--bundle", oci.bundle(cfg, rootfs), cid, check=True)
+    proc = oci("exec", "--user", f"{uid}:{uid}", "--cwd", "/home/u", cid, "sh", "-c",
+               "id -u; pwd; grep CapEff /proc/self/status")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:2] == [str(uid), "/home/u"]
+    assert not int(lines[2].split()[1], 16) & (1 << 1)  # no CAP_DAC_OVERRIDE in there

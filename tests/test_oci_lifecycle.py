@@ -351,3 +351,19 @@ def test_non_empty_cgroup_warns_and_is_left_as_found(oci, rootfs, foreign_cgroup
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_init_cwd_only_its_owner_may_enter(oci, rootfs, tmp_path, uid):
+    home = tmp_path / "home-u"
+    home.mkdir()
+    os.chown(home, 1000, 1000)
+    home.chmod(0o700)
+    cfg = base_config(["sh", "-c", "id -u; pwd"])
+    cfg["mounts"].append({"destination": "/home/u", "type": "bind", "source": str(home),
+                          "options": ["rbind", "rw"]})
+    cfg["process"]["cwd"] = "/home/u"
+    cfg["process"]["user"] = {"uid": uid, "gid": uid}
+    proc = oci.run(cfg, rootfs)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str(uid), "/home/u"]
