@@ -32,12 +32,36 @@ _JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount"
 
 class ExecOptions:
     def __init__(self, console_socket: str | None = None, pid_file: str | None = None,
-                 detach: bool = False, preserve_fds: int = 0, console_fd=None) -> None:
+                 detach: bool = False, preserve_fds: int = 0, console_fd=None,
+                 ignore_paused: bool = False, cgroups: list[str] | None = None) -> None:
         self.console_socket = console_socket
         self.pid_file = pid_file
         self.detach = detach
         self.preserve_fds = preserve_fds
         self.console_fd = console_fd
+        self.ignore_paused = ignore_paused
+        self.sub_cgroups = parse_sub_cgroups(cgroups or [])
+
+
+def parse_sub_cgroups(args: list[str]) -> dict[str, str]:
+    """exec --cgroup, runc's forms: one "sub" for every controller, or any number of
+    "ctrl[,ctrl...]:sub". Maps a controller ("" for all) to a path below the
+    container's cgroup."""
+    subs: dict[str, str] = {}
+    for arg in args:
+        ctrls, sep, sub = arg.rpartition(":") if ":" in arg else ("", "", arg)
+        if arg.count(":") > 1:
+            raise InvalidArgument(f"invalid --cgroup argument: {arg}")
+        if not sep and len(args) != 1:
+            raise InvalidArgument(f"invalid --cgroup argument: {arg} "
+                                  "(missing <controller>: prefix)")
+        parts = [p for p in sub.split("/") if p]
+        # a sub-cgroup of the container's own, never a way out of it
+        if not parts or any(p in (".", "..") for p in parts):
+            raise InvalidArgument(f"invalid --cgroup argument: {arg}")
+        for ctrl in ctrls.split(",") if sep else [""]:
+            subs[ctrl] = "/".join(parts)
+    return subs
 
 
 def build_process(c: Container, args: list[str], process_file: str | None = None,
@@ -119,8 +143,14 @@ def exec_process(root: str, container_id: str, process: dict, opts: ExecOptions)
     waits and returns its status (128+N when killed by signal N)."""
     c = Container.load(root, container_id)
     status = c.status()
-    if status not in ("created", "running"):
+    if status == "paused" and not opts.ignore_paused:
+        raise ContainerStateError("cannot exec in a paused container "
+                                  "(use --ignore-paused to override)")
+    if status not in ("created", "running", "paused"):
         raise ContainerStateError(f"cannot exec in a {status} container")
+    cg = c.cgroup()
+    # the cgroup dirs to join, checked here so that a bad --cgroup starts nothing
+    cg_dirs = cg.sub_dirs(opts.sub_cgroups) if opts.sub_cgroups else None
     cfg = dict(c.data.get("config") or {})
     cfg["process"] = process
     _spec.validate(cfg)
@@ -147,7 +177,8 @@ def exec_process(root: str, container_id: str, process: dict, opts: ExecOptions)
             except OSError as e:
                 raise MiniRunError(f"console socket {opts.console_socket}: {e.strerror}") \
                     from None
-        pid = _spawn(c, process, caps, rlimits, ns_fds, console, opts, seccomp_filter)
+        pid = _spawn(c, cg, cg_dirs, process, caps, rlimits, ns_fds, console, opts,
+                     seccomp_filter)
     finally:
         for _, fd in ns_fds:
             os.close(fd)
@@ -188,18 +219,17 @@ def _open_namespaces(c: Container) -> list[tuple[str, int]]:
     return fds
 
 
-def _spawn(c: Container, process: dict, caps, rlimits, ns_fds, console,
+def _spawn(c: Container, cg, cg_dirs, process: dict, caps, rlimits, ns_fds, console,
            opts: ExecOptions, seccomp_filter=None) -> int:
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1, name="prctl(PR_SET_CHILD_SUBREAPER)")
-    cg = c.cgroup()
     first = os.fork()
     if first == 0:
         parent_sock.close()
         code = 1
         try:
-            _first_child(c, process, caps, rlimits, ns_fds, console, opts, cg, child_sock,
-                         seccomp_filter)
+            _first_child(c, process, caps, rlimits, ns_fds, console, opts, cg, cg_dirs,
+                         child_sock, seccomp_filter)
             code = 0
         except BaseException as e:
             _report_error(child_sock, e)
@@ -208,6 +238,8 @@ def _spawn(c: Container, process: dict, caps, rlimits, ns_fds, console,
     pid = 0
     try:
         while True:
+            if opts.ignore_paused:
+                _wait_for_thaw(parent_sock, cg)
             msg = _recv(parent_sock)
             if "error" in msg:
                 raise _rebuild_error(msg)
@@ -232,14 +264,26 @@ def _spawn(c: Container, process: dict, caps, rlimits, ns_fds, console,
         parent_sock.close()
 
 
-def _first_child(c, process, caps, rlimits, ns_fds, console, opts, cg, sock,
+def _wait_for_thaw(sock: socket.socket, cg) -> None:
+    """--ignore-paused: our children freeze as they join the paused container's cgroup
+    and go on when it is resumed, as under runc; the sync timeout counts from then."""
+    import select
+
+    while cg.is_frozen():
+        if select.select([sock], [], [], 0.5)[0]:
+            return
+
+
+def _first_child(c, process, caps, rlimits, ns_fds, console, opts, cg, cg_dirs, sock,
                  seccomp_filter=None) -> None:
     _reset_signals()
     # CVE-2019-5736: processes of the container must not reach our /proc/<pid>/exe (the
     # host's python) once we are in their namespaces.
     _sys.prctl(_sys.PR_SET_DUMPABLE, 0, name="prctl(PR_SET_DUMPABLE)")
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL, name="prctl(PR_SET_PDEATHSIG)")
-    if cg.exists():
+    if cg_dirs is not None:
+        cg.add_pid_to_dirs(0, cg_dirs)
+    elif cg.exists():
         cg.add_pid(0)
     join_namespaces(ns_fds, " of the container")
     pid = os.fork()

@@ -89,7 +89,8 @@ VERBS = {
               "user": (("u",), None, str), "additional-gids": (("g",), None, list),
               "cap": (("c",), None, list), "no-new-privs": ((), False, bool),
               "preserve-fds": ((), 0, int), "process-label": ((), None, str),
-              "apparmor": ((), None, str), "ignore-paused": ((), False, bool)},
+              "apparmor": ((), None, str), "ignore-paused": ((), False, bool),
+              "cgroup": ((), None, list)},
              ["id", "*args"], 1),
 }
 USAGE = ("usage: minirun-oci [--root DIR] [--log FILE] [--log-format text|json] [--debug] "
@@ -343,7 +344,8 @@ def _exec(runtime, root: str, args) -> int:
         user=args.user, additional_gids=args.additional_gids, caps=args.cap,
         no_new_privs=args.no_new_privs)
     opts = execproc.ExecOptions(console_socket=args.console_socket, pid_file=args.pid_file,
-                                detach=args.detach, preserve_fds=args.preserve_fds)
+                                detach=args.detach, preserve_fds=args.preserve_fds,
+                                ignore_paused=args.ignore_paused, cgroups=args.cgroup)
     return execproc.exec_and_wait(root, args.id, process, opts, terminal_proxy=bool(
         process.get("terminal") and not args.console_socket and not args.detach))
 

@@ -231,3 +231,92 @@ def test_exec_into_a_cwd_only_its_owner_may_enter(oci, rootfs, private_home, uid
     lines = proc.stdout.splitlines()
     assert lines[:2] == [str(uid), "/home/u"]
     assert not int(lines[2].split()[1], 16) & (1 << 1)  # no CAP_DAC_OVERRIDE in there
+
+
+def test_exec_paused_needs_ignore_paused_and_runs_once_resumed(oci, running):
+    import subprocess
+    from ocitest import OCI_CMD
+    oci("pause", running, check=True)
+    try:
+        proc = oci("exec", running, "true")
+        assert proc.returncode == 255
+        assert proc.stderr.strip().splitlines() == [
+            "minirun-oci: cannot exec in a paused container (use --ignore-paused to override)"]
+        # as runc: the process joins the frozen cgroup and goes on when it is thawed
+        waiting = subprocess.Popen(
+            OCI_CMD + ["--root", oci.root, "exec", "--ignore-paused", running, "echo", "ran"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1)
+        assert waiting.poll() is None
+    finally:
+        oci("resume", running, check=True)
+    out, err = waiting.communicate(timeout=30)
+    assert (waiting.returncode, out) == (0, "ran\n"), err
+
+
+def _cgroup_lines(text: str) -> dict[str, str]:
+    """/proc/self/cgroup as {hierarchy name: path}."""
+    return {line.split(":", 2)[1]: line.split(":", 2)[2] for line in text.splitlines()}
+
+
+def test_exec_cgroup_into_sub_cgroups(oci, rootfs):
+    """--cgroup SUB joins SUB below the container's cgroup in every hierarchy,
+    --cgroup CTRL:SUB only in that controller's (runc 1.1's forms)."""
+    cfg = base_config(["sleep", "300"])
+    cid = oci.new_id()
+    oci("run", "-d", "--bundle", oci.bundle(cfg, rootfs), cid, check=True)
+    dirs = container_cgroup_dirs(f"/minirun/{cid}")
+    for d in dirs:
+        os.mkdir(os.path.join(d, "sub"))
+        for name in ("cpuset.cpus", "cpuset.mems"):  # a task needs both to join
+            if os.path.exists(os.path.join(d, name)):
+                with open(os.path.join(d, name)) as src, \
+                        open(os.path.join(d, "sub", name), "w") as dst:
+                    dst.write(src.read())
+    memory = [d for d in dirs if d.startswith("/sys/fs/cgroup/memory/")]
+    assert memory, dirs
+    os.mkdir(os.path.join(memory[0], "msub"))
+    base = f"/minirun/{cid}"
+
+    proc = oci("exec", "--cgroup", "sub", cid, "cat", "/proc/self/cgroup")
+    assert proc.returncode == 0, proc.stderr
+    lines = _cgroup_lines(proc.stdout)
+    assert lines["memory"] == lines["freezer"] == base + "/sub", lines
+
+    proc = oci("exec", "--cgroup", "memory:msub", "--cgroup", "pids,freezer:sub", cid,
+               "cat", "/proc/self/cgroup")
+    assert proc.returncode == 0, proc.stderr
+    lines = _cgroup_lines(proc.stdout)
+    assert lines["memory"] == base + "/msub", lines
+    assert lines["pids"] == lines["freezer"] == base + "/sub"
+    assert lines["devices"] == base
+
+    before = _cgroup_procs(cid)
+    for bad, says in ((["--cgroup", "nope:sub"], "unknown controller 'nope'"),
+                      (["--cgroup", "missing"], "missing does not exist"),
+                      (["--cgroup", "../escape"], "invalid --cgroup argument"),
+                      (["--cgroup", "a", "--cgroup", "b"], "missing <controller>: prefix")):
+        proc = oci("exec", *bad, cid, "sleep", "100")
+        assert proc.returncode == 255, bad
+        assert len(proc.stderr.strip().splitlines()) == 1 and says in proc.stderr, proc.stderr
+    assert _cgroup_procs(cid) == before
+
+
+def test_exec_cgroup_v2_on_the_host_unified_mount(oci, rootfs, monkeypatch):
+    from minirun.cgroups import _fstype
+    unified = "/sys/fs/cgroup/unified"
+    if _fstype(unified) != "cgroup2":
+        pytest.skip(f"no cgroup2 mount at {unified}")
+    monkeypatch.setenv("MINIRUN_CGROUP_DRIVER", "v2")
+    monkeypatch.setenv("MINIRUN_CGROUP_ROOT", unified)
+    cfg = base_config(["sleep", "300"])
+    cfg["linux"]["resources"] = {}  # that mount has no controllers
+    cid = oci.new_id()
+    oci("run", "-d", "--bundle", oci.bundle(cfg, rootfs), cid, check=True)
+    os.mkdir(f"{unified}/minirun/{cid}/sub")
+    proc = oci("exec", "--cgroup", "sub", cid, "cat", "/proc/self/cgroup")
+    assert proc.returncode == 0, proc.stderr
+    assert _cgroup_lines(proc.stdout)[""] == f"/minirun/{cid}/sub"
+    proc = oci("exec", "--cgroup", "memory:sub", "--cgroup", "pids:other", cid, "true")
+    assert proc.returncode == 255
+    assert "one sub-cgroup" in proc.stderr

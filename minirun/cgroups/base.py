@@ -157,6 +157,21 @@ class Cgroup(ABC):
     def dirs(self) -> list[str]:
         """This cgroup's directory in each hierarchy (v1: per mount), existing or not."""
 
+    @abstractmethod
+    def sub_dirs(self, subs: dict[str, str]) -> list[str]:
+        """exec --cgroup: the directories to join when `subs` maps a controller ("" for
+        every one) to an existing sub-cgroup of this one. Raises naming what is wrong."""
+
+    def _existing_subs(self, dirs: list[str]) -> list[str]:
+        for d in dirs:
+            if not os.path.isdir(d):
+                raise InvalidArgument(f"--cgroup: sub-cgroup {d} does not exist")
+        return dirs
+
+    def add_pid_to_dirs(self, pid: int, dirs: list[str]) -> None:
+        for d in dirs:
+            self._add_pid_to(d, pid)
+
     def stats(self) -> dict:
         """runc `events --stats` shaped data: cpu, memory (usage, working set), pids,
         blkio. A controller that is not there (or a cgroup already gone) is left out."""

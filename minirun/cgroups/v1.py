@@ -13,7 +13,7 @@ import _signal as signal  # not signal: its enums cost import time on every star
 import time
 
 from .. import mountinfo
-from ..errors import KernelFeatureMissing, MiniRunError
+from ..errors import InvalidArgument, KernelFeatureMissing, MiniRunError
 from . import DEFAULT_ROOT
 from .base import (
     FREEZE_TIMEOUT,
@@ -210,6 +210,25 @@ class CgroupV1(Cgroup):
 
     def dirs(self) -> list[str]:
         return [self._dir_of(h) for h in self.hierarchies]
+
+    def sub_dirs(self, subs: dict[str, str]) -> list[str]:
+        # as runc: "sub" for every hierarchy, "memory:sub" (or "cpu,cpuacct:sub",
+        # "name=systemd:sub") for some, the others staying in the container's cgroup
+        known = {""}
+        for h in self.hierarchies:
+            known.update(h.controllers)
+            if not h.controllers:
+                known.update((h.name, f"name={h.name}"))
+        unknown = sorted(set(subs) - known)
+        if unknown:
+            raise InvalidArgument(f"--cgroup: unknown controller {unknown[0]!r}")
+        out = []
+        for h in self.hierarchies:
+            sub = subs.get("", "")
+            for key in (*h.controllers, h.name, f"name={h.name}"):
+                sub = subs.get(key, sub)
+            out.append(os.path.join(self._dir_of(h), sub) if sub else self._dir_of(h))
+        return self._existing_subs(out)
 
     def mounts_for_container(self) -> list[tuple[str, str]]:
         # as runc: the v1 hierarchies only, not a hybrid host's unified mount

@@ -18,7 +18,7 @@ import os
 import _signal as signal  # not signal: its enums cost import time on every start
 import time
 
-from ..errors import InvalidSpec, KernelFeatureMissing, MiniRunError
+from ..errors import InvalidArgument, InvalidSpec, KernelFeatureMissing, MiniRunError
 from . import DEFAULT_ROOT
 from .base import (
     FREEZE_TIMEOUT,
@@ -139,6 +139,13 @@ class CgroupV2(Cgroup):
 
     def dirs(self) -> list[str]:
         return [self.dir]
+
+    def sub_dirs(self, subs: dict[str, str]) -> list[str]:
+        # one hierarchy: whatever the controllers named, one sub-cgroup
+        paths = set(subs.values())
+        if len(paths) != 1:
+            raise InvalidArgument("--cgroup: cgroup v2 has one hierarchy, give one sub-cgroup")
+        return self._existing_subs([os.path.join(self.dir, paths.pop())])
 
     def mounts_for_container(self) -> list[tuple[str, str]]:
         return [(self.dir, "")]
