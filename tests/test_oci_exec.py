@@ -235,6 +235,7 @@ def test_exec_into_a_cwd_only_its_owner_may_enter(oci, rootfs, private_home, uid
 
 def test_exec_paused_needs_ignore_paused_and_runs_once_resumed(oci, running):
     import subprocess
+
     from ocitest import OCI_CMD
     oci("pause", running, check=True)
     try:

@@ -271,6 +271,7 @@ def foreign_cgroup(request, monkeypatch):
     """A cgroup made before minirun's create, as someone else would: (cgroup path, its
     host dir, how to freeze it). v2 runs the v2 driver on the host's unified mount."""
     import secrets
+
     from cgrouptest import wipe
     path = f"/minirun/pre-{secrets.token_hex(5)}"
     if request.param == "v1-freezer":
@@ -299,8 +300,13 @@ def foreign_cgroup(request, monkeypatch):
 def _is_frozen(directory: str) -> bool:
     state = os.path.join(directory, "freezer.state")
     if os.path.exists(state):
-        return open(state).read().strip() == "FROZEN"
-    return "frozen 1" in open(os.path.join(directory, "cgroup.events")).read()
+        return _read(state).strip() == "FROZEN"
+    return "frozen 1" in _read(os.path.join(directory, "cgroup.events"))
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 @pytest.mark.parametrize("verb", ["create", "run"])
@@ -326,6 +332,7 @@ def test_frozen_cgroup_is_refused_at_once(oci, rootfs, foreign_cgroup, verb):
 
 def test_non_empty_cgroup_warns_and_is_left_as_found(oci, rootfs, foreign_cgroup):
     import subprocess
+
     from ocitest import container_cgroup_dirs
     path, directory, _ = foreign_cgroup
     other = subprocess.Popen(["sleep", "300"])
@@ -340,13 +347,12 @@ def test_non_empty_cgroup_warns_and_is_left_as_found(oci, rootfs, foreign_cgroup
         assert "minirun: warning: container's cgroup is not empty: 1 process(es) found" \
             in proc.stderr.splitlines(), proc.stderr
         init = oci.state(cid)["pid"]
-        procs = open(os.path.join(directory, "cgroup.procs")).read().split()
+        procs = _read(os.path.join(directory, "cgroup.procs")).split()
         assert {str(init), str(other.pid)} <= set(procs)
         oci("delete", "--force", cid, check=True)
         # as runc: the container's processes go, the other one and its cgroup stay
         assert other.poll() is None
-        assert open(os.path.join(directory, "cgroup.procs")).read().split() == \
-            [str(other.pid)]
+        assert _read(os.path.join(directory, "cgroup.procs")).split() == [str(other.pid)]
         assert container_cgroup_dirs(path) == [directory]
     finally:
         other.kill()
