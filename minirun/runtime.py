@@ -242,18 +242,20 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
 
 
 def _check_target_cgroup(cg) -> list[str]:
-    """runc 1.1's checks of a cgroup that exists before create; returns its existing
-    directories (for delete to leave alone). A frozen one is refused: the child would
-    stop in D state the moment it joins, and create would hang. One that holds
-    processes gets a warning, and the container joins it anyway, as under runc."""
+    """runc 1.1's checks of a cgroup that exists before create. A frozen one is
+    refused: the child would stop in D state the moment it joins, and create would
+    hang. One that holds processes gets a warning, and the container joins it anyway,
+    as under runc; its directories are returned for delete to leave alone, with the
+    processes that are not the container's. An empty one is the container's, as in runc."""
     existing = [d for d in cg.dirs() if os.path.isdir(d)]
     if not existing:
-        return existing
+        return []
     if cg.is_frozen():
         raise ContainerStateError("container's cgroup unexpectedly frozen")
     found = len(cg.pids())
-    if found:
-        warn(f"container's cgroup is not empty: {found} process(es) found")
+    if not found:
+        return []
+    warn(f"container's cgroup is not empty: {found} process(es) found")
     return existing
 
 

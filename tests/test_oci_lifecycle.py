@@ -373,3 +373,17 @@ def test_init_cwd_only_its_owner_may_enter(oci, rootfs, tmp_path, uid):
     proc = oci.run(cfg, rootfs)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [str(uid), "/home/u"]
+
+
+def test_empty_existing_cgroup_is_the_containers(oci, rootfs, foreign_cgroup):
+    """As runc: no warning, and delete removes it with the container."""
+    from ocitest import container_cgroup_dirs
+    path, directory, _ = foreign_cgroup
+    cfg = base_config(["sleep", "300"])
+    cfg["linux"]["cgroupsPath"] = path
+    cid = oci.new_id()
+    proc = oci("run", "-d", "--bundle", oci.bundle(cfg, rootfs), cid)
+    assert proc.returncode == 0, proc.stderr
+    assert "not empty" not in proc.stderr
+    oci("delete", "--force", cid, check=True)
+    assert container_cgroup_dirs(path) == []
