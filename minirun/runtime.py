@@ -204,6 +204,9 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
         # killed mid-create, `delete --force` still finds the cgroup and the init.
         c.save()
         cg.create()
+        if not preexisting and cg.is_frozen():
+            # a new cgroup under a frozen ancestor is born frozen: the same hang
+            raise ContainerStateError("container's cgroup unexpectedly frozen")
         resources = dict(linux.get("resources") or {})
         # runc applies its default device rules (deny all but the usual nodes) even when
         # the config lists none. Rootless there is no devices cgroup to write.

@@ -387,3 +387,24 @@ def test_empty_existing_cgroup_is_the_containers(oci, rootfs, foreign_cgroup):
     assert "not empty" not in proc.stderr
     oci("delete", "--force", cid, check=True)
     assert container_cgroup_dirs(path) == []
+
+
+def test_cgroup_under_a_frozen_parent_is_refused(oci, rootfs, foreign_cgroup):
+    from ocitest import container_cgroup_dirs
+    path, directory, (name, value) = foreign_cgroup
+    # someone else's frozen group (levels under /minirun that are left empty are pruned
+    # with the container's: this one has a cgroup of its own in it)
+    os.mkdir(os.path.join(directory, "theirs"))
+    with open(os.path.join(directory, name), "w") as f:
+        f.write(value)
+    assert wait_for(lambda: _is_frozen(directory))
+    cfg = base_config(["true"])
+    cfg["linux"]["cgroupsPath"] = path + "/ctr"
+    cid = oci.new_id()
+    proc = oci("create", "--bundle", oci.bundle(cfg, rootfs), cid, timeout=20)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "minirun-oci: container's cgroup unexpectedly frozen"
+    assert not os.path.exists(os.path.join(oci.root, cid))
+    assert container_cgroup_dirs(path + "/ctr") == []  # what create made is gone
+    assert _is_frozen(directory) and os.path.isdir(os.path.join(directory, "theirs"))
