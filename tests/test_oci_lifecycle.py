@@ -378,7 +378,7 @@ def test_init_cwd_only_its_owner_may_enter(oci, rootfs, tmp_path, uid):
 def test_empty_existing_cgroup_is_the_containers(oci, rootfs, foreign_cgroup):
     """As runc: no warning, and delete removes it with the container."""
     from ocitest import container_cgroup_dirs
-    path, directory, _ = foreign_cgroup
+    path, _, _ = foreign_cgroup
     cfg = base_config(["sleep", "300"])
     cfg["linux"]["cgroupsPath"] = path
     cid = oci.new_id()
