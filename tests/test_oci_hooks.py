@@ -194,3 +194,23 @@ def test_hooks_working_directories_as_runc(oci, rootfs, tmp_path):
         assert (out / kind).read_text().split() == [bundle, bundle], kind
     real = os.path.realpath(rootfs)
     assert (out / "createContainer").read_text().split() == [real, real]
+
+
+def test_execve_failure_at_start_fails_start_without_poststart(oci, rootfs, tmp_path):
+    """The init reports an execve that fails (here ENOEXEC, which the lookup at create
+    cannot see) through the exec fifo: start says why, and poststart does not run."""
+    seen = tmp_path / "cmdline"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "bad").write_text("neither ELF nor #!\n")
+    (bindir / "bad").chmod(0o755)
+    cfg = base_config(["/x/bad"])
+    cfg["mounts"].append({"destination": "/x", "type": "bind", "source": str(bindir),
+                          "options": ["rbind", "ro"]})
+    cfg["hooks"] = {"poststart": [_cmdline_recorder(seen)]}
+    cid = oci.new_id()
+    oci("create", "--bundle", oci.bundle(cfg, rootfs), cid, check=True)
+    proc = oci("start", cid)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["minirun-oci: exec /x/bad: Exec format error"]
+    assert not seen.exists()
