@@ -162,13 +162,17 @@ class Container:
             state["annotations"] = d["annotations"]
         return state
 
-    def hook_state(self, status: str) -> bytes:
+    def spec_state(self, status: str) -> dict:
+        """The runtime-spec state, as hooks and seccomp agents get it."""
         d = self.data
         state = {"ociVersion": d.get("ociVersion", OCI_VERSION), "id": self.id,
                  "status": status, "pid": self.pid, "bundle": d.get("bundle", "")}
         if d.get("annotations"):
             state["annotations"] = d["annotations"]
-        return json.dumps(state).encode()
+        return state
+
+    def hook_state(self, status: str) -> bytes:
+        return json.dumps(self.spec_state(status)).encode()
 
 
 def list_containers(root: str) -> list[Container]:

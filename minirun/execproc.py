@@ -22,7 +22,8 @@ from .errors import ContainerStateError, InvalidArgument, InvalidSpec, MiniRunEr
 from .namespaces import NAMESPACES, join_namespaces
 from .runtime import (Container, _check_cwd, _kill_and_wait, _rebuild_error, _recv,
                       _report_error, _reset_signals, _send, _setup_terminal, _write_pid_file,
-                      exec_user_program, prepare_process, proc_start_time, trace)
+                      exec_user_program, explain_exit, hand_to_agent, prepare_process,
+                      proc_start_time, trace)
 
 # setns order: the user namespace owns the others; the mount namespace goes last since
 # joining it changes our root and the /proc paths of the others would no longer resolve.
@@ -199,18 +200,28 @@ def _spawn(c: Container, process: dict, caps, rlimits, ns_fds, console,
         os._exit(code)
     child_sock.close()
     pid = 0
+    listener = None
     try:
         while True:
-            msg = _recv(parent_sock)
+            try:
+                msg = _recv(parent_sock)
+            except MiniRunError as e:
+                raise explain_exit(seccomp_filter, pid, e) from None
             if "error" in msg:
                 raise _rebuild_error(msg)
             if "pid" in msg:
                 pid = msg["pid"]
                 os.waitpid(first, 0)
                 first = 0
+            elif "seccompFd" in msg:
+                listener = msg
             elif msg.get("ready"):
                 trace("exec: process ready")
                 return pid
+            if listener and pid:  # as runc: this process's pid, the container's state
+                msg, listener = listener, None
+                hand_to_agent(c.data["config"]["linux"]["seccomp"], pid,
+                              c.spec_state(c.status()), msg)
     except BaseException:
         if first:
             _kill_and_wait(first)
@@ -223,6 +234,8 @@ def _spawn(c: Container, process: dict, caps, rlimits, ns_fds, console,
         raise
     finally:
         parent_sock.close()
+        for fd in (listener or {}).get("fds") or []:
+            os.close(fd)
 
 
 def _first_child(c, process, caps, rlimits, ns_fds, console, opts, cg, sock,
@@ -241,7 +254,7 @@ def _first_child(c, process, caps, rlimits, ns_fds, console, opts, cg, sock,
         try:
             _exec_child(c, process, caps, rlimits, console, opts, sock, seccomp_filter)
         except BaseException as e:
-            _report_error(sock, e)
+            _report_error(sock, seccomp_filter.blame(e) if seccomp_filter else e)
         os._exit(code)
     _send(sock, {"pid": pid})
 
@@ -254,7 +267,9 @@ def _exec_child(c, process, caps, rlimits, console, opts, sock, seccomp_filter=N
         _setup_terminal(console, process.get("consoleSize"), console_mount=False)
     if console is not None:
         console.close()
-    exe, env, user = prepare_process(process, caps, rlimits, seccomp_filter)
+    exe, env, user = prepare_process(process, caps, rlimits, seccomp_filter, sock)
+    if seccomp_filter is not None:
+        seccomp_filter.step("sendto (the ready message)")
     _send(sock, {"ready": True})
     sock.close()
     exec_user_program(exe, process["args"], env, user, opts.preserve_fds, seccomp_filter)

@@ -10,6 +10,8 @@ timeout so that a stuck child is an error, never a hang.
   C -> P  {"userns": true}          P writes uid/gid maps, answers {"ok": true}
   C -> P  {"pid": N}                 I's pid, as P sees it
   I -> P  {"hooks": "createRuntime"} P runs prestart+createRuntime hooks, answers
+  I -> P  {"seccompFd": true} + fd   a notifying seccomp filter is loaded: P hands
+                                     the fd to the agent at listenerPath
   I -> P  {"ready": true}            I is set up and waits on the fifo
   * -> P  {"error": "..."}           setup failed; P cleans up
 
@@ -27,6 +29,7 @@ import _socket as socket
 import errno
 import fcntl
 import os
+import select
 import stat
 import sys
 
@@ -74,15 +77,59 @@ def _send(sock: socket.socket, msg: dict) -> None:
     sock.send(json.dumps(msg).encode())
 
 
+_FD_SPACE = socket.CMSG_SPACE(4)
+
+
 def _recv(sock: socket.socket, timeout: float | None = SYNC_TIMEOUT) -> dict:
+    """The next message; an fd sent with it (SCM_RIGHTS, close-on-exec here) is in
+    msg["fds"]."""
     sock.settimeout(timeout)
     try:
-        data = sock.recv(65536)
+        data, ancillary, _, _ = sock.recvmsg(65536, _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
     except TimeoutError:
         raise MiniRunError("container setup timed out waiting for the child") from None
     if not data:
         raise MiniRunError("container init exited during setup")
-    return json.loads(data)
+    msg = json.loads(data)
+    for level, kind, fds in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            msg["fds"] = [int.from_bytes(fds[i:i + 4], sys.byteorder)
+                          for i in range(0, len(fds) - len(fds) % 4, 4)]
+    return msg
+
+
+def hand_to_agent(seccomp: dict, pid: int, state: dict, msg: dict) -> None:
+    """P's side of {"seccompFd"}: the listener fd to the seccomp agent, then closed."""
+    from .seccomp import send_to_agent
+
+    fds = msg.get("fds") or []
+    try:
+        if not fds:
+            raise MiniRunError("seccomp: the container's process sent no listener fd")
+        send_to_agent(seccomp, pid, state, fds[0])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def explain_exit(seccomp_filter, pid: int, error: MiniRunError) -> MiniRunError:
+    """`error` (the process left during setup), or, when a seccomp filter it had loaded
+    is why, an error naming the step: a killed process says nothing itself."""
+    if seccomp_filter is None or not pid:
+        return error
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return error
+    try:
+        # it closed its end of the socket: it is exiting, give it a moment
+        select.select([pidfd], [], [], 2.0)
+        got, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return error
+    finally:
+        os.close(pidfd)
+    return (seccomp_filter.explain_exit(status) if got else None) or error
 
 
 class CreateOptions:
@@ -258,10 +305,14 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
         os._exit(code)
     child_sock.close()
     init_pid = 0
+    listener = None
     try:
         hooks = cfg.get("hooks") or {}
         while True:
-            msg = _recv(parent_sock)
+            try:
+                msg = _recv(parent_sock)
+            except MiniRunError as e:
+                raise explain_exit(seccomp_filter, init_pid, e) from None
             if "error" in msg:
                 raise _rebuild_error(msg)
             if msg.get("userns"):
@@ -278,9 +329,14 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
             elif msg.get("hooks"):
                 run_hooks(hooks, ("prestart", "createRuntime"), c.hook_state("creating"))
                 _send(parent_sock, {"ok": True})
+            elif "seccompFd" in msg:
+                listener = msg
             elif msg.get("ready"):
                 trace("create: init ready")
                 return init_pid
+            if listener and init_pid:  # the fd may come before C's word on I's pid
+                msg, listener = listener, None
+                hand_to_agent(linux["seccomp"], init_pid, c.spec_state("creating"), msg)
     except BaseException:
         if pid:
             _kill_and_wait(pid)
@@ -293,6 +349,8 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
         raise
     finally:
         parent_sock.close()
+        for fd in (listener or {}).get("fds") or []:
+            os.close(fd)
 
 
 def _report_error(sock: socket.socket, e: BaseException) -> None:
@@ -303,7 +361,11 @@ def _report_error(sock: socket.socket, e: BaseException) -> None:
     try:
         _send(sock, {"error": msg, "kind": kind})
     except OSError:
-        pass
+        # after "ready" the socket is closed: the container's stderr is left
+        try:
+            os.write(2, f"minirun: {msg}\n".encode())
+        except OSError:
+            pass
 
 
 _ERROR_KINDS = {cls.__name__: cls for cls in
@@ -369,7 +431,7 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
             _init(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts, sock,
                   fifo_fd, seccomp_filter)
         except BaseException as e:
-            _report_error(sock, e)
+            _report_error(sock, seccomp_filter.blame(e) if seccomp_filter else e)
         os._exit(code)
     _send(sock, {"pid": pid})
 
@@ -420,12 +482,17 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
 
     if linux.get("personality"):
         _sys.personality(linux["personality"]["domain"])
-    exe, env, user = prepare_process(process, caps, rlimits, seccomp_filter)
+    # The seccomp filter is loaded in there, and from then on each step is named for it.
+    exe, env, user = prepare_process(process, caps, rlimits, seccomp_filter, sock)
+    step = _step_recorder(seccomp_filter)
 
     trace("init: ready")
+    step("sendto (the ready message)")
     _send(sock, {"ready": True})
+    step("close")
     sock.close()
     # Blocks until `start` writes to the fifo (or forever, like runc, if nobody does).
+    step("read (the exec fifo)")
     while True:
         try:
             if os.read(fifo_fd, 1):
@@ -434,17 +501,43 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
             continue
         except OSError as e:
             raise MiniRunError(f"reading exec fifo: {e.strerror}") from None
+    step("close")
     os.close(fifo_fd)
     if hooks.get("startContainer"):
+        # In the container and under its filter, as runc.
+        step("startContainer hooks (pipe, clone, execve, wait4)")
         run_hooks(hooks, ("startContainer",), c.hook_state("running"))
     exec_user_program(exe, process["args"], env, user, opts.preserve_fds, seccomp_filter)
 
 
-def prepare_process(process: dict, caps, rlimits,
-                    seccomp_filter=None) -> tuple[str, dict, dict]:
+def _no_step(name: str) -> None:
+    pass
+
+
+def _step_recorder(seccomp_filter):
+    return seccomp_filter.step if seccomp_filter is not None else _no_step
+
+
+def load_seccomp(seccomp_filter, sock: socket.socket) -> None:
+    """Load the filter; a notifying one's listener fd goes to P at once, since any call
+    the filter sends to the agent waits until the agent has it."""
+    listener = seccomp_filter.install()
+    if listener is None:
+        return
+    seccomp_filter.step("sendmsg (the seccomp listener fd)")
+    try:
+        sock.sendmsg([b'{"seccompFd": true}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                 listener.to_bytes(4, sys.byteorder))])
+    finally:
+        os.close(listener)
+
+
+def prepare_process(process: dict, caps, rlimits, seccomp_filter=None,
+                    sock: socket.socket | None = None) -> tuple[str, dict, dict]:
     """The process settings, in runc's order, for the container's init and for exec:
     rlimits, oom score, seccomp without no_new_privs, bounding set, user, capabilities,
-    cwd (verified), the executable looked up in the container, no_new_privs. Returns
+    cwd (verified), the executable looked up in the container, no_new_privs, seccomp
+    with it. A notifying filter's listener fd goes to P over `sock`. Returns
     (executable, env, user)."""
     security.apply_rlimits(rlimits)
     if "oomScoreAdj" in process:
@@ -452,43 +545,53 @@ def prepare_process(process: dict, caps, rlimits,
     if seccomp_filter is not None and not process.get("noNewPrivileges"):
         # Without no_new_privs loading a filter needs CAP_SYS_ADMIN: before the
         # capabilities go, as runc (the rest of our setup then runs under it).
-        seccomp_filter.install()
+        load_seccomp(seccomp_filter, sock)
+    step = _step_recorder(seccomp_filter)
     user = process.get("user") or {}
+    step("open (/proc/sys/kernel/cap_last_cap)")
     top = security.last_cap()
     if caps is not None:
+        step("prctl(PR_CAPBSET_DROP)")
         security.drop_bounding(caps, top)
+        step("prctl(PR_SET_KEEPCAPS)")
         _sys.prctl(_sys.PR_SET_KEEPCAPS, 1, name="prctl(PR_SET_KEEPCAPS)")
-    security.set_user(user, security.setgroups_allowed())
+    step("open (/proc/self/setgroups)")
+    security.set_user(user, security.setgroups_allowed(), step)
     if caps is not None:
+        step("prctl(PR_SET_KEEPCAPS)")
         _sys.prctl(_sys.PR_SET_KEEPCAPS, 0, name="prctl(PR_SET_KEEPCAPS)")
+        step("capset")
         security.apply_caps(caps, top)
     env = _process_env(process, user)
+    step("chdir (process.cwd)")
     _enter_cwd(process.get("cwd", "/"))
+    step("stat (looking up the executable)")
     exe = _find_executable(process["args"][0], env)
     if process.get("noNewPrivileges"):
         _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1, name="prctl(PR_SET_NO_NEW_PRIVS)")
+        if seccomp_filter is not None:
+            # As runc: before the init waits on the exec fifo, so that the startContainer
+            # hooks run under it and a listener fd reaches the agent before start.
+            load_seccomp(seccomp_filter, sock)
     return exe, env, user
 
 
 def exec_user_program(exe: str, args: list[str], env: dict, user: dict,
                       preserve_fds: int, seccomp_filter=None) -> None:
-    """The last steps before the user's program: umask, fds, seccomp (with
-    no_new_privs), execve. Never returns."""
+    """The last steps before the user's program: umask, fds, execve. Never returns."""
+    step = _step_recorder(seccomp_filter)
+    step("umask")
     os.umask(user["umask"] if user.get("umask") is not None else 0o022)
+    step("close_range")
     _prepare_fds(preserve_fds)
-    if seccomp_filter is not None and not seccomp_filter.installed:
-        # With no_new_privs: as late as can be, so that the fifo, the startContainer
-        # hooks and our own exit path stay out of the profile; only execve is left.
-        # (runc loads it before waiting on the fifo, for its notify fd.)
-        try:
-            seccomp_filter.install()
-        except MiniRunError as e:
-            os.write(2, f"minirun: {e}\n".encode())
-            os._exit(1)
+    step("execve")
     try:
         os.execve(exe, args, env)
     except OSError as e:
-        os.write(2, f"minirun: exec {exe}: {e.strerror}\n".encode())
+        why = seccomp_filter.blame(e) if seccomp_filter else e
+        if why is e:
+            why = f"exec {exe}: {e.strerror}"
+        os.write(2, f"minirun: {why}\n".encode())
         os._exit(126 if e.errno in (errno.EACCES, errno.ENOEXEC) else 127)
 
 

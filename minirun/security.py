@@ -107,16 +107,25 @@ def set_oom_score_adj(value: int) -> None:
               file=sys.stderr)
 
 
-def set_user(user: dict, setgroups_allowed: bool) -> None:
+def _no_step(name: str) -> None:
+    pass
+
+
+def set_user(user: dict, setgroups_allowed: bool, step=_no_step) -> None:
+    """setgroups, setresgid, setresuid; `step` is told each call first (a seccomp
+    filter may already be loaded)."""
     uid = user.get("uid", 0)
     gid = user.get("gid", 0)
     groups = user.get("additionalGids") or []
     if setgroups_allowed:
+        step("setgroups")
         os.setgroups(groups)
     elif groups:
         raise InvalidSpec("process.user.additionalGids cannot be set: setgroups is denied in "
                           "this user namespace")
+    step("setresgid")
     os.setresgid(gid, gid, gid)
+    step("setresuid")
     os.setresuid(uid, uid, uid)
 
 

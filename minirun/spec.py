@@ -1118,7 +1118,9 @@ def _seccomp_features() -> dict:
 
     return {
         "enabled": seccomp.libseccomp_version() is not None,
-        "actions": sorted(seccomp.ACTIONS),
+        # SCMP_ACT_NOTIFY only where the kernel and libseccomp can deliver it
+        "actions": sorted(a for a in seccomp.ACTIONS
+                          if a != "SCMP_ACT_NOTIFY" or seccomp.notify_supported()),
         "operators": sorted(seccomp.OPERATORS),
         "archs": sorted(seccomp.ARCHITECTURES),
         "knownFlags": list(seccomp.FLAGS),

@@ -11,6 +11,7 @@ import copy
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -186,3 +187,21 @@ def copy_rootfs(src: str, dest: str) -> str:
     # cp -a keeps busybox's hard links (copytree would make ~500 MB of copies)
     subprocess.run(["cp", "-a", src, dest], check=True)
     return dest
+
+
+RUNC = shutil.which("runc") or ("/usr/sbin/runc" if os.path.exists("/usr/sbin/runc") else None)
+needs_runc = pytest.mark.skipif(RUNC is None, reason="runc is not installed")
+
+
+def runc_run(tmp_path, bundle: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """`runc run` of a bundle in a private state root, force-deleted afterwards: what the
+    oracle makes of the same config."""
+    root = str(tmp_path / "runc-state")
+    cid = new_id("runc")
+    try:
+        return subprocess.run([RUNC, "--root", root, "run", "--bundle", bundle, cid],
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, check=False)
+    finally:
+        subprocess.run([RUNC, "--root", root, "delete", "--force", cid],
+                       capture_output=True, check=False)
