@@ -151,9 +151,8 @@ def test_start_container_hook_runs_under_the_containers_seccomp_filter(oci, root
     cfg["process"]["noNewPrivileges"] = nnp
     cfg["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
         {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}
-    cfg["hooks"] = {"startContainer": [{"path": "/bin/sh", "args": [
-        "sh", "-c", "grep ^Seccomp: /proc/self/status > /shared/status; "
-                    "mkdir /dev/shm/hookdir"]}]}
+    script = "grep ^Seccomp: /proc/self/status > /shared/status; mkdir /dev/shm/hookdir"
+    cfg["hooks"] = {"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]}
     bundle = oci.bundle(cfg, rootfs)
     proc = oci("run", "--bundle", bundle, oci.new_id())
     assert proc.returncode == 1, proc.stderr
