@@ -434,7 +434,10 @@ def test_notify_loads_with_a_listener(oci, rootfs, agent, tmp_path):
     a = agent("continue")
     profile = notify_profile(a, "mkdir", "mkdirat")
     want = "SECCOMP_FILTER_FLAG_NEW_LISTENER"
-    if "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV" in seccomp.supported_flags():
+    kernel = tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2])
+    killable = "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV" in seccomp.supported_flags()
+    assert killable == (kernel >= (5, 19)), "features must say what the kernel knows"
+    if killable:
         profile["flags"] = ["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]
         want += "|SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"
     cfg = base_config(["sh", "-c", "ls /proc/self/fd; mkdir /dev/shm/d && echo made"])
@@ -449,6 +452,7 @@ def test_notify_loads_with_a_listener(oci, rootfs, agent, tmp_path):
     loads = [line for line in log.read_text().splitlines()
              if "SECCOMP_SET_MODE_FILTER" in line and "NULL" not in line]
     assert len(loads) == 1 and want in loads[0], loads
+    assert re.search(r"= \d+$", loads[0]), loads  # a listener fd came back
 
 
 # --- the runtime's own last steps under the filter ----------------------------------------
