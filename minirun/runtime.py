@@ -548,14 +548,14 @@ def prepare_process(process: dict, caps, rlimits, seccomp_filter=None,
         load_seccomp(seccomp_filter, sock)
     step = _step_recorder(seccomp_filter)
     user = process.get("user") or {}
-    step("open (/proc/sys/kernel/cap_last_cap)")
+    step("openat (/proc/sys/kernel/cap_last_cap)")
     top = security.last_cap()
     if caps is not None:
         step("prctl(PR_CAPBSET_DROP)")
         security.drop_bounding(caps, top)
         step("prctl(PR_SET_KEEPCAPS)")
         _sys.prctl(_sys.PR_SET_KEEPCAPS, 1, name="prctl(PR_SET_KEEPCAPS)")
-    step("open (/proc/self/setgroups)")
+    step("openat (/proc/self/setgroups)")
     security.set_user(user, security.setgroups_allowed(), step)
     if caps is not None:
         step("prctl(PR_SET_KEEPCAPS)")
@@ -565,7 +565,7 @@ def prepare_process(process: dict, caps, rlimits, seccomp_filter=None,
     env = _process_env(process, user)
     step("chdir (process.cwd)")
     _enter_cwd(process.get("cwd", "/"))
-    step("stat (looking up the executable)")
+    step("newfstatat, access (looking up the executable)")
     exe = _find_executable(process["args"][0], env)
     if process.get("noNewPrivileges"):
         _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1, name="prctl(PR_SET_NO_NEW_PRIVS)")

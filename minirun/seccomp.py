@@ -59,6 +59,7 @@ import os
 import struct
 import sys
 
+from . import jsonfast
 from . import sys as _sys
 
 try:  # hashlib itself loads OpenSSL: 4 ms on the start path
@@ -154,7 +155,7 @@ _NOTIFY_API_LEVEL = 6  # libseccomp >= 2.5 on Linux >= 5.0: SCMP_ACT_NOTIFY work
 _NOT_NOTIFIABLE = ("write", "sendmsg")
 _STEP_SIZE = 128
 
-_CACHE_FORMAT = "2"  # the cache line gained the errnos
+_CACHE_FORMAT = "2"  # a JSON head line, with the errnos
 _AGENT_TIMEOUT = 10.0  # connecting to and writing to the agent's socket
 _MAX_ARGS = 6  # a syscall has at most six arguments
 _BPF_MAXINSNS = 4096  # the kernel refuses longer programs (EINVAL)
@@ -177,12 +178,14 @@ class SeccompFilter:
     """A checked, compiled filter: `install()` applies it to the calling thread."""
 
     def __init__(self, program: bytes, flags: int, ignored: tuple[str, ...],
-                 stub_length: int = 0, errnos: frozenset[int] = frozenset()) -> None:
+                 stub_length: int = 0, errnos: dict[str, list[int]] | None = None) -> None:
         self.program = program
         self.flags = flags
         self.ignored = ignored  # syscall names libseccomp does not know here
         self.stub_length = stub_length  # instructions of the -ENOSYS stub, at the start
-        self.errnos = errnos  # what a filtered call can fail with
+        # syscall name -> the errnos the filter can answer it with; "*": names the
+        # profile does not list
+        self.errnos = errnos or {}
         self.installed = False
         # Built now so that the child only makes the system call.
         self._prog = _sys.SockFprog.of(program)
@@ -220,11 +223,16 @@ class SeccompFilter:
 
     def blame(self, e: BaseException) -> BaseException:
         """The error to report for `e`, raised in the container's setup: one naming the
-        runtime's step when the filter is loaded and `e` carries an errno the profile
-        returns (EPERM is also a plain refusal: the step is named either way)."""
+        runtime's step when the filter is loaded and can answer that step's syscall with
+        `e`'s errno. (Argument conditions are not evaluated: a plain EPERM of a syscall
+        the profile restricts is put on the filter too.)"""
         err = getattr(e, "errno", None) or getattr(e.__context__, "errno", None)
         step = getattr(e, "call", None) or self.current_step()
-        if not self.installed or not step or err not in self.errnos:
+        if not self.installed or not step or not err:
+            return e
+        words = step.replace("(", " ").replace(")", " ").replace(",", " ").split()
+        if not any(err in self.errnos.get(w, self.errnos.get("*", ()))
+                   for w in words if w.isidentifier()):
             return e
         return MiniRunError(f"seccomp: the filter blocks the runtime's own step: {step}: "
                             f"{os.strerror(err)}")
@@ -248,8 +256,6 @@ def send_to_agent(seccomp: dict, pid: int, state: dict, listener: int) -> None:
     """Hand a listener fd to the seccomp agent at listenerPath, as the runtime-spec says:
     one connection, the container process state as JSON with the fd as SCM_RIGHTS, then
     close. The caller keeps (and closes) its copy of the fd."""
-    from . import jsonfast
-
     path = seccomp["listenerPath"]
     message = {"ociVersion": state["ociVersion"], "fds": ["seccompFd"], "pid": pid,
                "state": state}
@@ -457,8 +463,6 @@ def compile_profile(seccomp: dict | None, cache_dir: str | None = None) -> Secco
         return None
     key = None
     if cache_dir:
-        from . import jsonfast
-
         key = _sha256("\0".join((jsonfast.dumps(seccomp), libseccomp_version(),
                                  os.uname().machine, _CACHE_FORMAT)).encode()).hexdigest()
         cached = _cache_read(cache_dir, key)
@@ -475,11 +479,10 @@ def _cache_read(cache_dir: str, key: str) -> SeccompFilter | None:
         with open(os.path.join(cache_dir, key), "rb") as f:
             data = f.read()
         head, _, program = data.partition(b"\n")
-        meta = head.decode().split(" ")
-        flags, stub = int(meta[0]), int(meta[1])
-        ignored = tuple(meta[2].split(",")) if meta[2] else ()
-        errnos = frozenset(int(e) for e in meta[3].split(",") if e)
-    except (OSError, ValueError, IndexError):
+        meta = jsonfast.loads(head)
+        flags, stub, ignored, errnos = (int(meta["flags"]), int(meta["stub"]),
+                                        tuple(meta["ignored"]), dict(meta["errnos"]))
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     if not program or len(program) % _INSN.size:
         return None
@@ -491,8 +494,9 @@ def _cache_write(cache_dir: str, key: str, f: SeccompFilter) -> None:
         os.makedirs(cache_dir, mode=0o700, exist_ok=True)
         tmp = os.path.join(cache_dir, f".{key}.{os.getpid()}")
         with open(tmp, "wb") as out:
-            out.write(f"{f.flags} {f.stub_length} {','.join(f.ignored)} "
-                      f"{','.join(map(str, sorted(f.errnos)))}\n".encode() + f.program)
+            head = {"flags": f.flags, "stub": f.stub_length, "ignored": list(f.ignored),
+                    "errnos": f.errnos}
+            out.write(jsonfast.dumps(head).encode() + b"\n" + f.program)
         os.rename(tmp, os.path.join(cache_dir, key))
     except OSError:
         pass  # a cache, nothing more
@@ -517,7 +521,7 @@ def _compile(seccomp: dict) -> SeccompFilter:
         if len(rules) > _OPTIMIZE_ABOVE:
             lib.seccomp_attr_set(ctx, _SCMP_FLTATR_CTL_OPTIMIZE, 2)  # best effort, as runc
         ignored = []
-        errnos = {_errno_of(default)}
+        errnos = {"*": {_errno_of(default)}}
         for rule in rules:
             if rule.action == default:
                 continue  # libseccomp refuses it (EACCES); runc skips it silently
@@ -526,7 +530,10 @@ def _compile(seccomp: dict) -> SeccompFilter:
                 ignored.append(rule.name)  # not on this architecture: runc ignores it
                 continue
             _add_rule(lib, ctx, nr, rule)
-            errnos.add(_errno_of(rule.action))
+            answers = errnos.setdefault(rule.name, set())
+            answers.add(_errno_of(rule.action))
+            if rule.args:  # when the arguments do not match, the default answers
+                answers.add(_errno_of(default))
         program = _export(lib, ctx)
     finally:
         lib.seccomp_release(ctx)
@@ -534,15 +541,15 @@ def _compile(seccomp: dict) -> SeccompFilter:
     if default not in _PERMISSIVE and default != _RET_ENOSYS:
         stub = _enosys_stub(lib, arches, rules)
         if stub:
-            errnos.add(_errno.ENOSYS)
+            errnos["*"].add(_errno.ENOSYS)
     program = stub + program
     count = len(program) // _INSN.size
     if count > _BPF_MAXINSNS:
         raise InvalidSpec(f"config.json: linux.seccomp: the profile compiles to {count} BPF "
                           f"instructions, more than the kernel's limit of {_BPF_MAXINSNS}")
-    errnos.discard(None)
     return SeccompFilter(program, flags, tuple(ignored), len(stub) // _INSN.size,
-                         frozenset(errnos))
+                         {name: sorted(e for e in answers if e)
+                          for name, answers in errnos.items()})
 
 
 def _errno_of(action: int) -> int | None:

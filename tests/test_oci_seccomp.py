@@ -496,6 +496,26 @@ def test_a_step_of_the_runtime_the_filter_stops_is_named(oci, rootfs, tmp_path, 
         assert theirs.returncode != 0, theirs.stdout
 
 
+def test_only_what_the_filter_can_answer_is_put_on_it():
+    """An EPERM from capset is the filter's only if the profile can answer capset so."""
+    from minirun.sys import SysError
+
+    def blamed(profile: dict, err: int = errno.EPERM) -> bool:
+        f = seccomp.compile_profile(profile)
+        f.installed = True  # as in the container's process once loaded
+        e = SysError("capset", None, err)
+        return f.blame(e) is not e
+
+    assert blamed(allow_all_but(rule("capset")))
+    assert not blamed(allow_all_but(rule("mkdir")))  # capset is allowed: a plain refusal
+    assert not blamed(allow_all_but(rule("capset", errnoRet=errno.EACCES)))
+    assert blamed(allow_all_but(rule("capset", errnoRet=errno.EACCES)), errno.EACCES)
+    assert blamed({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [rule("mkdir",
+                                                                       "SCMP_ACT_ALLOW")]})
+    assert not blamed({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [rule("capset",
+                                                                           "SCMP_ACT_ALLOW")]})
+
+
 # --- refused before anything exists ----------------------------------------------------------
 
 BAD = [
