@@ -505,7 +505,7 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     os.close(fifo_fd)
     if hooks.get("startContainer"):
         # In the container and under its filter, as runc.
-        step("startContainer hooks (pipe, clone, execve, wait4)")
+        step("pipe2, clone, pidfd_open, wait4 (the startContainer hooks)")
         run_hooks(hooks, ("startContainer",), c.hook_state("running"))
     exec_user_program(exe, process["args"], env, user, opts.preserve_fds, seccomp_filter)
 

@@ -230,9 +230,9 @@ class SeccompFilter:
         step = getattr(e, "call", None) or self.current_step()
         if not self.installed or not step or not err:
             return e
-        words = step.replace("(", " ").replace(")", " ").replace(",", " ").split()
-        if not any(err in self.errnos.get(w, self.errnos.get("*", ()))
-                   for w in words if w.isidentifier()):
+        # "prctl(PR_SET_KEEPCAPS)", "newfstatat, access (what for)": the syscalls
+        calls = [c.split("(")[0].strip() for c in step.split(" (")[0].split(",")]
+        if not any(err in self.errnos.get(c, self.errnos.get("*", ())) for c in calls):
             return e
         return MiniRunError(f"seccomp: the filter blocks the runtime's own step: {step}: "
                             f"{os.strerror(err)}")
