@@ -288,6 +288,8 @@ class Agent:
         self.received: list[tuple[dict, int]] = []  # (state, number of fds)
         self.notified: list[tuple[int, int]] = []  # (pid, syscall nr)
         self.listeners: list[int] = []
+        self.connections: list[socket.socket] = []
+        self.closed_by_runtime = 0  # connections the runtime closed after its state
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(path)
         self.server.listen(8)
@@ -297,18 +299,23 @@ class Agent:
 
     def _serve(self) -> None:
         while not self.stopping:
-            ready, _, _ = select.select([self.server] + self.listeners, [], [], 0.05)
+            ready, _, _ = select.select([self.server] + self.connections + self.listeners,
+                                        [], [], 0.05)
             for r in ready:
                 if r is self.server:
                     self._accept()
+                elif r in self.connections:
+                    # nothing more may come: the runtime closes it (runc 1.1.5 only late)
+                    self.closed_by_runtime += r.recv(1) == b""
+                    self.connections.remove(r)
+                    r.close()
                 else:
                     self._notification(r)
 
     def _accept(self) -> None:
         conn, _ = self.server.accept()
-        with conn:
-            data, ancillary, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(16))
-            assert conn.recv(1) == b"", "one state per connection, then closed"
+        data, ancillary, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(16))
+        self.connections.append(conn)
         fds = array.array("i")
         for _, _, payload in ancillary:
             fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
@@ -340,6 +347,8 @@ class Agent:
         self.stopping = True
         self.thread.join(5)
         self.server.close()
+        for conn in self.connections:
+            conn.close()
         for fd in self.listeners:
             os.close(fd)
         os.unlink(self.path)
@@ -393,6 +402,7 @@ def test_agent_gets_the_state_and_answers_for_the_kernel(oci, rootfs, agent, tmp
     assert wait_for(lambda: a.received)
     (state, nfds), = a.received
     assert nfds == 1
+    assert wait_for(lambda: a.closed_by_runtime == 1), "one state per connection, closed"
     assert state == {"ociVersion": state["state"]["ociVersion"], "fds": ["seccompFd"],
                      "pid": pid, "metadata": "meta=1;x",
                      "state": {"ociVersion": state["ociVersion"], "id": cid,
@@ -422,6 +432,31 @@ def test_exec_hands_its_own_listener_with_the_containers_state(oci, rootfs, agen
     assert state["pid"] != init_pid and "metadata" not in state  # none given: as runc
     assert a.notified == [(state["pid"], nr_mkdir())]  # the exec'd process, by the host's pid
     assert (state["state"]["status"], state["state"]["pid"]) == ("running", init_pid)
+
+
+@needs_notify
+@pytest.mark.runc
+@pytest.mark.skipif(RUNC is None, reason="runc is not installed")
+def test_agent_sees_what_runc_sends(oci, rootfs, agent, tmp_path):
+    """The same bundle under both runtimes: the same answer reaches the container, and
+    the agent gets the same fields, with the same values where they do not depend on
+    the run (pid, id)."""
+    a = agent("errno")
+    cfg = base_config(["sh", "-c", "mkdir /dev/shm/d; echo rc=$?"])
+    cfg["linux"]["seccomp"] = notify_profile(a, "mkdir", "mkdirat", listenerMetadata="m")
+    bundle = oci.bundle(cfg, rootfs)
+    ours = oci("run", "--bundle", bundle, oci.new_id())
+    theirs = runc_run(tmp_path, bundle)
+    assert (ours.stdout, ours.stderr) == ("rc=1\n", "mkdir: can't create directory "
+                                          "'/dev/shm/d': Disk quota exceeded\n")
+    assert (theirs.stdout, theirs.stderr) == (ours.stdout, ours.stderr)
+    (mine, _), (runcs, _) = a.received
+
+    def shape(msg: dict) -> dict:
+        return dict(msg, pid=msg["pid"] == msg["state"]["pid"],
+                    state=dict(msg["state"], pid=None, id=None))
+
+    assert shape(mine) == shape(runcs)
 
 
 @needs_notify
