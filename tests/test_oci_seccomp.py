@@ -447,8 +447,8 @@ def test_agent_sees_what_runc_sends(oci, rootfs, agent, tmp_path):
     bundle = oci.bundle(cfg, rootfs)
     ours = oci("run", "--bundle", bundle, oci.new_id())
     theirs = runc_run(tmp_path, bundle)
-    assert (ours.stdout, ours.stderr) == ("rc=1\n", "mkdir: can't create directory "
-                                          "'/dev/shm/d': Disk quota exceeded\n")
+    refused = "mkdir: can't create directory '/dev/shm/d': Disk quota exceeded\n"
+    assert (ours.stdout, ours.stderr) == ("rc=1\n", refused)
     assert (theirs.stdout, theirs.stderr) == (ours.stdout, ours.stderr)
     (mine, _), (runcs, _) = a.received
 
