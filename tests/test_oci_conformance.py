@@ -147,3 +147,15 @@ def test_kill_signal_zero_checks_the_container_is_alive(oci, rootfs):
     assert wait_for(lambda: oci.state(cid)["status"] == "stopped")
     proc = oci("kill", cid, "0")
     assert (proc.returncode, proc.stderr) == (1, "minirun-oci: container not running\n")
+
+
+def test_update_resources_file_keys_in_another_case(oci, rootfs, tmp_path):
+    cid = oci.new_id()
+    oci("run", "-d", "--bundle", oci.bundle(base_config(["sleep", "100"]), rootfs), cid,
+        check=True)
+    resources = tmp_path / "resources.json"
+    resources.write_text(json.dumps({"PIDS": {"Limit": 9}}))
+    oci("update", "-r", resources, cid, check=True)
+    proc = oci("exec", cid, "sh", "-c", "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || "
+                                        "cat /sys/fs/cgroup/pids.max")
+    assert (proc.returncode, proc.stdout) == (0, "9\n"), proc.stderr

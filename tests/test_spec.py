@@ -827,3 +827,26 @@ def test_mount_flag_table_shape():
         "unbindable",
         "runbindable",
     }
+
+
+# Fields the runtime-spec added in 1.1 to 1.3 that minirun does not implement: each must
+# be refused by name, or ociVersionMax 1.3.0 in `features` would not be true.
+NEWER_SPEC_FIELDS = [
+    ("process.scheduler", {"policy": "SCHED_OTHER"}),
+    ("process.ioPriority", {"class": "IOPRIO_CLASS_BE", "priority": 4}),
+    ("process.execCPUAffinity", {"initial": "0"}),
+    ("linux.timeOffsets", {"monotonic": {"secs": 1}}),
+    ("linux.netDevices", {"eth1": {"name": "eth0"}}),
+    ("linux.memoryPolicy", {"mode": "MPOL_BIND", "nodes": "0"}),
+    ("linux.intelRdt", {"schemata": ["L3:0=f"], "enableMonitoring": True}),
+]
+
+
+@pytest.mark.parametrize("path,value", NEWER_SPEC_FIELDS, ids=[p for p, _ in NEWER_SPEC_FIELDS])
+def test_fields_up_to_spec_1_3_are_refused_by_name(path, value):
+    cfg = base_config()
+    cfg["ociVersion"] = "1.3.0"
+    section, key = path.split(".")
+    cfg[section][key] = value
+    spec.validate(cfg)
+    assert spec.unsupported(cfg) == [path]
