@@ -6,7 +6,6 @@ import os
 import stat
 
 import pytest
-
 from ocitest import base_config, copy_rootfs, needs_root, oci, rootfs  # noqa: F401
 
 pytestmark = [needs_root, pytest.mark.root]

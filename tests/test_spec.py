@@ -123,8 +123,10 @@ def test_newer_minor_versions_are_accepted_with_one_warning(tmp_path, capfd, ver
     spec.load_config(str(tmp_path))
     err = capfd.readouterr().err.splitlines()
     assert err == [
-        f"minirun: warning: config.json: ociVersion {version} is newer than minirun knows "
-        "(1.3.0); fields it does not know are refused"
+        (
+            f"minirun: warning: config.json: ociVersion {version} is newer than minirun knows "
+            "(1.3.0); fields it does not know are refused"
+        )
     ]
 
 
@@ -561,7 +563,11 @@ UNSUPPORTED_CASES = [
     ("unknown-hook", _set("hooks", {"prestop": [{"path": "/bin/true"}]}), ["hooks.prestop"]),
     ("known-hooks", _set("hooks", {"poststop": [{"path": "/bin/true"}]}), []),
     ("tmpcopyup", _set("mounts[1].options", ["nosuid", "tmpcopyup"]), []),
-    ("idmap-option", _set("mounts[1].options", ["nosuid", "idmap"]), ['mounts[1].options[1] "idmap"']),
+    (
+        "idmap-option",
+        _set("mounts[1].options", ["nosuid", "idmap"]),
+        ['mounts[1].options[1] "idmap"'],
+    ),
     (
         "idmapped-mount",
         _set("mounts[0].uidMappings", [{"containerID": 0, "hostID": 1000, "size": 1}]),
