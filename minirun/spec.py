@@ -13,7 +13,7 @@ Every validation error is an ``InvalidSpec`` whose message starts with
 
 import os
 
-from minirun import __version__
+from minirun import OCI_VERSION, __version__
 from minirun import jsonfast as json
 from minirun.errors import AlreadyExists, InvalidSpec, NotFound
 
@@ -25,9 +25,9 @@ RUNC_SPEC_OCI_VERSION = "1.0.2-dev"
 _SEMVER_EXTRA = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.-")
 
 
-# The newest runtime-spec release whose fields minirun knows: each field it defines is
-# either implemented or refused by name (UNSUPPORTED), never silently ignored.
-OCI_VERSION_MAX = "1.3.0"
+# minirun.OCI_VERSION: the newest runtime-spec whose fields minirun knows (UNSUPPORTED
+# lists the ones it refuses by name).
+OCI_VERSION_MAX = OCI_VERSION
 
 
 def _parse_version(version: str) -> tuple[int, int] | None:
@@ -265,7 +265,7 @@ TMPCOPYUP = "tmpcopyup"
 
 ROOTFS_PROPAGATIONS = frozenset(PROPAGATION_FLAGS)
 
-# Keys the runtime-spec defines in "process" and "linux" (up to 1.2). Keys outside these
+# Keys the runtime-spec defines in "process" and "linux" (up to 1.3). Keys outside these
 # sets are reported by unsupported(): they may change isolation and we cannot tell how.
 SPEC_PROCESS_KEYS = frozenset(
     {
