@@ -15,13 +15,13 @@ import errno
 import fcntl
 import os
 import select
-import sys
 import time
 
 from . import OCI_VERSION
 from . import jsonfast as json
 from .cgroups import open_cgroup
 from .errors import ContainerStateError, HookError, InvalidArgument, MiniRunError, NotFound
+from .runlog import warn
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
 
@@ -243,7 +243,7 @@ def run_hooks(cfg_hooks: dict, kinds: tuple[str, ...], state: bytes, warn_only=F
             except HookError as e:
                 if not warn_only:
                     raise
-                print(f"minirun: warning: {e}", file=sys.stderr)
+                warn(str(e))
 
 
 # --- create -------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def _cleanup(c: Container, cg) -> None:
                 cg.kill_all(signal.SIGKILL)
                 cg.destroy()
         except (OSError, MiniRunError) as e:
-            print(f"minirun: warning: cgroup cleanup: {e}", file=sys.stderr)
+            warn(f"cgroup cleanup: {e}")
     for name in ("state.json", "state.json.tmp", "exec.fifo"):
         try:
             os.unlink(os.path.join(c.dir, name))
@@ -332,10 +332,12 @@ SIGNALS = {name: getattr(signal, name) for name in dir(signal)
 
 
 def parse_signal(text: str) -> int:
+    """A signal name (KILL, SIGKILL) or number; 0 sends nothing and only checks that the
+    init is alive, as kill(2) and runc's kill do."""
     text = text.strip()
     if text.isdigit():
         num = int(text)
-        if 0 < num < 65:
+        if 0 <= num < 65:
             return num
     else:
         name = text.upper()

@@ -54,9 +54,12 @@ def build_process(c: Container, args: list[str], process_file: str | None = None
         from . import jsonfast
 
         try:
-            return jsonfast.loads(text)
+            process = jsonfast.loads(text)
         except ValueError as e:
             raise InvalidSpec(f"process file {process_file}: invalid JSON: {e}") from None
+        if isinstance(process, dict) and not any(k.lower() == "user" for k in process):
+            process["user"] = {"uid": 0, "gid": 0}  # runc: no user is uid 0, gid 0
+        return process
     if not args:
         raise InvalidArgument("exec needs a command (or -p process.json)")
     base = dict((c.data.get("config") or {}).get("process") or {})

@@ -12,6 +12,7 @@ import os
 import stat
 
 from . import mountinfo
+from .copyup import copy_tree
 from . import sys as _sys
 from .errors import InvalidSpec, MiniRunError
 from .spec import parse_mount_options
@@ -151,7 +152,8 @@ class RootfsBuilder:
         elif kind == "cgroup":
             self._mount_cgroup(dest, flags)
         else:
-            self._mount_fs(m, dest, kind, flags, pflags, data)
+            self._mount_fs(m, dest, kind, flags, pflags, data,
+                           copyup=extra["copyup"] and kind == "tmpfs")
         if extra["attr_set"] or extra["attr_clr"]:
             fd = open_in_root(self.rootfd, dest)
             try:
@@ -160,9 +162,12 @@ class RootfsBuilder:
                 os.close(fd)
 
     def _mount_fs(self, m: dict, dest: str, kind: str, flags: int, pflags: list[int],
-                  data: str | None) -> None:
+                  data: str | None, copyup: bool = False) -> None:
         fd = make_in_root(self.rootfd, dest, True)
+        below = -1
         try:
+            if copyup:  # opened before the mount: it keeps naming the directory beneath
+                below = os.open(fd_path(fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             if kind == "sysfs" and self.new_userns and not self.new_netns:
                 # sysfs cannot be mounted in a user namespace without its own netns:
                 # bind the host's, read-only, as runc does.
@@ -177,10 +182,21 @@ class RootfsBuilder:
                     self.deferred_readonly.append((dest, flags))
                 src = m.get("source") or kind
                 _sys.mount(src, fd_path(fd), kind, flags, data, label=dest)
+            if copyup:
+                self._copy_up(below, dest)
         finally:
             os.close(fd)
+            if below >= 0:
+                os.close(below)
         for pflag in pflags:
             self._on_mount(dest, None, pflag)
+
+    def _copy_up(self, below: int, dest: str) -> None:
+        top = open_in_root(self.rootfd, dest, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            copy_tree(below, top, dest)
+        finally:
+            os.close(top)
 
     def _bind(self, m: dict, dest: str, flags: int, pflags: list[int], recursive: bool) -> None:
         source = m.get("source") or ""

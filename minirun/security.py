@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import resource
-import sys
 
 from . import sys as _sys
 from .errors import InvalidSpec
+from .runlog import warn
 
 CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 
@@ -37,8 +37,7 @@ def capability_plan(caps: dict | None, known: dict[str, int], top: int) -> dict:
                 mask |= 1 << num
         plan[key] = mask
     if unknown:
-        print("minirun: warning: ignoring unknown or unavailable capabilities: "
-              f"[{' '.join(sorted(unknown))}]", file=sys.stderr)
+        warn(f"ignoring unknown or unavailable capabilities: [{' '.join(sorted(unknown))}]")
     return plan
 
 
@@ -103,8 +102,7 @@ def set_oom_score_adj(value: int) -> None:
     except OSError as e:
         # Lowering the score needs CAP_SYS_RESOURCE, which some hosts (this VM) withhold
         # even from root: say so and go on rather than fail the whole container.
-        print(f"minirun: warning: cannot set oomScoreAdj to {value}: {e.strerror}",
-              file=sys.stderr)
+        warn(f"cannot set oomScoreAdj to {value}: {e.strerror}")
 
 
 def set_user(user: dict, setgroups_allowed: bool) -> None:
