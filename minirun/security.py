@@ -8,6 +8,7 @@ applied in one capset call as runc does.
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import sys
@@ -118,6 +119,31 @@ def set_user(user: dict, setgroups_allowed: bool) -> None:
                           "this user namespace")
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
+
+
+def give_stdio_to(uid: int) -> None:
+    """Make the process's stdio (its pty, or the pipes it was given) belong to the uid it
+    is about to become, as runc's fixStdioPermissions: a program that drops to a user
+    must still reopen /dev/stdout or /proc/self/fd/0, and `tty` must be its own. /dev/null
+    is left alone, and so is whatever the kernel does not let us change (an owner or
+    group the user namespace does not map, a read-only file system)."""
+    try:
+        null = os.stat("/dev/null").st_rdev
+    except OSError:
+        null = -1
+    for fd in (0, 1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue  # closed
+        if st.st_uid == uid or (st.st_rdev and st.st_rdev == null):
+            continue
+        try:
+            # only the owner: the group may be one the mount prefers (devpts' tty group)
+            os.fchown(fd, uid, -1)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EPERM, errno.EROFS):
+                raise _sys.SysError("fchown", f"stdio fd {fd}", e.errno or 0) from None
 
 
 def setgroups_allowed() -> bool:
