@@ -240,3 +240,32 @@ def test_bind_sources_under_a_private_directory_with_a_user_namespace(oci, trave
     witness = runc_run(cfg, traversable_rootfs, tmp_path)
     assert witness.returncode == 0, witness.stderr
     assert witness.stdout.splitlines() == expected
+
+
+def test_bind_source_keeps_the_hosts_locked_flags_in_a_user_namespace(oci, traversable_rootfs,
+                                                                       tmp_path):
+    """The fds the runtime opens for bind sources name mounts of the container's own
+    namespace, whose flags the kernel locked when it copied it from the host's: the
+    container's root, even with CAP_SYS_ADMIN in its user namespace, cannot remount the
+    bind of a host nosuid mount without nosuid. (A mount made inside, /dev/shm, can be
+    remounted: the capability is there.)"""
+    host_mount = tmp_path / "nosuid-mount"
+    host_mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=755,nosuid", "tmpfs",
+                    str(host_mount)], check=True)
+    try:
+        (host_mount / "dir").mkdir()
+        cfg = base_config(["sh", "-c", "mount -o remount,bind,suid /mnt || echo locked; "
+                                       "mount -o remount,bind,exec /dev/shm && echo shm-ok"])
+        for kind in ("bounding", "permitted", "effective"):
+            cfg["process"]["capabilities"][kind].append("CAP_SYS_ADMIN")
+        cfg["linux"]["namespaces"].append({"type": "user"})
+        cfg["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        cfg["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        cfg["mounts"].append({"destination": "/mnt", "type": "bind",
+                              "source": str(host_mount / "dir"), "options": ["bind"]})
+        proc = oci.run(cfg, traversable_rootfs)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["locked", "shm-ok"], proc.stdout + proc.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(host_mount)], check=True)
