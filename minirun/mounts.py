@@ -520,8 +520,8 @@ def hide_host_proc_and_sys(rootfs: str) -> None:
     """Before --no-pivot's move and chroot: the host's procfs and sysfs stay in our mount
     namespace under the moved rootfs, and the kernel lets a nested user namespace mount
     a fresh, unmasked procfs or sysfs when a fully visible one exists in the namespace
-    (mount_too_revealing). Unmount them (or cover them where that is refused), as runc's
-    msMoveRoot does since 1.1.5, so that only the container's masked /proc remains."""
+    (mount_too_revealing). Unmount them (or cover them where that is refused), as runc
+    1.1.5's msMoveRoot does, so that only the container's masked /proc remains."""
     prefix = rootfs.rstrip("/") + "/"
     targets = [m.mountpoint for m in mountinfo.read()
                if m.root == "/" and m.fstype in ("proc", "sysfs")

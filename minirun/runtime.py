@@ -508,7 +508,7 @@ def prepare_process(process: dict, caps, rlimits,
     if caps is not None:
         security.drop_bounding(caps, top)
         _sys.prctl(_sys.PR_SET_KEEPCAPS, 1, name="prctl(PR_SET_KEEPCAPS)")
-    security.give_stdio_to(user.get("uid", 0))
+    security.give_stdio_to(user.get("uid", 0), bool(process.get("terminal")))
     security.set_user(user, security.setgroups_allowed())
     if caps is not None:
         _sys.prctl(_sys.PR_SET_KEEPCAPS, 0, name="prctl(PR_SET_KEEPCAPS)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import stat
 import sys
 
 from . import sys as _sys
@@ -121,12 +122,13 @@ def set_user(user: dict, setgroups_allowed: bool) -> None:
     os.setresuid(uid, uid, uid)
 
 
-def give_stdio_to(uid: int) -> None:
+def give_stdio_to(uid: int, own_pty: bool) -> None:
     """Make the process's stdio (its pty, or the pipes it was given) belong to the uid it
     is about to become, as runc's fixStdioPermissions: a program that drops to a user
-    must still reopen /dev/stdout or /proc/self/fd/0, and `tty` must be its own. /dev/null
-    is left alone, and so is whatever the kernel does not let us change (an owner or
-    group the user namespace does not map, a read-only file system)."""
+    must still reopen /dev/stdout or /proc/self/fd/0, and `tty` must be its own. Left
+    alone: /dev/null, whatever the kernel does not let us change (an owner or group the
+    user namespace does not map, a read-only file system) and, unlike runc, a terminal
+    that is not the container's own pty (`own_pty`): the caller's, on the host."""
     try:
         null = os.stat("/dev/null").st_rdev
     except OSError:
@@ -136,7 +138,8 @@ def give_stdio_to(uid: int) -> None:
             st = os.fstat(fd)
         except OSError:
             continue  # closed
-        if st.st_uid == uid or (st.st_rdev and st.st_rdev == null):
+        if st.st_uid == uid or (stat.S_ISCHR(st.st_mode) and (st.st_rdev == null or
+                                                             not own_pty)):
             continue
         try:
             # only the owner: the group may be one the mount prefers (devpts' tty group)

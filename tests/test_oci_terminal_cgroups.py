@@ -251,3 +251,16 @@ def test_terminal_belongs_to_the_process_user(oci, rootfs, tmp_path):
         lines = out.replace("\r", "").splitlines()
         assert lines[:2] == ["1000", "1000"], out
         assert "reopened" in out and lines[-1] == "ok", out
+
+
+@needs_runc
+def test_stdio_belongs_to_the_process_user_without_a_terminal(oci, rootfs, tmp_path):
+    """Without a terminal the same holds for the stdio the caller passed (a file here, a
+    pipe under runc): a process that runs as uid 1000 can reopen its own stdout."""
+    # both through the reopened fd: appended, so a file's offset does not matter
+    cfg = base_config(["sh", "-c", ("echo reopened >> /proc/self/fd/1 && "
+                                    "echo ok >> /proc/self/fd/1")])
+    cfg["process"]["user"] = {"uid": 1000, "gid": 1000}
+    for proc in (oci.run(cfg, rootfs), runc_run(cfg, rootfs, tmp_path)):
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["reopened", "ok"], proc.stdout + proc.stderr
