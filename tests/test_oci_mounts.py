@@ -255,8 +255,8 @@ def test_bind_source_keeps_the_hosts_locked_flags_in_a_user_namespace(oci, trave
                     str(host_mount)], check=True)
     try:
         (host_mount / "dir").mkdir()
-        cfg = base_config(["sh", "-c", "mount -o remount,bind,suid /mnt || echo locked; "
-                                       "mount -o remount,bind,exec /dev/shm && echo shm-ok"])
+        cfg = base_config(["sh", "-c", ("mount -o remount,bind,suid /mnt || echo locked; "
+                                        "mount -o remount,bind,exec /dev/shm && echo shm-ok")])
         for kind in ("bounding", "permitted", "effective"):
             cfg["process"]["capabilities"][kind].append("CAP_SYS_ADMIN")
         cfg["linux"]["namespaces"].append({"type": "user"})
