@@ -280,6 +280,13 @@ def _kill_and_wait(pid: int, timeout: float = 10.0) -> None:
 
 
 def _cleanup(c: Container, cg) -> None:
+    if "host_rootfs_mounts" in c.data:
+        from .mounts import unmount_host_rootfs  # only configs without a mount namespace
+
+        try:
+            unmount_host_rootfs(c.data["rootfs"], c.data["host_rootfs_mounts"])
+        except MiniRunError as e:
+            warn(f"unmounting the rootfs: {e}")
     if cg is not None:
         try:
             if cg.exists():

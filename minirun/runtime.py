@@ -8,6 +8,9 @@ talk to the parent (P) over a SOCK_SEQPACKET socketpair: JSON messages, every wa
 timeout so that a stuck child is an error, never a hang.
 
   C -> P  {"userns": true}          P writes uid/gid maps, answers {"ok": true}
+  C -> P  {"mount_sources": true}   with a user namespace: P opens the bind mounts'
+                                     sources through /proc/C/root and answers
+                                     {"sources": [index, ...]} with the fds (SCM_RIGHTS)
   C -> P  {"pid": N}                 I's pid, as P sees it
   I -> P  {"hooks": "createRuntime"} P runs prestart+createRuntime hooks, answers
   I -> P  {"ready": true}            I is set up and waits on the fifo
@@ -63,7 +66,8 @@ from .container import (  # noqa: F401 - re-exported: runtime is the lifecycle's
 from .errors import (AlreadyExists, ContainerStateError, ExecutableNotFound, HookError,
                      InvalidArgument, InvalidSpec, KernelFeatureMissing, MiniRunError,
                      NotExecutable, NotFound)
-from .mounts import RootfsBuilder, make_in_root, setup_console_mount
+from .mounts import (RootfsBuilder, close_fds, count_mounts_at, is_bind, make_in_root,
+                     open_bind_sources, setup_console_mount)
 from .namespaces import NamespacePlan, write_id_maps
 from . import security
 from . import spec as _spec
@@ -75,14 +79,27 @@ def _send(sock: socket.socket, msg: dict) -> None:
 
 
 def _recv(sock: socket.socket, timeout: float | None = SYNC_TIMEOUT) -> dict:
+    return _recv_fds(sock, timeout)[0]
+
+
+def _recv_fds(sock: socket.socket, timeout: float | None = SYNC_TIMEOUT) -> tuple[dict, list]:
+    """A message and the fds that came with it (close-on-exec)."""
     sock.settimeout(timeout)
     try:
-        data = sock.recv(65536)
+        data, ancdata, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(4 * 253),
+                                           socket.MSG_CMSG_CLOEXEC)
     except TimeoutError:
         raise MiniRunError("container setup timed out waiting for the child") from None
+    fds = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += [int.from_bytes(payload[i:i + 4], sys.byteorder)
+                    for i in range(0, len(payload) - 3, 4)]
     if not data:
+        for fd in fds:
+            os.close(fd)
         raise MiniRunError("container init exited during setup")
-    return json.loads(data)
+    return json.loads(data), fds
 
 
 class CreateOptions:
@@ -106,7 +123,12 @@ def _check_supported(cfg: dict) -> None:
     linux = cfg.get("linux") or {}
     types = {ns.get("type") for ns in linux.get("namespaces") or []}
     if "mount" not in types:
-        raise InvalidSpec("config.json: linux.namespaces: a mount namespace is required")
+        # The rootfs is then set up in the caller's mount namespace (see RootfsBuilder):
+        # masks cannot be kept from the container there (runc's rule), and a propagation
+        # would apply to the host's "/" itself.
+        for key in ("maskedPaths", "readonlyPaths", "rootfsPropagation"):
+            if linux.get(key):
+                raise InvalidSpec(f"config.json: linux.{key} needs a mount namespace")
     if (linux.get("uidMappings") or linux.get("gidMappings")) and "user" not in types:
         raise InvalidSpec("config.json: linux.uidMappings given without a user namespace")
     for key in linux.get("sysctl") or {}:
@@ -189,6 +211,9 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
             "cgroup_driver": f"v{cg.version}", "cgroup_root": cg.root, "rootless": rootless,
             "ready": False, "config": cfg, "no_new_keyring": opts.no_new_keyring,
         }
+        if not any(ns.get("type") == "mount" for ns in linux.get("namespaces") or []):
+            # the mounts at the rootfs that are not ours: delete unmounts the rest
+            c.data["host_rootfs_mounts"] = count_mounts_at(rootfs)
         # Saved at once, and again as soon as the init's pid is known: if this process is
         # killed mid-create, `delete --force` still finds the cgroup and the init.
         c.save()
@@ -268,6 +293,15 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
                 write_id_maps(pid, linux.get("uidMappings") or [],
                               linux.get("gidMappings") or [])
                 _send(parent_sock, {"ok": True})
+            elif msg.get("mount_sources"):
+                fds = open_bind_sources(cfg, bundle, f"/proc/{pid}/root")
+                try:
+                    parent_sock.sendmsg([json.dumps({"sources": list(fds)}).encode()],
+                                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          b"".join(fd.to_bytes(4, sys.byteorder)
+                                                   for fd in fds.values()))] if fds else [])
+                finally:
+                    close_fds(fds)
             elif "pid" in msg:
                 init_pid = msg["pid"]
                 c.data["pid"] = init_pid
@@ -324,6 +358,14 @@ def _reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
+def _wants_bind_source_fds(cfg: dict, plan: NamespacePlan, c: Container) -> bool:
+    """In a user namespace the init may not reach a bind source the host's root can
+    (under a 0700 directory): the parent opens them (open_bind_sources). Rootless, the
+    parent may not open /proc/<child>/root, and reaches nothing more than the child."""
+    return (plan.has("user") and not c.data.get("rootless")
+            and any(is_bind(m) for m in cfg.get("mounts") or []))
+
+
 def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, console,
                  opts, sock, seccomp_filter=None) -> None:
     """C: join the cgroup and namespaces, fork the init, report its pid, exit."""
@@ -362,20 +404,26 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
     if flags:
         _sys.unshare(flags)
     trace("child: namespaces entered")
+    source_fds = {}
+    if _wants_bind_source_fds(cfg, plan, c):
+        _send(sock, {"mount_sources": True})
+        msg, fds = _recv_fds(sock)
+        source_fds = dict(zip(msg["sources"], fds))
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             _init(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts, sock,
-                  fifo_fd, seccomp_filter)
+                  fifo_fd, seccomp_filter, source_fds)
         except BaseException as e:
             _report_error(sock, e)
         os._exit(code)
+    close_fds(source_fds)
     _send(sock, {"pid": pid})
 
 
 def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, console, opts,
-          sock, fifo_fd: int, seccomp_filter=None) -> None:
+          sock, fifo_fd: int, seccomp_filter=None, source_fds: dict | None = None) -> None:
     """I: pid 1 of the container. Returns only by raising; on success it execs."""
     os.setsid()
     # Our pid as the host sees it: /proc is still the host's until pivot_root.
@@ -387,7 +435,8 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     builder = RootfsBuilder(cfg, rootfs, bundle, cg, new_userns=plan.has("user"),
                             new_cgroupns=bool(plan.new_flags & _sys.CLONE_NEWCGROUP),
                             # only a netns made after the userns is owned by it
-                            new_netns=bool(plan.new_flags & _sys.CLONE_NEWNET))
+                            new_netns=bool(plan.new_flags & _sys.CLONE_NEWNET),
+                            own_mountns=plan.has("mount"), source_fds=source_fds)
     if not opts.no_new_keyring:
         _sys.join_session_keyring(f"_ses.{c.id}")
     trace("init: forked")
@@ -404,6 +453,12 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     _make_cwd(process.get("cwd", "/"))
     for key, value in (linux.get("sysctl") or {}).items():
         _write_sysctl(key, value)
+    # As runc: the console (a bind onto /dev/console) before finish() makes a "ro" /dev
+    # or the root read-only.
+    if process.get("terminal"):
+        _setup_terminal(console, process.get("consoleSize"))
+    if console is not None:
+        console.close()
     builder.finish()
     trace("init: pivoted, paths masked")
 
@@ -412,11 +467,6 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
             _sys.sethostname(cfg["hostname"])
         if cfg.get("domainname"):
             _sys.setdomainname(cfg["domainname"])
-
-    if process.get("terminal"):
-        _setup_terminal(console, process.get("consoleSize"))
-    if console is not None:
-        console.close()
 
     if linux.get("personality"):
         _sys.personality(linux["personality"]["domain"])
@@ -458,6 +508,7 @@ def prepare_process(process: dict, caps, rlimits,
     if caps is not None:
         security.drop_bounding(caps, top)
         _sys.prctl(_sys.PR_SET_KEEPCAPS, 1, name="prctl(PR_SET_KEEPCAPS)")
+    security.give_stdio_to(user.get("uid", 0), bool(process.get("terminal")))
     security.set_user(user, security.setgroups_allowed())
     if caps is not None:
         _sys.prctl(_sys.PR_SET_KEEPCAPS, 0, name="prctl(PR_SET_KEEPCAPS)")
