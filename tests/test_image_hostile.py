@@ -170,6 +170,23 @@ def test_deeply_nested_json_in_an_archive_is_one_line(root, base, where):
     refused(root, "load", "-i", path, match=NESTED)
 
 
+def test_brackets_in_strings_and_real_nesting_still_load(root, base):
+    """The depth count skips strings (escaped quotes too): a config whose labels hold
+    thousands of brackets, nested 42 deep, is an image like any other."""
+    config = json.loads(image_config([sha256(NEW_LAYER)]))
+    config["config"]["Labels"] = {"brackets": "[{" * 5000 + '\\"[' * 100}
+    nest: dict = {}
+    for _ in range(20):  # an object and an array each: 42 deep in all
+        nest = {"n": [nest]}
+    config["nest"] = nest
+    data = json.dumps(config).encode()
+    path = as_tar(oci_layout([NEW_LAYER], config=data, name="brackets:1"),
+                  os.path.join(base, "brackets.tar"))
+    assert minirun(root, "load", "-i", path).stdout == "Loaded image: brackets:1\n"
+    (doc,) = json.loads(minirun(root, "image", "inspect", "brackets:1").stdout)
+    assert doc["Config"]["Labels"] == config["config"]["Labels"]
+
+
 def serve(manifest: bytes, config: bytes, layers: list[bytes],
           media_type: str = OCI_MANIFEST) -> StaticRegistry:
     blobs = {sha256(x): x for x in [config, *layers]}
@@ -303,6 +320,14 @@ def test_load_a_layout_directory_written_by_skopeo(root, base):
                    check=True, capture_output=True, timeout=120)
     out = minirun(other, "load", "-i", layout + "/").stdout
     assert sorted(out.splitlines()) == ["Loaded image: box:2", "Loaded image: box:3"]
+
+
+def test_a_symlink_inside_a_layout_directory_is_followed(root, base):
+    layout = as_dir(oci_layout([NEW_LAYER], name="linked:1"), os.path.join(base, "layout"))
+    blob = os.path.join(layout, "blobs", "sha256", _hex(NEW_LAYER))
+    os.rename(blob, os.path.join(layout, "layer.tar"))
+    os.symlink("../../layer.tar", blob)
+    assert minirun(root, "load", "-i", layout).stdout == "Loaded image: linked:1\n"
 
 
 def _hex(data: bytes) -> str:
