@@ -341,8 +341,9 @@ def iter_tar_members(fileobj: BinaryIO, limits: Limits = Limits(),
     """The members of an uncompressed tar file (seekable), parsed as unpack_layer parses
     them (bounded headers and member count, negative sizes refused) without reading their
     data: tarfile follows a negative size backwards and lists the same members again and
-    again (a 3 KiB tarball, 25 s and 600 MiB). Each member's `offset` says where its data
-    is in `fileobj`. A bad archive is an InvalidImage prefixed with `what`."""
+    again (seen: `minirun import` of a 3 KiB tarball, 21 s and 470 MiB before its member
+    limit). Each member's `offset` says where its data is in `fileobj`. A bad archive is an
+    InvalidImage prefixed with `what`."""
     reader = _TarReader(_SeekingReader(fileobj, limits.max_size), limits)
     try:
         for member, data in reader.members():
