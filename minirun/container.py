@@ -15,13 +15,13 @@ import errno
 import fcntl
 import os
 import select
-import sys
 import time
 
 from . import OCI_VERSION
 from . import jsonfast as json
 from .cgroups import open_cgroup
 from .errors import ContainerStateError, HookError, InvalidArgument, MiniRunError, NotFound
+from .runlog import warn
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
 
@@ -247,7 +247,7 @@ def run_hooks(cfg_hooks: dict, kinds: tuple[str, ...], state: bytes, warn_only=F
             except HookError as e:
                 if not warn_only:
                     raise
-                print(f"minirun: warning: {e}", file=sys.stderr)
+                warn(str(e))
 
 
 # --- create -------------------------------------------------------------------------------
@@ -284,13 +284,20 @@ def _kill_and_wait(pid: int, timeout: float = 10.0) -> None:
 
 
 def _cleanup(c: Container, cg) -> None:
+    if "host_rootfs_mounts" in c.data:
+        from .mounts import unmount_host_rootfs  # only configs without a mount namespace
+
+        try:
+            unmount_host_rootfs(c.data["rootfs"], c.data["host_rootfs_mounts"])
+        except MiniRunError as e:
+            warn(f"unmounting the rootfs: {e}")
     if cg is not None:
         try:
             if cg.exists():
                 cg.kill_all(signal.SIGKILL)
                 cg.destroy()
         except (OSError, MiniRunError) as e:
-            print(f"minirun: warning: cgroup cleanup: {e}", file=sys.stderr)
+            warn(f"cgroup cleanup: {e}")
     for name in ("state.json", "state.json.tmp", "exec.fifo"):
         try:
             os.unlink(os.path.join(c.dir, name))
@@ -336,10 +343,12 @@ SIGNALS = {name: getattr(signal, name) for name in dir(signal)
 
 
 def parse_signal(text: str) -> int:
+    """A signal name (KILL, SIGKILL) or number; 0 sends nothing and only checks that the
+    init is alive, as kill(2) and runc's kill do."""
     text = text.strip()
     if text.isdigit():
         num = int(text)
-        if 0 < num < 65:
+        if 0 <= num < 65:
             return num
     else:
         name = text.upper()

@@ -20,7 +20,7 @@ from . import spec as _spec
 from . import sys as _sys
 from .errors import ContainerStateError, InvalidArgument, InvalidSpec, MiniRunError
 from .namespaces import NAMESPACES, join_namespaces
-from .runtime import (Container, _check_cwd, _kill_and_wait, _rebuild_error, _recv,
+from .runtime import (Container, _check_cwd, _kill_and_wait, _rebuild_error, _recv_fds,
                       _report_error, _reset_signals, _send, _setup_terminal, _write_pid_file,
                       exec_user_program, explain_exit, hand_to_agent, prepare_process,
                       proc_start_time, trace)
@@ -55,9 +55,12 @@ def build_process(c: Container, args: list[str], process_file: str | None = None
         from . import jsonfast
 
         try:
-            return jsonfast.loads(text)
+            process = jsonfast.loads(text)
         except ValueError as e:
             raise InvalidSpec(f"process file {process_file}: invalid JSON: {e}") from None
+        if isinstance(process, dict) and not any(k.lower() == "user" for k in process):
+            process["user"] = {"uid": 0, "gid": 0}  # runc: no user is uid 0, gid 0
+        return process
     if not args:
         raise InvalidArgument("exec needs a command (or -p process.json)")
     base = dict((c.data.get("config") or {}).get("process") or {})
@@ -204,7 +207,7 @@ def _spawn(c: Container, process: dict, caps, rlimits, ns_fds, console,
     try:
         while True:
             try:
-                msg = _recv(parent_sock)
+                msg, passed = _recv_fds(parent_sock)
             except MiniRunError as e:
                 raise explain_exit(seccomp_filter, pid, e) from None
             if "error" in msg:
@@ -214,14 +217,14 @@ def _spawn(c: Container, process: dict, caps, rlimits, ns_fds, console,
                 os.waitpid(first, 0)
                 first = 0
             elif "seccompFd" in msg:
-                listener = msg
+                listener = passed
             elif msg.get("ready"):
                 trace("exec: process ready")
                 return pid
-            if listener and pid:  # as runc: this process's pid, the container's state
-                msg, listener = listener, None
+            if listener is not None and pid:  # as runc: this pid, the container's state
+                passed, listener = listener, None
                 hand_to_agent(c.data["config"]["linux"]["seccomp"], pid,
-                              c.spec_state(c.status()), msg)
+                              c.spec_state(c.status()), passed)
     except BaseException:
         if first:
             _kill_and_wait(first)
@@ -234,7 +237,7 @@ def _spawn(c: Container, process: dict, caps, rlimits, ns_fds, console,
         raise
     finally:
         parent_sock.close()
-        for fd in (listener or {}).get("fds") or []:
+        for fd in listener or []:
             os.close(fd)
 
 

@@ -8,6 +8,9 @@ talk to the parent (P) over a SOCK_SEQPACKET socketpair: JSON messages, every wa
 timeout so that a stuck child is an error, never a hang.
 
   C -> P  {"userns": true}          P writes uid/gid maps, answers {"ok": true}
+  C -> P  {"mount_sources": true}   with a user namespace: P opens the bind mounts'
+                                     sources through /proc/C/root and answers
+                                     {"sources": [index, ...]} with the fds (SCM_RIGHTS)
   C -> P  {"pid": N}                 I's pid, as P sees it
   I -> P  {"hooks": "createRuntime"} P runs prestart+createRuntime hooks, answers
   I -> P  {"seccompFd": true} + fd   a notifying seccomp filter is loaded: P hands
@@ -66,7 +69,8 @@ from .container import (  # noqa: F401 - re-exported: runtime is the lifecycle's
 from .errors import (AlreadyExists, ContainerStateError, ExecutableNotFound, HookError,
                      InvalidArgument, InvalidSpec, KernelFeatureMissing, MiniRunError,
                      NotExecutable, NotFound)
-from .mounts import RootfsBuilder, make_in_root, setup_console_mount
+from .mounts import (RootfsBuilder, close_fds, count_mounts_at, is_bind, make_in_root,
+                     open_bind_sources, setup_console_mount)
 from .namespaces import NamespacePlan, write_id_maps
 from . import security
 from . import spec as _spec
@@ -77,32 +81,34 @@ def _send(sock: socket.socket, msg: dict) -> None:
     sock.send(json.dumps(msg).encode())
 
 
-_FD_SPACE = socket.CMSG_SPACE(4)
-
-
 def _recv(sock: socket.socket, timeout: float | None = SYNC_TIMEOUT) -> dict:
-    """The next message; an fd sent with it (SCM_RIGHTS, close-on-exec here) is in
-    msg["fds"]."""
+    return _recv_fds(sock, timeout)[0]
+
+
+def _recv_fds(sock: socket.socket, timeout: float | None = SYNC_TIMEOUT) -> tuple[dict, list]:
+    """A message and the fds that came with it (close-on-exec)."""
     sock.settimeout(timeout)
     try:
-        data, ancillary, _, _ = sock.recvmsg(65536, _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
+        data, ancdata, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(4 * 253),
+                                           socket.MSG_CMSG_CLOEXEC)
     except TimeoutError:
         raise MiniRunError("container setup timed out waiting for the child") from None
-    if not data:
-        raise MiniRunError("container init exited during setup")
-    msg = json.loads(data)
-    for level, kind, fds in ancillary:
+    fds = []
+    for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            msg["fds"] = [int.from_bytes(fds[i:i + 4], sys.byteorder)
-                          for i in range(0, len(fds) - len(fds) % 4, 4)]
-    return msg
+            fds += [int.from_bytes(payload[i:i + 4], sys.byteorder)
+                    for i in range(0, len(payload) - 3, 4)]
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        raise MiniRunError("container init exited during setup")
+    return json.loads(data), fds
 
 
-def hand_to_agent(seccomp: dict, pid: int, state: dict, msg: dict) -> None:
+def hand_to_agent(seccomp: dict, pid: int, state: dict, fds: list[int]) -> None:
     """P's side of {"seccompFd"}: the listener fd to the seccomp agent, then closed."""
     from .seccomp import send_to_agent
 
-    fds = msg.get("fds") or []
     try:
         if not fds:
             raise MiniRunError("seccomp: the container's process sent no listener fd")
@@ -153,7 +159,12 @@ def _check_supported(cfg: dict) -> None:
     linux = cfg.get("linux") or {}
     types = {ns.get("type") for ns in linux.get("namespaces") or []}
     if "mount" not in types:
-        raise InvalidSpec("config.json: linux.namespaces: a mount namespace is required")
+        # The rootfs is then set up in the caller's mount namespace (see RootfsBuilder):
+        # masks cannot be kept from the container there (runc's rule), and a propagation
+        # would apply to the host's "/" itself.
+        for key in ("maskedPaths", "readonlyPaths", "rootfsPropagation"):
+            if linux.get(key):
+                raise InvalidSpec(f"config.json: linux.{key} needs a mount namespace")
     if (linux.get("uidMappings") or linux.get("gidMappings")) and "user" not in types:
         raise InvalidSpec("config.json: linux.uidMappings given without a user namespace")
     for key in linux.get("sysctl") or {}:
@@ -236,6 +247,9 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
             "cgroup_driver": f"v{cg.version}", "cgroup_root": cg.root, "rootless": rootless,
             "ready": False, "config": cfg, "no_new_keyring": opts.no_new_keyring,
         }
+        if not any(ns.get("type") == "mount" for ns in linux.get("namespaces") or []):
+            # the mounts at the rootfs that are not ours: delete unmounts the rest
+            c.data["host_rootfs_mounts"] = count_mounts_at(rootfs)
         # Saved at once, and again as soon as the init's pid is known: if this process is
         # killed mid-create, `delete --force` still finds the cgroup and the init.
         c.save()
@@ -310,7 +324,7 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
         hooks = cfg.get("hooks") or {}
         while True:
             try:
-                msg = _recv(parent_sock)
+                msg, passed = _recv_fds(parent_sock)
             except MiniRunError as e:
                 raise explain_exit(seccomp_filter, init_pid, e) from None
             if "error" in msg:
@@ -319,6 +333,15 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
                 write_id_maps(pid, linux.get("uidMappings") or [],
                               linux.get("gidMappings") or [])
                 _send(parent_sock, {"ok": True})
+            elif msg.get("mount_sources"):
+                fds = open_bind_sources(cfg, bundle, f"/proc/{pid}/root")
+                try:
+                    parent_sock.sendmsg([json.dumps({"sources": list(fds)}).encode()],
+                                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          b"".join(fd.to_bytes(4, sys.byteorder)
+                                                   for fd in fds.values()))] if fds else [])
+                finally:
+                    close_fds(fds)
             elif "pid" in msg:
                 init_pid = msg["pid"]
                 c.data["pid"] = init_pid
@@ -330,13 +353,13 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
                 run_hooks(hooks, ("prestart", "createRuntime"), c.hook_state("creating"))
                 _send(parent_sock, {"ok": True})
             elif "seccompFd" in msg:
-                listener = msg
+                listener = passed
             elif msg.get("ready"):
                 trace("create: init ready")
                 return init_pid
-            if listener and init_pid:  # the fd may come before C's word on I's pid
-                msg, listener = listener, None
-                hand_to_agent(linux["seccomp"], init_pid, c.spec_state("creating"), msg)
+            if listener is not None and init_pid:  # the fd may come before C's word on I's pid
+                passed, listener = listener, None
+                hand_to_agent(linux["seccomp"], init_pid, c.spec_state("creating"), passed)
     except BaseException:
         if pid:
             _kill_and_wait(pid)
@@ -349,7 +372,7 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
         raise
     finally:
         parent_sock.close()
-        for fd in (listener or {}).get("fds") or []:
+        for fd in listener or []:
             os.close(fd)
 
 
@@ -384,6 +407,14 @@ def _reset_signals() -> None:
                 signal.SIGXFSZ, signal.SIGCHLD, signal.SIGWINCH, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _wants_bind_source_fds(cfg: dict, plan: NamespacePlan, c: Container) -> bool:
+    """In a user namespace the init may not reach a bind source the host's root can
+    (under a 0700 directory): the parent opens them (open_bind_sources). Rootless, the
+    parent may not open /proc/<child>/root, and reaches nothing more than the child."""
+    return (plan.has("user") and not c.data.get("rootless")
+            and any(is_bind(m) for m in cfg.get("mounts") or []))
 
 
 def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, console,
@@ -424,20 +455,26 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
     if flags:
         _sys.unshare(flags)
     trace("child: namespaces entered")
+    source_fds = {}
+    if _wants_bind_source_fds(cfg, plan, c):
+        _send(sock, {"mount_sources": True})
+        msg, fds = _recv_fds(sock)
+        source_fds = dict(zip(msg["sources"], fds))
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             _init(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts, sock,
-                  fifo_fd, seccomp_filter)
+                  fifo_fd, seccomp_filter, source_fds)
         except BaseException as e:
             _report_error(sock, seccomp_filter.blame(e) if seccomp_filter else e)
         os._exit(code)
+    close_fds(source_fds)
     _send(sock, {"pid": pid})
 
 
 def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, console, opts,
-          sock, fifo_fd: int, seccomp_filter=None) -> None:
+          sock, fifo_fd: int, seccomp_filter=None, source_fds: dict | None = None) -> None:
     """I: pid 1 of the container. Returns only by raising; on success it execs."""
     os.setsid()
     # Our pid as the host sees it: /proc is still the host's until pivot_root.
@@ -449,7 +486,8 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     builder = RootfsBuilder(cfg, rootfs, bundle, cg, new_userns=plan.has("user"),
                             new_cgroupns=bool(plan.new_flags & _sys.CLONE_NEWCGROUP),
                             # only a netns made after the userns is owned by it
-                            new_netns=bool(plan.new_flags & _sys.CLONE_NEWNET))
+                            new_netns=bool(plan.new_flags & _sys.CLONE_NEWNET),
+                            own_mountns=plan.has("mount"), source_fds=source_fds)
     if not opts.no_new_keyring:
         _sys.join_session_keyring(f"_ses.{c.id}")
     trace("init: forked")
@@ -466,6 +504,12 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     _make_cwd(process.get("cwd", "/"))
     for key, value in (linux.get("sysctl") or {}).items():
         _write_sysctl(key, value)
+    # As runc: the console (a bind onto /dev/console) before finish() makes a "ro" /dev
+    # or the root read-only.
+    if process.get("terminal"):
+        _setup_terminal(console, process.get("consoleSize"))
+    if console is not None:
+        console.close()
     builder.finish()
     trace("init: pivoted, paths masked")
 
@@ -474,11 +518,6 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
             _sys.sethostname(cfg["hostname"])
         if cfg.get("domainname"):
             _sys.setdomainname(cfg["domainname"])
-
-    if process.get("terminal"):
-        _setup_terminal(console, process.get("consoleSize"))
-    if console is not None:
-        console.close()
 
     if linux.get("personality"):
         _sys.personality(linux["personality"]["domain"])
@@ -555,6 +594,8 @@ def prepare_process(process: dict, caps, rlimits, seccomp_filter=None,
         security.drop_bounding(caps, top)
         step("prctl(PR_SET_KEEPCAPS)")
         _sys.prctl(_sys.PR_SET_KEEPCAPS, 1, name="prctl(PR_SET_KEEPCAPS)")
+    step("fchown (the process's stdio)")
+    security.give_stdio_to(user.get("uid", 0), bool(process.get("terminal")))
     step("openat (/proc/self/setgroups)")
     security.set_user(user, security.setgroups_allowed(), step)
     if caps is not None:
