@@ -59,7 +59,7 @@ import os
 import struct
 import sys
 
-from . import jsonfast
+from . import OCI_VERSION, jsonfast
 from . import sys as _sys
 
 try:  # hashlib itself loads OpenSSL: 4 ms on the start path
@@ -257,8 +257,8 @@ def send_to_agent(seccomp: dict, pid: int, state: dict, listener: int) -> None:
     one connection, the container process state as JSON with the fd as SCM_RIGHTS, then
     close. The caller keeps (and closes) its copy of the fd."""
     path = seccomp["listenerPath"]
-    message = {"ociVersion": state["ociVersion"], "fds": ["seccompFd"], "pid": pid,
-               "state": state}
+    # ociVersion: the spec this message follows, minirun's (the state keeps the config's)
+    message = {"ociVersion": OCI_VERSION, "fds": ["seccompFd"], "pid": pid, "state": state}
     if seccomp.get("listenerMetadata"):  # runc omits it when empty
         message["metadata"] = seccomp["listenerMetadata"]
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
