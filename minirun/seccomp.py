@@ -45,8 +45,9 @@ _WAIT_KILLABLE_RECV and accepts SECCOMP_FILTER_FLAG_TSYNC as a no-op (the init h
 thread), as runc 1.2 does. listenerMetadata without listenerPath is refused (the spec's
 MUST NOT; runc ignores it).
 
-Only ctypes (already loaded by minirun.sys), errno, os and struct at import time;
-libseccomp itself is loaded on first use, so a config without seccomp pays nothing.
+Only ctypes (already loaded by minirun.sys), errno, os, struct, sys, _signal, _socket and
+jsonfast at import time (mmap, 0.2 ms, once a filter is built); libseccomp itself is
+loaded on first use, so a config without seccomp pays nothing.
 """
 
 from __future__ import annotations
