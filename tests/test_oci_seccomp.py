@@ -440,7 +440,7 @@ def test_exec_hands_its_own_listener_with_the_containers_state(oci, rootfs, agen
 def test_agent_sees_what_runc_sends(oci, rootfs, agent, tmp_path):
     """The same bundle under both runtimes: the same answer reaches the container, and
     the agent gets the same fields, with the same values where they do not depend on
-    the run (pid, id)."""
+    the run (pid, id, bundle directory, each runtime's spec version)."""
     a = agent("errno")
     cfg = base_config(["sh", "-c", "mkdir /dev/shm/d; echo rc=$?"])
     cfg["linux"]["seccomp"] = notify_profile(a, "mkdir", "mkdirat", listenerMetadata="m")
@@ -454,7 +454,7 @@ def test_agent_sees_what_runc_sends(oci, rootfs, agent, tmp_path):
 
     def shape(msg: dict) -> dict:  # ociVersion: each runtime's own spec version
         return dict(msg, ociVersion=None, pid=msg["pid"] == msg["state"]["pid"],
-                    state=dict(msg["state"], pid=None, id=None, ociVersion=None))
+                    state=dict(msg["state"], pid=None, id=None, ociVersion=None, bundle=None))
 
     assert shape(mine) == shape(runcs)
 
