@@ -538,6 +538,24 @@ def test_a_step_of_the_runtime_the_filter_stops_is_named(oci, rootfs, tmp_path, 
         assert theirs.returncode != 0, theirs.stdout
 
 
+def test_exec_names_the_step_too(oci, rootfs):
+    """exec's process goes through the same steps: a profile refusing setresuid to uid
+    1000 (an argument rule) lets the init, root, start; `exec --user 1000` is refused,
+    by name."""
+    cfg = base_config(["sleep", "300"])
+    cfg["process"]["noNewPrivileges"] = False  # the filter comes before the user is set
+    cfg["linux"]["seccomp"] = allow_all_but(rule("setresuid", args=[
+        {"index": 0, "value": 1000, "op": "SCMP_CMP_EQ"}]))
+    cid = oci.new_id()
+    oci("run", "-d", "--bundle", oci.bundle(cfg, rootfs), cid, check=True)
+    proc = oci("exec", "--user", "1000", cid, "true")
+    assert proc.returncode == 255, proc.stderr  # exec's status when setup fails (runc's)
+    assert proc.stderr.strip().splitlines() == [
+        "minirun-oci: seccomp: the filter blocks the runtime's own step: setresuid: "
+        "Operation not permitted"]
+    assert oci("exec", "--user", "1001", cid, "true").returncode == 0
+
+
 def test_only_what_the_filter_can_answer_is_put_on_it():
     """An EPERM from capset is the filter's only if the profile can answer capset so."""
     from minirun.sys import SysError
