@@ -209,12 +209,13 @@ def images(root: str | None, quiet: bool, fmt: str, no_trunc: bool,
 
 @click.command("load")
 @root_option
-@click.option("-i", "--input", "input_path", default=None, metavar="FILE",
-              help="archive to read (default: stdin)")
+@click.option("-i", "--input", "input_path", default=None, metavar="FILE|DIR",
+              help="archive or OCI layout directory to read (default: stdin)")
 @click.option("-q", "--quiet", is_flag=True, help="accepted for docker compatibility")
 @_host_errors
 def load(root: str | None, input_path: str | None, quiet: bool) -> None:
-    """Load images from a docker-save or OCI layout archive (plain, gzip, xz or bzip2)."""
+    """Load images from a docker-save or OCI layout archive (plain, gzip, xz or bzip2) or
+    an OCI layout directory."""
     from .image import archive
 
     if input_path is None or input_path == "-":

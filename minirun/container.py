@@ -15,13 +15,13 @@ import errno
 import fcntl
 import os
 import select
-import sys
 import time
 
 from . import OCI_VERSION
 from . import jsonfast as json
 from .cgroups import open_cgroup
 from .errors import ContainerStateError, HookError, InvalidArgument, MiniRunError, NotFound
+from .runlog import warn
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
 
@@ -162,13 +162,17 @@ class Container:
             state["annotations"] = d["annotations"]
         return state
 
-    def hook_state(self, status: str) -> bytes:
+    def spec_state(self, status: str) -> dict:
+        """The runtime-spec state, as hooks and seccomp agents get it."""
         d = self.data
         state = {"ociVersion": d.get("ociVersion", OCI_VERSION), "id": self.id,
                  "status": status, "pid": self.pid, "bundle": d.get("bundle", "")}
         if d.get("annotations"):
             state["annotations"] = d["annotations"]
-        return json.dumps(state).encode()
+        return state
+
+    def hook_state(self, status: str) -> bytes:
+        return json.dumps(self.spec_state(status)).encode()
 
 
 def list_containers(root: str) -> list[Container]:
@@ -247,7 +251,7 @@ def run_hooks(cfg_hooks: dict, kinds: tuple[str, ...], state: bytes, warn_only=F
             except HookError as e:
                 if not warn_only:
                     raise
-                print(f"minirun: warning: {e}", file=sys.stderr)
+                warn(str(e))
 
 
 # --- create -------------------------------------------------------------------------------
@@ -295,6 +299,13 @@ def _kill_and_wait(pid: int, timeout: float = 10.0) -> None:
 
 
 def _cleanup(c: Container, cg) -> None:
+    if "host_rootfs_mounts" in c.data:
+        from .mounts import unmount_host_rootfs  # only configs without a mount namespace
+
+        try:
+            unmount_host_rootfs(c.data["rootfs"], c.data["host_rootfs_mounts"])
+        except MiniRunError as e:
+            warn(f"unmounting the rootfs: {e}")
     # A cgroup that existed before create (runc lets a container join one) keeps its
     # directories and its other processes: the container's own are gone by now.
     keep = tuple(c.data.get("cgroup_preexisting") or ())
@@ -305,7 +316,7 @@ def _cleanup(c: Container, cg) -> None:
                     cg.kill_all(signal.SIGKILL)
                 cg.destroy(keep)
         except (OSError, MiniRunError) as e:
-            print(f"minirun: warning: cgroup cleanup: {e}", file=sys.stderr)
+            warn(f"cgroup cleanup: {e}")
     for name in ("state.json", "state.json.tmp", "exec.fifo"):
         try:
             os.unlink(os.path.join(c.dir, name))
@@ -404,10 +415,12 @@ SIGNALS = {name: getattr(signal, name) for name in dir(signal)
 
 
 def parse_signal(text: str) -> int:
+    """A signal name (KILL, SIGKILL) or number; 0 sends nothing and only checks that the
+    init is alive, as kill(2) and runc's kill do."""
     text = text.strip()
     if text.isdigit():
         num = int(text)
-        if 0 < num < 65:
+        if 0 <= num < 65:
             return num
     else:
         name = text.upper()

@@ -20,10 +20,10 @@ from . import spec as _spec
 from . import sys as _sys
 from .errors import ContainerStateError, InvalidArgument, InvalidSpec, MiniRunError
 from .namespaces import NAMESPACES, join_namespaces
-from .runtime import (Container, _check_cwd, _kill_and_wait, _rebuild_error, _recv,
+from .runtime import (Container, _check_cwd, _kill_and_wait, _rebuild_error, _recv_fds,
                       _report_error, _reset_signals, _send, _setup_terminal, _write_pid_file,
-                      check_pid_file, exec_user_program, prepare_process, proc_start_time,
-                      trace)
+                      check_pid_file, exec_user_program, explain_exit, hand_to_agent,
+                      prepare_process, proc_start_time, trace)
 
 # setns order: the user namespace owns the others; the mount namespace goes last since
 # joining it changes our root and the /proc paths of the others would no longer resolve.
@@ -79,9 +79,12 @@ def build_process(c: Container, args: list[str], process_file: str | None = None
         from . import jsonfast
 
         try:
-            return jsonfast.loads(text)
+            process = jsonfast.loads(text)
         except ValueError as e:
             raise InvalidSpec(f"process file {process_file}: invalid JSON: {e}") from None
+        if isinstance(process, dict) and not any(k.lower() == "user" for k in process):
+            process["user"] = {"uid": 0, "gid": 0}  # runc: no user is uid 0, gid 0
+        return process
     if not args:
         raise InvalidArgument("exec needs a command (or -p process.json)")
     base = dict((c.data.get("config") or {}).get("process") or {})
@@ -236,20 +239,30 @@ def _spawn(c: Container, cg, cg_dirs, process: dict, caps, rlimits, ns_fds, cons
         os._exit(code)
     child_sock.close()
     pid = 0
+    listener = None
     try:
         while True:
             if opts.ignore_paused:
                 _wait_for_thaw(parent_sock, cg)
-            msg = _recv(parent_sock)
+            try:
+                msg, passed = _recv_fds(parent_sock)
+            except MiniRunError as e:
+                raise explain_exit(seccomp_filter, pid, e) from None
             if "error" in msg:
                 raise _rebuild_error(msg)
             if "pid" in msg:
                 pid = msg["pid"]
                 os.waitpid(first, 0)
                 first = 0
+            elif "seccompFd" in msg:
+                listener = passed
             elif msg.get("ready"):
                 trace("exec: process ready")
                 return pid
+            if listener is not None and pid:  # as runc: this pid, the container's state
+                passed, listener = listener, None
+                hand_to_agent(c.data["config"]["linux"]["seccomp"], pid,
+                              c.spec_state(c.status()), passed)
     except BaseException:
         if first:
             _kill_and_wait(first)
@@ -262,6 +275,8 @@ def _spawn(c: Container, cg, cg_dirs, process: dict, caps, rlimits, ns_fds, cons
         raise
     finally:
         parent_sock.close()
+        for fd in listener or []:
+            os.close(fd)
 
 
 def _wait_for_thaw(sock: socket.socket, cg) -> None:
@@ -292,7 +307,7 @@ def _first_child(c, process, caps, rlimits, ns_fds, console, opts, cg, cg_dirs, 
         try:
             _exec_child(c, process, caps, rlimits, console, opts, sock, seccomp_filter)
         except BaseException as e:
-            _report_error(sock, e)
+            _report_error(sock, seccomp_filter.blame(e) if seccomp_filter else e)
         os._exit(code)
     _send(sock, {"pid": pid})
 
@@ -305,7 +320,9 @@ def _exec_child(c, process, caps, rlimits, console, opts, sock, seccomp_filter=N
         _setup_terminal(console, process.get("consoleSize"), console_mount=False)
     if console is not None:
         console.close()
-    exe, env, user = prepare_process(process, caps, rlimits, seccomp_filter)
+    exe, env, user = prepare_process(process, caps, rlimits, seccomp_filter, sock)
+    if seccomp_filter is not None:
+        seccomp_filter.step("sendto (the ready message)")
     _send(sock, {"ready": True})
     sock.close()
     exec_user_program(exe, process["args"], env, user, opts.preserve_fds, seccomp_filter)

@@ -65,3 +65,24 @@ def dumps(obj) -> str:
 
         return json.dumps(obj)
     return "".join(_encode(obj, 0))
+
+
+def fold_keys(obj: dict, names) -> None:
+    """Rename, in place, the keys of ``obj`` that match one of ``names`` except for case.
+
+    Go's encoding/json, so runc, matches an object key to a struct field exactly or else
+    case-insensitively: ``"CPU"`` fills ``cpu``. An exact key keeps its name; when two
+    keys land on one field the later wins. Maps (annotations, sysctl) keep their keys:
+    call this for objects whose keys are field names only.
+    """
+    if all(key in names for key in obj):
+        return
+    # str.lower plus Go's one extra fold that reaches ASCII (U+017F, the long s).
+    lower = {name.lower(): name for name in names}
+    folded = {}
+    for key, value in obj.items():
+        name = key if key in names else lower.get(key.lower().replace("\u017f", "s"), key)
+        folded.pop(name, None)
+        folded[name] = value
+    obj.clear()
+    obj.update(folded)

@@ -8,10 +8,12 @@ openat2(RESOLVE_IN_ROOT), never as a joined host string, and mounts land on
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
 from . import mountinfo
+from .copyup import copy_tree
 from . import sys as _sys
 from .errors import InvalidSpec, MiniRunError
 from .spec import parse_mount_options
@@ -98,11 +100,52 @@ def make_in_root(rootfd: int, path: str, is_dir: bool, mode: int = 0o755,
     return open_in_root(rootfd, path)
 
 
+def bind_source(m: dict, bundle: str) -> str:
+    source = m.get("source") or ""
+    return source if os.path.isabs(source) else os.path.join(bundle, source)
+
+
+def is_bind(m: dict) -> bool:
+    return m.get("type") == "bind" or bool({"bind", "rbind"} & set(m.get("options") or []))
+
+
+def open_bind_sources(cfg: dict, bundle: str, via_root: str) -> dict[int, int]:
+    """O_PATH fds of the bind mounts' sources, opened by the runtime (the host's root)
+    through `via_root`, the /proc/<pid>/root of a process already in the container's
+    mount namespace: once in the container's user namespace its root may not even reach
+    a source under a 0700 directory. runc passes such mount sources as fds for the same
+    reason. The fds name mounts of the container's namespace (a bind from another one
+    is refused), whose flags the kernel locked when the namespace was copied: a bind of
+    them keeps the host's ro, nosuid and nodev. {index in mounts: fd}."""
+    fds: dict[int, int] = {}
+    try:
+        for i, m in enumerate(cfg.get("mounts") or []):
+            if not is_bind(m):
+                continue
+            source = bind_source(m, bundle)
+            try:
+                fds[i] = os.open(via_root + source, os.O_PATH | os.O_CLOEXEC)
+            except OSError as e:
+                raise InvalidSpec(f"mount source {source} for {m.get('destination')}: "
+                                  f"{e.strerror}") from None
+    except BaseException:
+        close_fds(fds)
+        raise
+    return fds
+
+
+def close_fds(fds: dict[int, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
+
+
 class RootfsBuilder:
     """Sets up the rootfs in the order runc does; one instance per container init."""
 
     def __init__(self, cfg: dict, rootfs: str, bundle: str, cgroup, new_userns: bool,
-                 new_cgroupns: bool, new_netns: bool) -> None:
+                 new_cgroupns: bool, new_netns: bool, own_mountns: bool = True,
+                 source_fds: dict[int, int] | None = None) -> None:
         self.cfg = cfg
         self.linux = cfg.get("linux") or {}
         self.rootfs = rootfs
@@ -111,33 +154,39 @@ class RootfsBuilder:
         self.new_userns = new_userns
         self.new_cgroupns = new_cgroupns
         self.new_netns = new_netns
+        # False: no mount namespace, the rootfs is set up in the caller's (runc's chroot
+        # mode); nothing may then touch the propagation of the host's mounts.
+        self.own_mountns = own_mountns
+        # mounts' index -> an O_PATH fd of their bind source (open_bind_sources)
+        self.source_fds = source_fds or {}
         self.rootfd = -1
         # tmpfs (and /dev) mounts asked read-only: (destination, flags), made read-only
         # in finish() so that mount points and devices can be created in them first
         self.deferred_readonly: list[tuple[str, int]] = []
-        self.dev_bound = any(
-            m.get("destination", "").rstrip("/") == "/dev"
-            and (m.get("type") == "bind" or {"bind", "rbind"} & set(m.get("options") or []))
-            for m in cfg.get("mounts") or [])
+        self.dev_bound = any(m.get("destination", "").rstrip("/") == "/dev" and is_bind(m)
+                             for m in cfg.get("mounts") or [])
 
     # --- before pivot_root -------------------------------------------------------------
 
     def prepare(self) -> None:
         """Everything up to (not including) pivot_root."""
-        prop = self.linux.get("rootfsPropagation")
-        flags = _sys.MS_SLAVE | _sys.MS_REC
-        if prop:
-            flags = parse_mount_options([prop])[1][-1]
-        _sys.mount(None, "/", None, flags)
-        make_parent_mount_private(self.rootfs)
+        if self.own_mountns:
+            prop = self.linux.get("rootfsPropagation")
+            flags = _sys.MS_SLAVE | _sys.MS_REC
+            if prop:
+                flags = parse_mount_options([prop])[1][-1]
+            _sys.mount(None, "/", None, flags)
+            make_parent_mount_private(self.rootfs)
+        # Without a mount namespace this bind is on the host: delete unmounts it, and with
+        # it every mount below (see unmount_host_rootfs).
         _sys.mount(self.rootfs, self.rootfs, "bind", _sys.MS_BIND | _sys.MS_REC)
         self.rootfd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        for m in self.cfg.get("mounts") or []:
-            self.mount_one(m)
+        for i, m in enumerate(self.cfg.get("mounts") or []):
+            self.mount_one(m, self.source_fds.pop(i, -1))
         if not self.dev_bound:
             self.create_devices()
 
-    def mount_one(self, m: dict) -> None:
+    def mount_one(self, m: dict, source_fd: int = -1) -> None:
         dest = m["destination"]
         kind = m.get("type") or ""
         options = m.get("options") or []
@@ -147,11 +196,12 @@ class RootfsBuilder:
             raise InvalidSpec(f"mount {dest}: option {extra['unsupported'][0]!r} is not "
                               "supported")
         if kind == "bind" or extra["bind"]:
-            self._bind(m, dest, flags, pflags, extra["recursive_bind"])
+            self._bind(m, dest, flags, pflags, extra["recursive_bind"], source_fd)
         elif kind == "cgroup":
             self._mount_cgroup(dest, flags)
         else:
-            self._mount_fs(m, dest, kind, flags, pflags, data)
+            self._mount_fs(m, dest, kind, flags, pflags, data,
+                           copyup=extra["copyup"] and kind == "tmpfs")
         if extra["attr_set"] or extra["attr_clr"]:
             fd = open_in_root(self.rootfd, dest)
             try:
@@ -160,9 +210,14 @@ class RootfsBuilder:
                 os.close(fd)
 
     def _mount_fs(self, m: dict, dest: str, kind: str, flags: int, pflags: list[int],
-                  data: str | None) -> None:
+                  data: str | None, copyup: bool = False) -> None:
+        if kind in ("proc", "sysfs"):
+            self._check_plain_directory(dest, kind)
         fd = make_in_root(self.rootfd, dest, True)
+        below = -1
         try:
+            if copyup:  # opened before the mount: it keeps naming the directory beneath
+                below = os.open(fd_path(fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             if kind == "sysfs" and self.new_userns and not self.new_netns:
                 # sysfs cannot be mounted in a user namespace without its own netns:
                 # bind the host's, read-only, as runc does.
@@ -177,25 +232,62 @@ class RootfsBuilder:
                     self.deferred_readonly.append((dest, flags))
                 src = m.get("source") or kind
                 _sys.mount(src, fd_path(fd), kind, flags, data, label=dest)
+            if copyup:
+                self._copy_up(below, dest)
         finally:
             os.close(fd)
+            if below >= 0:
+                os.close(below)
         for pflag in pflags:
             self._on_mount(dest, None, pflag)
 
-    def _bind(self, m: dict, dest: str, flags: int, pflags: list[int], recursive: bool) -> None:
-        source = m.get("source") or ""
-        if not os.path.isabs(source):
-            source = os.path.join(self.bundle, source)
+    def _copy_up(self, below: int, dest: str) -> None:
+        top = open_in_root(self.rootfd, dest, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            st = os.stat(source)
-        except OSError as e:
-            raise InvalidSpec(f"mount source {source} for {dest}: {e.strerror}") from None
-        fd = make_in_root(self.rootfd, dest, stat.S_ISDIR(st.st_mode))
-        try:
-            bflags = _sys.MS_BIND | (_sys.MS_REC if recursive else 0)
-            _sys.mount(source, fd_path(fd), None, bflags, label=dest)
+            copy_tree(below, top, dest)
         finally:
-            os.close(fd)
+            os.close(top)
+
+    def _check_plain_directory(self, dest: str, kind: str) -> None:
+        """CVE-2019-19921, CVE-2023-27561, CVE-2023-28642: a rootfs whose /proc or /sys is
+        a symlink (to another directory of the rootfs, or crafted to point where a host
+        path would be) has procfs or sysfs land somewhere the masked and read-only paths
+        do not cover, or lets a racing container swap the target. As runc: refused unless
+        the destination is missing or an ordinary directory."""
+        parent, name = os.path.split(dest.rstrip("/"))
+        if not name:
+            raise InvalidSpec(f"mount {kind} on {dest!r}: not a valid destination")
+        pfd = make_in_root(self.rootfd, parent or "/", True)
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        finally:
+            os.close(pfd)
+        if not stat.S_ISDIR(st.st_mode):
+            what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            raise InvalidSpec(f"mount {kind} on {dest}: the destination is {what} in the "
+                              "rootfs; it must be an ordinary directory")
+
+    def _bind(self, m: dict, dest: str, flags: int, pflags: list[int], recursive: bool,
+              source_fd: int = -1) -> None:
+        # an fd the runtime opened for us (open_bind_sources), else the host's path
+        source = fd_path(source_fd) if source_fd >= 0 else bind_source(m, self.bundle)
+        try:
+            try:
+                st = os.stat(source)
+            except OSError as e:
+                raise InvalidSpec(f"mount source {bind_source(m, self.bundle)} for {dest}: "
+                                  f"{e.strerror}") from None
+            fd = make_in_root(self.rootfd, dest, stat.S_ISDIR(st.st_mode))
+            try:
+                bflags = _sys.MS_BIND | (_sys.MS_REC if recursive else 0)
+                _sys.mount(source, fd_path(fd), None, bflags, label=dest)
+            finally:
+                os.close(fd)
+        finally:
+            if source_fd >= 0:
+                os.close(source_fd)
         # Flags on a bind mount only take effect with a remount of it.
         extra = flags & ~(_sys.MS_BIND | _sys.MS_REC)
         if extra:
@@ -328,7 +420,15 @@ class RootfsBuilder:
     # --- pivot_root and after ------------------------------------------------------------
 
     def pivot(self, no_pivot: bool = False) -> None:
-        if no_pivot:
+        if not self.own_mountns:
+            # The caller's mount namespace: neither pivot_root nor a move of its "/" (as
+            # runc). A plain chroot, which the container's root can leave: without a
+            # mount namespace it is the host's root.
+            os.chdir(self.rootfs)
+            os.chroot(".")
+            os.chdir("/")
+        elif no_pivot:
+            hide_host_proc_and_sys(self.rootfs)
             os.chdir(self.rootfs)
             _sys.mount(self.rootfs, "/", None, _sys.MS_MOVE)
             os.chroot(".")
@@ -432,6 +532,32 @@ class RootfsBuilder:
             os.close(fd)
 
 
+def hide_host_proc_and_sys(rootfs: str) -> None:
+    """Before --no-pivot's move and chroot: the host's procfs and sysfs stay in our mount
+    namespace under the moved rootfs, and the kernel lets a nested user namespace mount
+    a fresh, unmasked procfs or sysfs when a fully visible one exists in the namespace
+    (mount_too_revealing). Unmount them (or cover them where that is refused), as runc
+    1.1.5's msMoveRoot does, so that only the container's masked /proc remains."""
+    prefix = rootfs.rstrip("/") + "/"
+    targets = [m.mountpoint for m in mountinfo.read()
+               if m.root == "/" and m.fstype in ("proc", "sysfs")
+               and m.mountpoint != rootfs and not m.mountpoint.startswith(prefix)]
+    for point in targets:
+        try:
+            # never let the unmount propagate back to the host
+            _sys.mount(None, point, None, _sys.MS_SLAVE | _sys.MS_REC, label=point)
+        except _sys.SysError as e:
+            if e.errno == errno.ENOENT:
+                continue  # under a mount already detached
+            raise
+        try:
+            _sys.umount2(point, _sys.MNT_DETACH)
+        except _sys.SysError as e:
+            if e.errno not in (errno.EINVAL, errno.EPERM):
+                raise
+            _sys.mount("tmpfs", point, "tmpfs", 0, label=point)
+
+
 def make_parent_mount_private(path: str) -> None:
     """Make the mount holding `path` private if it is shared (runc's
     rootfsParentMountPrivate): pivot_root refuses a new root whose parent mount is
@@ -459,3 +585,16 @@ def setup_console_mount(slave_fd: int) -> None:
             os.close(fd)
     finally:
         os.close(rootfd)
+
+
+def count_mounts_at(path: str) -> int:
+    return sum(1 for m in mountinfo.read() if m.mountpoint == path)
+
+
+def unmount_host_rootfs(rootfs: str, base: int) -> None:
+    """A container without a mount namespace made its mounts on the host, all below its
+    bind of the rootfs onto itself: detach that bind (and so every mount below it) until
+    only the `base` mounts found at the rootfs before create remain. runc 1.1.5 leaves
+    them all mounted after delete."""
+    while count_mounts_at(rootfs) > base:
+        _sys.umount2(rootfs, _sys.MNT_DETACH)

@@ -12,36 +12,10 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 from . import __version__, OCI_VERSION
-from . import jsonfast
+from . import runlog
 from .errors import InvalidArgument, MiniRunError
-
-
-class _Log:
-    """runc's --log/--log-format: errors go to stderr and, if asked, to the log file."""
-
-    def __init__(self) -> None:
-        self.path: str | None = None
-        self.fmt = "text"
-        self.debug = False
-
-    def write(self, level: str, msg: str) -> None:
-        if self.path:
-            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            if self.fmt == "json":
-                line = jsonfast.dumps({"level": level, "msg": msg, "time": now})
-            else:
-                line = f'time="{now}" level={level} msg="{msg}"'
-            try:
-                with open(self.path, "a") as f:
-                    f.write(line + "\n")
-            except OSError:
-                pass
-
-
-LOG = _Log()
 
 
 # Flags: name -> (aliases, default, kind) where kind is bool, str, int, list (a flag that
@@ -204,7 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"minirun-oci: {e}\n{USAGE}", file=sys.stderr)
         return 2
-    LOG.path, LOG.fmt, LOG.debug = args.log, args.log_format, args.debug
+    if args.log:
+        # runc opens its log on every invocation, before the verb runs, so the file
+        # exists even when nothing goes wrong (conmon reads it back after each call).
+        try:
+            runlog.open_log(args.log, json_format=args.log_format == "json")
+        except OSError as e:
+            print(f"minirun-oci: --log {args.log}: {e.strerror}", file=sys.stderr)
+            return 1
     if args.version:
         print(f"minirun-oci version {__version__}\nspec: {OCI_VERSION}")
         return 0
@@ -218,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args) or 0
     except MiniRunError as e:
         msg = str(e)
-        LOG.write("error", msg)
+        runlog.log("error", msg)
         print(f"minirun-oci: {msg}", file=sys.stderr)
         # runc's exec answers 255 when the process could not be started, so that it is
         # not mistaken for the process's own status
@@ -304,7 +285,7 @@ def _run(runtime, root: str, args) -> int:
     from . import spec
 
     proxy = None
-    cfg = spec.load_config(os.path.abspath(args.bundle))
+    cfg = spec.load_config(os.path.abspath(args.bundle), warn=False)  # create warns
     if (cfg.get("process") or {}).get("terminal") and not args.console_socket:
         from .terminal import TerminalProxy
 
@@ -356,25 +337,39 @@ def _list(runtime, root: str, args) -> None:
         for c in containers:
             print(c.id)
         return
-    states = [c.oci_state() for c in containers]
+    states = []
+    for c in containers:
+        state = c.oci_state()
+        # runc's owner: who owns the state directory; its key comes last, after the
+        # optional annotations
+        del state["owner"]
+        state["owner"] = _owner(os.path.join(root, c.id))
+        states.append(state)
     if args.format == "json":
-        print(jsonfast.dumps(states))
+        import json
+
+        # runc's compact one-line form, and "null" (a nil slice in Go) when there is none
+        print(json.dumps(states or None, separators=(",", ":"), ensure_ascii=False))
         return
     rows = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")]
-    rows += [(s["id"], str(s["pid"]), s["status"], s["bundle"], s["created"], s["owner"] or
-              _owner()) for s in states]
+    rows += [(s["id"], str(s["pid"]), s["status"], s["bundle"], s["created"], s["owner"])
+             for s in states]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("   ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
-def _owner() -> str:
+def _owner(state_dir: str) -> str:
     import pwd
 
     try:
-        return pwd.getpwuid(os.geteuid()).pw_name
+        uid = os.stat(state_dir).st_uid
+    except OSError:
+        uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return str(os.geteuid())
+        return f"#{uid}"  # as runc, for a uid without a name
 
 
 def main_and_exit() -> None:

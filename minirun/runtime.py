@@ -8,8 +8,13 @@ talk to the parent (P) over a SOCK_SEQPACKET socketpair: JSON messages, every wa
 timeout so that a stuck child is an error, never a hang.
 
   C -> P  {"userns": true}          P writes uid/gid maps, answers {"ok": true}
+  C -> P  {"mount_sources": true}   with a user namespace: P opens the bind mounts'
+                                     sources through /proc/C/root and answers
+                                     {"sources": [index, ...]} with the fds (SCM_RIGHTS)
   C -> P  {"pid": N}                 I's pid, as P sees it
   I -> P  {"hooks": "createRuntime"} P runs prestart+createRuntime hooks, answers
+  I -> P  {"seccompFd": true} + fd   a notifying seccomp filter is loaded: P hands
+                                     the fd to the agent at listenerPath
   I -> P  {"ready": true}            I is set up and waits on the fifo
   * -> P  {"error": "..."}           setup failed; P cleans up
 
@@ -27,6 +32,7 @@ import _socket as socket
 import errno
 import fcntl
 import os
+import select
 import stat
 import sys
 
@@ -34,7 +40,7 @@ from . import OCI_VERSION
 from . import jsonfast as json
 from . import sys as _sys
 from .cgroups import open_cgroup, resolve_path
-from .cgroups.base import warn
+from .runlog import warn
 from .container import (  # noqa: F401 - re-exported: runtime is the lifecycle's API
     enable_trace,
     trace,
@@ -66,7 +72,8 @@ from .container import (  # noqa: F401 - re-exported: runtime is the lifecycle's
 from .errors import (AlreadyExists, ContainerStateError, ExecutableNotFound, HookError,
                      InvalidArgument, InvalidSpec, KernelFeatureMissing, MiniRunError,
                      NotExecutable, NotFound)
-from .mounts import RootfsBuilder, make_in_root, setup_console_mount
+from .mounts import (RootfsBuilder, close_fds, count_mounts_at, is_bind, make_in_root,
+                     open_bind_sources, setup_console_mount)
 from .namespaces import NamespacePlan, write_id_maps
 from . import security
 from . import spec as _spec
@@ -78,14 +85,60 @@ def _send(sock: socket.socket, msg: dict) -> None:
 
 
 def _recv(sock: socket.socket, timeout: float | None = SYNC_TIMEOUT) -> dict:
+    return _recv_fds(sock, timeout)[0]
+
+
+def _recv_fds(sock: socket.socket, timeout: float | None = SYNC_TIMEOUT) -> tuple[dict, list]:
+    """A message and the fds that came with it (close-on-exec)."""
     sock.settimeout(timeout)
     try:
-        data = sock.recv(65536)
+        data, ancdata, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(4 * 253),
+                                           socket.MSG_CMSG_CLOEXEC)
     except TimeoutError:
         raise MiniRunError("container setup timed out waiting for the child") from None
+    fds = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += [int.from_bytes(payload[i:i + 4], sys.byteorder)
+                    for i in range(0, len(payload) - 3, 4)]
     if not data:
+        for fd in fds:
+            os.close(fd)
         raise MiniRunError("container init exited during setup")
-    return json.loads(data)
+    return json.loads(data), fds
+
+
+def hand_to_agent(seccomp: dict, pid: int, state: dict, fds: list[int]) -> None:
+    """P's side of {"seccompFd"}: the listener fd to the seccomp agent, then closed."""
+    from .seccomp import send_to_agent
+
+    try:
+        if not fds:
+            raise MiniRunError("seccomp: the container's process sent no listener fd")
+        send_to_agent(seccomp, pid, state, fds[0])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def explain_exit(seccomp_filter, pid: int, error: MiniRunError) -> MiniRunError:
+    """`error` (the process left during setup), or, when a seccomp filter it had loaded
+    is why, an error naming the step: a killed process says nothing itself."""
+    if seccomp_filter is None or not pid:
+        return error
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return error
+    try:
+        # it closed its end of the socket: it is exiting, give it a moment
+        select.select([pidfd], [], [], 2.0)
+        got, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return error
+    finally:
+        os.close(pidfd)
+    return (seccomp_filter.explain_exit(status) if got else None) or error
 
 
 class CreateOptions:
@@ -109,7 +162,12 @@ def _check_supported(cfg: dict) -> None:
     linux = cfg.get("linux") or {}
     types = {ns.get("type") for ns in linux.get("namespaces") or []}
     if "mount" not in types:
-        raise InvalidSpec("config.json: linux.namespaces: a mount namespace is required")
+        # The rootfs is then set up in the caller's mount namespace (see RootfsBuilder):
+        # masks cannot be kept from the container there (runc's rule), and a propagation
+        # would apply to the host's "/" itself.
+        for key in ("maskedPaths", "readonlyPaths", "rootfsPropagation"):
+            if linux.get(key):
+                raise InvalidSpec(f"config.json: linux.{key} needs a mount namespace")
     if (linux.get("uidMappings") or linux.get("gidMappings")) and "user" not in types:
         raise InvalidSpec("config.json: linux.uidMappings given without a user namespace")
     for key in linux.get("sysctl") or {}:
@@ -200,6 +258,9 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
             "ready": False, "config": cfg, "no_new_keyring": opts.no_new_keyring,
             "cgroup_preexisting": preexisting,
         }
+        if not any(ns.get("type") == "mount" for ns in linux.get("namespaces") or []):
+            # the mounts at the rootfs that are not ours: delete unmounts the rest
+            c.data["host_rootfs_mounts"] = count_mounts_at(rootfs)
         # Saved at once, and again as soon as the init's pid is known: if this process is
         # killed mid-create, `delete --force` still finds the cgroup and the init.
         c.save()
@@ -290,16 +351,29 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
         os._exit(code)
     child_sock.close()
     init_pid = 0
+    listener = None
     try:
         hooks = cfg.get("hooks") or {}
         while True:
-            msg = _recv(parent_sock)
+            try:
+                msg, passed = _recv_fds(parent_sock)
+            except MiniRunError as e:
+                raise explain_exit(seccomp_filter, init_pid, e) from None
             if "error" in msg:
                 raise _rebuild_error(msg)
             if msg.get("userns"):
                 write_id_maps(pid, linux.get("uidMappings") or [],
                               linux.get("gidMappings") or [])
                 _send(parent_sock, {"ok": True})
+            elif msg.get("mount_sources"):
+                fds = open_bind_sources(cfg, bundle, f"/proc/{pid}/root")
+                try:
+                    parent_sock.sendmsg([json.dumps({"sources": list(fds)}).encode()],
+                                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          b"".join(fd.to_bytes(4, sys.byteorder)
+                                                   for fd in fds.values()))] if fds else [])
+                finally:
+                    close_fds(fds)
             elif "pid" in msg:
                 init_pid = msg["pid"]
                 c.data["pid"] = init_pid
@@ -312,9 +386,14 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
                 run_hooks(hooks, ("prestart", "createRuntime"), c.hook_state("creating"),
                           cwd=bundle)
                 _send(parent_sock, {"ok": True})
+            elif "seccompFd" in msg:
+                listener = passed
             elif msg.get("ready"):
                 trace("create: init ready")
                 return init_pid
+            if listener is not None and init_pid:  # the fd may come before C's word on I's pid
+                passed, listener = listener, None
+                hand_to_agent(linux["seccomp"], init_pid, c.spec_state("creating"), passed)
     except BaseException:
         if pid:
             _kill_and_wait(pid)
@@ -327,6 +406,8 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
         raise
     finally:
         parent_sock.close()
+        for fd in listener or []:
+            os.close(fd)
 
 
 def _report_error(sock: socket.socket, e: BaseException) -> None:
@@ -337,7 +418,11 @@ def _report_error(sock: socket.socket, e: BaseException) -> None:
     try:
         _send(sock, {"error": msg, "kind": kind})
     except OSError:
-        pass
+        # after "ready" the socket is closed: the container's stderr is left
+        try:
+            os.write(2, f"minirun: {msg}\n".encode())
+        except OSError:
+            pass
 
 
 _ERROR_KINDS = {cls.__name__: cls for cls in
@@ -356,6 +441,14 @@ def _reset_signals() -> None:
                 signal.SIGXFSZ, signal.SIGCHLD, signal.SIGWINCH, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _wants_bind_source_fds(cfg: dict, plan: NamespacePlan, c: Container) -> bool:
+    """In a user namespace the init may not reach a bind source the host's root can
+    (under a 0700 directory): the parent opens them (open_bind_sources). Rootless, the
+    parent may not open /proc/<child>/root, and reaches nothing more than the child."""
+    return (plan.has("user") and not c.data.get("rootless")
+            and any(is_bind(m) for m in cfg.get("mounts") or []))
 
 
 def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, console,
@@ -396,20 +489,26 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
     if flags:
         _sys.unshare(flags)
     trace("child: namespaces entered")
+    source_fds = {}
+    if _wants_bind_source_fds(cfg, plan, c):
+        _send(sock, {"mount_sources": True})
+        msg, fds = _recv_fds(sock)
+        source_fds = dict(zip(msg["sources"], fds))
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             _init(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts, sock,
-                  fifo_fd, seccomp_filter)
+                  fifo_fd, seccomp_filter, source_fds)
         except BaseException as e:
-            _report_error(sock, e)
+            _report_error(sock, seccomp_filter.blame(e) if seccomp_filter else e)
         os._exit(code)
+    close_fds(source_fds)
     _send(sock, {"pid": pid})
 
 
 def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, console, opts,
-          sock, fifo_fd: int, seccomp_filter=None) -> None:
+          sock, fifo_fd: int, seccomp_filter=None, source_fds: dict | None = None) -> None:
     """I: pid 1 of the container. Returns only by raising; on success it execs."""
     os.setsid()
     # Our pid as the host sees it: /proc is still the host's until pivot_root.
@@ -421,7 +520,8 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     builder = RootfsBuilder(cfg, rootfs, bundle, cg, new_userns=plan.has("user"),
                             new_cgroupns=bool(plan.new_flags & _sys.CLONE_NEWCGROUP),
                             # only a netns made after the userns is owned by it
-                            new_netns=bool(plan.new_flags & _sys.CLONE_NEWNET))
+                            new_netns=bool(plan.new_flags & _sys.CLONE_NEWNET),
+                            own_mountns=plan.has("mount"), source_fds=source_fds)
     if not opts.no_new_keyring:
         _sys.join_session_keyring(f"_ses.{c.id}")
     trace("init: forked")
@@ -440,6 +540,12 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     _make_cwd(process.get("cwd", "/"))
     for key, value in (linux.get("sysctl") or {}).items():
         _write_sysctl(key, value)
+    # As runc: the console (a bind onto /dev/console) before finish() makes a "ro" /dev
+    # or the root read-only.
+    if process.get("terminal"):
+        _setup_terminal(console, process.get("consoleSize"))
+    if console is not None:
+        console.close()
     builder.finish()
     trace("init: pivoted, paths masked")
 
@@ -449,19 +555,19 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
         if cfg.get("domainname"):
             _sys.setdomainname(cfg["domainname"])
 
-    if process.get("terminal"):
-        _setup_terminal(console, process.get("consoleSize"))
-    if console is not None:
-        console.close()
-
     if linux.get("personality"):
         _sys.personality(linux["personality"]["domain"])
-    exe, env, user = prepare_process(process, caps, rlimits, seccomp_filter)
+    # The seccomp filter is loaded in there, and from then on each step is named for it.
+    exe, env, user = prepare_process(process, caps, rlimits, seccomp_filter, sock)
+    step = _step_recorder(seccomp_filter)
 
     trace("init: ready")
+    step("sendto (the ready message)")
     _send(sock, {"ready": True})
+    step("close")
     sock.close()
     # Blocks until `start` writes to the fifo (or forever, like runc, if nobody does).
+    step("read (the exec fifo)")
     while True:
         try:
             if os.read(fifo_fd, 1):
@@ -474,11 +580,13 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     # before the poststart hooks, and reads from it why we failed if we do.
     try:
         if hooks.get("startContainer"):
+            # In the container and under its filter, as runc.
+            step("pipe2, clone, pidfd_open, wait4 (the startContainer hooks)")
             run_hooks(hooks, ("startContainer",), c.hook_state("running"))
         exec_user_program(exe, process["args"], env, user, opts.preserve_fds, seccomp_filter,
                           error_fd=fifo_fd)
     except BaseException as e:
-        _report_start_error(fifo_fd, str(e))
+        _report_start_error(fifo_fd, str(seccomp_filter.blame(e) if seccomp_filter else e))
         raise
 
 
@@ -489,12 +597,35 @@ def _report_start_error(fifo_fd: int, msg: str) -> None:
         pass
 
 
-def prepare_process(process: dict, caps, rlimits,
-                    seccomp_filter=None) -> tuple[str, dict, dict]:
+def _no_step(name: str) -> None:
+    pass
+
+
+def _step_recorder(seccomp_filter):
+    return seccomp_filter.step if seccomp_filter is not None else _no_step
+
+
+def load_seccomp(seccomp_filter, sock: socket.socket) -> None:
+    """Load the filter; a notifying one's listener fd goes to P at once, since any call
+    the filter sends to the agent waits until the agent has it."""
+    listener = seccomp_filter.install()
+    if listener is None:
+        return
+    seccomp_filter.step("sendmsg (the seccomp listener fd)")
+    try:
+        sock.sendmsg([b'{"seccompFd": true}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                 listener.to_bytes(4, sys.byteorder))])
+    finally:
+        os.close(listener)
+
+
+def prepare_process(process: dict, caps, rlimits, seccomp_filter=None,
+                    sock: socket.socket | None = None) -> tuple[str, dict, dict]:
     """The process settings, in runc's order, for the container's init and for exec:
     rlimits, oom score, seccomp without no_new_privs, cwd (verified; again as the user
     if root was refused), bounding set, user, capabilities, the executable looked up in
-    the container, no_new_privs. Returns
+    the container, no_new_privs, seccomp with it. A notifying filter's listener fd goes
+    to P over `sock`. Returns
     (executable, env, user)."""
     security.apply_rlimits(rlimits)
     if "oomScoreAdj" in process:
@@ -502,57 +633,67 @@ def prepare_process(process: dict, caps, rlimits,
     if seccomp_filter is not None and not process.get("noNewPrivileges"):
         # Without no_new_privs loading a filter needs CAP_SYS_ADMIN: before the
         # capabilities go, as runc (the rest of our setup then runs under it).
-        seccomp_filter.install()
+        load_seccomp(seccomp_filter, sock)
+    step = _step_recorder(seccomp_filter)
     user = process.get("user") or {}
+    step("openat (/proc/sys/kernel/cap_last_cap)")
     top = security.last_cap()
     # As runc: the cwd is entered while we are still root with every capability (so that
     # uid 0 without CAP_DAC_OVERRIDE gets into a 0700 home of another user), and once
     # more as the user when root was refused (a directory only the user may enter).
     cwd = process.get("cwd", "/")
+    step("chdir (process.cwd)")
     entered = _enter_cwd(cwd, retry_as_user=True)
     if caps is not None:
+        step("prctl(PR_CAPBSET_DROP)")
         security.drop_bounding(caps, top)
+        step("prctl(PR_SET_KEEPCAPS)")
         _sys.prctl(_sys.PR_SET_KEEPCAPS, 1, name="prctl(PR_SET_KEEPCAPS)")
-    security.set_user(user, security.setgroups_allowed())
+    step("fchown (the process's stdio)")
+    security.give_stdio_to(user.get("uid", 0), bool(process.get("terminal")))
+    step("openat (/proc/self/setgroups)")
+    security.set_user(user, security.setgroups_allowed(), step)
     if not entered:
+        step("chdir (process.cwd)")
         _enter_cwd(cwd)
     if caps is not None:
+        step("prctl(PR_SET_KEEPCAPS)")
         _sys.prctl(_sys.PR_SET_KEEPCAPS, 0, name="prctl(PR_SET_KEEPCAPS)")
+        step("capset")
         security.apply_caps(caps, top)
     env = _process_env(process, user)
+    step("newfstatat, access (looking up the executable)")
     exe = _find_executable(process["args"][0], env)
     if process.get("noNewPrivileges"):
         _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1, name="prctl(PR_SET_NO_NEW_PRIVS)")
+        if seccomp_filter is not None:
+            # As runc: before the init waits on the exec fifo, so that the startContainer
+            # hooks run under it and a listener fd reaches the agent before start.
+            load_seccomp(seccomp_filter, sock)
     return exe, env, user
 
 
 def exec_user_program(exe: str, args: list[str], env: dict, user: dict,
                       preserve_fds: int, seccomp_filter=None, error_fd: int = -1) -> None:
-    """The last steps before the user's program: umask, fds, seccomp (with
-    no_new_privs), execve. Never returns. A failure goes to stderr and, for the init,
-    to error_fd (the exec fifo, which `start` reads)."""
+    """The last steps before the user's program: umask, fds, execve. Never returns. A
+    failed execve goes to stderr and, for the init, to error_fd (the exec fifo, which
+    `start` reads)."""
+    step = _step_recorder(seccomp_filter)
+    step("umask")
     os.umask(user["umask"] if user.get("umask") is not None else 0o022)
+    step("close_range")
     _prepare_fds(preserve_fds)
-    if seccomp_filter is not None and not seccomp_filter.installed:
-        # With no_new_privs: as late as can be, so that the fifo, the startContainer
-        # hooks and our own exit path stay out of the profile; only execve is left.
-        # (runc loads it before waiting on the fifo, for its notify fd.)
-        try:
-            seccomp_filter.install()
-        except MiniRunError as e:
-            _exec_failed(str(e), error_fd, 1)
+    step("execve")
     try:
         os.execve(exe, args, env)
     except OSError as e:
-        _exec_failed(f"exec {exe}: {e.strerror}", error_fd,
-                     126 if e.errno in (errno.EACCES, errno.ENOEXEC) else 127)
-
-
-def _exec_failed(msg: str, error_fd: int, code: int) -> None:
-    os.write(2, f"minirun: {msg}\n".encode())
-    if error_fd >= 0:
-        _report_start_error(error_fd, msg)
-    os._exit(code)
+        why = seccomp_filter.blame(e) if seccomp_filter else e
+        if why is e:
+            why = f"exec {exe}: {e.strerror}"
+        os.write(2, f"minirun: {why}\n".encode())
+        if error_fd >= 0:
+            _report_start_error(error_fd, str(why))
+        os._exit(126 if e.errno in (errno.EACCES, errno.ENOEXEC) else 127)
 
 
 def _process_env(process: dict, user: dict) -> dict:

@@ -4,9 +4,21 @@
 actions, operators, architectures and flags, each error naming its JSON path), builds the
 filter with libseccomp through ctypes, exports it as BPF and prepends runc's -ENOSYS stub.
 The container's process then only makes one system call, seccomp(2) or prctl(2) through
-minirun.sys, right before execve: no libseccomp code runs after the fork, nothing is
-loaded from inside the container's root, and the program the kernel gets is the one the
-parent checked (length included).
+minirun.sys: no libseccomp code runs after the fork, nothing is loaded from inside the
+container's root, and the program the kernel gets is the one the parent checked (length
+included).
+
+Where it is loaded, as runc: before the capabilities go without no_new_privs (that needs
+CAP_SYS_ADMIN), after no_new_privs otherwise; in both cases before the init waits on the
+exec fifo, so that the startContainer hooks and the runtime's own last steps (the fifo,
+closing fds, execve) run under it. A step the filter stops is named in the error
+(`SeccompFilter.step`/`blame`), including when the filter kills the init outright.
+
+Seccomp user notification (SCMP_ACT_NOTIFY): the filter is loaded with
+SECCOMP_FILTER_FLAG_NEW_LISTENER, the process hands the listener fd to the runtime over
+the sync socket (SCM_RIGHTS), and the runtime sends the runtime-spec "container process
+state" with that fd to the agent at listenerPath (`send_to_agent`), then closes its copy.
+exec'd processes do the same with their own filter.
 
 Why export rather than seccomp_load() in the child: runc 1.1 exports and patches the
 program too. libseccomp gives EPERM (or the default errno) for every syscall the profile
@@ -24,22 +36,31 @@ Behaviour matched to runc 1.1.5 (checked against the real one):
 - SCMP_ACT_KILL is SCMP_ACT_KILL_THREAD;
 - more than 32 syscall rules turn on libseccomp's binary-tree optimization;
 - defaultAction "" with no syscalls means no filter at all.
+- SCMP_ACT_NOTIFY is refused as the default action, on `write` (runc's sync channel; ours
+  is sendmsg, refused too) and without listenerPath; a listenerPath with no notify rule is
+  ignored (runtime-spec).
 Deliberate differences: runc 1.1.5 refuses every `flags` entry ("seccomp flags are not yet
-supported by runc"); minirun applies SECCOMP_FILTER_FLAG_LOG and _SPEC_ALLOW and accepts
-SECCOMP_FILTER_FLAG_TSYNC as a no-op (the init has one thread), as runc 1.2 does. Seccomp
-notify (SCMP_ACT_NOTIFY, listenerPath) is refused.
+supported by runc"); minirun applies SECCOMP_FILTER_FLAG_LOG, _SPEC_ALLOW and
+_WAIT_KILLABLE_RECV and accepts SECCOMP_FILTER_FLAG_TSYNC as a no-op (the init has one
+thread), as runc 1.2 does. listenerMetadata without listenerPath is refused (the spec's
+MUST NOT; runc ignores it).
 
-Only ctypes (already loaded by minirun.sys), errno, os and struct at import time;
-libseccomp itself is loaded on first use, so a config without seccomp pays nothing.
+Only ctypes (already loaded by minirun.sys), errno, os, struct, sys, _signal, _socket and
+jsonfast at import time (mmap, 0.2 ms, once a filter is built); libseccomp itself is
+loaded on first use, so a config without seccomp pays nothing.
 """
 
 from __future__ import annotations
 
+import _signal as signal
+import _socket as socket
 import ctypes
 import errno as _errno
 import os
 import struct
+import sys
 
+from . import OCI_VERSION, jsonfast
 from . import sys as _sys
 
 try:  # hashlib itself loads OpenSSL: 4 ms on the start path
@@ -53,6 +74,7 @@ _ACT_KILL_PROCESS = 0x80000000
 _ACT_KILL_THREAD = 0x00000000
 _ACT_TRAP = 0x00030000
 _ACT_ERRNO = 0x00050000
+_ACT_NOTIFY = 0x7FC00000
 _ACT_TRACE = 0x7FF00000
 _ACT_LOG = 0x7FFC0000
 _ACT_ALLOW = 0x7FFF0000
@@ -64,6 +86,7 @@ ACTIONS: dict[str, int] = {
     "SCMP_ACT_TRAP": _ACT_TRAP,
     "SCMP_ACT_ERRNO": _ACT_ERRNO,
     "SCMP_ACT_TRACE": _ACT_TRACE,
+    "SCMP_ACT_NOTIFY": _ACT_NOTIFY,
     "SCMP_ACT_LOG": _ACT_LOG,
     "SCMP_ACT_ALLOW": _ACT_ALLOW,
 }
@@ -114,16 +137,27 @@ _S390_TOKENS = (ARCHITECTURES["SCMP_ARCH_S390"][0], ARCHITECTURES["SCMP_ARCH_S39
 _X32_SYSCALL_BIT = 1 << 30
 
 # seccomp(2) filter flags, with the libseccomp API level (seccomp_api_get) that says the
-# kernel has them. TSYNC: accepted, nothing to do (runc ignores it too).
+# kernel has them. TSYNC: accepted, nothing to do (runc ignores it too). WAIT_KILLABLE_RECV
+# (Linux 5.19) is newer than libseccomp 2.5's levels: the kernel itself is asked.
 SECCOMP_FILTER_FLAG_TSYNC = "SECCOMP_FILTER_FLAG_TSYNC"
+_WAIT_KILLABLE_RECV = "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"
+_NEW_LISTENER = 1 << 3
+_PROBE_KERNEL = -1
 FLAGS: dict[str, tuple[int, int]] = {
     SECCOMP_FILTER_FLAG_TSYNC: (0, 0),
     "SECCOMP_FILTER_FLAG_LOG": (1 << 1, 3),
     "SECCOMP_FILTER_FLAG_SPEC_ALLOW": (1 << 2, 4),
+    _WAIT_KILLABLE_RECV: (1 << 5, _PROBE_KERNEL),
 }
-# Flags that only make sense with a seccomp agent (a listener fd), which minirun refuses.
-_AGENT_FLAGS = ("SECCOMP_FILTER_FLAG_NEW_LISTENER", "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV")
+_NOTIFY_API_LEVEL = 6  # libseccomp >= 2.5 on Linux >= 5.0: SCMP_ACT_NOTIFY works
+# runc's rule: the process must still be able to hand its listener fd over (runc writes
+# it to a pipe, minirun sends it with sendmsg); a notify there would wait for an agent
+# that cannot have the fd yet.
+_NOT_NOTIFIABLE = ("write", "sendmsg")
+_STEP_SIZE = 128
 
+_CACHE_FORMAT = "2"  # a JSON head line, with the errnos
+_AGENT_TIMEOUT = 10.0  # connecting to and writing to the agent's socket
 _MAX_ARGS = 6  # a syscall has at most six arguments
 _BPF_MAXINSNS = 4096  # the kernel refuses longer programs (EINVAL)
 _OPTIMIZE_ABOVE = 32  # runc turns on the binary tree above 32 rules
@@ -145,21 +179,101 @@ class SeccompFilter:
     """A checked, compiled filter: `install()` applies it to the calling thread."""
 
     def __init__(self, program: bytes, flags: int, ignored: tuple[str, ...],
-                 stub_length: int = 0) -> None:
+                 stub_length: int = 0, errnos: dict[str, list[int]] | None = None) -> None:
         self.program = program
         self.flags = flags
         self.ignored = ignored  # syscall names libseccomp does not know here
         self.stub_length = stub_length  # instructions of the -ENOSYS stub, at the start
+        # syscall name -> the errnos the filter can answer it with; "*": names the
+        # profile does not list
+        self.errnos = errnos or {}
         self.installed = False
         # Built now so that the child only makes the system call.
         self._prog = _sys.SockFprog.of(program)
+        # The runtime's step under way once the filter is loaded, in a page shared with
+        # the parent: it is all there is to go by when the filter kills the process.
+        import mmap
+
+        self._steps = mmap.mmap(-1, _STEP_SIZE)
 
     def __len__(self) -> int:
         return len(self.program) // _INSN.size
 
-    def install(self) -> None:
-        _sys.seccomp_set_mode_filter(self._prog, self.flags)
+    @property
+    def notifies(self) -> bool:
+        """Whether loading it gives a listener fd for a seccomp agent."""
+        return bool(self.flags & _NEW_LISTENER)
+
+    def install(self) -> int | None:
+        """Load the filter; returns the listener fd of a notifying one (close-on-exec)."""
+        fd = _sys.seccomp_set_mode_filter(self._prog, self.flags)
         self.installed = True
+        return fd if self.notifies else None
+
+    def step(self, name: str) -> None:
+        """Say which of the runtime's own steps runs next. Only once the filter is loaded,
+        and only a write to memory: no system call for the filter to stop."""
+        if self.installed:
+            data = name.encode()[:_STEP_SIZE - 1] + b"\0"
+            self._steps[:len(data)] = data
+
+    def current_step(self) -> str:
+        """The step recorded last, by this process or by a child forked after compile."""
+        raw = self._steps[:]
+        return raw[:raw.index(b"\0")].decode() if raw[0] else ""
+
+    def blame(self, e: BaseException) -> BaseException:
+        """The error to report for `e`, raised in the container's setup: one naming the
+        runtime's step when the filter is loaded and can answer that step's syscall with
+        `e`'s errno. (Argument conditions are not evaluated: a plain EPERM of a syscall
+        the profile restricts is put on the filter too.)"""
+        err = getattr(e, "errno", None) or getattr(e.__context__, "errno", None)
+        step = getattr(e, "call", None) or self.current_step()
+        if not self.installed or not step or not err:
+            return e
+        # "prctl(PR_SET_KEEPCAPS)", "newfstatat, access (what for)": the syscalls
+        calls = [c.split("(")[0].strip() for c in step.split(" (")[0].split(",")]
+        if not any(err in self.errnos.get(c, self.errnos.get("*", ())) for c in calls):
+            return e
+        return MiniRunError(f"seccomp: the filter blocks the runtime's own step: {step}: "
+                            f"{os.strerror(err)}")
+
+    def explain_exit(self, status: int) -> MiniRunError | None:
+        """For the parent, when the process went away without a word after loading the
+        filter: an error naming the step it was at, from its wait status."""
+        step = self.current_step()
+        if not step:
+            return None
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            how = f"was killed by signal {sig} ({signal.strsignal(sig)})"
+        else:
+            how = f"exited with status {os.waitstatus_to_exitcode(status)}"
+        return MiniRunError(f"seccomp: the filter blocks the runtime's own step: {step}: "
+                            f"the process {how}")
+
+
+def send_to_agent(seccomp: dict, pid: int, state: dict, listener: int) -> None:
+    """Hand a listener fd to the seccomp agent at listenerPath, as the runtime-spec says:
+    one connection, the container process state as JSON with the fd as SCM_RIGHTS, then
+    close. The caller keeps (and closes) its copy of the fd."""
+    path = seccomp["listenerPath"]
+    # ociVersion: the spec this message follows, minirun's (the state keeps the config's)
+    message = {"ociVersion": OCI_VERSION, "fds": ["seccompFd"], "pid": pid, "state": state}
+    if seccomp.get("listenerMetadata"):  # runc omits it when empty
+        message["metadata"] = seccomp["listenerMetadata"]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(_AGENT_TIMEOUT)
+        sock.connect(path)
+        sock.sendmsg([jsonfast.dumps(message).encode()],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                       listener.to_bytes(4, sys.byteorder))])
+    except OSError as e:
+        raise MiniRunError(f"seccomp agent at linux.seccomp.listenerPath {path}: "
+                           f"{e.strerror or e}") from None
+    finally:
+        sock.close()
 
 
 class _ScmpArgCmp(ctypes.Structure):
@@ -217,7 +331,23 @@ def supported_flags() -> list[str]:
         level = _libseccomp().seccomp_api_get()
     except KernelFeatureMissing:
         return []
-    return [name for name, (_, need) in FLAGS.items() if level >= need]
+    return [name for name in FLAGS if _flag_supported(name, level)]
+
+
+def notify_supported() -> bool:
+    """Whether SCMP_ACT_NOTIFY works here (libseccomp's API level says the kernel's)."""
+    try:
+        return _libseccomp().seccomp_api_get() >= _NOTIFY_API_LEVEL
+    except KernelFeatureMissing:
+        return False
+
+
+def _flag_supported(name: str, level: int) -> bool:
+    bit, need = FLAGS[name]
+    if need == _PROBE_KERNEL:
+        # the flag is refused without NEW_LISTENER, so both are probed
+        return _sys.seccomp_filter_flags_known(bit | _NEW_LISTENER)
+    return level >= need
 
 
 def _fail(path: str, message: str) -> None:
@@ -229,9 +359,6 @@ def _quote(name: str) -> str:
 
 
 def _action(name: str, errno_ret: int | None, path: str) -> int:
-    if name == "SCMP_ACT_NOTIFY":
-        _fail(path, "SCMP_ACT_NOTIFY needs a seccomp agent (listenerPath), which minirun "
-                    "does not support")
     value = ACTIONS.get(name)
     if value is None:
         _fail(path, f"unknown seccomp action {_quote(name)} (known: "
@@ -256,10 +383,14 @@ def _check(seccomp: dict) -> tuple[int, list[tuple[str, int, int]], int, list[_R
     """Everything that does not need libseccomp: (default action, [(arch name, token,
     audit arch)], load flags, rules one per syscall name)."""
     base = "linux.seccomp"
-    if seccomp.get("listenerPath"):
-        _fail(f"{base}.listenerPath", "seccomp notify agents are not supported by minirun")
+    if seccomp.get("listenerMetadata") and not seccomp.get("listenerPath"):
+        _fail(f"{base}.listenerMetadata", "set without listenerPath (the runtime-spec's "
+                                          "MUST NOT)")
     default = _action(seccomp.get("defaultAction", ""), seccomp.get("defaultErrnoRet"),
                       f"{base}.defaultAction")
+    if default == _ACT_NOTIFY:
+        _fail(f"{base}.defaultAction", "SCMP_ACT_NOTIFY cannot be the default action (the "
+                                       "runtime's own calls would wait for the agent)")
 
     arches = []
     for i, name in enumerate(seccomp.get("architectures") or []):
@@ -269,18 +400,18 @@ def _check(seccomp: dict) -> tuple[int, list[tuple[str, int, int]], int, list[_R
         arches.append((name, *ARCHITECTURES[name]))
 
     flags = 0
+    unsupported = ""
     for i, name in enumerate(seccomp.get("flags") or []):
         path = f"{base}.flags[{i}]"
-        if name in _AGENT_FLAGS:
-            _fail(path, f"{name} only applies to a seccomp agent (listenerPath), which "
-                        "minirun does not support")
+        if name == "SECCOMP_FILTER_FLAG_NEW_LISTENER":
+            _fail(path, f"{name} is not a profile flag: the runtime sets it itself when a "
+                        "rule's action is SCMP_ACT_NOTIFY")
         if name not in FLAGS:
             _fail(path, f"unknown seccomp flag {_quote(name)} (known: {', '.join(FLAGS)})")
-        bit, level = FLAGS[name]
-        if level and _libseccomp().seccomp_api_get() < level:
-            raise KernelFeatureMissing(f"config.json: {path}: {name} is not supported by "
-                                       "this kernel or libseccomp")
-        flags |= bit
+        flags |= FLAGS[name][0]
+        if FLAGS[name][1] and not _flag_supported(name, _libseccomp().seccomp_api_get()):
+            unsupported = unsupported or f"config.json: {path}: {name} is not supported by " \
+                                         "this kernel or libseccomp"
 
     rules = []
     for i, call in enumerate(seccomp.get("syscalls") or []):
@@ -299,7 +430,26 @@ def _check(seccomp: dict) -> tuple[int, list[tuple[str, int, int]], int, list[_R
         for j, name in enumerate(call.get("names") or []):
             if not name:
                 _fail(f"{path}.names[{j}]", "an empty string is not a syscall name")
+            if action == _ACT_NOTIFY and name in _NOT_NOTIFIABLE:
+                _fail(f"{path}.names[{j}]", f"SCMP_ACT_NOTIFY cannot be used for {name}: the "
+                                            "runtime needs it to hand the listener fd over")
             rules.append(_Rule(name, action, args, f"{path}.names[{j}]"))
+    notify = [r.path for r in rules if r.action == _ACT_NOTIFY]
+    if notify:
+        if not seccomp.get("listenerPath"):
+            _fail(notify[0].rsplit(".", 1)[0] + ".action",
+                  "SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath (the seccomp agent's "
+                  "socket)")
+        if _libseccomp().seccomp_api_get() < _NOTIFY_API_LEVEL:
+            raise KernelFeatureMissing(f"config.json: {notify[0].rsplit('.', 1)[0]}.action: "
+                                       "SCMP_ACT_NOTIFY needs Linux >= 5.0 and libseccomp "
+                                       f">= 2.5 (this libseccomp is {libseccomp_version()})")
+        flags |= _NEW_LISTENER
+    elif flags & FLAGS[_WAIT_KILLABLE_RECV][0]:
+        _fail(f"{base}.flags", f"{_WAIT_KILLABLE_RECV} only applies with an SCMP_ACT_NOTIFY "
+                               "rule")
+    if unsupported:  # after the checks of the profile itself, which hold on any host
+        raise KernelFeatureMissing(unsupported)
     return default, arches, flags, rules
 
 
@@ -314,10 +464,8 @@ def compile_profile(seccomp: dict | None, cache_dir: str | None = None) -> Secco
         return None
     key = None
     if cache_dir:
-        from . import jsonfast
-
         key = _sha256("\0".join((jsonfast.dumps(seccomp), libseccomp_version(),
-                                         os.uname().machine)).encode()).hexdigest()
+                                 os.uname().machine, _CACHE_FORMAT)).encode()).hexdigest()
         cached = _cache_read(cache_dir, key)
         if cached is not None:
             return cached
@@ -332,14 +480,14 @@ def _cache_read(cache_dir: str, key: str) -> SeccompFilter | None:
         with open(os.path.join(cache_dir, key), "rb") as f:
             data = f.read()
         head, _, program = data.partition(b"\n")
-        meta = head.decode().split(" ")
-        flags, stub = int(meta[0]), int(meta[1])
-        ignored = tuple(meta[2].split(",")) if len(meta) > 2 and meta[2] else ()
-    except (OSError, ValueError, IndexError):
+        meta = jsonfast.loads(head)
+        flags, stub, ignored, errnos = (int(meta["flags"]), int(meta["stub"]),
+                                        tuple(meta["ignored"]), dict(meta["errnos"]))
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     if not program or len(program) % _INSN.size:
         return None
-    return SeccompFilter(program, flags, ignored, stub)
+    return SeccompFilter(program, flags, ignored, stub, errnos)
 
 
 def _cache_write(cache_dir: str, key: str, f: SeccompFilter) -> None:
@@ -347,8 +495,9 @@ def _cache_write(cache_dir: str, key: str, f: SeccompFilter) -> None:
         os.makedirs(cache_dir, mode=0o700, exist_ok=True)
         tmp = os.path.join(cache_dir, f".{key}.{os.getpid()}")
         with open(tmp, "wb") as out:
-            out.write(f"{f.flags} {f.stub_length} {','.join(f.ignored)}\n".encode() +
-                      f.program)
+            head = {"flags": f.flags, "stub": f.stub_length, "ignored": list(f.ignored),
+                    "errnos": f.errnos}
+            out.write(jsonfast.dumps(head).encode() + b"\n" + f.program)
         os.rename(tmp, os.path.join(cache_dir, key))
     except OSError:
         pass  # a cache, nothing more
@@ -373,6 +522,7 @@ def _compile(seccomp: dict) -> SeccompFilter:
         if len(rules) > _OPTIMIZE_ABOVE:
             lib.seccomp_attr_set(ctx, _SCMP_FLTATR_CTL_OPTIMIZE, 2)  # best effort, as runc
         ignored = []
+        errnos = {"*": {_errno_of(default)}}
         for rule in rules:
             if rule.action == default:
                 continue  # libseccomp refuses it (EACCES); runc skips it silently
@@ -381,18 +531,34 @@ def _compile(seccomp: dict) -> SeccompFilter:
                 ignored.append(rule.name)  # not on this architecture: runc ignores it
                 continue
             _add_rule(lib, ctx, nr, rule)
+            answers = errnos.setdefault(rule.name, set())
+            answers.add(_errno_of(rule.action))
+            if rule.args:  # when the arguments do not match, the default answers
+                answers.add(_errno_of(default))
         program = _export(lib, ctx)
     finally:
         lib.seccomp_release(ctx)
     stub = b""
     if default not in _PERMISSIVE and default != _RET_ENOSYS:
         stub = _enosys_stub(lib, arches, rules)
+        if stub:
+            errnos["*"].add(_errno.ENOSYS)
     program = stub + program
     count = len(program) // _INSN.size
     if count > _BPF_MAXINSNS:
         raise InvalidSpec(f"config.json: linux.seccomp: the profile compiles to {count} BPF "
                           f"instructions, more than the kernel's limit of {_BPF_MAXINSNS}")
-    return SeccompFilter(program, flags, tuple(ignored), len(stub) // _INSN.size)
+    return SeccompFilter(program, flags, tuple(ignored), len(stub) // _INSN.size,
+                         {name: sorted(e for e in answers if e)
+                          for name, answers in errnos.items()})
+
+
+def _errno_of(action: int) -> int | None:
+    """What a call this action stops fails with (TRACE with no tracer: ENOSYS)."""
+    kind = action & 0xFFFF0000
+    if kind == _ACT_ERRNO:
+        return action & 0xFFFF
+    return _errno.ENOSYS if kind == _ACT_TRACE else None
 
 
 def _add_rule(lib: ctypes.CDLL, ctx: int, nr: int, rule: _Rule) -> None:

@@ -8,12 +8,14 @@ applied in one capset call as runc does.
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
-import sys
+import stat
 
 from . import sys as _sys
 from .errors import InvalidSpec
+from .runlog import warn
 
 CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 
@@ -37,8 +39,7 @@ def capability_plan(caps: dict | None, known: dict[str, int], top: int) -> dict:
                 mask |= 1 << num
         plan[key] = mask
     if unknown:
-        print("minirun: warning: ignoring unknown or unavailable capabilities: "
-              f"[{' '.join(sorted(unknown))}]", file=sys.stderr)
+        warn(f"ignoring unknown or unavailable capabilities: [{' '.join(sorted(unknown))}]")
     return plan
 
 
@@ -103,21 +104,56 @@ def set_oom_score_adj(value: int) -> None:
     except OSError as e:
         # Lowering the score needs CAP_SYS_RESOURCE, which some hosts (this VM) withhold
         # even from root: say so and go on rather than fail the whole container.
-        print(f"minirun: warning: cannot set oomScoreAdj to {value}: {e.strerror}",
-              file=sys.stderr)
+        warn(f"cannot set oomScoreAdj to {value}: {e.strerror}")
 
 
-def set_user(user: dict, setgroups_allowed: bool) -> None:
+def _no_step(name: str) -> None:
+    pass
+
+
+def set_user(user: dict, setgroups_allowed: bool, step=_no_step) -> None:
+    """setgroups, setresgid, setresuid; `step` is told each call first (a seccomp
+    filter may already be loaded)."""
     uid = user.get("uid", 0)
     gid = user.get("gid", 0)
     groups = user.get("additionalGids") or []
     if setgroups_allowed:
+        step("setgroups")
         os.setgroups(groups)
     elif groups:
         raise InvalidSpec("process.user.additionalGids cannot be set: setgroups is denied in "
                           "this user namespace")
+    step("setresgid")
     os.setresgid(gid, gid, gid)
+    step("setresuid")
     os.setresuid(uid, uid, uid)
+
+
+def give_stdio_to(uid: int, own_pty: bool) -> None:
+    """Make the process's stdio (its pty, or the pipes it was given) belong to the uid it
+    is about to become, as runc's fixStdioPermissions: a program that drops to a user
+    must still reopen /dev/stdout or /proc/self/fd/0, and `tty` must be its own. Left
+    alone: /dev/null, whatever the kernel does not let us change (an owner or group the
+    user namespace does not map, a read-only file system) and, unlike runc, a terminal
+    that is not the container's own pty (`own_pty`): the caller's, on the host."""
+    try:
+        null = os.stat("/dev/null").st_rdev
+    except OSError:
+        null = -1
+    for fd in (0, 1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue  # closed
+        if st.st_uid == uid or (stat.S_ISCHR(st.st_mode) and (st.st_rdev == null or
+                                                             not own_pty)):
+            continue
+        try:
+            # only the owner: the group may be one the mount prefers (devpts' tty group)
+            os.fchown(fd, uid, -1)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EPERM, errno.EROFS):
+                raise _sys.SysError("fchown", f"stdio fd {fd}", e.errno or 0) from None
 
 
 def setgroups_allowed() -> bool:

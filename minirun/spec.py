@@ -13,7 +13,7 @@ Every validation error is an ``InvalidSpec`` whose message starts with
 
 import os
 
-from minirun import __version__
+from minirun import OCI_VERSION, __version__
 from minirun import jsonfast as json
 from minirun.errors import AlreadyExists, InvalidSpec, NotFound
 
@@ -25,21 +25,27 @@ RUNC_SPEC_OCI_VERSION = "1.0.2-dev"
 _SEMVER_EXTRA = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.-")
 
 
-def _supported_version(version: str) -> bool:
-    """1.0.x, 1.1.x or 1.2.x with optional -prerelease and +build parts (no re: its
-    import costs more than the rest of validation)."""
+# minirun.OCI_VERSION: the newest runtime-spec whose fields minirun knows (UNSUPPORTED
+# lists the ones it refuses by name).
+OCI_VERSION_MAX = OCI_VERSION
+
+
+def _parse_version(version: str) -> tuple[int, int] | None:
+    """(major, minor) of a semver string with optional -prerelease and +build parts, or
+    None when it is not one (no re: its import costs more than the rest of validation)."""
     core, plus, build = version.partition("+")
     core, dash, pre = core.partition("-")
     parts = core.split(".")
-    if len(parts) != 3 or parts[0] != "1" or parts[1] not in ("0", "1", "2"):
-        return False
-    patch = parts[2]
-    if not patch.isascii() or not patch.isdigit() or (len(patch) > 1 and patch[0] == "0"):
-        return False
+    if len(parts) != 3:
+        return None
+    for part in parts:
+        if not part.isascii() or not part.isdigit() or (len(part) > 1 and part[0] == "0"):
+            return None
     for extra, present in ((pre, dash), (build, plus)):
         if present and (not extra or not set(extra) <= _SEMVER_EXTRA):
-            return False
-    return True
+            return None
+    return int(parts[0]), int(parts[1])
+
 
 CAPABILITIES: dict[str, int] = {
     "CAP_CHOWN": 0,
@@ -96,6 +102,26 @@ HOOK_NAMES = (
     "startContainer",
     "poststart",
     "poststop",
+)
+
+# Top-level keys: the sections for other platforms are ignored on Linux, as runc does.
+TOP_LEVEL_KEYS = frozenset(
+    {
+        "ociVersion",
+        "process",
+        "root",
+        "hostname",
+        "domainname",
+        "mounts",
+        "hooks",
+        "annotations",
+        "linux",
+        "solaris",
+        "windows",
+        "vm",
+        "zos",
+        "freebsd",
+    }
 )
 
 RLIMIT_TYPES = frozenset(
@@ -232,11 +258,14 @@ RECURSIVE_MOUNT_ATTRS: dict[str, tuple[bool, int]] = {
 }
 
 # Mount options that ask for something minirun does not do yet (runc/crun extensions).
-UNSUPPORTED_MOUNT_OPTIONS = frozenset({"tmpcopyup", "idmap", "ridmap"})
+UNSUPPORTED_MOUNT_OPTIONS = frozenset({"idmap", "ridmap"})
+
+# runc's extension: fill a tmpfs with what the directory beneath it held (minirun.copyup).
+TMPCOPYUP = "tmpcopyup"
 
 ROOTFS_PROPAGATIONS = frozenset(PROPAGATION_FLAGS)
 
-# Keys the runtime-spec defines in "process" and "linux" (up to 1.2). Keys outside these
+# Keys the runtime-spec defines in "process" and "linux" (up to 1.3). Keys outside these
 # sets are reported by unsupported(): they may change isolation and we cannot tell how.
 SPEC_PROCESS_KEYS = frozenset(
     {
@@ -303,8 +332,9 @@ UNSUPPORTED: tuple[str, ...] = (
 # loading
 
 
-def load_config(bundle: str) -> dict:
-    """Read and validate ``<bundle>/config.json``."""
+def load_config(bundle: str, warn: bool = True) -> dict:
+    """Read and validate ``<bundle>/config.json``; with ``warn``, say so on stderr (and
+    in the --log file) when its ociVersion is newer than minirun knows."""
     path = os.path.join(bundle, CONFIG_NAME)
     try:
         with open(path, "rb") as f:
@@ -324,6 +354,12 @@ def load_config(bundle: str) -> dict:
             f"config.json: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
         ) from None
     validate(cfg)
+    if warn:
+        message = newer_version_warning(cfg)
+        if message:
+            from minirun.runlog import warn as log_warning
+
+            log_warning(message)
     return cfg
 
 
@@ -430,6 +466,7 @@ def _fields(fields: dict, required: tuple = ()):
 
     def check(value: object, path: str) -> None:
         _check_object(value, path)
+        json.fold_keys(value, fields)
         for key in required:
             if value.get(key) is None:
                 _fail(_key(path, key), "required field is missing")
@@ -472,6 +509,7 @@ def validate(cfg: dict) -> None:
         raise InvalidSpec(
             f"config.json: expected an object at the top level, got {_json_type(cfg)}"
         )
+    json.fold_keys(cfg, TOP_LEVEL_KEYS)
     _check_oci_version(cfg.get("ociVersion"))
     _check_root(cfg.get("root"))
     _check_process(cfg.get("process"))
@@ -494,8 +532,21 @@ def _check_oci_version(version: object) -> None:
     if version is None:
         _fail("ociVersion", "required field is missing")
     _check_str(version, "ociVersion")
-    if not _supported_version(version):
-        _fail("ociVersion", f"unsupported version {json.dumps(version)} (1.0.x, 1.1.x or 1.2.x)")
+    parsed = _parse_version(version)
+    if parsed is None:
+        _fail("ociVersion", f"{json.dumps(version)} is not a version like 1.2.0")
+    if parsed[0] != 1:
+        _fail("ociVersion", f"unsupported version {json.dumps(version)} (minirun reads 1.x)")
+
+
+def newer_version_warning(cfg: dict) -> str | None:
+    """A warning for a (valid) config whose ociVersion is a 1.x minor newer than minirun
+    knows: its new fields are refused as unknown keys, the rest still reads as before."""
+    parsed = _parse_version(cfg["ociVersion"])
+    if parsed is not None and parsed > _parse_version(OCI_VERSION_MAX):
+        return (f"config.json: ociVersion {cfg['ociVersion']} is newer than minirun knows "
+                f"({OCI_VERSION_MAX}); fields it does not know are refused")
+    return None
 
 
 def _check_root(root: object) -> None:
@@ -643,6 +694,7 @@ _check_hook_list = _list_of(
 
 def _check_hooks(hooks: object) -> None:
     _check_object(hooks, "hooks")
+    json.fold_keys(hooks, HOOK_NAMES)
     for name, entries in hooks.items():
         if entries is not None:
             _check_hook_list(entries, _key("hooks", name))
@@ -899,7 +951,7 @@ def unsupported(cfg: dict) -> list[str]:
     for i, mount in enumerate(mounts):
         for j, option in enumerate(mount.get("options") or ()):
             if option in UNSUPPORTED_MOUNT_OPTIONS:
-                found.append(f"mounts[{i}].options[{j}]")
+                found.append(f"mounts[{i}].options[{j}] {json.dumps(option)}")
     return found
 
 
@@ -931,7 +983,7 @@ def parse_mount_options(options: list[str]) -> tuple[int, list[int], str, dict]:
     propagation changes to apply one by one after it, the comma-joined filesystem data
     (options that are not flags, such as ``mode=755``), and ``extra``:
     ``{"bind": bool, "recursive_bind": bool, "attr_set": int, "attr_clr": int,
-    "unsupported": [option, ...]}`` where attr_set/attr_clr are MOUNT_ATTR_* for
+    "copyup": bool, "unsupported": [option, ...]}`` where attr_set/attr_clr are MOUNT_ATTR_* for
     mount_setattr(AT_RECURSIVE) from the "r*" options. Later options win over earlier ones.
     """
     flags = 0
@@ -942,6 +994,7 @@ def parse_mount_options(options: list[str]) -> tuple[int, list[int], str, dict]:
         "recursive_bind": False,
         "attr_set": 0,
         "attr_clr": 0,
+        "copyup": False,
         "unsupported": [],
     }
     for option in options:
@@ -969,6 +1022,8 @@ def parse_mount_options(options: list[str]) -> tuple[int, list[int], str, dict]:
             else:
                 extra["attr_clr"] |= attr
                 extra["attr_set"] &= ~attr
+        elif option == TMPCOPYUP:
+            extra["copyup"] = True
         elif option in UNSUPPORTED_MOUNT_OPTIONS:
             extra["unsupported"].append(option)
         else:
@@ -1118,7 +1173,9 @@ def _seccomp_features() -> dict:
 
     return {
         "enabled": seccomp.libseccomp_version() is not None,
-        "actions": sorted(seccomp.ACTIONS),
+        # SCMP_ACT_NOTIFY only where the kernel and libseccomp can deliver it
+        "actions": sorted(a for a in seccomp.ACTIONS
+                          if a != "SCMP_ACT_NOTIFY" or seccomp.notify_supported()),
         "operators": sorted(seccomp.OPERATORS),
         "archs": sorted(seccomp.ARCHITECTURES),
         "knownFlags": list(seccomp.FLAGS),
@@ -1130,9 +1187,11 @@ def features() -> dict:
     """The runtime-spec features document (``minirun-oci features``)."""
     return {
         "ociVersionMin": "1.0.0",
-        "ociVersionMax": "1.1.0",
+        "ociVersionMax": OCI_VERSION_MAX,
         "hooks": list(HOOK_NAMES),
-        "mountOptions": sorted({*MOUNT_FLAGS, *PROPAGATION_FLAGS, *RECURSIVE_MOUNT_ATTRS}),
+        "mountOptions": sorted(
+            {*MOUNT_FLAGS, *PROPAGATION_FLAGS, *RECURSIVE_MOUNT_ATTRS, TMPCOPYUP}
+        ),
         "linux": {
             "namespaces": sorted(NAMESPACE_TYPES),
             "capabilities": list(CAPABILITIES),

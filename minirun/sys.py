@@ -286,17 +286,24 @@ class SockFprog(ctypes.Structure):
         return prog
 
 
-def seccomp_set_mode_filter(prog: SockFprog, flags: int = 0) -> None:
+def seccomp_set_mode_filter(prog: SockFprog, flags: int = 0) -> int:
     """Install a seccomp filter on the calling thread: prctl(PR_SET_SECCOMP) without
-    flags (as runc), seccomp(SECCOMP_SET_MODE_FILTER, flags) with them."""
+    flags (as runc), seccomp(SECCOMP_SET_MODE_FILTER, flags) with them. Returns what the
+    kernel returns: the listener fd with SECCOMP_FILTER_FLAG_NEW_LISTENER, else 0."""
     if flags:
         ret = _syscall(_NR["seccomp"], SECCOMP_SET_MODE_FILTER, ctypes.c_uint(flags),
                        ctypes.byref(prog))
-        _check(ret, "seccomp(SECCOMP_SET_MODE_FILTER)")
-    else:
-        ret = _libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER),
-                          ctypes.byref(prog), ctypes.c_ulong(0), ctypes.c_ulong(0))
-        _check(ret, "prctl(PR_SET_SECCOMP)")
+        return _check(ret, "seccomp(SECCOMP_SET_MODE_FILTER)")
+    ret = _libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                      ctypes.byref(prog), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    return _check(ret, "prctl(PR_SET_SECCOMP)")
+
+
+def seccomp_filter_flags_known(flags: int) -> bool:
+    """Whether this kernel knows these SECCOMP_SET_MODE_FILTER flags: as libseccomp
+    probes, a NULL program is EFAULT past the flag check and EINVAL before it."""
+    ret = _syscall(_NR["seccomp"], SECCOMP_SET_MODE_FILTER, ctypes.c_uint(flags), None)
+    return ret < 0 and ctypes.get_errno() == _errno.EFAULT
 
 
 def ioctl_int(fd: int, request: int, value: int, name: str) -> None:

@@ -55,6 +55,12 @@ SECTIONS = ("status", "mounts", "ns", "id", "uts", "ulimit", "umask", "oom", "cg
             "cgfiles", "dev", "sysctl", "env", "syscalls")
 
 
+def host_has_blkio_weight() -> bool:
+    """Whether the host's v1 blkio controller has a weight file (CFQ or BFQ in use)."""
+    return any(os.path.exists(f"/sys/fs/cgroup/blkio/{name}")
+               for name in ("blkio.weight", "blkio.bfq.weight"))
+
+
 @dataclass
 class Ctx:
     """Host-side things a case may refer to."""
@@ -337,10 +343,20 @@ CORPUS: list[Case] = [
     Case("resources", _set("linux.resources", {
         "devices": [{"allow": False, "access": "rwm"}],
         "memory": {"limit": 64 * 1024 * 1024, "reservation": 32 * 1024 * 1024,
-                   "swap": 128 * 1024 * 1024, "swappiness": 10},
+                   "swappiness": 10},
         "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0", "mems": "0"},
-        "pids": {"limit": 64},
-        "blockIO": {"weight": 300}})),
+        "pids": {"limit": 64}})),
+    # memory.memsw.* exists only with swap accounting (CONFIG_MEMCG_SWAP, swapaccount=1):
+    # without it both runtimes refuse a swap limit.
+    Case("memory-swap", _set("linux.resources.memory", {
+        "limit": 64 * 1024 * 1024, "swap": 128 * 1024 * 1024}),
+         expect="same" if os.path.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
+         else "both-refuse"),
+    # A blkio weight needs CFQ's blkio.weight or BFQ's blkio.bfq.weight, which only exist
+    # when some block device uses one of those schedulers: both runtimes apply it then and
+    # both refuse it otherwise.
+    Case("blkio-weight", _set("linux.resources.blockIO", {"weight": 300}),
+         expect="same" if host_has_blkio_weight() else "both-refuse"),
     Case("user-namespace", _userns, rootfs="userns", expect="userns-mqueue-group"),
     Case("user-namespace-no-netns", _all(_userns, _drop_ns("network")), rootfs="userns",
          expect="minirun-only:sysfs-in-userns"),

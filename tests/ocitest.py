@@ -11,6 +11,7 @@ import copy
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -186,3 +187,30 @@ def copy_rootfs(src: str, dest: str) -> str:
     # cp -a keeps busybox's hard links (copytree would make ~500 MB of copies)
     subprocess.run(["cp", "-a", src, dest], check=True)
     return dest
+
+
+RUNC = shutil.which("runc") or ("/usr/sbin/runc" if os.path.exists("/usr/sbin/runc") else None)
+needs_runc = pytest.mark.skipif(RUNC is None, reason="runc is not installed")
+
+
+def runc_run(tmp_path, bundle: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """`runc run` of a copy of a bundle in a private state root, force-deleted afterwards:
+    what the oracle makes of the same config. Its cgroup goes under /minirun, as ours
+    (runc's default path would follow this process's own cgroup in some hierarchies)."""
+    root = str(tmp_path / "runc-state")
+    cid = new_id("runc")
+    with open(os.path.join(bundle, "config.json")) as f:
+        cfg = json.load(f)
+    cfg.setdefault("linux", {})["cgroupsPath"] = f"/minirun/{cid}"
+    copy = tmp_path / cid
+    copy.mkdir()
+    (copy / "config.json").write_text(json.dumps(cfg))
+    try:
+        return subprocess.run([RUNC, "--root", root, "run", "--bundle", str(copy), cid],
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, check=False)
+    finally:
+        subprocess.run([RUNC, "--root", root, "delete", "--force", cid],
+                       capture_output=True, check=False)
+        for d in container_cgroup_dirs(f"/minirun/{cid}"):
+            _remove_cgroup(d)

@@ -413,7 +413,30 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class TokenServer:
+class _QuietHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+class _LocalServer:
+    """An HTTP server on 127.0.0.1:<port> in a daemon thread, until stop()."""
+
+    port: int
+    _server: http.server.ThreadingHTTPServer | None = None
+
+    def _serve(self, handler: type) -> None:
+        self._server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", self.port), _tls_refusing(handler)
+        )
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+class TokenServer(_LocalServer):
     """Docker's token protocol: GET /token?service=..&scope=repository:<name>:pull with basic
     auth -> {"token": <RS256 JWT>}, signed with openssl by a key whose certificate the
     registry trusts (rootcertbundle); the certificate travels in the JWT's x5c header."""
@@ -444,7 +467,6 @@ class TokenServer:
         self.seen: list[dict] = []  # one per token request: user, scope, service
         self.port = free_port()
         self.realm = f"http://127.0.0.1:{self.port}/token"
-        self._server: http.server.ThreadingHTTPServer | None = None
 
     def registry_auth(self) -> dict:
         return {
@@ -472,10 +494,7 @@ class TokenServer:
     def start(self) -> TokenServer:
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(_QuietHandler):
             def do_GET(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(url.query)
@@ -518,16 +537,8 @@ class TokenServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", self.port), _tls_refusing(Handler)
-        )
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._serve(Handler)
         return self
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
 
 
 def _tls_refusing(handler: type) -> type:
@@ -550,7 +561,7 @@ def _tls_refusing(handler: type) -> type:
 # --- a fault-injecting proxy in front of the real registry -------------------------------
 
 
-class FaultProxy:
+class FaultProxy(_LocalServer):
     """Forwards every request to a real registry, except that a rule may answer for it:
     rules are (method, path regex, action, count) with action one of "503", "reset" (cut
     the body halfway), "corrupt" (flip one byte of the body), "drop-digest-header"."""
@@ -561,7 +572,6 @@ class FaultProxy:
         self.host = f"127.0.0.1:{self.port}"
         self.rules: list[list] = []
         self.log: list[tuple[str, str, str]] = []  # method, path, what happened
-        self._server: http.server.ThreadingHTTPServer | None = None
 
     def add(self, method: str, path_re: str, action: str, count: int = 1) -> None:
         self.rules.append([method, re.compile(path_re), action, count])
@@ -576,11 +586,8 @@ class FaultProxy:
     def start(self) -> FaultProxy:
         proxy = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(_QuietHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
 
             def do_HEAD(self) -> None:
                 self._forward()
@@ -631,13 +638,51 @@ class FaultProxy:
                 if self.command != "HEAD":
                     self.wfile.write(body)
 
-        self._server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", self.port), _tls_refusing(Handler)
-        )
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._serve(Handler)
         return self
 
-    def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+
+# --- a registry that serves fixed documents -----------------------------------------------
+
+
+class StaticRegistry(_LocalServer):
+    """A registry serving exactly the manifests and blobs it is given, whatever they hold:
+    for documents a real registry would refuse to store (a manifest nested 100000 deep).
+    `manifests` maps "<repo>:<tag>" or "<repo>@<digest>" to (media type, bytes); `blobs`
+    maps a digest to bytes (any repository)."""
+
+    def __init__(self, manifests: dict[str, tuple[str, bytes]], blobs: dict[str, bytes]) -> None:
+        self.manifests = manifests
+        self.blobs = blobs
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+
+    def start(self) -> StaticRegistry:
+        registry = self
+
+        class Handler(_QuietHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                m = re.fullmatch(r"/v2/(.+)/(manifests|blobs)/([^/]+)", self.path)
+                found: tuple[str, bytes] | None = None
+                if self.path == "/v2/":
+                    found = ("application/json", b"{}")
+                elif m and m.group(2) == "manifests":
+                    sep = "@" if m.group(3).startswith("sha256:") else ":"
+                    found = registry.manifests.get(f"{m.group(1)}{sep}{m.group(3)}")
+                elif m and m.group(3) in registry.blobs:
+                    found = ("application/octet-stream", registry.blobs[m.group(3)])
+                if found is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", found[0])
+                self.send_header("Content-Length", str(len(found[1])))
+                self.end_headers()
+                self.wfile.write(found[1])
+
+        self._serve(Handler)
+        return self

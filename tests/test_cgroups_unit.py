@@ -132,7 +132,7 @@ def test_pids_max(limit, expected):
         ({"unified": {"memory.high": 5}}, "unified.memory.high"),
         ({"devices": [{"access": "rwm"}]}, "devices[0].allow"),
         ({"devices": [{"allow": True, "type": "x"}]}, "devices[0].type"),
-        ({"devices": [{"allow": True, "access": "rwx"}]}, "devices[0].access"),
+        ({"devices": [{"allow": True, "access": "x"}]}, "devices[0].access"),
         ({"devices": [{"allow": True, "major": -3}]}, "devices[0].major"),
         ({"network": {"classID": -1}}, "network.classID"),
         ({"rdma": {"mlx": {"hcaHandles": "2"}}}, "rdma.mlx.hcaHandles"),

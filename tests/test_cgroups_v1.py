@@ -245,16 +245,29 @@ def loop_device(tmp_path):
         subprocess.run(["losetup", "--detach", device], check=True)
 
 
-def test_blkio_weight_and_read_throttle(cg, spawn, loop_device):
+def test_blkio_weight_or_its_documented_refusal(cg):
+    """blkio.weight (CFQ) and blkio.bfq.weight (BFQ) exist only while some device uses one
+    of those schedulers: probe, and where neither does, check the one-line refusal."""
+    weight_file = next((name for name in ("blkio.weight", "blkio.bfq.weight")
+                        if os.path.exists(os.path.join(cg.controller_dir("blkio"), name))),
+                       None)
+    if weight_file is None:
+        with pytest.raises(KernelFeatureMissing) as refused:
+            cg.apply({"blockIO": {"weight": 500}})
+        assert "linux.resources.blockIO.weight" in str(refused.value)
+        assert "BFQ" in str(refused.value)
+        assert "\n" not in str(refused.value)
+    else:
+        cg.apply({"blockIO": {"weight": 500}})
+        assert cgfile(cg, "blkio", weight_file) == "500"
+
+
+def test_blkio_read_throttle(cg, spawn, loop_device):
     number = read(f"/sys/block/{os.path.basename(loop_device)}/dev").strip()
     major, minor = map(int, number.split(":"))
     cg.apply({"blockIO": {
-        "weight": 500,
         "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": MiB}],
     }})
-    weight_file = "blkio.weight" if os.path.exists(
-        os.path.join(cg.controller_dir("blkio"), "blkio.weight")) else "blkio.bfq.weight"
-    assert cgfile(cg, "blkio", weight_file) == "500"
     assert cgfile(cg, "blkio", "blkio.throttle.read_bps_device") == f"{number} {MiB}"
     reader = spawn(py(DIRECT_READ, loop_device, 3), stdout=subprocess.PIPE)
     out, _ = reader.communicate(timeout=60)

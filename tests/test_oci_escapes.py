@@ -16,6 +16,7 @@ import pytest
 from ocitest import (  # noqa: F401 - fixtures are used by name
     OCI_CMD, base_config, container_cgroup_dirs, mounts_mentioning, needs_root, oci,
     processes_rooted_in, rootfs, wait_for)
+from runctest import needs_runc, runc_run
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -430,6 +431,73 @@ def test_mount_under_a_symlink_through_proc_self_root_is_refused(oci, rootfs, tm
     assert_refused_cleanly(oci, proc, cid, own, "viaroot/t")
     assert os.listdir(host_dir) == []
     assert mounts_mentioning(str(host_dir)) == []
+
+
+# --- CVE-2019-19921, CVE-2023-27561, CVE-2023-28642: /proc or /sys as a symlink -----------
+
+@needs_runc
+@pytest.mark.parametrize("dest,plant", [
+    ("/proc", ("symlink", "/evil")),
+    ("/sys", ("symlink", "../../../../../../../../../sys")),
+    ("/proc", ("file", "")),
+])
+def test_proc_or_sys_that_is_not_a_directory_is_refused(oci, rootfs, tmp_path, dest, plant):
+    """CVE-2019-19921, CVE-2023-27561, CVE-2023-28642: a rootfs whose /proc or /sys is a
+    symlink (inside the rootfs, or written to look like the host's path) or a file would
+    have procfs or sysfs mounted where masks and read-only paths do not apply. Refused
+    with one line (runc 1.1.5 too), nothing created in the rootfs nor left on the host."""
+    own = own_rootfs(rootfs, tmp_path)
+    target = os.path.join(own, dest.lstrip("/"))
+    os.rmdir(target)
+    kind, link = plant
+    if kind == "symlink":
+        os.symlink(link, target)
+    else:
+        open(target, "w").close()
+    before = sorted(os.listdir(own))
+    cfg = base_config(["true"])
+    cfg["root"] = {"path": own, "readonly": True}
+    cid = oci.new_id()
+    proc = oci("run", "--bundle", oci.bundle(cfg, rootfs), cid)
+    fs = "proc" if dest == "/proc" else "sysfs"
+    assert_refused_cleanly(oci, proc, cid, own, fs, dest,
+                           "a symlink" if kind == "symlink" else "not a directory")
+    assert sorted(os.listdir(own)) == before
+    assert not os.path.exists(os.path.join(own, "evil"))
+    witness = runc_run(cfg, own, tmp_path)
+    assert witness.returncode == 1 and "ordinary directory" in witness.stderr, witness.stderr
+
+
+# --- --no-pivot: the host's /proc must not let a nested user namespace mount procfs -------
+
+def _userns_available() -> bool:
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as f:
+            return int(f.read()) > 0
+    except OSError:
+        return False
+
+
+@needs_runc
+@pytest.mark.skipif(not _userns_available(), reason="user namespaces are disabled")
+@pytest.mark.parametrize("flags", [["--no-pivot"], []])
+def test_nested_userns_cannot_mount_a_fresh_proc(oci, rootfs, tmp_path, flags):
+    """With --no-pivot the host's /proc and /sys used to stay in the container's mount
+    namespace under the moved root, fully visible to the kernel, which then lets a nested
+    user namespace mount a new procfs with none of the masked paths (runc's no_pivot.bats,
+    fixed in runc by unmounting them before the move). The nested namespace is made (the
+    echo shows it), only the mount is refused; the same with pivot_root."""
+    cfg = base_config(["unshare", "-mrpf", "sh", "-c",
+                       "echo in-userns; mount -t proc none /proc && echo mounted"])
+    for kind in ("bounding", "permitted", "effective"):
+        cfg["process"]["capabilities"][kind].append("CAP_SETFCAP")  # to map root (-r)
+    cid = oci.new_id()
+    proc = oci("run", *flags, "--bundle", oci.bundle(cfg, rootfs), cid)
+    assert proc.stdout.split() == ["in-userns"], proc.stdout + proc.stderr
+    assert "permission denied" in proc.stderr, proc.stderr
+    assert proc.returncode == 1
+    witness = runc_run(cfg, rootfs, tmp_path, *flags)
+    assert witness.returncode == 1 and "mounted" not in witness.stdout, witness.stdout
 
 
 # --- bind-mounted host data survives a killed container ------------------------------------

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from ocitest import base_config, container_cgroup_dirs, needs_root, oci, rootfs, wait_for  # noqa: F401
+from ocitest import (RUNC, base_config, container_cgroup_dirs, needs_root, oci,  # noqa: F401
+                     rootfs, runc_run, wait_for)
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -214,3 +215,41 @@ def test_execve_failure_at_start_fails_start_without_poststart(oci, rootfs, tmp_
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == ["minirun-oci: exec /x/bad: Exec format error"]
     assert not seen.exists()
+
+
+@pytest.mark.parametrize("nnp", [True, False], ids=["no-new-privs", "privileged"])
+def test_start_container_hook_runs_under_the_containers_seccomp_filter(oci, rootfs, tmp_path,
+                                                                       nnp):
+    """As runc: the filter is loaded before the init waits for start, so a startContainer
+    hook is filtered like the container's program: what the profile blocks fails in it,
+    and that fails the start."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    cfg = base_config(["sh", "-c", "echo started"])
+    cfg["mounts"].append({"destination": "/shared", "type": "bind", "source": str(shared),
+                          "options": ["rbind", "rw"]})
+    cfg["process"]["noNewPrivileges"] = nnp
+    cfg["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}
+    script = "grep ^Seccomp: /proc/self/status > /shared/status; mkdir /dev/shm/hookdir"
+    cfg["hooks"] = {"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]}
+    bundle = oci.bundle(cfg, rootfs)
+    proc = oci("run", "--bundle", bundle, oci.new_id())
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""  # the program never ran
+    assert "can't create directory '/dev/shm/hookdir': Operation not permitted" in proc.stderr
+    assert "startContainer hook /bin/sh failed with exit status 1" in proc.stderr
+    assert (shared / "status").read_text().split() == ["Seccomp:", "2"]
+    if RUNC:
+        (shared / "status").unlink()
+        theirs = runc_run(tmp_path, bundle)
+        assert theirs.returncode != 0 and theirs.stdout == ""
+        assert "can't create directory '/dev/shm/hookdir': Operation not permitted" in \
+            theirs.stderr
+        assert (shared / "status").read_text().split() == ["Seccomp:", "2"]
+    # the same hook without the profile: it runs, and so does the program
+    del cfg["linux"]["seccomp"]
+    proc = oci("run", "--bundle", oci.bundle(cfg, rootfs), oci.new_id())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "started\n"
+    assert (shared / "status").read_text().split() == ["Seccomp:", "0"]

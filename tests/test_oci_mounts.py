@@ -2,10 +2,13 @@
 checked from inside the container."""
 
 import os
+import subprocess
+import tempfile
 
 import pytest
 
 from ocitest import base_config, copy_rootfs, needs_root, oci, rootfs  # noqa: F401
+from runctest import needs_runc, runc_run
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -192,3 +195,77 @@ def test_rootfs_propagation_private(oci, rootfs):
     root = mountinfo_line(proc.stdout, "/")
     # optional fields (shared:N / master:N) absent: private
     assert root[6] == "-", root
+
+
+@pytest.fixture
+def traversable_rootfs(rootfs):
+    """A rootfs copy a user namespace's root can reach (pytest's directories are 0700),
+    with a directory mounts can land on."""
+    top = tempfile.mkdtemp(prefix="minirun-mounts-")
+    os.chmod(top, 0o755)
+    dest = copy_rootfs(rootfs, os.path.join(top, "rootfs"))
+    os.mkdir(os.path.join(dest, "mnt"))
+    yield dest
+    subprocess.run(["rm", "-rf", "--one-file-system", top], check=True)
+
+
+@needs_runc
+def test_bind_sources_under_a_private_directory_with_a_user_namespace(oci, traversable_rootfs,
+                                                                      tmp_path):
+    """As runc's userns.bats "userns with inaccessible mount": the sources sit in a 0700
+    root-owned directory the container's root (host uid 100000) cannot traverse. The
+    runtime takes them before it enters the user namespace; inside, they read as their
+    own permissions allow."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "dir").mkdir(mode=0o755)
+    (private / "dir" / "foo.txt").write_text("from a private place\n")
+    (private / "file.txt").write_text("a file too\n")
+    os.chmod(private / "dir" / "foo.txt", 0o644)
+    os.chmod(private / "file.txt", 0o644)
+    cfg = base_config(["sh", "-c", "id -u; cat /mnt/foo.txt /etc/hostname; ls /mnt"])
+    cfg["linux"]["namespaces"].append({"type": "user"})
+    cfg["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    cfg["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    cfg["mounts"] += [
+        {"destination": "/mnt", "type": "bind", "source": str(private / "dir"),
+         "options": ["bind", "ro"]},
+        {"destination": "/etc/hostname", "type": "bind", "source": str(private / "file.txt"),
+         "options": ["rbind"]},
+    ]
+    expected = ["0", "from a private place", "a file too", "foo.txt"]
+    proc = oci.run(cfg, traversable_rootfs)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == expected
+    witness = runc_run(cfg, traversable_rootfs, tmp_path)
+    assert witness.returncode == 0, witness.stderr
+    assert witness.stdout.splitlines() == expected
+
+
+def test_bind_source_keeps_the_hosts_locked_flags_in_a_user_namespace(oci, traversable_rootfs,
+                                                                       tmp_path):
+    """The fds the runtime opens for bind sources name mounts of the container's own
+    namespace, whose flags the kernel locked when it copied it from the host's: the
+    container's root, even with CAP_SYS_ADMIN in its user namespace, cannot remount the
+    bind of a host nosuid mount without nosuid. (A mount made inside, /dev/shm, can be
+    remounted: the capability is there.)"""
+    host_mount = tmp_path / "nosuid-mount"
+    host_mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=755,nosuid", "tmpfs",
+                    str(host_mount)], check=True)
+    try:
+        (host_mount / "dir").mkdir()
+        cfg = base_config(["sh", "-c", ("mount -o remount,bind,suid /mnt || echo locked; "
+                                        "mount -o remount,bind,exec /dev/shm && echo shm-ok")])
+        for kind in ("bounding", "permitted", "effective"):
+            cfg["process"]["capabilities"][kind].append("CAP_SYS_ADMIN")
+        cfg["linux"]["namespaces"].append({"type": "user"})
+        cfg["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        cfg["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        cfg["mounts"].append({"destination": "/mnt", "type": "bind",
+                              "source": str(host_mount / "dir"), "options": ["bind"]})
+        proc = oci.run(cfg, traversable_rootfs)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["locked", "shm-ok"], proc.stdout + proc.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(host_mount)], check=True)

@@ -6,7 +6,9 @@ import subprocess
 
 import pytest
 
-from ocitest import base_config, needs_root, oci, rootfs, wait_for  # noqa: F401
+from ocitest import (base_config, copy_rootfs, mounts_mentioning, needs_root, oci,  # noqa: F401
+                     rootfs, wait_for)
+from runctest import needs_runc, runc_run
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -148,3 +150,60 @@ def test_pid_namespace_shared_with_host_when_absent(oci, rootfs):
     proc = oci.run(cfg, rootfs)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) > 1
+
+
+def host_propagation() -> list[tuple[str, str]]:
+    """Each host mount with its propagation (shared:N, master:N or none)."""
+    with open("/proc/self/mountinfo") as f:
+        return [(line.split()[4], " ".join(line.split(" - ")[0].split()[6:])) for line in f]
+
+
+def no_mount_namespace(cfg: dict) -> dict:
+    cfg["linux"]["namespaces"] = [n for n in cfg["linux"]["namespaces"] if n["type"] != "mount"]
+    return cfg
+
+
+def test_no_mount_namespace_sets_up_on_the_host_and_cleans_up(oci, rootfs, tmp_path):
+    """Without a mount namespace the rootfs is set up in the caller's (runc runs such a
+    config too): the container's mounts are the host's while it runs, it is chrooted into
+    its rootfs, and delete leaves nothing mounted. runc 1.1.5 itself is not run here: it
+    makes the host's "/" a recursive slave and leaves every mount behind after delete."""
+    own = copy_rootfs(rootfs, str(tmp_path / "own-rootfs"))
+    report = tmp_path / "report"
+    report.mkdir()
+    script = ("(readlink /proc/self/ns/mnt; ls /; touch /x 2>/dev/null || echo ro) > /tmp/out;"
+              " sleep 60")
+    cfg = no_mount_namespace(base_config(["sh", "-c", script]))
+    cfg["root"] = {"path": own, "readonly": True}
+    cfg["mounts"].append({"destination": "/tmp", "type": "bind", "source": str(report),
+                          "options": ["bind"]})
+    del cfg["linux"]["maskedPaths"], cfg["linux"]["readonlyPaths"]
+    before = host_propagation()
+    cid = oci.new_id()
+    oci("run", "-d", "--bundle", oci.bundle(cfg, rootfs), cid, check=True)
+    out = report / "out"
+    assert wait_for(lambda: out.exists() and "ro" in out.read_text().split())
+    lines = out.read_text().split()
+    assert lines[0] == os.readlink("/proc/self/ns/mnt")
+    assert "bin" in lines and "etc" in lines
+    points = {line.split()[4] for line in mounts_mentioning(own)}
+    assert {own, f"{own}/proc", f"{own}/dev", f"{own}/dev/pts", f"{own}/sys"} <= points
+    oci("delete", "--force", cid, check=True)
+    assert mounts_mentioning(own) == []
+    assert host_propagation() == before
+
+
+@needs_runc
+def test_no_mount_namespace_refuses_masked_paths(oci, rootfs, tmp_path):
+    """Masked and read-only paths cannot be kept from a container in the host's mount
+    namespace: refused, as runc refuses them, with nothing left behind."""
+    cfg = no_mount_namespace(base_config(["true"]))
+    cid = oci.new_id()
+    proc = oci("run", "--bundle", oci.bundle(cfg, rootfs), cid)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "minirun-oci: config.json: linux.maskedPaths needs a mount namespace"]
+    assert not os.path.exists(os.path.join(oci.root, cid))
+    assert mounts_mentioning(rootfs) == []
+    witness = runc_run(cfg, rootfs, tmp_path)
+    assert witness.returncode == 1 and "MNT namespace" in witness.stderr, witness.stderr

@@ -9,22 +9,28 @@ instruction (in effect) with the one runc 1.1 prints under --debug.
 
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import json
 import os
 import re
+import select
 import shutil
+import socket
+import struct
 import subprocess
+import threading
 import uuid
 
 import pytest
-from ocitest import base_config, container_cgroup_dirs, needs_root, oci, rootfs  # noqa: F401
+from ocitest import (RUNC, base_config, container_cgroup_dirs, needs_root,  # noqa: F401
+                     oci, rootfs, runc_run, wait_for)
 
-from minirun import seccomp
+from minirun import OCI_VERSION, seccomp
 
 pytestmark = [needs_root, pytest.mark.root]
 
-RUNC = shutil.which("runc")
 CLONE_NEWUSER = 0x10000000
 PER_LINUX32 = 0x0008
 SIGSYS_STATUS = 128 + 31
@@ -251,6 +257,325 @@ def oci_cmd(oci, *args) -> list[str]:
     return OCI_CMD + ["--root", oci.root] + [str(a) for a in args]
 
 
+# --- seccomp user notification (SCMP_ACT_NOTIFY) ------------------------------------------
+
+_NOTIF_RECV = 0xC0502100  # _IOWR('!', 0, struct seccomp_notif): 80 bytes
+_NOTIF_SEND = 0xC0182101  # _IOWR('!', 1, struct seccomp_notif_resp): 24 bytes
+_NOTIF = struct.Struct("=QIIiI")  # id, pid, flags, then seccomp_data's nr and arch
+_NOTIF_RESP = struct.Struct("=QqiI")  # id, val, error, flags
+_USER_NOTIF_FLAG_CONTINUE = 1
+
+
+def nr_mkdir() -> int:
+    """What busybox's mkdir calls here: mkdir, or mkdirat where there is none (aarch64)."""
+    resolve = seccomp._libseccomp().seccomp_syscall_resolve_name
+    return next(nr for nr in map(resolve, (b"mkdir", b"mkdirat")) if nr >= 0)
+
+
+needs_notify = pytest.mark.skipif(not seccomp.notify_supported(),
+                                  reason="SCMP_ACT_NOTIFY needs Linux >= 5.0, libseccomp 2.5")
+
+
+class Agent:
+    """A seccomp agent as runc's seccomp-notify.bats uses one: it listens on a unix socket,
+    keeps each container process state it is sent with the listener fd (SCM_RIGHTS), and
+    answers notifications as `answer` says: an errno, a fake success, or "continue" (the
+    kernel runs the call). Runs in a thread of the test."""
+
+    def __init__(self, path: str, answer: str) -> None:
+        self.path = path
+        self.answer = answer
+        self.received: list[tuple[dict, int]] = []  # (state, number of fds)
+        self.notified: list[tuple[int, int]] = []  # (pid, syscall nr)
+        self.listeners: list[int] = []
+        self.connections: list[socket.socket] = []
+        self.closed_by_runtime = 0  # connections the runtime closed after its state
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(path)
+        self.server.listen(8)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping:
+            ready, _, _ = select.select([self.server] + self.connections + self.listeners,
+                                        [], [], 0.05)
+            for r in ready:
+                if r is self.server:
+                    self._accept()
+                elif r in self.connections:
+                    # nothing more may come: the runtime closes it (runc 1.1.5 only late)
+                    self.closed_by_runtime += r.recv(1) == b""
+                    self.connections.remove(r)
+                    r.close()
+                else:
+                    self._notification(r)
+
+    def _accept(self) -> None:
+        conn, _ = self.server.accept()
+        data, ancillary, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(16))
+        self.connections.append(conn)
+        fds = array.array("i")
+        for _, _, payload in ancillary:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+        self.received.append((json.loads(data), len(fds)))
+        self.listeners += list(fds)
+
+    def _notification(self, fd: int) -> None:
+        buf = bytearray(80)
+        try:
+            fcntl.ioctl(fd, _NOTIF_RECV, buf)
+        except OSError:  # every process of the filter is gone
+            self.listeners.remove(fd)
+            os.close(fd)
+            return
+        nid, pid, _, nr, _ = _NOTIF.unpack_from(buf)
+        self.notified.append((pid, nr))
+        if self.answer == "continue":
+            resp = _NOTIF_RESP.pack(nid, 0, 0, _USER_NOTIF_FLAG_CONTINUE)
+        elif self.answer == "success":
+            resp = _NOTIF_RESP.pack(nid, 0, 0, 0)
+        else:
+            resp = _NOTIF_RESP.pack(nid, 0, -errno.EDQUOT, 0)
+        try:
+            fcntl.ioctl(fd, _NOTIF_SEND, bytearray(resp))
+        except OSError:
+            pass  # the caller was killed meanwhile
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join(5)
+        self.server.close()
+        for conn in self.connections:
+            conn.close()
+        for fd in self.listeners:
+            os.close(fd)
+        os.unlink(self.path)
+
+
+@pytest.fixture
+def agent(tmp_path):
+    agents = []
+
+    def start(answer: str = "errno") -> Agent:
+        a = Agent(str(tmp_path / f"agent-{len(agents)}.sock"), answer)
+        agents.append(a)
+        return a
+
+    yield start
+    for a in agents:
+        a.close()
+
+
+def notify_profile(agent: Agent, *names: str, **extra) -> dict:
+    return dict(allow_all_but(rule(list(names), "SCMP_ACT_NOTIFY")), listenerPath=agent.path,
+                **extra)
+
+
+@needs_notify
+@pytest.mark.parametrize("nnp", [True, False], ids=["no-new-privs", "privileged"])
+@pytest.mark.parametrize("answer,expected", [
+    ("errno", "mkdir: can't create directory '/dev/shm/d': Disk quota exceeded\nrc=1 absent"),
+    ("success", "rc=0 absent"),
+    ("continue", "rc=0 present"),
+])
+def test_agent_gets_the_state_and_answers_for_the_kernel(oci, rootfs, agent, tmp_path, nnp,
+                                                         answer, expected):
+    a = agent(answer)
+    out = tmp_path / "out"
+    out.mkdir()
+    script = ("mkdir /dev/shm/d 2>/out/log; echo rc=$? >> /out/log; "
+              "test -d /dev/shm/d && echo present >> /out/log || echo absent >> /out/log")
+    cfg = base_config(["sh", "-c", script])
+    cfg["process"]["noNewPrivileges"] = nnp
+    cfg["linux"]["seccomp"] = notify_profile(a, "mkdir", "mkdirat",
+                                             listenerMetadata="meta=1;x")
+    cfg["mounts"].append({"destination": "/out", "type": "bind", "source": str(out),
+                          "options": ["rbind", "rw"]})
+    cfg["annotations"] = {"org.example/key": "v"}
+    cid = oci.new_id()
+    bundle = oci.bundle(cfg, rootfs)
+    oci("create", "--bundle", bundle, cid, check=True)
+    pid = oci.state(cid)["pid"]
+    # handed over during create, before the init waits for start (as runc)
+    assert wait_for(lambda: a.received)
+    (state, nfds), = a.received
+    assert nfds == 1
+    assert wait_for(lambda: a.closed_by_runtime == 1), "one state per connection, closed"
+    assert state == {"ociVersion": OCI_VERSION, "fds": ["seccompFd"],
+                     "pid": pid, "metadata": "meta=1;x",
+                     "state": {"ociVersion": cfg["ociVersion"], "id": cid,
+                               "status": "creating", "pid": pid, "bundle": bundle,
+                               "annotations": {"org.example/key": "v"}}}
+    oci("start", cid, check=True)
+    assert wait_for(lambda: (out / "log").exists() and
+                    (out / "log").read_text().endswith(("present\n", "absent\n")))
+    assert (out / "log").read_text().replace("\n", " ").strip() == \
+        expected.replace("\n", " ")
+    assert [nr for _, nr in a.notified] == [nr_mkdir()]
+
+
+@needs_notify
+def test_exec_hands_its_own_listener_with_the_containers_state(oci, rootfs, agent):
+    a = agent("errno")
+    cfg = base_config(["sleep", "300"])
+    cfg["linux"]["seccomp"] = notify_profile(a, "mkdir", "mkdirat")
+    cid = oci.new_id()
+    oci("run", "-d", "--bundle", oci.bundle(cfg, rootfs), cid, check=True)
+    init_pid = oci.state(cid)["pid"]
+    proc = oci("exec", cid, "mkdir", "/dev/shm/d")
+    assert proc.returncode == 1 and "Disk quota exceeded" in proc.stderr, proc.stderr
+    assert len(a.received) == 2
+    state, nfds = a.received[1]
+    assert nfds == 1
+    assert state["pid"] != init_pid and "metadata" not in state  # none given: as runc
+    assert a.notified == [(state["pid"], nr_mkdir())]  # the exec'd process, by the host's pid
+    assert (state["state"]["status"], state["state"]["pid"]) == ("running", init_pid)
+
+
+@needs_notify
+@pytest.mark.runc
+@pytest.mark.skipif(RUNC is None, reason="runc is not installed")
+def test_agent_sees_what_runc_sends(oci, rootfs, agent, tmp_path):
+    """The same bundle under both runtimes: the same answer reaches the container, and
+    the agent gets the same fields, with the same values where they do not depend on
+    the run (pid, id, bundle directory, each runtime's spec version)."""
+    a = agent("errno")
+    cfg = base_config(["sh", "-c", "mkdir /dev/shm/d; echo rc=$?"])
+    cfg["linux"]["seccomp"] = notify_profile(a, "mkdir", "mkdirat", listenerMetadata="m")
+    bundle = oci.bundle(cfg, rootfs)
+    ours = oci("run", "--bundle", bundle, oci.new_id())
+    theirs = runc_run(tmp_path, bundle)
+    refused = "mkdir: can't create directory '/dev/shm/d': Disk quota exceeded\n"
+    assert (ours.stdout, ours.stderr) == ("rc=1\n", refused)
+    assert (theirs.stdout, theirs.stderr) == (ours.stdout, ours.stderr)
+    (mine, _), (runcs, _) = a.received
+
+    def shape(msg: dict) -> dict:  # ociVersion: each runtime's own spec version
+        return dict(msg, ociVersion=None, pid=msg["pid"] == msg["state"]["pid"],
+                    state=dict(msg["state"], pid=None, id=None, ociVersion=None, bundle=None))
+
+    assert shape(mine) == shape(runcs)
+
+
+@needs_notify
+def test_listener_path_without_a_notify_rule_is_ignored(oci, rootfs, tmp_path):
+    """The runtime-spec: listenerPath matters only with SCMP_ACT_NOTIFY (runc agrees)."""
+    profile = dict(allow_all_but(rule("mkdir")), listenerPath=str(tmp_path / "no-agent"))
+    proc = run(oci, rootfs, profile, "grep ^Seccomp: /proc/self/status")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["Seccomp:", "2"]
+
+
+@needs_notify
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_notify_loads_with_a_listener(oci, rootfs, agent, tmp_path):
+    """NEW_LISTENER goes to the kernel (and WAIT_KILLABLE_RECV with it where the kernel
+    knows it), and the listener fd does not stay open in the container's process."""
+    a = agent("continue")
+    profile = notify_profile(a, "mkdir", "mkdirat")
+    want = "SECCOMP_FILTER_FLAG_NEW_LISTENER"
+    kernel = tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2])
+    killable = "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV" in seccomp.supported_flags()
+    assert killable == (kernel >= (5, 19)), "features must say what the kernel knows"
+    if killable:
+        profile["flags"] = ["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]
+        want += "|SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"
+    cfg = base_config(["sh", "-c", "ls /proc/self/fd; mkdir /dev/shm/d && echo made"])
+    cfg["linux"]["seccomp"] = profile
+    cid = oci.new_id()
+    log = tmp_path / "strace.log"
+    proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=seccomp", "-o", str(log)]
+                          + oci_cmd(oci, "run", "--bundle", oci.bundle(cfg, rootfs), cid),
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          check=False)
+    assert proc.stdout.split() == ["0", "1", "2", "3", "made"], proc.stderr
+    loads = [line for line in log.read_text().splitlines()
+             if "SECCOMP_SET_MODE_FILTER" in line and "NULL" not in line]
+    assert len(loads) == 1 and want in loads[0], loads
+    assert re.search(r"= \d+$", loads[0]), loads  # a listener fd came back
+
+
+# --- the runtime's own last steps under the filter ----------------------------------------
+
+# (profile, no_new_privs, the step named). Without no_new_privs the filter is loaded before
+# the capabilities and the user are set; with it, right after no_new_privs; both before
+# the exec fifo. runc 1.1.5 fails each of these too (it hangs on the SCMP_ACT_KILL ones).
+OWN_STEPS = {
+    "capset": (allow_all_but(rule("capset")), False, "capset"),
+    "setgroups": (allow_all_but(rule("setgroups")), False, "setgroups"),
+    "prctl": (allow_all_but(rule("prctl")), False, "prctl(PR_CAPBSET_DROP)"),
+    "chdir": (allow_all_but(rule("chdir")), False, "chdir"),
+    "close_range-and-proc-listing": (allow_all_but(rule(["close_range", "getdents64"])),
+                                     False, "close_range"),
+    "execve": (allow_all_but(rule("execve")), False, "execve"),
+    "execve-no-new-privs": (allow_all_but(rule("execve")), True, "execve"),
+    "kill-default": ({"defaultAction": "SCMP_ACT_KILL"}, True, "sendto"),
+    "kill-default-privileged": ({"defaultAction": "SCMP_ACT_KILL"}, False, "open"),
+}
+
+
+@pytest.mark.parametrize("case", list(OWN_STEPS))
+def test_a_step_of_the_runtime_the_filter_stops_is_named(oci, rootfs, tmp_path, case):
+    profile, nnp, step = OWN_STEPS[case]
+    cfg = base_config(["true"])
+    cfg["linux"]["seccomp"] = profile
+    cfg["process"]["noNewPrivileges"] = nnp
+    bundle = oci.bundle(cfg, rootfs)
+    cid = oci.new_id()
+    proc = oci("run", "--bundle", bundle, cid, timeout=30)
+    assert proc.returncode != 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"seccomp: the filter blocks the runtime's own step: {step}" in lines[0], lines[0]
+    if "kill" in case:
+        assert "was killed by signal 31 (Bad system call)" in lines[0], lines[0]
+    else:
+        assert lines[0].endswith(": Operation not permitted"), lines[0]
+    if RUNC and "kill" not in case:
+        theirs = runc_run(tmp_path, bundle)
+        assert theirs.returncode != 0, theirs.stdout
+
+
+def test_exec_names_the_step_too(oci, rootfs):
+    """exec's process goes through the same steps: a profile refusing setresuid to uid
+    1000 (an argument rule) lets the init, root, start; `exec --user 1000` is refused,
+    by name."""
+    cfg = base_config(["sleep", "300"])
+    cfg["process"]["noNewPrivileges"] = False  # the filter comes before the user is set
+    cfg["linux"]["seccomp"] = allow_all_but(rule("setresuid", args=[
+        {"index": 0, "value": 1000, "op": "SCMP_CMP_EQ"}]))
+    cid = oci.new_id()
+    oci("run", "-d", "--bundle", oci.bundle(cfg, rootfs), cid, check=True)
+    proc = oci("exec", "--user", "1000", cid, "true")
+    assert proc.returncode == 255, proc.stderr  # exec's status when setup fails (runc's)
+    step = "setresuid: Operation not permitted"
+    assert proc.stderr.strip().splitlines() == [
+        f"minirun-oci: seccomp: the filter blocks the runtime's own step: {step}"]
+    assert oci("exec", "--user", "1001", cid, "true").returncode == 0
+
+
+def test_only_what_the_filter_can_answer_is_put_on_it():
+    """An EPERM from capset is the filter's only if the profile can answer capset so."""
+    from minirun.sys import SysError
+
+    def blamed(profile: dict, err: int = errno.EPERM) -> bool:
+        f = seccomp.compile_profile(profile)
+        f.installed = True  # as in the container's process once loaded
+        e = SysError("capset", None, err)
+        return f.blame(e) is not e
+
+    assert blamed(allow_all_but(rule("capset")))
+    assert not blamed(allow_all_but(rule("mkdir")))  # capset is allowed: a plain refusal
+    assert not blamed(allow_all_but(rule("capset", errnoRet=errno.EACCES)))
+    assert blamed(allow_all_but(rule("capset", errnoRet=errno.EACCES)), errno.EACCES)
+    assert blamed({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [rule("mkdir",
+                                                                       "SCMP_ACT_ALLOW")]})
+    assert not blamed({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [rule("capset",
+                                                                           "SCMP_ACT_ALLOW")]})
+
+
 # --- refused before anything exists ----------------------------------------------------------
 
 BAD = [
@@ -262,8 +587,24 @@ BAD = [
      ["linux.seccomp.defaultAction"]),
     ("unknown-action", allow_all_but(rule("mkdir"), rule("rmdir", "SCMP_ACT_BOGUS")),
      ["linux.seccomp.syscalls[1].action", "SCMP_ACT_BOGUS"]),
-    ("notify-action", allow_all_but(rule("mkdir", "SCMP_ACT_NOTIFY")),
-     ["linux.seccomp.syscalls[0].action", "SCMP_ACT_NOTIFY", "not support"]),
+    ("notify-without-listener-path", allow_all_but(rule("mkdir"), rule("rmdir",
+                                                                   "SCMP_ACT_NOTIFY")),
+     ["linux.seccomp.syscalls[1].action", "SCMP_ACT_NOTIFY", "listenerPath"]),
+    ("notify-default-action", {"defaultAction": "SCMP_ACT_NOTIFY",
+                               "listenerPath": "/run/agent.sock"},
+     ["linux.seccomp.defaultAction", "SCMP_ACT_NOTIFY", "default"]),
+    ("notify-on-write", dict(allow_all_but(rule(["mkdir", "write"], "SCMP_ACT_NOTIFY")),
+                             listenerPath="/run/agent.sock"),
+     ["linux.seccomp.syscalls[0].names[1]", "SCMP_ACT_NOTIFY", "write"]),
+    ("notify-on-sendmsg", dict(allow_all_but(rule("sendmsg", "SCMP_ACT_NOTIFY")),
+                               listenerPath="/run/agent.sock"),
+     ["linux.seccomp.syscalls[0].names[0]", "sendmsg"]),
+    ("metadata-without-listener-path", dict(allow_all_but(rule("mkdir")),
+                                            listenerMetadata="m"),
+     ["linux.seccomp.listenerMetadata", "listenerPath"]),
+    ("agent-not-listening", dict(allow_all_but(rule("mkdir", "SCMP_ACT_NOTIFY")),
+                                 listenerPath="/nonexistent/agent.sock"),
+     ["linux.seccomp.listenerPath", "/nonexistent/agent.sock", "No such file or directory"]),
     ("unknown-operator", allow_all_but(rule("mkdir", args=[
         {"index": 0, "value": 1, "op": "SCMP_CMP_EQ"},
         {"index": 1, "value": 1, "op": "SCMP_CMP_BOGUS"}])),
@@ -279,13 +620,14 @@ BAD = [
     ("architecture-of-the-other-byte-order", dict(allow_all_but(),
                                                   architectures=["SCMP_ARCH_S390X"]),
      ["linux.seccomp.architectures[0]", "SCMP_ARCH_S390X"]),
-    ("listener-path", dict(allow_all_but(rule("mkdir")), listenerPath="/run/agent.sock"),
-     ["linux.seccomp.listenerPath", "not supported"]),
     ("unknown-flag", dict(allow_all_but(), flags=["SECCOMP_FILTER_FLAG_BOGUS"]),
      ["linux.seccomp.flags[0]", "SECCOMP_FILTER_FLAG_BOGUS"]),
-    ("agent-flag", dict(allow_all_but(), flags=["SECCOMP_FILTER_FLAG_LOG",
-                                                "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]),
-     ["linux.seccomp.flags[1]", "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]),
+    ("listener-flag-given", dict(allow_all_but(), flags=["SECCOMP_FILTER_FLAG_LOG",
+                                                         "SECCOMP_FILTER_FLAG_NEW_LISTENER"]),
+     ["linux.seccomp.flags[1]", "SECCOMP_FILTER_FLAG_NEW_LISTENER"]),
+    ("wait-killable-without-notify", dict(allow_all_but(rule("mkdir")),
+                                          flags=["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]),
+     ["linux.seccomp.flags", "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV", "SCMP_ACT_NOTIFY"]),
     ("names-not-a-list", allow_all_but({"names": "mkdir", "action": "SCMP_ACT_ERRNO"}),
      ["linux.seccomp.syscalls[0].names"]),
 ]

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from ocitest import OCI_CMD, base_config, needs_root, oci, rootfs, wait_for  # noqa: F401
+from runctest import needs_runc, run_in_pty, runc_run
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -201,3 +202,65 @@ def test_pause_and_resume(oci, rootfs):
     oci("pause", cid, check=True)
     oci("delete", "--force", cid, check=True)
     assert json.loads(oci("list", "--format", "json").stdout) in ([], None)
+
+
+
+def run_on_a_tty(oci, cfg: dict, rootfs: str) -> tuple[str, int]:
+    """`minirun-oci run` in the foreground on a pty of its own, as a user at a terminal:
+    (what the pty showed, exit code)."""
+    cid = oci.new_id()
+    out, rc = run_in_pty(OCI_CMD + ["--root", oci.root, "run", "--bundle",
+                                    oci.bundle(cfg, rootfs), cid])
+    return out.decode(errors="replace"), rc
+
+
+def runc_on_a_tty(cfg: dict, rootfs: str, tmp_path) -> tuple[str, int]:
+    proc = runc_run(cfg, rootfs, tmp_path, tty=True)
+    return proc.stdout, proc.returncode
+
+
+@needs_runc
+def test_terminal_with_read_only_dev(oci, rootfs, tmp_path):
+    """As runc's dev.bats: /dev mounted "ro" with a terminal. The console (the pty bound
+    onto /dev/console) is set up before /dev turns read-only; then /dev is read-only."""
+    cfg = base_config(["sh", "-c", ("tty; stat -c %t,%T /dev/console; touch /dev/foo-bar; "
+                                    "echo rc=$?")])
+    cfg["process"]["terminal"] = True
+    for m in cfg["mounts"]:
+        if m["destination"] == "/dev":
+            m["options"].append("ro")
+    for out, rc in (run_on_a_tty(oci, cfg, rootfs), runc_on_a_tty(cfg, rootfs, tmp_path)):
+        assert rc == 0, out
+        lines = out.replace("\r", "").splitlines()
+        assert lines[0] == "/dev/pts/0", out
+        assert lines[1] == "88,0", out  # /dev/console is the pty: 136,0 (stat prints hex)
+        assert "Read-only file system" in out and lines[-1] == "rc=1", out
+
+
+@needs_runc
+def test_terminal_belongs_to_the_process_user(oci, rootfs, tmp_path):
+    """With a terminal and process.user 1000:1000, the pty slave the process holds is its
+    own (as runc's fixStdioPermissions does before switching user): uid 1000 from
+    inside, and the process can reopen it."""
+    cfg = base_config(["sh", "-c", ("id -u; stat -c %u $(tty); ls -ln /proc/self/fd/0; "
+                                    "echo reopened > $(tty) && echo ok")])
+    cfg["process"]["terminal"] = True
+    cfg["process"]["user"] = {"uid": 1000, "gid": 1000}
+    for out, rc in (run_on_a_tty(oci, cfg, rootfs), runc_on_a_tty(cfg, rootfs, tmp_path)):
+        assert rc == 0, out
+        lines = out.replace("\r", "").splitlines()
+        assert lines[:2] == ["1000", "1000"], out
+        assert "reopened" in out and lines[-1] == "ok", out
+
+
+@needs_runc
+def test_stdio_belongs_to_the_process_user_without_a_terminal(oci, rootfs, tmp_path):
+    """Without a terminal the same holds for the stdio the caller passed (a file here, a
+    pipe under runc): a process that runs as uid 1000 can reopen its own stdout."""
+    # both through the reopened fd: appended, so a file's offset does not matter
+    cfg = base_config(["sh", "-c", ("echo reopened >> /proc/self/fd/1 && "
+                                    "echo ok >> /proc/self/fd/1")])
+    cfg["process"]["user"] = {"uid": 1000, "gid": 1000}
+    for proc in (oci.run(cfg, rootfs), runc_run(cfg, rootfs, tmp_path)):
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["reopened", "ok"], proc.stdout + proc.stderr

@@ -280,3 +280,15 @@ def _verb(argv: list[str]) -> str:
         elif not arg.startswith("-"):
             return arg
     return ""
+
+
+def test_read_only_root_with_tmpfs_keeps_the_image_files(podman):
+    """podman --read-only and --tmpfs send tmpfs mounts with runc's tmpcopyup option: the
+    image's files under /etc stay visible and become writable; the root stays read-only."""
+    script = ("head -1 /etc/passwd; echo x > /etc/new && cat /etc/new; "
+              "echo y > /tmp/y && cat /tmp/y; touch /bin/nope 2>/dev/null || echo ro")
+    proc = podman.run("--rm", "--read-only", "--tmpfs", "/etc", IMAGE, "sh", "-c", script,
+                      check=False)
+    assert proc.returncode == 0, proc.stderr
+    # the first line of the /etc/passwd that rootfs/build.sh writes
+    assert proc.stdout == "root:x:0:0:root:/root:/bin/sh\nx\ny\nro\n"

@@ -25,8 +25,8 @@ def test_a_cached_profile_is_the_compiled_one(profile, tmp_path):
     assert len(os.listdir(tmp_path)) == 1
     cached = seccomp.compile_profile(profile, str(tmp_path))
     for f in (first, cached):
-        assert (f.program, f.flags, f.ignored, f.stub_length) == \
-            (fresh.program, fresh.flags, fresh.ignored, fresh.stub_length)
+        assert (f.program, f.flags, f.ignored, f.stub_length, f.errnos) == \
+            (fresh.program, fresh.flags, fresh.ignored, fresh.stub_length, fresh.errnos)
     other = dict(profile, defaultErrnoRet=1)
     assert seccomp.compile_profile(other, str(tmp_path)).program != fresh.program
     assert len(os.listdir(tmp_path)) == 2

@@ -103,11 +103,92 @@ def test_load_config_accepts_a_full_featured_config(tmp_path):
     assert spec.unsupported(cfg) == []
 
 
-@pytest.mark.parametrize("version", ["1.0.0", "1.0.2-dev", "1.1.0", "1.1.0-rc.3", "1.2.1"])
+@pytest.mark.parametrize(
+    "version",
+    ["1.0.0", "1.0.2-dev", "1.1.0", "1.1.0-rc.3", "1.2.1", "1.3.0", "1.3.0-rc.1", "1.2.0+build.5"],
+)
 def test_accepted_oci_versions(version):
+    """Every 1.x that minirun knows, pre-releases included, without a warning."""
     cfg = base_config()
     cfg["ociVersion"] = version
     spec.validate(cfg)
+    assert spec.newer_version_warning(cfg) is None
+
+
+@pytest.mark.parametrize("version", ["1.4.0", "1.4.0-rc.1", "1.10.2", "1.999.0-dev"])
+def test_newer_minor_versions_are_accepted_with_one_warning(tmp_path, capfd, version):
+    cfg = base_config()
+    cfg["ociVersion"] = version
+    write_config(tmp_path, cfg)
+    spec.load_config(str(tmp_path))
+    err = capfd.readouterr().err.splitlines()
+    assert err == [
+        (
+            f"minirun: warning: config.json: ociVersion {version} is newer than minirun knows "
+            "(1.3.0); fields it does not know are refused"
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "version,message",
+    [
+        ("0.9.0", 'unsupported version "0.9.0" (minirun reads 1.x)'),
+        ("2.0.0", 'unsupported version "2.0.0" (minirun reads 1.x)'),
+        ("2.0.0-rc.1", 'unsupported version "2.0.0-rc.1" (minirun reads 1.x)'),
+        ("1.0", '"1.0" is not a version like 1.2.0'),
+        ("1.x.0", '"1.x.0" is not a version like 1.2.0'),
+        ("01.0.0", '"01.0.0" is not a version like 1.2.0'),
+        ("1.0.0-", '"1.0.0-" is not a version like 1.2.0'),
+        ("v1.0.0", '"v1.0.0" is not a version like 1.2.0'),
+        ("", '"" is not a version like 1.2.0'),
+    ],
+)
+def test_refused_oci_versions(version, message):
+    cfg = base_config()
+    cfg["ociVersion"] = version
+    with pytest.raises(InvalidSpec) as err:
+        spec.validate(cfg)
+    assert str(err.value) == f"config.json: ociVersion: {message}"
+
+
+def test_object_keys_match_case_insensitively_as_go_decodes_them(tmp_path):
+    """runc's encoding/json fills `cpu` from "CPU"; map keys (sysctl) keep their case."""
+    cfg = base_config()
+    linux = cfg.pop("linux")
+    linux["Resources"] = {
+        "CPU": {"Shares": 512, "QUOTA": 1000},
+        "memory": {"Limit": 1 << 24},
+        "Devices": [{"Allow": False, "Access": "rwm"}],
+    }
+    linux["sysctl"] = {"Net.Ipv4.Ip_forward": "1"}
+    cfg["Linux"] = linux
+    cfg["Process"] = cfg.pop("process")
+    cfg["Process"]["User"] = cfg["Process"].pop("user")
+    cfg["HOOKS"] = {"Poststop": [{"Path": "/bin/true"}]}
+    cfg["mounts"][0] = {"Destination": "/proc", "TYPE": "proc", "source": "proc"}
+    write_config(tmp_path, cfg)
+    loaded = spec.load_config(str(tmp_path))
+    assert loaded["linux"]["resources"] == {
+        "cpu": {"shares": 512, "quota": 1000},
+        "memory": {"limit": 1 << 24},
+        "devices": [{"allow": False, "access": "rwm"}],
+    }
+    assert loaded["linux"]["sysctl"] == {"Net.Ipv4.Ip_forward": "1"}
+    assert loaded["process"]["user"] == {"uid": 0, "gid": 0}
+    assert loaded["hooks"] == {"poststop": [{"path": "/bin/true"}]}
+    assert loaded["mounts"][0] == {"destination": "/proc", "type": "proc", "source": "proc"}
+    assert spec.unsupported(loaded) == []
+
+
+def test_exact_key_wins_and_later_duplicate_overrides():
+    cfg = base_config()
+    cfg["linux"]["resources"] = {"pids": {"limit": 5}, "PIDS": {"limit": 7}}
+    cfg["hostname"] = "a"
+    cfg["HostName"] = "b"
+    spec.validate(cfg)
+    assert cfg["linux"]["resources"] == {"pids": {"limit": 7}}
+    assert cfg["hostname"] == "b"
 
 
 # ---------------------------------------------------------------------------------------
@@ -196,6 +277,7 @@ BROKEN = [
     ),
     ("oci-version-number", _set("ociVersion", 1), "ociVersion: expected a string, got number"),
     ("oci-version-2", _set("ociVersion", "2.0.0"), 'ociVersion: unsupported version "2.0.0"'),
+    ("oci-version-garbage", _set("ociVersion", "latest"), 'ociVersion: "latest" is not a version'),
     ("root-missing", _delete("root"), "config.json: root: required field is missing"),
     ("root-path-number", _set("root.path", 3), "root.path: expected a string, got number"),
     (
@@ -480,7 +562,12 @@ UNSUPPORTED_CASES = [
     ("extension-keys", _all(_set("linux.x-minirun-debug", True), _set("process.x-note", "a")), []),
     ("unknown-hook", _set("hooks", {"prestop": [{"path": "/bin/true"}]}), ["hooks.prestop"]),
     ("known-hooks", _set("hooks", {"poststop": [{"path": "/bin/true"}]}), []),
-    ("tmpcopyup", _set("mounts[1].options", ["nosuid", "tmpcopyup"]), ["mounts[1].options[1]"]),
+    ("tmpcopyup", _set("mounts[1].options", ["nosuid", "tmpcopyup"]), []),
+    (
+        "idmap-option",
+        _set("mounts[1].options", ["nosuid", "idmap"]),
+        ['mounts[1].options[1] "idmap"'],
+    ),
     (
         "idmapped-mount",
         _set("mounts[0].uidMappings", [{"containerID": 0, "hostID": 1000, "size": 1}]),
@@ -560,7 +647,7 @@ def test_features_document_shape():
     doc = spec.features()
     json.dumps(doc)
     assert doc["ociVersionMin"] == "1.0.0"
-    assert doc["ociVersionMax"] == "1.1.0"
+    assert doc["ociVersionMax"] == "1.3.0"
     assert doc["hooks"] == [
         "prestart",
         "createRuntime",
@@ -571,7 +658,8 @@ def test_features_document_shape():
     ]
     assert doc["mountOptions"] == sorted(doc["mountOptions"])
     assert {"bind", "rbind", "ro", "rro", "rprivate", "nosymfollow"} <= set(doc["mountOptions"])
-    assert "tmpcopyup" not in doc["mountOptions"]
+    assert "tmpcopyup" in doc["mountOptions"]
+    assert "idmap" not in doc["mountOptions"]
     linux = doc["linux"]
     assert linux["namespaces"] == [
         "cgroup",
@@ -595,7 +683,9 @@ def test_features_document_shape():
     }
     assert linux["seccomp"]["enabled"] is True
     assert "SCMP_ACT_ERRNO" in linux["seccomp"]["actions"]
-    assert "SCMP_ACT_NOTIFY" not in linux["seccomp"]["actions"]
+    from minirun import seccomp
+
+    assert ("SCMP_ACT_NOTIFY" in linux["seccomp"]["actions"]) == seccomp.notify_supported()
     assert "SCMP_CMP_MASKED_EQ" in linux["seccomp"]["operators"]
     assert "SCMP_ARCH_X86_64" in linux["seccomp"]["archs"]
     assert linux["apparmor"] == {"enabled": False}
@@ -619,7 +709,7 @@ def test_features_cover_what_runc_advertises(tmp_path):
     theirs = json.loads(result.stdout)
     ours = spec.features()
     assert set(ours) >= set(theirs) - {"potentiallyUnsafeConfigAnnotations"}
-    assert set(theirs["mountOptions"]) - set(ours["mountOptions"]) == {"tmpcopyup"}
+    assert set(theirs["mountOptions"]) <= set(ours["mountOptions"])
     assert ours["linux"]["capabilities"] == theirs["linux"]["capabilities"]
     assert set(theirs["linux"]["namespaces"]) <= set(ours["linux"]["namespaces"])
     assert ours["hooks"] == theirs["hooks"]
@@ -699,7 +789,7 @@ MOUNT_CASES = [
         0,
         [],
         "mode=700",
-        {"unsupported": ["tmpcopyup", "idmap"]},
+        {"copyup": True, "unsupported": ["idmap"]},
     ),
     (
         "devpts",
@@ -723,6 +813,7 @@ def test_parse_mount_options(options, flags, propagation, data, extra):
         "recursive_bind": False,
         "attr_set": 0,
         "attr_clr": 0,
+        "copyup": False,
         "unsupported": [],
     }
     expected_extra.update(extra)
@@ -744,3 +835,26 @@ def test_mount_flag_table_shape():
         "unbindable",
         "runbindable",
     }
+
+
+# Fields the runtime-spec added in 1.1 to 1.3 that minirun does not implement: each must
+# be refused by name, or ociVersionMax 1.3.0 in `features` would not be true.
+NEWER_SPEC_FIELDS = [
+    ("process.scheduler", {"policy": "SCHED_OTHER"}),
+    ("process.ioPriority", {"class": "IOPRIO_CLASS_BE", "priority": 4}),
+    ("process.execCPUAffinity", {"initial": "0"}),
+    ("linux.timeOffsets", {"monotonic": {"secs": 1}}),
+    ("linux.netDevices", {"eth1": {"name": "eth0"}}),
+    ("linux.memoryPolicy", {"mode": "MPOL_BIND", "nodes": "0"}),
+    ("linux.intelRdt", {"schemata": ["L3:0=f"], "enableMonitoring": True}),
+]
+
+
+@pytest.mark.parametrize("path,value", NEWER_SPEC_FIELDS, ids=[p for p, _ in NEWER_SPEC_FIELDS])
+def test_fields_up_to_spec_1_3_are_refused_by_name(path, value):
+    cfg = base_config()
+    cfg["ociVersion"] = "1.3.0"
+    section, key = path.split(".")
+    cfg[section][key] = value
+    spec.validate(cfg)
+    assert spec.unsupported(cfg) == [path]

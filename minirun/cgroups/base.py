@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import _signal as signal  # not signal: its enums cost import time on every start
 import errno
 import os
-import _signal as signal  # not signal: its enums cost import time on every start
-import sys
 import time
 from abc import ABC, abstractmethod
 
+from .. import runlog
 from ..errors import InvalidArgument, KernelFeatureMissing, MiniRunError
 
 # How long to wait for the kernel to finish an asynchronous cgroup operation. Freezing
@@ -78,8 +78,7 @@ def check_cgroup_path(path: str) -> str:
 
 
 def warn(message: str) -> None:
-    sys.stderr.write(f"minirun: warning: {message}\n")
-    sys.stderr.flush()
+    runlog.warn(message)
 
 
 PARENT = "minirun"

@@ -9,6 +9,7 @@ runc uses too.
 from __future__ import annotations
 
 from ..errors import InvalidSpec
+from ..jsonfast import fold_keys
 from .base import warn
 
 INT64_MIN = -(2**63)
@@ -130,7 +131,8 @@ THROTTLE_FIELDS = (
 
 def _fields(value: object, field: str, schema: dict, required: tuple = ()) -> dict:
     out = {}
-    for key, item in _obj(value, field).items():
+    fold_keys(_obj(value, field), schema)  # "Shares" is "shares", as runc's Go decoder reads it
+    for key, item in value.items():
         if key not in schema:
             raise InvalidSpec(f"linux.resources.{field}.{key}: unknown field")
         if item is not None:
@@ -165,15 +167,33 @@ def check_devices(value: object) -> list[tuple[bool, str, int, int, str]]:
         kind = d.get("type", "a")
         if kind not in ("a", "b", "c"):
             raise InvalidSpec(f"linux.resources.{field}.type: {kind!r} is not a, b or c")
-        access = d.get("access", "rwm") or "rwm"
-        if not set(access) <= set("rwm") or len(set(access)) != len(access):
-            raise InvalidSpec(f"linux.resources.{field}.access: {access!r} is not a subset of rwm")
+        access = _device_access(d.get("access", ""), field)
         major, minor = d.get("major", -1), d.get("minor", -1)
         for name, number in (("major", major), ("minor", minor)):
             if number < -1:
                 raise InvalidSpec(f"linux.resources.{field}.{name}: {number} is negative")
         rules.append((d["allow"], kind, major, minor, access))
     return rules
+
+
+RESOURCE_KEYS = ("memory", "cpu", "pids", "blockIO", "hugepageLimits", "network", "rdma",
+                 "unified", "devices")
+
+
+def _device_access(access: str, field: str) -> str:
+    """OCI device access as the cgroup files take it: r, w and m once each, in that order.
+
+    As runc: any order and repeats are fine, letters other than r, w and m are left out
+    ("rwa" is "rw"; a warning names them), and an empty or missing access means all three.
+    """
+    wanted = "".join(letter for letter in "rwm" if letter in access)
+    others = sorted(set(access) - set("rwm"))
+    if others:
+        if not wanted:
+            raise InvalidSpec(f"linux.resources.{field}.access: {access!r} has none of r, w, m")
+        warn(f"linux.resources.{field}.access: ignoring {''.join(others)!r} in {access!r} "
+             "(only r, w and m mean something, as runc reads it)")
+    return wanted or "rwm"
 
 
 def check_resources(resources: dict | None) -> dict:
@@ -183,6 +203,7 @@ def check_resources(resources: dict | None) -> dict:
     if not isinstance(resources, dict):
         raise InvalidSpec(f"linux.resources: must be an object, got {resources!r}")
     out: dict = {}
+    fold_keys(resources, RESOURCE_KEYS)
     for key, value in resources.items():
         if value is None:
             continue

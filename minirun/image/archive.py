@@ -1,17 +1,20 @@
-"""Image archives: `docker save` / `podman save` archives, OCI image layout archives, and
-root filesystem tarballs (`minirun import`).
+"""Image archives: `docker save` / `podman save` archives, OCI image layout archives and
+directories, and root filesystem tarballs (`minirun import`).
 
-An archive is untrusted input. Every path in it and in its documents must be plain
-(relative, no ".."), every JSON document is size-bounded, every blob is checked against
-the digest that names it, and an archive that fails any check is refused with one line
-naming the problem. A load is all or nothing: every image of the archive is stored and
-its layers unpacked before any record is added, and what a failed load wrote is deleted.
+An archive is untrusted input, and so is a layout directory. Every path in it and in its
+documents must be plain (relative, no "..", no link leaving it), every JSON document is
+size- and depth-bounded, every blob is checked against the digest that names it, a tar is
+parsed by the layers' bounded reader (never tarfile), and an archive that fails any check
+is refused with one line naming the problem. A load is all or nothing: every image of the
+archive is stored and its layers unpacked before any record is added, and what a failed
+load wrote (blobs and layers the store did not have) is deleted.
 """
 
 from __future__ import annotations
 
 import bz2
 import contextlib
+import errno
 import gzip
 import hashlib
 import io
@@ -22,18 +25,22 @@ import platform
 import posixpath
 import re
 import shlex
+import stat
 import tarfile
 import tempfile
 import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Self
 
-from ..errors import InvalidArgument, MiniRunError
+from .. import sys as msys
+from ..errors import InvalidArgument, KernelFeatureMissing, MiniRunError
 from . import InvalidImage
+from .documents import MEDIA_OCI_CONFIG, check_config_media_type, parse_json
 from .reference import Reference, parse_reference
 from .store import ImageRecord, ImageStore, check_digest, normalize_name
+from .unpack import Limits, TarMember, iter_tar_members
 
 MAX_JSON_SIZE = 4 << 20        # manifest.json, index.json, manifests, configs
 MAX_MEMBERS = 100_000
@@ -47,7 +54,6 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -66,20 +72,7 @@ _BZIP2_MAGIC = b"BZh"
 _HEX64_JSON_RE = re.compile(r"([0-9a-f]{64})\.json")
 
 
-# --- reading archives ------------------------------------------------------------------------
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """tarfile reads a PAX or GNU long-name header's data into memory whole: refuse one
-    larger than MAX_HEADER_SIZE before it is read."""
-
-    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
-                         tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) \
-                and self.size > MAX_HEADER_SIZE:
-            raise InvalidImage(f"archive member header of {self.size} bytes is larger than "
-                               f"{MAX_HEADER_SIZE}")
-        return super()._proc_member(tar)
-
+# --- reading archives and layout directories ---------------------------------------------------
 
 def clean_path(name: Any, what: str = "archive member") -> str:
     """A path inside the archive, normalized; absolute paths and ".." are refused (they
@@ -96,42 +89,62 @@ def clean_path(name: Any, what: str = "archive member") -> str:
     return "/".join(parts)
 
 
-class _Archive:
-    """The members of an image archive by cleaned name; only directories, regular files
-    and links that resolve to regular files inside the archive are allowed."""
+class _ImageSource:
+    """Where load reads images from: the files of an archive or of a layout directory, by
+    cleaned path, links followed inside it only."""
 
-    def __init__(self, tar: tarfile.TarFile) -> None:
-        self.tar = tar
-        self.members: dict[str, tarfile.TarInfo] = {}
-        try:
-            for count, info in enumerate(tar, 1):
-                if count > MAX_MEMBERS:
-                    raise InvalidImage(f"archive has more than {MAX_MEMBERS} members")
-                name = clean_path(info.name)
-                if info.isdir():
-                    continue
-                if not (info.isreg() or info.issym() or info.islnk()):
-                    raise InvalidImage(f"archive member {info.name}: a {_kind(info)} has no "
-                                       "place in an image archive")
-                if name in self.members:
-                    raise InvalidImage(f"archive member {name} appears twice")
-                self.members[name] = info
-        except (tarfile.TarError, EOFError) as e:
-            raise InvalidImage(f"not a valid tar archive: {e}") from None
+    def has(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def size(self, name: str) -> int:
+        raise NotImplementedError
+
+    def open(self, name: str) -> IO[bytes]:
+        raise NotImplementedError
+
+    def read_json(self, name: str, what: str) -> tuple[Any, bytes]:
+        size = self.size(name)
+        if size > MAX_JSON_SIZE:
+            raise InvalidImage(f"{what} {name} is {size} bytes, more than {MAX_JSON_SIZE}")
+        with self.open(name) as f:
+            data = f.read(MAX_JSON_SIZE + 1)
+        if len(data) > MAX_JSON_SIZE:
+            raise InvalidImage(f"{what} {name} is more than {MAX_JSON_SIZE} bytes")
+        return parse_json(data, f"{what} {name}"), data
+
+
+class _Archive(_ImageSource):
+    """The members of an image archive by cleaned name; only directories, regular files
+    and links that resolve to regular files inside the archive are allowed. The tar is
+    parsed by the layers' own reader (iter_tar_members), never by tarfile."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.members: dict[str, TarMember] = {}
+        for info in iter_tar_members(f, _ARCHIVE_LIMITS, "image archive"):
+            name = clean_path(info.name)
+            if info.type == tarfile.DIRTYPE:
+                continue
+            if info.type not in _ARCHIVE_TYPES:
+                raise InvalidImage(f"archive member {info.name}: a {_kind(info)} has no "
+                                   "place in an image archive")
+            if name in self.members:
+                raise InvalidImage(f"archive member {name} appears twice")
+            self.members[name] = info
 
     def has(self, name: str) -> bool:
         return name in self.members
 
-    def resolve(self, name: str) -> tarfile.TarInfo:
+    def resolve(self, name: str) -> TarMember:
         """The regular member `name` is, following links inside the archive only."""
         name = clean_path(name, "path")
         for _ in range(MAX_LINK_DEPTH):
             info = self.members.get(name)
             if info is None:
                 raise InvalidImage(f"archive has no {name}")
-            if info.isreg():
+            if info.type in _REGULAR_TYPES:
                 return info
-            if info.issym():
+            if info.type == tarfile.SYMTYPE:
                 target = info.linkname
                 if target.startswith("/"):
                     raise InvalidImage(f"archive member {name}: symlink to absolute {target}")
@@ -144,38 +157,131 @@ class _Archive:
         raise InvalidImage(f"archive member {name}: more than {MAX_LINK_DEPTH} links")
 
     def open(self, name: str) -> IO[bytes]:
-        f = self.tar.extractfile(self.resolve(name))
-        assert f is not None  # resolve() returns regular members only
-        return f
+        info = self.resolve(name)
+        return _Section(self.f, info.offset, info.size)  # type: ignore[return-value]
 
     def size(self, name: str) -> int:
         return self.resolve(name).size
 
-    def read_json(self, name: str, what: str) -> tuple[Any, bytes]:
-        info = self.resolve(name)
-        if info.size > MAX_JSON_SIZE:
-            raise InvalidImage(f"{what} {name} is {info.size} bytes, more than {MAX_JSON_SIZE}")
-        with self.open(name) as f:
-            data = f.read()
-        try:
-            return json.loads(data), data
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidImage(f"{what} {name} is not valid JSON: {e}") from None
+
+_ARCHIVE_LIMITS = Limits(max_size=MAX_ARCHIVE_SIZE, max_members=MAX_MEMBERS,
+                         max_header_size=MAX_HEADER_SIZE)
+_REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+_ARCHIVE_TYPES = _REGULAR_TYPES + (tarfile.SYMTYPE, tarfile.LNKTYPE)
 
 
-def _kind(info: tarfile.TarInfo) -> str:
-    if info.ischr() or info.isblk():
+def _kind(info: TarMember) -> str:
+    if info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
         return "device node"
-    if info.isfifo():
+    if info.type == tarfile.FIFOTYPE:
         return "fifo"
     return f"member of type {info.type!r}"
 
 
+class _Section:
+    """`size` bytes of `f` from `offset`: one member's data. It seeks before each read, so
+    that two open members do not disturb each other."""
+
+    def __init__(self, f: IO[bytes], offset: int, size: int) -> None:
+        self.f, self.offset, self.left = f, offset, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        if n == 0:
+            return b""
+        self.f.seek(self.offset)
+        data = self.f.read(n)
+        if not data:
+            raise InvalidImage("archive is truncated")
+        self.offset += len(data)
+        self.left -= len(data)
+        return data
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class _LayoutDir(_ImageSource):
+    """An OCI image layout directory (as `skopeo copy ... oci:DIR` and umoci write it), or
+    an unpacked docker-save archive. As untrusted as an archive: every path is resolved
+    with openat2(RESOLVE_BENEATH), so a symlink leaving the directory (or an absolute one)
+    is refused rather than followed to a host file, and only regular files are read."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise MiniRunError(f"cannot open {path}: {e.strerror}") from None
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def _open(self, name: str) -> int | None:
+        """An O_PATH fd of the regular file `name`, or None when there is none."""
+        name = clean_path(name, "path")
+        try:
+            fd = msys.openat2(self.fd, name, os.O_PATH | os.O_CLOEXEC,
+                              resolve=msys.RESOLVE_BENEATH | msys.RESOLVE_NO_MAGICLINKS)
+        except msys.SysError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            if e.errno == errno.EXDEV:
+                raise InvalidImage(f"{self.path}: {name} is a symlink that leaves the "
+                                   "directory") from None
+            if e.errno == errno.ELOOP:
+                raise InvalidImage(f"{self.path}: {name}: too many symlinks") from None
+            if e.errno == errno.ENOSYS:
+                raise KernelFeatureMissing(f"openat2 is not available: {e}") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise InvalidImage(f"{self.path}: {name} is not a regular file")
+        return fd
+
+    def _must_open(self, name: str) -> int:
+        fd = self._open(name)
+        if fd is None:
+            raise InvalidImage(f"{self.path} has no {clean_path(name, 'path')}")
+        return fd
+
+    def has(self, name: str) -> bool:
+        fd = self._open(name)
+        if fd is not None:
+            os.close(fd)
+        return fd is not None
+
+    def size(self, name: str) -> int:
+        fd = self._must_open(name)
+        try:
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    def open(self, name: str) -> IO[bytes]:
+        fd = self._must_open(name)
+        try:
+            # reopened through the O_PATH fd: the same file, never a path looked up again
+            return open(f"/proc/self/fd/{fd}", "rb")
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
-def _open_archive(store: ImageStore, source: str | IO[bytes]) -> Iterator[_Archive]:
-    """A seekable, uncompressed view of the archive: a plain file is read in place, a
-    compressed or piped one is first written (decompressed, size-bounded) under the store's
-    tmp dir, and removed afterwards."""
+def _open_archive(store: ImageStore, source: str | IO[bytes]) -> Iterator[_ImageSource]:
+    """A layout directory as it is, or a seekable, uncompressed view of the archive: a
+    plain file is read in place, a compressed or piped one is first written (decompressed,
+    size-bounded) under the store's tmp dir, and removed afterwards."""
+    if isinstance(source, str) and os.path.isdir(source):
+        layout = _LayoutDir(source)
+        try:
+            yield layout
+        finally:
+            layout.close()
+        return
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(_open_source(source))
         head = src.read(6)
@@ -190,12 +296,7 @@ def _open_archive(store: ImageStore, source: str | IO[bytes]) -> Iterator[_Archi
             plain = stack.enter_context(tempfile.TemporaryFile(dir=store.tmp_dir))
             _spool(head, src, compressed, plain)
             plain.seek(0)
-        try:
-            tar = stack.enter_context(
-                tarfile.open(fileobj=plain, mode="r:", tarinfo=_BoundedTarInfo))
-        except tarfile.TarError as e:
-            raise InvalidImage(f"not an image archive: {e}") from None
-        yield _Archive(tar)
+        yield _Archive(plain)
 
 
 @contextlib.contextmanager
@@ -306,7 +407,7 @@ class _Image:
 
 def load(store: ImageStore, source: str | IO[bytes]) -> list[ImageRecord]:
     """Load every image of a docker-save or OCI layout archive (plain, gzip, xz or bzip2;
-    a path or a file object such as stdin). All or nothing."""
+    a path or a file object such as stdin) or of a layout directory. All or nothing."""
     return [record for record, _ in load_with_names(store, source)]
 
 
@@ -329,7 +430,7 @@ def load_with_names(store: ImageStore,
                 raise InvalidImage("archive holds no image")
             for image in images:
                 _store_blobs(store, archive, image, new_blobs)
-                new_chains += store.unpack_layers(image.config_digest, image.layer_descs)
+                store.unpack_layers(image.config_digest, image.layer_descs, new_chains)
             loaded: dict[str, tuple[ImageRecord, list[str]]] = {}
             for i in images:
                 record = store.add_image(i.manifest_digest, i.config_digest, i.layer_descs,
@@ -524,7 +625,8 @@ def _manifest_image(archive: _Archive, doc: Any, data: bytes, digest: str,
                     names: list[str]) -> _Image:
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
         raise InvalidImage(f"manifest {digest}: not a schema 2 image manifest")
-    config_digest, _, config_size = _descriptor(doc.get("config"), "config")
+    config_digest, config_type, config_size = _descriptor(doc.get("config"), "config")
+    check_config_media_type(config_type, f"manifest {digest}")
     config_member = _blob_member(config_digest)
     if not archive.has(config_member):
         raise InvalidImage(f"config {config_digest} is missing from the archive")
@@ -612,7 +714,7 @@ def import_rootfs(store: ImageStore, tar_path: str | IO[bytes], name: str | None
                             "size": layer_desc["size"]}],
             }, separators=(",", ":")).encode()
             manifest_digest = _put(store, manifest, None, new_blobs)
-            new_chains += store.unpack_layers(config_digest, [layer_desc])
+            store.unpack_layers(config_digest, [layer_desc], new_chains)
             return store.add_image(manifest_digest, config_digest, [layer_desc],
                                    [str(ref)] if ref else [])
     except BaseException:
@@ -622,14 +724,9 @@ def import_rootfs(store: ImageStore, tar_path: str | IO[bytes], name: str | None
 
 def _newest_mtime(tar_file: str) -> str:
     newest = 0
-    try:
-        with tarfile.open(tar_file, "r:", tarinfo=_BoundedTarInfo) as tar:
-            for count, info in enumerate(tar, 1):
-                if count > 10 * MAX_MEMBERS:
-                    raise InvalidImage(f"tarball has more than {10 * MAX_MEMBERS} members")
-                newest = max(newest, int(info.mtime))
-    except (tarfile.TarError, EOFError, ValueError) as e:
-        raise InvalidImage(f"not a tar archive: {e}") from None
+    with open(tar_file, "rb") as f:
+        for info in iter_tar_members(f, Limits(), "tarball"):
+            newest = max(newest, info.mtime_ns // 10**9)
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest))
 
 

@@ -34,6 +34,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 
 from ..errors import InvalidArgument, MiniRunError, NotFound
 from . import InvalidImage
+from .documents import check_config_media_type, parse_json
 
 if TYPE_CHECKING:
     from .reference import Reference
@@ -51,10 +52,6 @@ INDEX_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST)
 MANIFEST_TYPES = (MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST)
 ACCEPT = f"{MEDIA_OCI_INDEX}, {MEDIA_OCI_MANIFEST}, {MEDIA_DOCKER_LIST}, {MEDIA_DOCKER_MANIFEST}"
 
-CONFIG_TYPES = (
-    "application/vnd.oci.image.config.v1+json",
-    "application/vnd.docker.container.image.v1+json",
-)
 LAYER_TYPES = (
     "application/vnd.oci.image.layer.v1.tar",
     "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -455,12 +452,12 @@ class _Response:
     def error_detail(self) -> str:
         """The registry's error messages ('manifest unknown'), if its body has any."""
         try:
-            body = json.loads(self.resp.read(64 << 10) or b"{}")
+            body = parse_json(self.resp.read(64 << 10) or b"{}", "error body")
             errors = body.get("errors") or []
             return "; ".join(
                 str(e.get("message") or e.get("code") or "").lower() for e in errors
             ).strip("; ")
-        except (ValueError, AttributeError, TypeError, OSError, http.client.HTTPException):
+        except (MiniRunError, AttributeError, TypeError, OSError, http.client.HTTPException):
             return ""
 
 
@@ -735,12 +732,9 @@ class RegistryClient:
                 raise AuthenticationError(
                     f"{what}: token server {parts.netloc} answered {resp.status} {resp.resp.reason}"
                 )
-            try:
-                body = json.loads(resp.read_limited(MAX_TOKEN_RESPONSE, "token response"))
-            except ValueError:
-                raise AuthenticationError(
-                    f"{what}: token server {parts.netloc} sent invalid json"
-                ) from None
+            body = parse_json(resp.read_limited(MAX_TOKEN_RESPONSE, "token response"),
+                              f"{what}: token server {parts.netloc}: its answer",
+                              AuthenticationError)
         finally:
             resp.close()
         token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
@@ -934,6 +928,7 @@ class _Puller:
         client: RegistryClient,
         progress: Progress | None,
         stats: PullStats,
+        new_blobs: list[str],
     ) -> None:
         self.store = store
         self.ref = ref
@@ -941,6 +936,7 @@ class _Puller:
         self.progress = progress
         self.stats = stats
         self.display = str(ref)
+        self.new_blobs = new_blobs  # what a failed pull deletes again
 
     def manifest(self, reference: str, expected_digest: str | None) -> tuple[dict, str, str | None]:
         """A manifest by tag or digest: from the store if we have that digest, else from the
@@ -961,11 +957,10 @@ class _Puller:
                         f"got {got}"
                     )
             # The store names everything by sha256, whatever algorithm the registry used.
-            digest = self.store.put_blob(data)
-        try:
-            manifest = json.loads(data)
-        except ValueError:
-            raise InvalidImage(f"pull {self.display}: manifest {digest} is not json") from None
+            digest, created = self.store.put_blob_ex(data)
+            if created:
+                self.new_blobs.append(digest)
+        manifest = parse_json(data, f"pull {self.display}: manifest {digest}")
         if not isinstance(manifest, dict):
             raise InvalidImage(f"pull {self.display}: manifest {digest} is not a json object")
         return manifest, digest, content_type
@@ -993,6 +988,7 @@ class _Puller:
                 self.progress.finish("already present")
             return digest
         self.client.fetch_blob(self.store, digest, size, self.display, self.progress, max_size)
+        self.new_blobs.append(digest)
         self.stats.blobs_fetched.append(digest)
         if self.progress:
             self.progress.finish("done")
@@ -1014,7 +1010,8 @@ def pull(
     stats: PullStats | None = None,
 ) -> ImageRecord:
     """Pull NAME[:TAG|@DIGEST] into the store, unpack its layers and return its record.
-    Mirrors configured for the registry are tried first, in order.
+    Mirrors configured for the registry are tried first, in order. A pull that fails
+    deletes the blobs and layers it wrote (never those the store already had).
 
     The record's manifest digest is the one the reference resolved to (an index's for a
     multi-platform image, as docker's repo digests), so `NAME@<that digest>` finds it."""
@@ -1033,41 +1030,42 @@ def pull(
 
     endpoints = list(config.mirrors.get(registry, ())) + [registry]
     last_error: MiniRunError | None = None
-    for endpoint in endpoints:
-        client = RegistryClient(
-            endpoint,
-            ref.repository,
-            insecure=endpoint in insecure or _host_of(endpoint) in insecure,
-            insecure_hosts=insecure,
-            credentials=load_credentials(endpoint, ref.repository, auth_file),
-            timeout=timeout,
-            retries=retries,
-            backoff=backoff,
-        )
-        try:
-            # The lease keeps a concurrent prune from deleting blobs fetched here before
-            # add_image references them.
-            with store.lease():
-                return _pull_from(store, ref, client, want, progress, stats)
-        except (RegistryError, NotFound) as e:
-            if endpoint == registry:
-                raise
-            # A mirror that lacks the image or is down: fall through to the next, as docker.
-            last_error = e
-        finally:
-            stats.requests += client.requests
-    raise last_error or RegistryError(f"pull {ref}: no endpoint")
+    new_blobs: list[str] = []
+    new_chains: list[str] = []
+    try:
+        for endpoint in endpoints:
+            client = RegistryClient(
+                endpoint,
+                ref.repository,
+                insecure=endpoint in insecure or _host_of(endpoint) in insecure,
+                insecure_hosts=insecure,
+                credentials=load_credentials(endpoint, ref.repository, auth_file),
+                timeout=timeout,
+                retries=retries,
+                backoff=backoff,
+            )
+            puller = _Puller(store, ref, client, progress, stats, new_blobs)
+            try:
+                # The lease keeps a concurrent prune from deleting blobs fetched here before
+                # add_image references them.
+                with store.lease():
+                    return _pull_from(puller, want, new_chains)
+            except (RegistryError, NotFound) as e:
+                if endpoint == registry:
+                    raise
+                # A mirror that lacks the image or is down: fall through to the next, as
+                # docker does.
+                last_error = e
+            finally:
+                stats.requests += client.requests
+        raise last_error or RegistryError(f"pull {ref}: no endpoint")
+    except BaseException:
+        store.discard(new_blobs, new_chains)
+        raise
 
 
-def _pull_from(
-    store: ImageStore,
-    ref: Reference,
-    client: RegistryClient,
-    want: Platform,
-    progress: Progress | None,
-    stats: PullStats,
-) -> ImageRecord:
-    puller = _Puller(store, ref, client, progress, stats)
+def _pull_from(puller: _Puller, want: Platform, new_chains: list[str]) -> ImageRecord:
+    store, ref = puller.store, puller.ref
     manifest, digest, content_type = puller.manifest(ref.digest or ref.tag or "latest", ref.digest)
     top_digest = digest
     media = _media_type(manifest, content_type)
@@ -1088,10 +1086,7 @@ def _pull_from(
     layers = manifest.get("layers")
     if not isinstance(config_desc, dict) or not isinstance(layers, list):
         raise InvalidImage(f"pull {ref}: manifest {digest} lacks config or layers")
-    if config_desc.get("mediaType") not in CONFIG_TYPES:
-        raise InvalidImage(
-            f"pull {ref}: unsupported config media type {config_desc.get('mediaType')!r}"
-        )
+    check_config_media_type(config_desc.get("mediaType"), f"pull {ref}: manifest {digest}")
     records = []
     for layer in layers:
         if not isinstance(layer, dict) or layer.get("mediaType") not in LAYER_TYPES:
@@ -1107,4 +1102,4 @@ def _pull_from(
             }
         )
     # add_image unpacks the layers, each checked against the config's diff_ids.
-    return store.add_image(top_digest, config_digest, records, [str(ref)])
+    return store.add_image(top_digest, config_digest, records, [str(ref)], new_chains)

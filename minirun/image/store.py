@@ -48,6 +48,7 @@ from ..errors import (
     NotFound,
 )
 from . import InvalidImage
+from .documents import parse_json
 from .reference import Reference, parse_reference
 
 DEFAULT_ROOT = "/var/lib/minirun"
@@ -343,10 +344,7 @@ class ImageStore:
             data = f.read(max_size + 1)
         if len(data) > max_size:
             raise InvalidImage(f"{what} {digest} is larger than {max_size} bytes")
-        try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidImage(f"{what} {digest} is not valid JSON: {e}") from None
+        return parse_json(data, f"{what} {digest}")
 
     def _config(self, digest: str) -> dict:
         config = self._configs.get(digest)
@@ -359,11 +357,12 @@ class ImageStore:
     # --- images ----------------------------------------------------------------------------
 
     def add_image(self, manifest_digest: str | None, config_digest: str, layers: list[dict],
-                  names: list[str]) -> ImageRecord:
+                  names: list[str], unpacked: list[str] | None = None) -> ImageRecord:
         """Record an image whose blobs are in the store, unpacking any layer not unpacked
-        yet (each checked against the config's diff_id). A name that belonged to another
-        image moves to this one. Adding an image that is already there adds the names; with
-        a manifest digest it also replaces the manifest and layer descriptors."""
+        yet (each checked against the config's diff_id; the chain ids of those it unpacks
+        are appended to `unpacked`). A name that belonged to another image moves to this
+        one. Adding an image that is already there adds the names; with a manifest digest
+        it also replaces the manifest and layer descriptors."""
         refs = [normalize_name(n) for n in names]
         check_digest(config_digest, "config digest")
         if manifest_digest is not None:
@@ -386,7 +385,7 @@ class ImageStore:
                                f"{len(descs)} layers")
         created = config.get("created") if isinstance(config.get("created"), str) else None
         with self.lease():
-            sizes = self._ensure_layers(descs, diff_ids)
+            sizes = self._ensure_layers(descs, diff_ids, unpacked)
             with self._write() as db:
                 for digest in blobs:
                     if not self.has_blob(digest):
@@ -631,10 +630,13 @@ class ImageStore:
     def _layer_dir(self, chain_id: str) -> str:
         return os.path.join(self.layers_dir, check_digest(chain_id, "chain id"), "diff")
 
-    def unpack_layers(self, config_digest: str, layers: list[dict]) -> list[str]:
+    def unpack_layers(self, config_digest: str, layers: list[dict],
+                      unpacked: list[str]) -> None:
         """Check an image's config against its layers and unpack those not unpacked yet,
         before any record exists (a load validates every image of an archive first).
-        Returns the chain ids this call unpacked. Hold `lease()` until the image is added."""
+        Appends to `unpacked` each chain id it unpacks as it goes, so that when layer 2 is
+        refused the caller still knows layer 1 is its own to discard. Hold `lease()`
+        until the image is added."""
         descs = [check_layer_descriptor(d) for d in layers]
         if len(descs) > MAX_LAYERS:
             raise InvalidImage(f"image has {len(descs)} layers, more than {MAX_LAYERS}")
@@ -642,9 +644,7 @@ class ImageStore:
         if len(diff_ids) != len(descs):
             raise InvalidImage(f"config {config_digest} lists {len(diff_ids)} diff_ids for "
                                f"{len(descs)} layers")
-        created: list[str] = []
-        self._ensure_layers(descs, diff_ids, created)
-        return created
+        self._ensure_layers(descs, diff_ids, unpacked)
 
     def discard(self, blobs: list[str], chains: list[str]) -> bool:
         """Delete these blobs and unpacked layers unless an image references them: what a
