@@ -20,7 +20,8 @@ import time
 from . import OCI_VERSION
 from . import jsonfast as json
 from .cgroups import open_cgroup
-from .errors import ContainerStateError, HookError, InvalidArgument, MiniRunError, NotFound
+from .errors import (ContainerStateError, ExecutableNotFound, HookError, InvalidArgument,
+                     MiniRunError, NotExecutable, NotFound)
 from .runlog import warn
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
@@ -358,6 +359,8 @@ def start(root: str, container_id: str) -> Container:
 # Whatever the init leaves in the fifo tells why it did not get there.
 _FIFO_GO = b"0"
 FIFO_ERROR = b"E"
+_START_ERRORS = {cls.__name__: cls for cls in (MiniRunError, HookError, ExecutableNotFound,
+                                               NotExecutable)}
 
 
 def _release_init(c: Container) -> int:
@@ -403,8 +406,9 @@ def _wait_for_execve(watch: int) -> None:
             break
         left += chunk
     if left.startswith(FIFO_ERROR):
-        raise MiniRunError(left[1:].decode(errors="replace").strip() or
-                           "the container's process failed to start")
+        kind, _, msg = left[1:].decode(errors="replace").partition("\n")
+        raise _START_ERRORS.get(kind, MiniRunError)(
+            msg.strip() or "the container's process failed to start")
     if left:
         raise ContainerStateError("the container's init died before it could start")
 

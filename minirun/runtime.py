@@ -410,11 +410,17 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
             os.close(fd)
 
 
-def _report_error(sock: socket.socket, e: BaseException) -> None:
+def _describe(e: BaseException) -> tuple[str, str]:
+    """(kind, message) of an error raised in a child, for the parent to raise again."""
     kind = type(e).__name__ if isinstance(e, MiniRunError) else "MiniRunError"
     msg = str(e) if isinstance(e, MiniRunError) else f"{type(e).__name__}: {e}"
     if isinstance(e, OSError) and not isinstance(e, MiniRunError):
         msg = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    return kind, msg
+
+
+def _report_error(sock: socket.socket, e: BaseException) -> None:
+    kind, msg = _describe(e)
     try:
         _send(sock, {"error": msg, "kind": kind})
     except OSError:
@@ -585,14 +591,18 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
             run_hooks(hooks, ("startContainer",), c.hook_state("running"))
         exec_user_program(exe, process["args"], env, user, opts.preserve_fds, seccomp_filter,
                           error_fd=fifo_fd)
-    except BaseException as e:
-        _report_start_error(fifo_fd, str(seccomp_filter.blame(e) if seccomp_filter else e))
-        raise
+    except BaseException as e:  # noqa: BLE001 - the init's last word, whatever it is
+        _report_start_error(fifo_fd, seccomp_filter.blame(e) if seccomp_filter else e)
+        os._exit(1)
 
 
-def _report_start_error(fifo_fd: int, msg: str) -> None:
+def _report_start_error(fifo_fd: int, e: BaseException) -> None:
+    """Tell `start` why the user's program did not start: the error's kind, a newline,
+    its message. `start` raises the same kind (126/127 stay 126/127 for the engine) and
+    is the one to say it."""
+    kind, msg = _describe(e)
     try:
-        os.write(fifo_fd, FIFO_ERROR + msg.encode())
+        os.write(fifo_fd, FIFO_ERROR + f"{kind}\n{msg}".encode())
     except OSError:
         pass
 
@@ -688,12 +698,14 @@ def exec_user_program(exe: str, args: list[str], env: dict, user: dict,
         os.execve(exe, args, env)
     except OSError as e:
         why = seccomp_filter.blame(e) if seccomp_filter else e
+        cannot = e.errno in (errno.EACCES, errno.ENOEXEC)
         if why is e:
-            why = f"exec {exe}: {e.strerror}"
-        os.write(2, f"minirun: {why}\n".encode())
+            why = (NotExecutable if cannot else ExecutableNotFound)(f"exec {exe}: {e.strerror}")
         if error_fd >= 0:
-            _report_start_error(error_fd, str(why))
-        os._exit(126 if e.errno in (errno.EACCES, errno.ENOEXEC) else 127)
+            _report_start_error(error_fd, why)  # `start` says it, once
+        else:
+            os.write(2, f"minirun: {why}\n".encode())
+        os._exit(126 if cannot else 127)
 
 
 def _process_env(process: dict, user: dict) -> dict:
