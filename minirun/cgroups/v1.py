@@ -193,7 +193,15 @@ class CgroupV1(Cgroup):
         # every container start). cgroup2 (a hybrid host's unified mount) has no `tasks`.
         for h in self.hierarchies:
             use_tasks = pid == 0 and h.name != UNIFIED
+            if pid == 0 and h.name == UNIFIED and self.born_in_cgroup2:
+                continue
             self._add_pid_to(self._dir_of(h), pid, "tasks" if use_tasks else "cgroup.procs")
+
+    def cgroup2_dir(self) -> str | None:
+        for h in self.hierarchies:
+            if h.name == UNIFIED:
+                return self._dir_of(h)
+        return None
 
     def pids(self) -> list[int]:
         return self._pids_below(self._primary_dir())

@@ -1,0 +1,186 @@
+"""Cgroup.fork(): the runtime's first child starts in the container's cgroup2 directory
+(clone3 with CLONE_INTO_CGROUP) instead of being moved there through cgroup.procs, which
+waits out an RCU grace period. Checked on this host's cgroup2 mount (/sys/fs/cgroup/unified
+of a hybrid host) with both drivers, from inside the child, and through minirun-oci; and
+each way it falls back to os.fork() still ends with the child placed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+
+import pytest
+from cgrouptest import read, wipe
+from ocitest import OCI_CMD, base_config, needs_root, oci, rootfs  # noqa: F401 - fixtures
+
+from minirun import sys as _sys
+from minirun.cgroups import detect_mode
+from minirun.cgroups.v1 import CgroupV1
+from minirun.cgroups.v2 import CgroupV2
+from minirun.errors import KernelFeatureMissing
+
+UNIFIED = "/sys/fs/cgroup/unified"
+
+
+def _is_hybrid() -> bool:
+    try:
+        return detect_mode() == "hybrid"
+    except KernelFeatureMissing:
+        return False
+
+
+def _clone_into_cgroup_works() -> bool:
+    """Probe the kernel (clone3 is linux 5.3, CLONE_INTO_CGROUP 5.7) with a child born
+    into the cgroup2 root, where the caller may always go."""
+    if not _is_hybrid() or os.geteuid() != 0:
+        return False
+    fd = os.open(UNIFIED, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        pid = _sys.fork_into_cgroup(fd)
+    except _sys.SysError as e:
+        assert e.errno in (errno.ENOSYS, errno.E2BIG, errno.EINVAL), e
+        return False
+    finally:
+        os.close(fd)
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return True
+
+
+pytestmark = [
+    needs_root,
+    pytest.mark.skipif(not _is_hybrid(), reason=f"needs a cgroup2 mount at {UNIFIED}"),
+    pytest.mark.skipif(not _clone_into_cgroup_works(),
+                       reason="the kernel has no clone3 CLONE_INTO_CGROUP (linux 5.7)"),
+]
+
+
+def _cgroup_lines() -> dict[str, str]:
+    """/proc/self/cgroup as {controllers: path}; "" is the cgroup2 line."""
+    out = {}
+    for line in read("/proc/self/cgroup").splitlines():
+        _, controllers, path = line.split(":", 2)
+        out[controllers] = path
+    return out
+
+
+@pytest.fixture
+def top():
+    return f"/minirun-test-{secrets.token_hex(4)}"
+
+
+@pytest.fixture(params=["v1", "v2"])
+def cg(request, top):
+    """The v1 driver (every hierarchy, the unified mount last) or the v2 driver on the
+    unified mount, bound to <top>/ctr and created."""
+    if request.param == "v1":
+        cgroup = CgroupV1(top + "/ctr")
+        tops = [h.mountpoint + top for h in cgroup.hierarchies]
+    else:
+        cgroup = CgroupV2(top + "/ctr", root=UNIFIED)
+        tops = [UNIFIED + top]
+    try:
+        cgroup.create()
+        yield cgroup
+    finally:
+        wipe(tops)
+        leftovers = [d for d in tops if os.path.exists(d)]
+        assert not leftovers, f"test cgroups left behind: {leftovers}"
+
+
+def _fork_and_report(cg) -> dict:
+    """cg.fork(); the child reports where it started, then where add_pid(0) took it or
+    why it failed."""
+    r, w = os.pipe()
+    pid = cg.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            report = {"born": cg.born_in_cgroup2, "before": _cgroup_lines(), "error": ""}
+            try:
+                cg.add_pid(0)
+            except Exception as e:  # noqa: BLE001 - reported to the parent
+                report["error"] = str(e)
+            report["after"] = _cgroup_lines()
+            os.write(w, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    assert data, "the child died before reporting"
+    return json.loads(data)
+
+
+def _assert_placed(cg, lines: dict[str, str], path: str) -> None:
+    if cg.version == 1:  # every v1 hierarchy and the cgroup2 mount
+        assert set(lines.values()) == {path}, lines
+    else:
+        assert lines[""] == path, lines
+
+
+def test_child_starts_in_the_cgroup2_directory(cg, top):
+    mine = _cgroup_lines()
+    report = _fork_and_report(cg)
+    assert report["born"] is True
+    assert report["error"] == ""
+    # in the container's cgroup before anything was written to cgroup.procs...
+    assert report["before"][""] == top + "/ctr"
+    # ...and in every hierarchy of the driver once add_pid(0) has run (which skipped
+    # cgroup2)
+    _assert_placed(cg, report["after"], top + "/ctr")
+    if cg.version == 1:
+        assert report["before"]["pids"] == mine["pids"]  # v1: only the cgroup2 line moved
+    assert _cgroup_lines() == mine, "the parent must stay where it was"
+    assert cg.pids() == []  # the child has exited
+
+
+def test_a_threaded_caller_gets_os_fork(cg, top):
+    # with another thread alive, bypassing glibc's fork could copy a lock it holds
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        report = _fork_and_report(cg)
+    finally:
+        stop.set()
+        thread.join()
+    assert report["born"] is False
+    assert report["before"][""] == _cgroup_lines()[""]
+    assert report["error"] == ""
+    _assert_placed(cg, report["after"], top + "/ctr")
+
+
+def test_a_missing_cgroup2_directory_gets_os_fork(cg, top):
+    os.rmdir(cg.cgroup2_dir())
+    report = _fork_and_report(cg)
+    assert report["born"] is False
+    assert report["before"][""] == _cgroup_lines()[""]
+    assert "cannot move pid 0 into cgroup" in report["error"]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+@pytest.mark.parametrize("driver", ["v1", "v2"])
+def test_minirun_oci_run_clones_into_the_cgroup(oci, rootfs, tmp_path, driver):
+    env = dict(os.environ)
+    if driver == "v2":
+        env.update(MINIRUN_CGROUP_DRIVER="v2", MINIRUN_CGROUP_ROOT=UNIFIED)
+    cid = oci.new_id()
+    bundle = oci.bundle(base_config(["cat", "/proc/self/cgroup"]), rootfs)
+    log = tmp_path / "strace.log"
+    cmd = ["strace", "-f", "-qq", "-e", "trace=clone3", "-o", str(log)] + OCI_CMD + [
+        "--root", oci.root, "run", "--bundle", bundle, cid]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"0::/minirun/{cid}" in proc.stdout.splitlines()
+    clones = [line for line in log.read_text().splitlines() if "clone3(" in line]
+    assert any("CLONE_INTO_CGROUP" in line for line in clones), clones
