@@ -167,7 +167,24 @@ def test_a_missing_cgroup2_directory_gets_os_fork(cg, top):
     assert "cannot move pid 0 into cgroup" in report["error"]
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def _minirun_oci_under_strace(runner, tmp_path, args: list[str], env=None) -> list[str]:
+    """Run minirun-oci ARGS under strace; check it succeeded and that the process it
+    started reports the container's cgroup2 line. Returns the clone3 calls."""
+    log = tmp_path / "strace.log"
+    cmd = ["strace", "-f", "-qq", "-e", "trace=clone3", "-o", str(log)] + OCI_CMD + [
+        "--root", runner.root, *args]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    cid = args[-1] if args[0] == "run" else args[1]
+    assert f"0::/minirun/{cid}" in proc.stdout.splitlines()
+    return [line for line in log.read_text().splitlines() if "clone3(" in line]
+
+
+needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+
+
+@needs_strace
 @pytest.mark.parametrize("driver", ["v1", "v2"])
 def test_minirun_oci_run_clones_into_the_cgroup(oci, rootfs, tmp_path, driver):
     env = dict(os.environ)
@@ -175,12 +192,14 @@ def test_minirun_oci_run_clones_into_the_cgroup(oci, rootfs, tmp_path, driver):
         env.update(MINIRUN_CGROUP_DRIVER="v2", MINIRUN_CGROUP_ROOT=UNIFIED)
     cid = oci.new_id()
     bundle = oci.bundle(base_config(["cat", "/proc/self/cgroup"]), rootfs)
-    log = tmp_path / "strace.log"
-    cmd = ["strace", "-f", "-qq", "-e", "trace=clone3", "-o", str(log)] + OCI_CMD + [
-        "--root", oci.root, "run", "--bundle", bundle, cid]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert f"0::/minirun/{cid}" in proc.stdout.splitlines()
-    clones = [line for line in log.read_text().splitlines() if "clone3(" in line]
+    clones = _minirun_oci_under_strace(oci, tmp_path, ["run", "--bundle", bundle, cid], env)
+    assert any("CLONE_INTO_CGROUP" in line for line in clones), clones
+
+
+@needs_strace
+def test_minirun_oci_exec_clones_into_the_cgroup(oci, rootfs, tmp_path):
+    cid = oci.new_id()
+    bundle = oci.bundle(base_config(["sleep", "600"]), rootfs)
+    oci("run", "--detach", "--bundle", bundle, cid, check=True)
+    clones = _minirun_oci_under_strace(oci, tmp_path, ["exec", cid, "cat", "/proc/self/cgroup"])
     assert any("CLONE_INTO_CGROUP" in line for line in clones), clones
