@@ -115,12 +115,14 @@ def parse_mountinfo(text: str, root: str | None = None) -> list[Hierarchy]:
     return found
 
 
-def find_hierarchies(root: str = DEFAULT_ROOT) -> list[Hierarchy]:
-    try:
-        with open("/proc/self/mountinfo") as f:
-            text = f.read()
-    except OSError as e:
-        raise KernelFeatureMissing(f"cannot read /proc/self/mountinfo: {e.strerror}") from None
+def find_hierarchies(root: str = DEFAULT_ROOT, text: str | None = None) -> list[Hierarchy]:
+    """The v1 hierarchies mounted here; `text`: /proc/self/mountinfo already read."""
+    if text is None:
+        try:
+            text = mountinfo.read_text()
+        except OSError as e:
+            raise KernelFeatureMissing(
+                f"cannot read /proc/self/mountinfo: {e.strerror}") from None
     hierarchies = parse_mountinfo(text, os.path.realpath(root))
     if not hierarchies:
         raise KernelFeatureMissing("no cgroup v1 hierarchy is mounted")
