@@ -26,21 +26,26 @@ from minirun.cgroups.v2 import CgroupV2
 from minirun.errors import KernelFeatureMissing
 
 UNIFIED = "/sys/fs/cgroup/unified"
+MiB = 1024 * 1024
 
 
-def _is_hybrid() -> bool:
+def _cgroup2_root() -> str | None:
+    """The cgroup2 mount: the whole of /sys/fs/cgroup (pure v2, as in the QEMU guest) or
+    a hybrid host's unified mount."""
     try:
-        return detect_mode() == "hybrid"
+        mode = detect_mode()
     except KernelFeatureMissing:
-        return False
+        return None
+    return {"v2": "/sys/fs/cgroup", "hybrid": UNIFIED}.get(mode)
 
 
 def _clone_into_cgroup_works() -> bool:
     """Probe the kernel (clone3 is linux 5.3, CLONE_INTO_CGROUP 5.7) with a child born
     into the cgroup2 root, where the caller may always go."""
-    if not _is_hybrid() or os.geteuid() != 0:
+    root = _cgroup2_root()
+    if root is None or os.geteuid() != 0:
         return False
-    fd = os.open(UNIFIED, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         pid = _sys.fork_into_cgroup(fd)
     except _sys.SysError as e:
@@ -56,10 +61,14 @@ def _clone_into_cgroup_works() -> bool:
 
 pytestmark = [
     needs_root,
-    pytest.mark.skipif(not _is_hybrid(), reason=f"needs a cgroup2 mount at {UNIFIED}"),
+    pytest.mark.skipif(_cgroup2_root() is None, reason="needs a cgroup2 mount"),
     pytest.mark.skipif(not _clone_into_cgroup_works(),
                        reason="the kernel has no clone3 CLONE_INTO_CGROUP (linux 5.7)"),
 ]
+# This host's tests use the unified mount of a hybrid host; the QEMU guest's (cgroup_v2)
+# the pure v2 hierarchy with its controllers enabled.
+hybrid = pytest.mark.skipif(_cgroup2_root() != UNIFIED, reason=f"needs a cgroup2 mount at {UNIFIED}")
+needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 
 
 def _cgroup_lines() -> dict[str, str]:
@@ -127,6 +136,7 @@ def _assert_placed(cg, lines: dict[str, str], path: str) -> None:
         assert lines[""] == path, lines
 
 
+@hybrid
 def test_child_starts_in_the_cgroup2_directory(cg, top):
     mine = _cgroup_lines()
     report = _fork_and_report(cg)
@@ -143,6 +153,7 @@ def test_child_starts_in_the_cgroup2_directory(cg, top):
     assert cg.pids() == []  # the child has exited
 
 
+@hybrid
 def test_a_threaded_caller_gets_os_fork(cg, top):
     # with another thread alive, bypassing glibc's fork could copy a lock it holds
     stop = threading.Event()
@@ -159,6 +170,7 @@ def test_a_threaded_caller_gets_os_fork(cg, top):
     _assert_placed(cg, report["after"], top + "/ctr")
 
 
+@hybrid
 def test_a_missing_cgroup2_directory_gets_os_fork(cg, top):
     os.rmdir(cg.cgroup2_dir())
     report = _fork_and_report(cg)
@@ -181,9 +193,7 @@ def _minirun_oci_under_strace(runner, tmp_path, args: list[str], env=None) -> li
     return [line for line in log.read_text().splitlines() if "clone3(" in line]
 
 
-needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
-
-
+@hybrid
 @needs_strace
 @pytest.mark.parametrize("driver", ["v1", "v2"])
 def test_minirun_oci_run_clones_into_the_cgroup(oci, rootfs, tmp_path, driver):
@@ -196,10 +206,40 @@ def test_minirun_oci_run_clones_into_the_cgroup(oci, rootfs, tmp_path, driver):
     assert any("CLONE_INTO_CGROUP" in line for line in clones), clones
 
 
+@hybrid
 @needs_strace
 def test_minirun_oci_exec_clones_into_the_cgroup(oci, rootfs, tmp_path):
     cid = oci.new_id()
     bundle = oci.bundle(base_config(["sleep", "600"]), rootfs)
     oci("run", "--detach", "--bundle", bundle, cid, check=True)
     clones = _minirun_oci_under_strace(oci, tmp_path, ["exec", cid, "cat", "/proc/self/cgroup"])
+    assert any("CLONE_INTO_CGROUP" in line for line in clones), clones
+
+
+@pytest.mark.cgroup_v2
+def test_pure_v2_child_starts_in_a_cgroup_with_limits(top):
+    # controllers enabled down to the parent (apply does that): the cgroup takes the
+    # clone as it takes a move through cgroup.procs
+    cgroup = CgroupV2(top + "/ctr", root="/sys/fs/cgroup")
+    try:
+        cgroup.create()
+        cgroup.apply({"memory": {"limit": 64 * MiB}, "pids": {"limit": 64}})
+        report = _fork_and_report(cgroup)
+        assert report["born"] is True
+        assert report["error"] == ""
+        assert report["before"][""] == top + "/ctr"
+        assert read(os.path.join(cgroup.dir, "memory.max")).strip() == str(64 * MiB)
+    finally:
+        wipe(["/sys/fs/cgroup" + top])
+    assert not os.path.exists("/sys/fs/cgroup" + top), "test cgroup left behind"
+
+
+@pytest.mark.cgroup_v2
+@needs_strace
+def test_pure_v2_minirun_oci_run_clones_into_the_cgroup(oci, rootfs, tmp_path):
+    cid = oci.new_id()
+    cfg = base_config(["cat", "/proc/self/cgroup"])
+    cfg["linux"]["resources"] = {"pids": {"limit": 64}}
+    bundle = oci.bundle(cfg, rootfs)
+    clones = _minirun_oci_under_strace(oci, tmp_path, ["run", "--bundle", bundle, cid])
     assert any("CLONE_INTO_CGROUP" in line for line in clones), clones
