@@ -101,6 +101,15 @@ def retry_create(create):
     return wrapper
 
 
+def _single_threaded() -> bool:
+    """Bypassing glibc's fork is only safe single-threaded (minirun.sys.fork_into_cgroup);
+    without /proc, assume not."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
 class Cgroup(ABC):
     version: int  # 1 or 2
 
@@ -145,8 +154,7 @@ class Cgroup(ABC):
         0.5 ms for the fork here. Anything else (no cgroup2, an old kernel, no
         delegation, a threaded caller) falls back to os.fork() and add_pid's write."""
         directory = self.cgroup2_dir()
-        # bypassing glibc's fork is only safe single-threaded (minirun.sys)
-        if directory is None or len(os.listdir("/proc/self/task")) != 1:
+        if directory is None or not _single_threaded():
             return os.fork()
         try:
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
