@@ -171,6 +171,22 @@ def test_a_threaded_caller_gets_os_fork(cg, top):
 
 
 @hybrid
+def test_no_proc_to_count_threads_gets_os_fork(cg, top, monkeypatch):
+    real_listdir = os.listdir
+
+    def listdir(path="."):
+        if path == "/proc/self/task":
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    report = _fork_and_report(cg)
+    assert report["born"] is False
+    assert report["error"] == ""
+    _assert_placed(cg, report["after"], top + "/ctr")
+
+
+@hybrid
 def test_a_missing_cgroup2_directory_gets_os_fork(cg, top):
     os.rmdir(cg.cgroup2_dir())
     report = _fork_and_report(cg)
