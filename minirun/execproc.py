@@ -190,7 +190,7 @@ def _spawn(c: Container, process: dict, caps, rlimits, ns_fds, console,
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1, name="prctl(PR_SET_CHILD_SUBREAPER)")
     cg = c.cgroup()
-    first = os.fork()
+    first = cg.fork()  # starts in the cgroup2 hierarchy, if any, without a move
     if first == 0:
         parent_sock.close()
         code = 1
