@@ -18,6 +18,7 @@ Run as root. Measures, each as a median over the iterations:
      are). Children report over a pipe, with time.perf_counter, which is CLOCK_MONOTONIC
      and so comparable across processes.
   5. fork: os.fork + _exit + waitpid in a process that has imported minirun.runtime.
+  6. moving a fresh process into a cgroup in every hierarchy, four ways (measure_attach).
 
 The containers use the same bundle as oci_bench.py (busybox, /bin/true) and cgroups under
 /minirun-bench/profile-<n>; everything is removed at the end and on Ctrl-C.
@@ -437,8 +438,10 @@ def measure_cli_verbs(n: int, runner: oci_bench.Runner, bundle: str, cfg: dict) 
 
 def measure_attach(n: int) -> dict:
     """A fresh fork moving itself into /minirun-bench/attach-probe in every hierarchy:
-    through cgroup.procs everywhere (what minirun does), through v1's `tasks` (one thread,
-    itself), and `tasks` in v1 plus cgroup.procs in the cgroup2 mount."""
+    through cgroup.procs everywhere, through v1's `tasks` (one thread, itself), `tasks` in
+    v1 plus cgroup.procs in the cgroup2 mount, and (what minirun does where the kernel
+    has it) a child that clone3 starts in the cgroup2 directory (CLONE_INTO_CGROUP),
+    which then writes v1's `tasks`. The parent's side of the fork is timed too."""
     mounts = benchlib.cgroup_mounts()
     rel = f"{oci_bench.CGROUP_PARENT}/attach-probe"
     for mp, _ in mounts:
@@ -460,27 +463,34 @@ def measure_attach(n: int) -> dict:
     def attach(mode: str) -> float:
         t0 = time.perf_counter()
         for mp, fstype in mounts:
-            if fstype == "cgroup2" and mode == "v1 tasks only":
-                continue
+            if fstype == "cgroup2" and mode in ("v1 tasks only", CLONE_MODE):
+                continue  # not at all, or already there since the clone
             name = "tasks" if fstype == "cgroup" and mode != "cgroup.procs" else "cgroup.procs"
             with open(os.path.join(mp, rel, name), "w") as f:
                 f.write("0")
         return time.perf_counter() - t0
 
-    modes = ("cgroup.procs", "v1 tasks only", "v1 tasks + cgroup2 cgroup.procs")
+    modes = ["cgroup.procs", "v1 tasks only", "v1 tasks + cgroup2 cgroup.procs"]
+    cgroup2 = [mp for mp, fstype in mounts if fstype == "cgroup2"]
+    fork_into = _fork_into_cgroup_probe(os.path.join(cgroup2[0], rel)) if cgroup2 else None
+    if fork_into:
+        modes.append(CLONE_MODE)
     samples: dict[str, list[float]] = {m: [] for m in modes}
+    forks: dict[str, list[float]] = {m: [] for m in modes}
     for i in range(n):
         for mode in modes:
             # Let the kernel's rcu_sync for cgroup_threadgroup_rwsem go idle, as it is
             # when containers do not start back to back.
             time.sleep(0.25)
             r, w = os.pipe()
-            pid = os.fork()
+            t0 = time.perf_counter()
+            pid = fork_into() if mode == CLONE_MODE else os.fork()
             if pid == 0:
                 try:
                     os.write(w, repr(attach(mode)).encode())
                 finally:
                     os._exit(0)
+            forks[mode].append(time.perf_counter() - t0)
             os.close(w)
             data = os.read(r, 100)
             os.close(r)
@@ -488,7 +498,39 @@ def measure_attach(n: int) -> dict:
             if data:
                 samples[mode].append(float(data))
     return {"hierarchies": len(mounts),
-            "ms": {m: median(v) * 1e3 for m, v in samples.items()}}
+            "ms": {m: median(v) * 1e3 for m, v in samples.items()},
+            "fork_ms": {m: median(v) * 1e3 for m, v in forks.items()}}
+
+
+CLONE_MODE = "clone3 into cgroup2, v1 tasks"
+
+
+def _fork_into_cgroup_probe(directory: str):
+    """minirun's own clone3 wrapper bound to `directory`, or None where the kernel lacks
+    CLONE_INTO_CGROUP (or the checkout lacks the wrapper)."""
+    sys.path.insert(0, CHECKOUT)
+    try:
+        from minirun import sys as minirun_sys
+    except ImportError:
+        return None
+    finally:
+        sys.path.remove(CHECKOUT)
+    if not hasattr(minirun_sys, "fork_into_cgroup"):
+        return None
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def fork_into() -> int:
+        return minirun_sys.fork_into_cgroup(fd)
+
+    try:
+        pid = fork_into()
+    except OSError:
+        os.close(fd)
+        return None
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return fork_into
 
 
 # --- report -----------------------------------------------------------------------------
@@ -545,9 +587,9 @@ def print_report(res: dict) -> None:
           f"(RSS {tr['worker_rss_mib']:.1f} MiB): {tr['fork_ms']:.2f} ms")
     att = res["attach"]
     print(f"\n6. a fresh process moving itself into a cgroup in all {att['hierarchies']} "
-          "hierarchies (median ms):")
+          "hierarchies (median ms; the parent's side of its fork apart):")
     for mode, t in att["ms"].items():
-        print(f"  {mode:<40}{t:8.2f}")
+        print(f"  {mode:<40}{t:8.2f}   fork {att.get('fork_ms', {}).get(mode, 0):6.2f}")
     if tr["missing_hooks"]:
         print(f"  (not traced, not found in this minirun: {', '.join(tr['missing_hooks'])})")
 

@@ -226,7 +226,9 @@ def _spawn(c: Container, cg, cg_dirs, process: dict, caps, rlimits, ns_fds, cons
            opts: ExecOptions, seccomp_filter=None) -> int:
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1, name="prctl(PR_SET_CHILD_SUBREAPER)")
-    first = os.fork()
+    # starts in the cgroup2 hierarchy, if any, without a move; with --cgroup the child
+    # joins the sub-cgroups itself
+    first = os.fork() if cg_dirs is not None else cg.fork()
     if first == 0:
         parent_sock.close()
         code = 1

@@ -49,9 +49,13 @@ def parse(text: str) -> list[Mount]:
     return mounts
 
 
-def read(path: str = "/proc/self/mountinfo") -> list[Mount]:
+def read_text(path: str = "/proc/self/mountinfo") -> str:
     with open(path) as f:
-        return parse(f.read())
+        return f.read()
+
+
+def read(path: str = "/proc/self/mountinfo") -> list[Mount]:
+    return parse(read_text(path))
 
 
 def fstype_at(path: str, mounts: list[Mount] | None = None) -> str | None:

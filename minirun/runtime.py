@@ -338,7 +338,7 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1, name="prctl(PR_SET_CHILD_SUBREAPER)")
     linux = cfg.get("linux") or {}
-    pid = os.fork()
+    pid = cg.fork()  # C starts in the cgroup2 hierarchy, if any, without a move
     if pid == 0:
         parent_sock.close()
         code = 1

@@ -323,3 +323,40 @@ def ioctl_tty(fd: int, request: int, arg: int, name: str) -> None:
 
 def errno_name(err: int) -> str:
     return _errno.errorcode.get(err, str(err))
+
+
+NR_CLONE3 = 435  # one number on every architecture
+CLONE_INTO_CGROUP = 0x200000000
+_CLONE_ARGS_WORDS = 11  # struct clone_args up to .cgroup (CLONE_ARGS_SIZE_VER2)
+
+
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """os.fork(), except that the child starts in the cgroup2 directory open at
+    `cgroup_fd`: clone3 with CLONE_INTO_CGROUP (linux 5.7). Returns 0 in the child and
+    the child's pid in the parent, as os.fork does.
+
+    The caller must be single-threaded: this bypasses glibc's fork(), which takes its
+    own locks (malloc, stdio) around the clone for the sake of other threads. Around
+    the syscall it does what os.fork does for the interpreter (PyOS_BeforeFork and
+    PyOS_AfterFork_*), holding the GIL throughout (a PyDLL call). glibc's cached thread
+    id stays the parent's in the child: harmless for a child that forks, execs or exits
+    but never signals its own threads (pthread_kill, raise)."""
+    import _signal
+
+    api = ctypes.PyDLL(None, use_errno=True)
+    api.syscall.restype = ctypes.c_long
+    args = (ctypes.c_uint64 * _CLONE_ARGS_WORDS)()
+    args[0] = CLONE_INTO_CGROUP  # .flags
+    args[4] = _signal.SIGCHLD  # .exit_signal, as fork's
+    args[10] = cgroup_fd  # .cgroup
+    api.PyOS_BeforeFork()
+    pid = api.syscall(ctypes.c_long(NR_CLONE3), ctypes.byref(args),
+                      ctypes.c_size_t(ctypes.sizeof(args)))
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise SysError("clone3", "CLONE_INTO_CGROUP", err)
+    return pid

@@ -115,12 +115,14 @@ def parse_mountinfo(text: str, root: str | None = None) -> list[Hierarchy]:
     return found
 
 
-def find_hierarchies(root: str = DEFAULT_ROOT) -> list[Hierarchy]:
-    try:
-        with open("/proc/self/mountinfo") as f:
-            text = f.read()
-    except OSError as e:
-        raise KernelFeatureMissing(f"cannot read /proc/self/mountinfo: {e.strerror}") from None
+def find_hierarchies(root: str = DEFAULT_ROOT, text: str | None = None) -> list[Hierarchy]:
+    """The v1 hierarchies mounted here; `text`: /proc/self/mountinfo already read."""
+    if text is None:
+        try:
+            text = mountinfo.read_text()
+        except OSError as e:
+            raise KernelFeatureMissing(
+                f"cannot read /proc/self/mountinfo: {e.strerror}") from None
     hierarchies = parse_mountinfo(text, os.path.realpath(root))
     if not hierarchies:
         raise KernelFeatureMissing("no cgroup v1 hierarchy is mounted")
@@ -193,7 +195,15 @@ class CgroupV1(Cgroup):
         # every container start). cgroup2 (a hybrid host's unified mount) has no `tasks`.
         for h in self.hierarchies:
             use_tasks = pid == 0 and h.name != UNIFIED
+            if pid == 0 and h.name == UNIFIED and self.born_in_cgroup2:
+                continue
             self._add_pid_to(self._dir_of(h), pid, "tasks" if use_tasks else "cgroup.procs")
+
+    def cgroup2_dir(self) -> str | None:
+        for h in self.hierarchies:
+            if h.name == UNIFIED:
+                return self._dir_of(h)
+        return None
 
     def pids(self) -> list[int]:
         return self._pids_below(self._primary_dir())
@@ -286,6 +296,10 @@ class CgroupV1(Cgroup):
     def kill_all(self, sig: int) -> None:
         if sig != signal.SIGKILL:
             self._signal_pids(sig)
+            return
+        if not self.pids():
+            # Nothing can join an empty cgroup but through a fork inside it: no need for
+            # the freezer's two writes (0.3 ms of every delete of a stopped container).
             return
         # Frozen, the tasks cannot fork new ones between our reading cgroup.procs and
         # the signal; thawed again, the SIGKILLs pending on them take effect.

@@ -123,7 +123,12 @@ class CgroupV2(Cgroup):
                         pass
 
     def add_pid(self, pid: int) -> None:
+        if pid == 0 and self.born_in_cgroup2:
+            return
         self._add_pid_to(self.dir, pid)
+
+    def cgroup2_dir(self) -> str | None:
+        return self.dir
 
     def pids(self) -> list[int]:
         return self._pids_below(self.dir)
