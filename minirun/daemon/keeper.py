@@ -368,8 +368,10 @@ class Keeper:
         if console is not None:
             console[1].close()  # so a worker that failed cannot leave us waiting for it
         try:
-            text = _read_all(res_r).decode(errors="replace")
+            # the worker's exit, not the pipe's EOF: a container init forked from it holds
+            # the write end until it execs, forever if the worker failed before `start`
             os.waitpid(worker, 0)
+            text = _read_result(res_r).decode(errors="replace")
             if not text.startswith("ok "):
                 raise RuntimeError(text[6:] if text.startswith("error ") else "create failed")
             if console is not None:
@@ -424,7 +426,9 @@ class Keeper:
         os._exit(code)
 
 
-def _read_all(fd: int) -> bytes:
+def _read_result(fd: int) -> bytes:
+    """What an exited worker wrote (a few bytes: all in the pipe by now)."""
+    os.set_blocking(fd, False)
     out = b""
     try:
         while True:
@@ -432,6 +436,8 @@ def _read_all(fd: int) -> bytes:
             if not chunk:
                 return out
             out += chunk
+    except BlockingIOError:
+        return out
     finally:
         os.close(fd)
 

@@ -696,13 +696,16 @@ def revive(engine) -> None:
         ensure_daemon(engine)
 
 
-def ensure_daemon(engine, timeout: float = 15.0) -> None:
+def ensure_daemon(engine, timeout: float = 15.0, busy_timeout: float = 120.0) -> None:
     """Connect to the daemon, starting it on first need. A daemon that is dying (killed:
-    its socket still accepts for a moment, then resets) counts as none."""
+    its socket still accepts for a moment, then resets) counts as none; one that accepts
+    and is slow to answer is busy (starting containers on a loaded host), not gone: it
+    is waited for (up to busy_timeout), never replaced."""
     path = os.path.join(engine.run_root, "minirun.sock")
-    deadline = time.monotonic() + timeout
+    begun = time.monotonic()
     spawned = False
     while True:
+        busy = False
         try:
             sock = proto.connect(path, timeout=5)
             try:
@@ -712,11 +715,13 @@ def ensure_daemon(engine, timeout: float = 15.0) -> None:
                 sock.close()
             if reply and reply.get("ok"):
                 return
+        except TimeoutError:
+            busy = True
         except OSError:
             pass
-        if time.monotonic() > deadline:
+        if time.monotonic() - begun > (busy_timeout if busy else timeout):
             raise MiniRunError(f"the minirun daemon does not answer on {path}")
-        if not spawned:
+        if not spawned and not busy:
             # if another daemon is starting (the keeper's, another command's), this one
             # cannot take the lock and exits at once: we wait for whichever answers
             os.makedirs(engine.run_root, mode=0o711, exist_ok=True)
