@@ -167,11 +167,15 @@ def test_daemon_sigkill_heals_without_a_command(engine, tmp_path):
         ticks = [(stamp_seconds(ln.split()[0]), int(ln.split()[2]), float(ln.split()[3]))
                  for ln in lines]
         assert [n for _, n, _ in ticks] == list(range(len(ticks))), "a line was lost"
-        gap = [t for t in ticks if killed_at - 0.5 < t[2] + offset < back_at + 0.5]
-        assert len(gap) >= 5
-        late = [(round(s - (up + offset), 3), n) for s, n, up in ticks
-                if abs(s - (up + offset)) > 0.25]
+        # written while no daemon was there: the keeper read them at once (elsewhere the
+        # daemon may be in a keeper call, starting `again`, for a few tenths of a second)
+        gap = [t for t in ticks if killed_at < t[2] + offset < back_at]
+        late = [(round(s - (up + offset), 3), n) for s, n, up in gap
+                if abs(s - (up + offset)) > 0.15]
         assert not late, f"stamped when read, not when written: {late[:5]}"
+        late = [(round(s - (up + offset), 3), n) for s, n, up in ticks
+                if abs(s - (up + offset)) > 1.0]
+        assert not late, late[:5]
 
         starts = [float(ln.split()[1]) + offset
                   for ln in engine("logs", "again").stdout.splitlines()]

@@ -6,8 +6,10 @@ statuses are learnt (see minirun/daemon/__init__.py).
                     <- {"ok": true, "pid", "status", "streams"} + fds | {"error"}
   daemon -> keeper  {"op": "hello", "respawn": argv, "log": path}
                     <- {"held": {"id", "pid", "status", "streams"}} + fds, one per
-                       container, each followed by its backlog {"backlog": {"id",
-                       "stream", "ns", "data" (base64)}}, then {"done"}
+                       container, then {"done"}
+  daemon -> keeper  {"op": "ready"}  the daemon reads the pipes from now on
+                    <- the backlog, {"backlog": {"id", "stream", "ns", "data" (base64)}}
+                       messages, then {"ok"}
   daemon -> keeper  {"op": "bye"}       a clean exit (SIGTERM): do not start another
   daemon -> keeper  {"op": "close_stdin", "id"}  an attached client sent EOF
   daemon -> keeper  {"op": "forget", "id"}    the daemon has recorded the exit: let go
@@ -21,8 +23,9 @@ with the argv of its hello (again after a back-off if it keeps dying) and, meanw
 reads the containers' output itself so that no container blocks on a full pipe: each
 chunk is kept with the time it was read (so the log says when it was written, not when
 a daemon came back), up to BACKLOG_MAX bytes per container; past that it stops reading
-that container, whose writes then block as on a full pipe (nothing is dropped). The next
-hello hands the backlog over before the pipes.
+that container, whose writes then block as on a full pipe (nothing is dropped). It reads
+on after the next daemon's hello, while that daemon starts, and hands the backlog over
+when the daemon says it is ready to read the pipes itself.
 """
 
 from __future__ import annotations
@@ -284,14 +287,19 @@ class Keeper:
                 self.respawn = msg.get("respawn") or self.respawn
                 self.respawn_log = msg.get("log") or self.respawn_log
                 self.respawn_at = None
-                self.buffer_output(False)
                 for held in self.held.values():
                     proto.send(conn, {"held": {"id": held.id, "pid": held.pid,
                                                "status": held.status,
                                                "streams": list(held.streams)}},
                                list(held.streams.values()))
-                    self.send_backlog(conn, held)
                 proto.send(conn, {"done": True})
+            elif op == "ready":
+                # the daemon is about to read the pipes: until now we did (its start may
+                # take a while), from now on it does, after this backlog
+                self.buffer_output(False)
+                for held in self.held.values():
+                    self.send_backlog(conn, held)
+                proto.send(conn, {"ok": True})
             elif op == "bye":
                 self.respawn = None
                 proto.send(conn, {"ok": True})

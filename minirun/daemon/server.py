@@ -198,18 +198,33 @@ class Daemon:
                 raise RuntimeError("the keeper went away")
             if msg.get("done"):
                 break
-            if "backlog" in msg:  # what the keeper read while no daemon was there
-                b = msg["backlog"]
-                log = self.logs.get(b["id"])
-                if log is not None:
-                    log.write(b["stream"], base64.b64decode(b["data"]), b["ns"])
-                continue
             held = msg["held"]
             self.adopt(held["id"], fds, held.get("streams", ["stdout", "stderr"]))
             adopted += 1
             if held["status"] is not None:
                 self.exits.append((held["id"], held["status"]))
         return adopted
+
+    def take_over(self) -> None:
+        """Just before the main loop: the keeper stops reading the pipes and hands over
+        what it read (while no daemon was there, and while this one started), with the
+        times it read it."""
+        proto.send(self.keeper, {"op": "ready"})
+        while True:
+            msg, fds = proto.recv(self.keeper)
+            for fd in fds:
+                os.close(fd)
+            if msg is None:
+                raise RuntimeError("the keeper went away")
+            if "event" in msg:
+                self.exits.append((msg["id"], msg["status"]))
+            elif "backlog" in msg:
+                b = msg["backlog"]
+                log = self.logs.get(b["id"])
+                if log is not None:
+                    log.write(b["stream"], base64.b64decode(b["data"]), b["ns"])
+            else:
+                return
 
     def keeper_call(self, msg: dict) -> tuple[dict, list[int]]:
         """A request to the keeper. Exit events that arrive meanwhile are queued, not
@@ -592,6 +607,7 @@ class Daemon:
                                    "clean exit)" if previous else ""))
         self.recover_networks()
         self.resume_restarts()
+        self.take_over()
         while True:
             self.handle_exits()
             timeout = self.due_restarts()
