@@ -120,7 +120,7 @@ def test_stop_during_restart_25_rounds(engine):
         with ThreadPoolExecutor(5) as pool:
             list(pool.map(round_, range(25)))
         running = [c["Names"] for c in json.loads(engine("ps", "--format", "json").stdout)]
-        assert not problems, problems
+        assert not problems, (problems, engine.daemon_logs())
         assert running == []
         with open(os.path.join(engine.run_root, "daemon.log")) as f:
             failed = [line for line in f if "failed" in line or '"error' in line]

@@ -384,7 +384,10 @@ class Daemon:
                 return due - now
             heapq.heappop(self.restarts)
             del self.restart_due[cid]
-            self.restart(cid)
+            try:
+                self.restart(cid)
+            except Exception as e:  # noqa: BLE001 - one container's trouble
+                log_line(f"restart of {cid[:12]} failed: {type(e).__name__}: {e}")
         return None
 
     def restart(self, cid: str) -> None:
@@ -399,10 +402,7 @@ class Daemon:
         if rec["user_stopped"] or rec["status"] == "running":
             return
         self.engine._update(cid, restart_count=(rec["restart_count"] or 0) + 1)
-        try:
-            self.start(cid)
-        except Exception as e:  # noqa: BLE001
-            log_line(f"restart of {cid[:12]} failed: {e}")
+        self.start(cid)
 
     def user_stop(self, cid: str) -> None:
         """The user stops (or removes) it: no restart from now on, none pending. As
@@ -422,7 +422,12 @@ class Daemon:
     def resume_restarts(self) -> None:
         """Containers whose restart was pending when the last daemon died: their exit
         is recorded and the keeper has let them go, so only their records say it."""
-        for rec in self.engine.records():
+        try:
+            recs = self.engine.records()
+        except Exception as e:  # noqa: BLE001 - never a reason not to serve
+            log_line(f"pending restarts not resumed: {type(e).__name__}: {e}")
+            return
+        for rec in recs:
             opts = json.loads(rec["options"])
             if rec["status"] != "exited" or not opts.get("detach") or rec["id"] in self.stdio \
                     or any(cid == rec["id"] for cid, _ in self.exits):
@@ -602,12 +607,12 @@ class Daemon:
         listener = proto.listen(self.sock_path)
         self.sel.register(listener, selectors.EVENT_READ, ("listen",))
         self.sel.register(self.keeper, selectors.EVENT_READ, ("keeper",))
-        log_line(f"minirun daemon {os.getpid()} serving {self.sock_path}; adopted {adopted} "
-                 "container(s)" + (f" (the daemon before, pid {previous}, ended without a "
-                                   "clean exit)" if previous else ""))
         self.recover_networks()
         self.resume_restarts()
         self.take_over()
+        log_line(f"minirun daemon {os.getpid()} serving {self.sock_path}; adopted {adopted} "
+                 "container(s)" + (f" (the daemon before, pid {previous}, ended without a "
+                                   "clean exit)" if previous else ""))
         while True:
             self.handle_exits()
             timeout = self.due_restarts()
