@@ -328,3 +328,22 @@ def test_a_command_brings_back_a_daemon_that_is_gone(engine, command):
         assert engine("logs", "waiting").stdout == "before\nafter\n"
     finally:
         remove(engine, "waiting")
+
+
+def test_rm_cancels_a_pending_restart(engine):
+    """rm (without -f) between an exit and its restart: the restart does not come, nor
+    any error about it."""
+    engine("run", "-d", "--name", "pending", "--restart", "always", "busybox", "sh", "-c",
+           "exit 3", check=True)
+    try:
+        # after four restarts the next waits 1.6 s: time to catch it exited
+        assert wait_for(lambda: inspect(engine, "pending")["RestartCount"] >= 4, timeout=10)
+        assert wait_for(lambda: inspect(engine, "pending")["State"]["Status"] == "exited")
+        proc = engine("rm", "pending")
+        assert proc.returncode == 0, proc.stderr
+        time.sleep(2.0)
+        assert "pending" not in engine("ps", "-a").stdout
+        with open(os.path.join(engine.run_root, "daemon.log")) as f:
+            assert "failed" not in f.read()
+    finally:
+        remove(engine, "pending")

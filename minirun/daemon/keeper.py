@@ -183,7 +183,10 @@ class Keeper:
         """The exit status goes to a file first: whatever happens to the daemon, it is
         not lost. A container that exits while start() still answers for it is reported
         in that answer, after its pipes, never before."""
-        self.held[cid].status = code
+        held = self.held.get(cid)
+        if held is None:  # let go of already (a new start of the id replaced it)
+            return
+        held.status = code
         path = exit_file(self.run_root, cid)
         with open(path + ".tmp", "w") as f:
             f.write(str(code))
@@ -354,6 +357,7 @@ class Keeper:
             old = self.held.pop(cid)
             self._watch(old, False)
             old.close()
+            self.by_pid.pop(old.pid, None)
         ours: dict[str, int] = {}  # stream -> the end we keep
         theirs: dict[int, int] = {}  # the worker's (then the init's) fd -> the other end
         console = None

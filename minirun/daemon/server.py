@@ -399,7 +399,7 @@ class Daemon:
             return  # removed meanwhile
         # stopped or removed by the user meanwhile (stop tells us, so this is the
         # second line), or started again by `start`
-        if rec["user_stopped"] or rec["status"] == "running":
+        if rec["user_stopped"] or rec["status"] != "exited":
             return
         self.engine._update(cid, restart_count=(rec["restart_count"] or 0) + 1)
         self.start(cid)
@@ -421,19 +421,23 @@ class Daemon:
 
     def resume_restarts(self) -> None:
         """Containers whose restart was pending when the last daemon died: their exit
-        is recorded and the keeper has let them go, so only their records say it."""
+        is recorded and the keeper has let them go, so only their records say it. Read
+        as they are, not reconciled: a container a `run -d` is preparing has no runtime
+        state yet and would pass for exited (and be started twice)."""
         try:
-            recs = self.engine.records()
+            rows = self.engine.db.execute(
+                "SELECT id FROM containers WHERE status = 'exited' AND started IS NOT NULL"
+                " AND user_stopped = 0").fetchall()
+            pending = {cid for cid, _ in self.exits}
+            for (cid,) in rows:
+                if cid in self.stdio or cid in pending:
+                    continue
+                rec = self.engine.get(cid)
+                if json.loads(rec["options"]).get("detach") and \
+                        self.engine.should_restart(rec, rec["exit_code"] or 0):
+                    self.schedule_restart(cid, rec)
         except Exception as e:  # noqa: BLE001 - never a reason not to serve
             log_line(f"pending restarts not resumed: {type(e).__name__}: {e}")
-            return
-        for rec in recs:
-            opts = json.loads(rec["options"])
-            if rec["status"] != "exited" or not opts.get("detach") or rec["id"] in self.stdio \
-                    or any(cid == rec["id"] for cid, _ in self.exits):
-                continue
-            if self.engine.should_restart(rec, rec["exit_code"] or 0):
-                self.schedule_restart(rec["id"], rec)
 
     def start(self, cid: str) -> int:
         """Start the container in the keeper; a -t container gets a new pty, a -i one
