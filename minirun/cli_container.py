@@ -24,10 +24,15 @@ def docker_exit_code(e: MiniRunError) -> int:
     return EXIT_ENGINE
 
 
-def _engine(root: str | None):
+def _engine(root: str | None, revive: bool = True):
     from .engine import Engine
 
-    return Engine(root=root)
+    engine = Engine(root=root)
+    if revive:  # a daemon that died comes back before we read or change containers
+        from .daemon.server import revive as revive_daemon
+
+        revive_daemon(engine)
+    return engine
 
 
 root_option = click.option("--root", envvar="MINIRUN_ROOT", default=None,
@@ -70,6 +75,8 @@ root_option = click.option("--root", envvar="MINIRUN_ROOT", default=None,
 @click.option("--dns-search", multiple=True, help="a DNS search domain")
 @click.option("--dns-option", multiple=True, help="a resolv.conf option")
 @click.option("--add-host", multiple=True, metavar="HOST:IP", help="an /etc/hosts entry")
+@click.option("--log-opt", "log_opts", multiple=True, metavar="max-size=N[k|m|g]|max-file=N",
+              help="log rotation (default max-size=20m, max-file=5: output bytes)")
 @click.option("--userns", default="host",
               help="host | auto (alias private: a new user namespace) | ns:PATH")
 @click.argument("image")
@@ -86,14 +93,18 @@ def run(root, image, command, volumes, remove, **kw) -> None:
                       publish=list(kw.pop("publish")), dns=list(kw.pop("dns")),
                       dns_search=list(kw.pop("dns_search")),
                       dns_option=list(kw.pop("dns_option")),
-                      add_host=list(kw.pop("add_host")), **kw)
+                      add_host=list(kw.pop("add_host")), log_opts=list(kw.pop("log_opts")),
+                      **kw)
     try:
+        from .engine import check_run_options
+
+        check_run_options(opts)
         if opts.detach:
-            click.echo(_engine(root).run_detached(image, opts))
+            click.echo(_engine(root, revive=False).run_detached(image, opts))
             return
         if opts.restart != "no":
             raise MiniRunError("--restart needs -d: the daemon applies restart policies")
-        status = _engine(root).run_foreground(image, opts)
+        status = _engine(root, revive=False).run_foreground(image, opts)
     except MiniRunError as e:
         click.echo(f"minirun: error: {e}", err=True)
         sys.exit(docker_exit_code(e))
@@ -333,12 +344,19 @@ def top(root, container, ps_args) -> None:
 @click.command(name="daemon")
 @root_option
 @click.option("--run-root", envvar="MINIRUN_RUN_ROOT", default=None)
-def daemon(root, run_root) -> None:
+@click.option("--wait", is_flag=True,
+              help="if another daemon serves this run root, take over when it ends "
+                   "(for a service manager) instead of exiting")
+def daemon(root, run_root, wait) -> None:
     """Supervise detached containers (started on first need by run -d)."""
     from .daemon.server import Daemon
     from .engine import Engine
 
-    Daemon(Engine(root=root, run_root=run_root)).serve()
+    try:
+        Daemon(Engine(root=root, run_root=run_root)).serve(wait=wait)
+    except MiniRunError as e:
+        click.echo(f"minirun: error: {e}", err=True)
+        sys.exit(1)
 
 
 def register(group: click.Group) -> None:

@@ -84,6 +84,7 @@ class RunOptions:
     dns_search: list[str] = field(default_factory=list)
     dns_option: list[str] = field(default_factory=list)
     add_host: list[str] = field(default_factory=list)
+    log_opts: list[str] = field(default_factory=list)
 
 
 def parse_size(text: str, what: str) -> int:
@@ -100,6 +101,33 @@ def parse_size(text: str, what: str) -> int:
     if value <= 0:
         raise InvalidArgument(f"{what}: must be positive, got {text!r}")
     return int(value)
+
+
+def parse_log_opts(values: list[str], max_size: int = 0,
+                   max_file: int = 0) -> tuple[int, int]:
+    """docker's --log-opt max-size=N[k|m|g] and max-file=N: (max-size, max-file), the
+    defaults given for what is not set."""
+    for value in values:
+        key, eq, text = value.partition("=")
+        if not eq:
+            raise InvalidArgument(f"--log-opt {value!r}: want KEY=VALUE")
+        if key == "max-size":
+            max_size = parse_size(text, "--log-opt max-size")
+        elif key == "max-file":
+            if not text.isdigit() or int(text) < 1:
+                raise InvalidArgument(f"--log-opt max-file: a positive number, got {text!r}")
+            max_file = int(text)
+        else:
+            raise InvalidArgument(f"--log-opt {key!r}: unknown (max-size, max-file)")
+    return max_size, max_file
+
+
+def check_run_options(opts: RunOptions) -> None:
+    """What docker refuses before it creates anything."""
+    policy, _ = parse_restart(opts.restart)
+    if opts.remove and policy != "no":
+        raise InvalidArgument("Conflicting options: --restart and --rm")
+    parse_log_opts(opts.log_opts)
 
 
 # libseccomp's name of this architecture (archMap) and Go's (the includes/excludes)
@@ -654,7 +682,7 @@ class Engine:
     def run_detached(self, image_ref: str, opts: RunOptions) -> str:
         from .image.store import ImageStore
 
-        parse_restart(opts.restart)
+        check_run_options(opts)
         cid = self.prepare(image_ref, opts)
         try:
             self._start_in_daemon(cid)
@@ -720,10 +748,9 @@ class Engine:
         `timeout` seconds; returns once the container has exited."""
         from . import container as ctr
 
-        rec = self.get(name_or_id)
+        rec = self._stopped_by_user(self.get(name_or_id))
         if rec["status"] != "running":
             return rec["id"]
-        self._update(rec["id"], user_stopped=1)
         try:
             ctr.kill(self.oci_root, rec["id"], ctr.parse_signal(rec["stop_signal"] or "TERM"))
         except (ContainerStateError, NotFound):
@@ -735,6 +762,20 @@ class Engine:
                 pass
             self.wait_exit(rec["id"], 30)
         return rec["id"]
+
+    def _stopped_by_user(self, rec: dict) -> dict:
+        """No restart policy applies from now on, and a pending restart is off: for a
+        detached container the daemon does it, between its restarts (so a restart is
+        either over, the container running, or will not happen); then the record again."""
+        if json.loads(rec["options"]).get("detach"):
+            from .daemon.server import request
+
+            reply = request(self, {"op": "stop", "id": rec["id"]})
+            if "error" in reply:
+                raise MiniRunError(reply["error"])
+        else:
+            self._update(rec["id"], user_stopped=1)
+        return self.get(rec["id"])
 
     def wait_exit(self, cid: str, timeout: float | None = None) -> bool:
         """Until the record says exited (the daemon writes it) or the runtime has no
@@ -750,7 +791,10 @@ class Engine:
     def should_restart(self, rec: dict, status: int) -> bool:
         opts = json.loads(rec["options"])
         policy, limit = parse_restart(opts.get("restart") or "no")
-        fresh = self.get(rec["id"])
+        try:
+            fresh = self.get(rec["id"])
+        except NotFound:  # removed meanwhile
+            return False
         if fresh["user_stopped"]:
             return False
         count = fresh["restart_count"] or 0
@@ -793,6 +837,8 @@ class Engine:
 
     def remove(self, name_or_id: str, force: bool = False) -> str:
         rec = self.get(name_or_id)
+        if rec["status"] != "running" or force:
+            rec = self._stopped_by_user(rec)  # a pending restart must not start it now
         if rec["status"] == "running" and not force:
             raise ContainerStateError(
                 f"cannot remove container {rec['name']}: it is running (stop it or use -f)")

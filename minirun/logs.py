@@ -45,12 +45,20 @@ def _entries(lines) -> Iterator[tuple[str, str, str]]:
         yield stream, stamp, partial.pop(stream, "") + msg + "\n"
 
 
+def log_files(path: str) -> list[str]:
+    """The rotated files (ctr.log.N, the oldest, ... ctr.log.1), then ctr.log."""
+    n = 1
+    while os.path.exists(f"{path}.{n}"):
+        n += 1
+    return [f"{path}.{i}" for i in range(n - 1, 0, -1)] + [path]
+
+
 def follow_log(engine, cid: str, follow: bool = False, tail: int | None = None,
                since: str | None = None) -> Iterator[tuple[str, str, str]]:
     path = os.path.join(engine.root, "containers", cid, "ctr.log")
     cutoff = _since_cutoff(since)
     lines = []
-    for p in (f"{path}.1", path):
+    for p in log_files(path):
         try:
             with open(p, errors="replace", newline="\n") as f:  # a tty's lone \r is data
                 lines += f.readlines()

@@ -58,8 +58,9 @@ class EngineEnv:
     def teardown(self) -> list[str]:
         for cid in self("ps", "-a", "-q").stdout.split():
             self("rm", "-f", cid)
-        self.stop_process("daemon")
+        # the keeper first: it would start another daemon; the daemon exits with it
         self.stop_process("keeper")
+        self.stop_process("daemon")
         time.sleep(0.2)
         left = []
         with open("/proc/self/mountinfo") as f:

@@ -44,6 +44,9 @@ def env(host_before, engine):  # noqa: F811
     for name in engine("network", "ls", "-q").stdout.split():
         if name != "bridge":
             engine("network", "rm", name)
+    # minirun leaves ip_forward on once it needed it: the test puts back what it found
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+        f.write(host_before["sysctls"]["net/ipv4/ip_forward"])
     diff = wait_until_same(host_before)
     assert not diff, f"the host's network changed: {diff}"
 
@@ -131,6 +134,10 @@ def test_default_bridge_two_containers_reach_each_other(env):
     finally:
         env("rm", "-f", "web1", "cli1")
     assert nft_table(env) == "", "the table outlived the last container"
+    # left on with the last container gone (as docker and netavark leave it): another
+    # runtime's containers may need it by then
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        assert f.read().strip() == "1"
 
 
 def test_published_port_on_localhost_and_its_rule_goes_with_rm(env):

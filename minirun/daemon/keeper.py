@@ -4,28 +4,70 @@ statuses are learnt (see minirun/daemon/__init__.py).
 
   daemon -> keeper  {"op": "start", "id", "oci_root", "bundle", "tty", "stdin"}
                     <- {"ok": true, "pid", "status", "streams"} + fds | {"error"}
-  daemon -> keeper  {"op": "hello"}
+  daemon -> keeper  {"op": "hello", "respawn": argv, "log": path}
                     <- {"held": {"id", "pid", "status", "streams"}} + fds, one per
                        container, then {"done"}
+  daemon -> keeper  {"op": "ready"}  the daemon reads the pipes from now on
+                    <- the backlog, {"backlog": {"id", "stream", "ns", "data" (base64)}}
+                       messages, then {"ok"}
+  daemon -> keeper  {"op": "bye"}       a clean exit (SIGTERM): do not start another
   daemon -> keeper  {"op": "close_stdin", "id"}  an attached client sent EOF
   daemon -> keeper  {"op": "forget", "id"}    the daemon has recorded the exit: let go
   keeper -> daemon  {"event": "exit", "id", "status"}
 
 "streams" names the fds in order: "stdout", "stderr" and "stdin" (the write end) for a
 container on pipes, "tty" (the pty master) for a terminal container.
+
+When the daemon's connection closes without a bye (it died), the keeper starts a new one
+with the argv of its hello (again after a back-off if it keeps dying) and, meanwhile,
+reads the containers' output itself so that no container blocks on a full pipe: each
+chunk is kept with the time it was read (so the log says when it was written, not when
+a daemon came back), up to BACKLOG_MAX bytes per container; past that it stops reading
+that container, whose writes then block as on a full pipe (nothing is dropped). It reads
+on after the next daemon's hello, while that daemon starts, and hands the backlog over
+when the daemon says it is ready to read the pipes itself.
 """
 
 from __future__ import annotations
 
+import base64
+import fcntl
 import os
 import selectors
 import signal
 import socket
 import sys
+import time
 
 from . import proto
 
 EXITS = "exits"
+BACKLOG_MAX = 4 * 1024 * 1024
+BACKLOG_MSG = 512 * 1024  # raw bytes per backlog message (base64 keeps it under MAX_MSG)
+OUTPUT_STREAMS = {"stdout": "stdout", "stderr": "stderr", "tty": "stdout"}
+RESPAWN_MAX_DELAY = 30.0
+RESPAWN_RESET_AFTER = 10.0
+
+
+def take_lock(path: str, wait: bool = False) -> int | None:
+    """An exclusive flock on path, held for the life of the process (the fd is never
+    closed); None if another process holds it and we do not wait."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def lock_holder(run_root: str, name: str) -> str:
+    """The pid the process holding name.lock wrote to name.pid, for error lines."""
+    try:
+        with open(os.path.join(run_root, f"{name}.pid")) as f:
+            return f"pid {int(f.read())}"
+    except (OSError, ValueError):
+        return "pid unknown"
 
 
 def exit_file(run_root: str, cid: str) -> str:
@@ -46,6 +88,8 @@ class Held:
         self.pid = pid
         self.streams = streams
         self.status: int | None = None
+        self.backlog: list[tuple[int, str, bytes]] = []  # read while no daemon was there
+        self.backlog_bytes = 0
 
     def close(self, name: str | None = None) -> None:
         for stream in [name] if name else list(self.streams):
@@ -64,11 +108,22 @@ class Keeper:
         self.unclaimed: dict[int, int] = {}  # pid -> status of children not (yet) known
         self.starting: str | None = None
         self.sel = selectors.DefaultSelector()
+        self.respawn: list[str] | None = None  # the argv of the last daemon's hello
+        self.respawn_log = os.path.join(run_root, "daemon.log")
+        self.respawn_at: float | None = None  # monotonic time to start a daemon
+        self.respawn_delay = 0.0
+        self.spawned_at = 0.0
+        self.helpers: set[int] = set()  # daemons we started: children, not containers
+        self.buffering = False
 
     def serve(self) -> None:
         from .. import sys as _sys
 
         os.makedirs(os.path.join(self.run_root, EXITS), mode=0o700, exist_ok=True)
+        if take_lock(os.path.join(self.run_root, "keeper.lock")) is None:
+            sys.stderr.write(f"minirun keeper: another keeper ({lock_holder(self.run_root, 'keeper')}) "
+                             f"holds {self.run_root}; exiting\n")
+            sys.exit(1)
         _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1, name="prctl(PR_SET_CHILD_SUBREAPER)")
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
@@ -80,8 +135,18 @@ class Keeper:
         self.sel.register(listener, selectors.EVENT_READ, "listen")
         self.sel.register(wake_r, selectors.EVENT_READ, "wake")
         while True:
-            for key, _ in self.sel.select():
-                if key.data == "listen":
+            timeout = None
+            if self.respawn_at is not None:
+                timeout = max(0.0, self.respawn_at - time.monotonic())
+            ready = self.sel.select(timeout)
+            if self.respawn_at is not None and time.monotonic() >= self.respawn_at:
+                self.spawn_daemon()
+            for key, _ in ready:
+                if self.sel.get_map().get(key.fd) is not key:
+                    continue  # closed earlier in this round
+                if isinstance(key.data, tuple):
+                    self.on_output(key.fd, key.data[1], key.data[2])
+                elif key.data == "listen":
                     conn, _ = listener.accept()
                     self.sel.register(conn, selectors.EVENT_READ, "conn")
                 elif key.data == "wake":
@@ -101,6 +166,9 @@ class Keeper:
                 return
             if pid == 0:
                 return
+            if pid in self.helpers:
+                self.helpers.discard(pid)
+                continue
             code = os.waitstatus_to_exitcode(status)
             code = code if code >= 0 else 128 - code
             cid = self.by_pid.pop(pid, None)
@@ -115,7 +183,10 @@ class Keeper:
         """The exit status goes to a file first: whatever happens to the daemon, it is
         not lost. A container that exits while start() still answers for it is reported
         in that answer, after its pipes, never before."""
-        self.held[cid].status = code
+        held = self.held.get(cid)
+        if held is None:  # let go of already (a new start of the id replaced it)
+            return
+        held.status = code
         path = exit_file(self.run_root, cid)
         with open(path + ".tmp", "w") as f:
             f.write(str(code))
@@ -138,7 +209,67 @@ class Keeper:
             pass
         if conn is self.daemon:
             self.daemon = None
+            if self.respawn is not None:
+                # it died (a clean exit says bye first): another one, at once the first
+                # time, later if they keep dying
+                now = time.monotonic()
+                if now - self.spawned_at > RESPAWN_RESET_AFTER:
+                    self.respawn_delay = 0.0
+                self.respawn_at = now + self.respawn_delay
+                self.respawn_delay = min(max(0.5, self.respawn_delay * 2), RESPAWN_MAX_DELAY)
+                log(f"the daemon went away; starting another in {self.respawn_at - now:.1f}s")
+            self.buffer_output(True)
         conn.close()
+
+    def spawn_daemon(self) -> None:
+        self.respawn_at = None
+        self.spawned_at = time.monotonic()
+        # posix_spawn, not Popen: subprocess may reap a Popen's pid behind our back, and
+        # a container could get the number before our reap() learnt it was a daemon's
+        # (every fd of ours is close-on-exec)
+        try:
+            pid = os.posix_spawn(self.respawn[0], self.respawn, os.environ, setsid=True,
+                                 file_actions=[
+                                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                     (os.POSIX_SPAWN_OPEN, 1, self.respawn_log,
+                                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
+                                     (os.POSIX_SPAWN_DUP2, 1, 2)])
+            self.helpers.add(pid)
+        except OSError as e:
+            log(f"cannot start the daemon: {e}")
+
+    def buffer_output(self, on: bool) -> None:
+        """Read the containers' output ourselves (no daemon is there) or stop (one is)."""
+        self.buffering = on
+        for held in self.held.values():
+            self._watch(held, on)
+
+    def _watch(self, held: Held, on: bool) -> None:
+        for stream, fd in held.streams.items():
+            if stream not in OUTPUT_STREAMS:
+                continue
+            registered = fd in self.sel.get_map()
+            if on and not registered and held.backlog_bytes < BACKLOG_MAX:
+                self.sel.register(fd, selectors.EVENT_READ, ("out", held.id, stream))
+            elif not on and registered:
+                self.sel.unregister(fd)
+
+    def on_output(self, fd: int, cid: str, stream: str) -> None:
+        held = self.held[cid]
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # EIO: a pty master whose container side has all gone
+        if data:
+            held.backlog.append((time.time_ns(), OUTPUT_STREAMS[stream], data))
+            held.backlog_bytes += len(data)
+            if held.backlog_bytes >= BACKLOG_MAX:
+                self._watch(held, False)  # the container blocks on its pipe meanwhile
+            return
+        self.sel.unregister(fd)
+        held.close(stream)
 
     def handle(self, conn: socket.socket) -> None:
         try:
@@ -153,13 +284,28 @@ class Keeper:
         op = msg.get("op")
         try:
             if op == "hello":
+                if self.daemon is not None and self.daemon is not conn:
+                    self.drop(self.daemon)  # a stale connection: the newest daemon wins
                 self.daemon = conn
+                self.respawn = msg.get("respawn") or self.respawn
+                self.respawn_log = msg.get("log") or self.respawn_log
+                self.respawn_at = None
                 for held in self.held.values():
                     proto.send(conn, {"held": {"id": held.id, "pid": held.pid,
                                                "status": held.status,
                                                "streams": list(held.streams)}},
                                list(held.streams.values()))
                 proto.send(conn, {"done": True})
+            elif op == "ready":
+                # the daemon is about to read the pipes: until now we did (its start may
+                # take a while), from now on it does, after this backlog
+                self.buffer_output(False)
+                for held in self.held.values():
+                    self.send_backlog(conn, held)
+                proto.send(conn, {"ok": True})
+            elif op == "bye":
+                self.respawn = None
+                proto.send(conn, {"ok": True})
             elif op == "start":
                 self.starting = msg["id"]
                 try:
@@ -178,6 +324,7 @@ class Keeper:
             elif op == "forget":
                 held = self.held.pop(msg["id"], None)
                 if held:
+                    self._watch(held, False)
                     held.close()
                     try:
                         os.unlink(exit_file(self.run_root, held.id))
@@ -192,13 +339,25 @@ class Keeper:
             except OSError:
                 self.drop(conn)
 
+    @staticmethod
+    def send_backlog(conn: socket.socket, held: Held) -> None:
+        for ns, stream, data in held.backlog:
+            for at in range(0, len(data), BACKLOG_MSG):
+                proto.send(conn, {"backlog": {
+                    "id": held.id, "stream": stream, "ns": ns,
+                    "data": base64.b64encode(data[at:at + BACKLOG_MSG]).decode()}})
+        held.backlog, held.backlog_bytes = [], 0
+
     def start(self, cid: str, oci_root: str, bundle: str, tty: bool = False,
               stdin: bool = False) -> Held:
         """Create and start the container in a worker whose container init then becomes
         our child (we are a subreaper); its output goes to pipes we keep, or to a pty
         whose master we keep."""
         if cid in self.held:
-            self.held.pop(cid).close()
+            old = self.held.pop(cid)
+            self._watch(old, False)
+            old.close()
+            self.by_pid.pop(old.pid, None)
         ours: dict[str, int] = {}  # stream -> the end we keep
         theirs: dict[int, int] = {}  # the worker's (then the init's) fd -> the other end
         console = None
@@ -221,8 +380,10 @@ class Keeper:
         if console is not None:
             console[1].close()  # so a worker that failed cannot leave us waiting for it
         try:
-            text = _read_all(res_r).decode(errors="replace")
+            # the worker's exit, not the pipe's EOF: a container init forked from it holds
+            # the write end until it execs, forever if the worker failed before `start`
             os.waitpid(worker, 0)
+            text = _read_result(res_r).decode(errors="replace")
             if not text.startswith("ok "):
                 raise RuntimeError(text[6:] if text.startswith("error ") else "create failed")
             if console is not None:
@@ -243,6 +404,8 @@ class Keeper:
         held = Held(cid, pid, ours)
         self.held[cid] = held
         self.by_pid[pid] = cid
+        if self.buffering:
+            self._watch(held, True)
         self.reap()
         if pid in self.unclaimed:  # it exited before we got here
             del self.by_pid[pid]
@@ -275,7 +438,9 @@ class Keeper:
         os._exit(code)
 
 
-def _read_all(fd: int) -> bytes:
+def _read_result(fd: int) -> bytes:
+    """What an exited worker wrote (a few bytes: all in the pipe by now)."""
+    os.set_blocking(fd, False)
     out = b""
     try:
         while True:
@@ -283,6 +448,8 @@ def _read_all(fd: int) -> bytes:
             if not chunk:
                 return out
             out += chunk
+    except BlockingIOError:
+        return out
     finally:
         os.close(fd)
 
@@ -297,6 +464,12 @@ def _receive_master(sock: socket.socket, timeout: float = 10.0) -> int:
         raise RuntimeError("no terminal received from the container")
     os.set_inheritable(fds[0], False)
     return fds[0]
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} keeper "
+                     f"{os.getpid()}: {msg}\n")
+    sys.stderr.flush()
 
 
 def main() -> None:

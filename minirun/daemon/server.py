@@ -2,6 +2,8 @@
 
   CLI -> daemon  {"op": "ping"}            <- {"ok": true, "pid"}
   CLI -> daemon  {"op": "start", "id"}     <- {"ok": true, "pid"} | {"error"}
+  CLI -> daemon  {"op": "stop", "id"}      <- {"ok": true}: the user stops or removes
+                 it: no restart policy applies from now on, a pending restart is off
   CLI -> daemon  {"op": "attach", "id", "stdin"}
                  <- {"ok": true, "tty", "stdin"} + [pty master | stdin pipe] | {"error"}
                  then the container's output as stream messages (proto.py) until its
@@ -13,11 +15,20 @@ pty master (it also sets the window size on it) or of the stdin pipe's write end
 writes to it itself. Detach keys are the client's business: it just goes away.
 
 Logs are in the CRI format kubelet writes and Filebeat / Fluent Bit read as they are:
-`<RFC3339Nano> <stdout|stderr> <P|F> <message>`, P for a partial line, rotated by size.
+`<RFC3339Nano> <stdout|stderr> <P|F> <message>`, P for a partial line, rotated by the
+bytes of output they hold (--log-opt max-size, max-file).
+
+Order: one thread; an exit the keeper reports while the daemon waits for a reply of its
+own is queued and handled after that call returns (never inside it), and restarts are
+timers of the main loop (docker's back-off), so requests, exits and restarts each run to
+their end before the next begins. One daemon per run root: it holds an flock on
+daemon.lock for its life; one that cannot take it exits at once.
 """
 
 from __future__ import annotations
 
+import base64
+import heapq
 import json
 import os
 import selectors
@@ -30,8 +41,16 @@ import time
 from ..errors import ContainerStateError, MiniRunError
 from . import proto
 
-LOG_MAX_BYTES = 10 * 1024 * 1024
-LOG_KEEP = 1
+# the bytes of output (not of the file: the CRI prefix is not counted) a log file holds
+# before it is rotated, and how many files (the current one and rotated ones) are kept:
+# docker's `local` driver's defaults, so at least (max-file - 1) * max-size bytes of
+# output are always there
+LOG_MAX_SIZE = 20 * 1024 * 1024
+LOG_MAX_FILE = 5
+CRI_PREFIX = len("2006-01-02T15:04:05.000000000Z stdout F ")
+# docker's restart manager: 100 ms, doubled for each restart in a row, at most a minute;
+# back to 100 ms once the container ran for 10 s
+RESTART_FIRST, RESTART_MAX, RESTART_RESET_AFTER = 0.1, 60.0, 10.0
 PARTIAL_AT = 16 * 1024
 # output queued for an attached client that does not read it; past this it is dropped
 # (the log still has everything) rather than let it stall the daemon
@@ -45,45 +64,71 @@ def rfc3339nano(ns: int | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
 
 
-class CriLog:
-    """One container's log file; both streams write through it."""
+def log_options(opts: dict) -> tuple[int, int]:
+    """(max-size, max-file) from the --log-opt values `run` stored (checked there)."""
+    from ..engine import parse_log_opts
 
-    def __init__(self, path: str, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> None:
+    return parse_log_opts(opts.get("log_opts") or [], LOG_MAX_SIZE, LOG_MAX_FILE)
+
+
+class CriLog:
+    """One container's log file; both streams write through it. A line is stamped with
+    the time its end was read (by the daemon, or by the keeper while no daemon was
+    there), which is when the container wrote it give or take a scheduling delay."""
+
+    def __init__(self, path: str, max_size: int = LOG_MAX_SIZE,
+                 max_file: int = LOG_MAX_FILE) -> None:
         self.path = path
-        self.max_bytes = max_bytes
-        self.keep = keep
-        self.f = open(path, "ab")
+        self.max_size = max_size
+        self.max_file = max_file
+        self.f = open(path, "ab")  # noqa: SIM115 - open for the log's life
+        self.size = self._output_bytes()
         self.pending = {"stdout": b"", "stderr": b""}
 
-    def write(self, stream: str, data: bytes) -> None:
+    def _output_bytes(self) -> int:
+        """The output the current file holds: its size less each line's prefix."""
+        lines = 0
+        with open(self.path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                lines += chunk.count(b"\n")
+        return max(0, self.f.tell() - lines * CRI_PREFIX)
+
+    def write(self, stream: str, data: bytes, ns: int | None = None) -> None:
+        stamp = rfc3339nano(ns)
         buf = self.pending[stream] + data
         *lines, rest = buf.split(b"\n")
         for line in lines:
-            self._line(stream, "F", line)
+            self._line(stream, "F", line, stamp)
         while len(rest) >= PARTIAL_AT:
-            self._line(stream, "P", rest[:PARTIAL_AT])
+            self._line(stream, "P", rest[:PARTIAL_AT], stamp)
             rest = rest[PARTIAL_AT:]
         self.pending[stream] = rest
         self.f.flush()
 
     def close_stream(self, stream: str) -> None:
         if self.pending[stream]:
-            self._line(stream, "F", self.pending[stream])
+            self._line(stream, "F", self.pending[stream], rfc3339nano())
             self.pending[stream] = b""
             self.f.flush()
 
-    def _line(self, stream: str, tag: str, msg: bytes) -> None:
-        self.f.write(f"{rfc3339nano()} {stream} {tag} ".encode() + msg + b"\n")
-        if self.f.tell() >= self.max_bytes:
+    def _line(self, stream: str, tag: str, msg: bytes, stamp: str) -> None:
+        self.f.write(f"{stamp} {stream} {tag} ".encode() + msg + b"\n")
+        self.size += len(msg) + 1
+        if self.size >= self.max_size:
             self.rotate()
 
     def rotate(self) -> None:
+        """ctr.log becomes ctr.log.1, .1 becomes .2, ...; max-file files in all."""
         self.f.close()
-        for n in range(self.keep, 0, -1):
-            src = self.path if n == 1 else f"{self.path}.{n - 1}"
-            if os.path.exists(src):
-                os.replace(src, f"{self.path}.{n}")
-        self.f = open(self.path, "ab")
+        if self.max_file > 1:
+            for n in range(self.max_file - 1, 0, -1):
+                src = self.path if n == 1 else f"{self.path}.{n - 1}"
+                if os.path.exists(src):
+                    os.replace(src, f"{self.path}.{n}")
+            self.f = open(self.path, "ab")  # noqa: SIM115
+        else:
+            self.f = open(self.path, "wb")  # noqa: SIM115 - one file: it starts again (as docker's)
+        self.size = 0
 
     def close(self) -> None:
         for stream in self.pending:
@@ -128,6 +173,10 @@ class Daemon:
         self.stdio: dict[str, Stdio] = {}  # the containers the daemon holds, running
         self.attached: dict[object, AttachedClient] = {}  # by connection
         self.keeper = None
+        self.exits: list[tuple[str, int]] = []  # reported, not handled yet: in order
+        self.restarts: list[tuple[float, str]] = []  # (when, id): a heap of timers
+        self.restart_due: dict[str, float] = {}  # id -> when; an id not here is cancelled
+        self.backoff: dict[str, float] = {}  # id -> the last restart delay
 
     # --- the keeper --------------------------------------------------------------------------
 
@@ -139,8 +188,10 @@ class Daemon:
                            os.path.join(self.run_root, "keeper.log"))
             self.keeper = wait_for_socket(self.keeper_path)
         self.keeper.settimeout(None)
-        proto.send(self.keeper, {"op": "hello"})
-        exited = []
+        # the keeper starts another daemon like this one if this one dies
+        proto.send(self.keeper, {"op": "hello", "respawn": daemon_argv(self.engine),
+                                 "log": os.path.join(self.run_root, "daemon.log")})
+        adopted = 0
         while True:
             msg, fds = proto.recv(self.keeper)
             if msg is None:
@@ -149,20 +200,43 @@ class Daemon:
                 break
             held = msg["held"]
             self.adopt(held["id"], fds, held.get("streams", ["stdout", "stderr"]))
+            adopted += 1
             if held["status"] is not None:
-                exited.append((held["id"], held["status"]))
-        for cid, status in exited:
-            self.on_exit(cid, status)
+                self.exits.append((held["id"], held["status"]))
+        return adopted
+
+    def take_over(self) -> None:
+        """Just before the main loop: the keeper stops reading the pipes and hands over
+        what it read (while no daemon was there, and while this one started), with the
+        times it read it."""
+        proto.send(self.keeper, {"op": "ready"})
+        while True:
+            msg, fds = proto.recv(self.keeper)
+            for fd in fds:
+                os.close(fd)
+            if msg is None:
+                raise RuntimeError("the keeper went away")
+            if "event" in msg:
+                self.exits.append((msg["id"], msg["status"]))
+            elif "backlog" in msg:
+                b = msg["backlog"]
+                log = self.logs.get(b["id"])
+                if log is not None:
+                    log.write(b["stream"], base64.b64decode(b["data"]), b["ns"])
+            else:
+                return
 
     def keeper_call(self, msg: dict) -> tuple[dict, list[int]]:
-        """A request to the keeper; exit events that arrive meanwhile are handled."""
+        """A request to the keeper. Exit events that arrive meanwhile are queued, not
+        handled here: handling one calls the keeper too, and that call would take this
+        call's reply."""
         proto.send(self.keeper, msg)
         while True:
             reply, fds = proto.recv(self.keeper)
             if reply is None:
                 raise RuntimeError("the keeper went away")
             if "event" in reply:
-                self.on_exit(reply["id"], reply["status"])
+                self.exits.append((reply["id"], reply["status"]))
                 continue
             return reply, fds
 
@@ -175,7 +249,7 @@ class Daemon:
                 os.close(fd)
             return
         if cid not in self.logs:
-            self.logs[cid] = CriLog(path)
+            self.logs[cid] = CriLog(path, *log_options(self.run_options(cid)))
         readers = []
         input_fd = None
         for fd, stream in zip(fds, streams):
@@ -265,15 +339,110 @@ class Daemon:
         if rec is None:
             return
         if self.engine.should_restart(rec, status):
-            self.engine._update(cid, restart_count=(rec["restart_count"] or 0) + 1)
+            self.schedule_restart(cid, rec)
+        elif json.loads(rec["options"]).get("remove"):
+            self.remove(cid)
+
+    def remove(self, cid: str) -> None:
+        """`run -d --rm`: everything goes once it has exited (files, snapshot, network
+        lease, record), as `rm` would do it."""
+        from ..image.store import ImageStore
+
+        try:
+            self.engine._remove_everything(cid, ImageStore(self.engine.root))
+        except Exception as e:  # noqa: BLE001 - one container's trouble
+            log_line(f"removal of {cid[:12]} (--rm) failed: {e}")
+
+    def schedule_restart(self, cid: str, rec: dict) -> None:
+        """docker's back-off: the first restart after 100 ms, each one in a row after
+        twice the last, at most a minute; a container that ran 10 s starts again at
+        100 ms."""
+        end = rec["finished"] if rec["status"] == "exited" and rec["finished"] else time.time()
+        ran = end - (rec["started"] or 0)
+        last = self.backoff.get(cid)
+        if last is None or ran >= RESTART_RESET_AFTER:
+            delay = RESTART_FIRST
+        else:
+            delay = min(last * 2, RESTART_MAX)
+        self.backoff[cid] = delay
+        due = time.monotonic() + delay
+        self.restart_due[cid] = due
+        heapq.heappush(self.restarts, (due, cid))
+
+    def cancel_restart(self, cid: str) -> None:
+        self.restart_due.pop(cid, None)  # its heap entry is skipped when it comes up
+
+    def due_restarts(self) -> float | None:
+        """Start the containers whose restart is due; the seconds until the next one."""
+        while self.restarts:
+            due, cid = self.restarts[0]
+            if self.restart_due.get(cid) != due:
+                heapq.heappop(self.restarts)  # cancelled or rescheduled
+                continue
+            now = time.monotonic()
+            if due > now:
+                return due - now
+            heapq.heappop(self.restarts)
+            del self.restart_due[cid]
             try:
-                self.start(cid)
-            except Exception as e:  # noqa: BLE001
-                log_line(f"restart of {cid[:12]} failed: {e}")
+                self.restart(cid)
+            except Exception as e:  # noqa: BLE001 - one container's trouble
+                log_line(f"restart of {cid[:12]} failed: {type(e).__name__}: {e}")
+        return None
+
+    def restart(self, cid: str) -> None:
+        from ..errors import NotFound
+
+        try:
+            rec = self.engine.get(cid)
+        except NotFound:
+            return  # removed meanwhile
+        # stopped or removed by the user meanwhile (stop tells us, so this is the
+        # second line), or started again by `start`
+        if rec["user_stopped"] or rec["status"] != "exited":
+            return
+        self.engine._update(cid, restart_count=(rec["restart_count"] or 0) + 1)
+        self.start(cid)
+
+    def user_stop(self, cid: str) -> None:
+        """The user stops (or removes) it: no restart from now on, none pending. As
+        requests and restarts take turns, a restart is either done (the container runs:
+        the caller signals it) or will not happen."""
+        self.cancel_restart(cid)
+        self.engine._update(cid, user_stopped=1)
+
+    def handle_exits(self) -> None:
+        while self.exits:
+            cid, status = self.exits.pop(0)
+            try:
+                self.on_exit(cid, status)
+            except Exception as e:  # noqa: BLE001 - one container's trouble
+                log_line(f"error: handling the exit of {cid[:12]}: {type(e).__name__}: {e}")
+
+    def resume_restarts(self) -> None:
+        """Containers whose restart was pending when the last daemon died: their exit
+        is recorded and the keeper has let them go, so only their records say it. Read
+        as they are, not reconciled: a container a `run -d` is preparing has no runtime
+        state yet and would pass for exited (and be started twice)."""
+        try:
+            rows = self.engine.db.execute(
+                "SELECT id FROM containers WHERE status = 'exited' AND started IS NOT NULL"
+                " AND user_stopped = 0").fetchall()
+            pending = {cid for cid, _ in self.exits}
+            for (cid,) in rows:
+                if cid in self.stdio or cid in pending:
+                    continue
+                rec = self.engine.get(cid)
+                if json.loads(rec["options"]).get("detach") and \
+                        self.engine.should_restart(rec, rec["exit_code"] or 0):
+                    self.schedule_restart(cid, rec)
+        except Exception as e:  # noqa: BLE001 - never a reason not to serve
+            log_line(f"pending restarts not resumed: {type(e).__name__}: {e}")
 
     def start(self, cid: str) -> int:
         """Start the container in the keeper; a -t container gets a new pty, a -i one
         a new stdin pipe, each time."""
+        self.cancel_restart(cid)
         bundle = os.path.join(self.engine.root, "containers", cid)
         opts = self.run_options(cid)
         reply, fds = self.keeper_call({"op": "start", "id": cid,
@@ -286,7 +455,7 @@ class Daemon:
                             exit_code=None)
         self.adopt(cid, fds, reply.get("streams", ["stdout", "stderr"]))
         if reply.get("status") is not None:  # it has exited already
-            self.on_exit(cid, reply["status"])
+            self.exits.append((cid, reply["status"]))
         return reply["pid"]
 
     def on_client(self, conn) -> None:
@@ -305,6 +474,9 @@ class Daemon:
                 proto.send(conn, {"ok": True, "pid": os.getpid()})
             elif msg.get("op") == "start":
                 proto.send(conn, {"ok": True, "pid": self.start(msg["id"])})
+            elif msg.get("op") == "stop":
+                self.user_stop(msg["id"])
+                proto.send(conn, {"ok": True})
             elif msg.get("op") == "attach":
                 self.attach(conn, msg["id"], bool(msg.get("stdin", True)))
             else:
@@ -412,19 +584,45 @@ class Daemon:
             pass
         client.conn.close()
 
-    def serve(self) -> None:
+    def serve(self, wait: bool = False) -> None:
+        from .keeper import lock_holder, take_lock
+
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         os.makedirs(self.run_root, mode=0o711, exist_ok=True)
-        self.connect_keeper()
-        listener = proto.listen(self.sock_path)
+        # the lock, not the pid file, decides: a second daemon must not take the socket
+        # (listen unlinks it) nor start a second keeper
+        lock = os.path.join(self.run_root, "daemon.lock")
+        if take_lock(lock) is None:
+            if not wait:
+                raise MiniRunError(f"another minirun daemon ({lock_holder(self.run_root, 'daemon')})"
+                                   f" serves {self.run_root}")
+            log_line(f"waiting for the daemon ({lock_holder(self.run_root, 'daemon')}) "
+                     "to end")
+            take_lock(lock, wait=True)
+        try:
+            with open(os.path.join(self.run_root, "daemon.pid")) as f:
+                previous = int(f.read())
+        except (OSError, ValueError):
+            previous = None
         with open(os.path.join(self.run_root, "daemon.pid"), "w") as f:
             f.write(str(os.getpid()))
+        adopted = self.connect_keeper()
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+        listener = proto.listen(self.sock_path)
         self.sel.register(listener, selectors.EVENT_READ, ("listen",))
         self.sel.register(self.keeper, selectors.EVENT_READ, ("keeper",))
-        log_line(f"minirun daemon {os.getpid()} serving {self.sock_path}")
         self.recover_networks()
+        self.resume_restarts()
+        self.take_over()
+        log_line(f"minirun daemon {os.getpid()} serving {self.sock_path}; adopted {adopted} "
+                 "container(s)" + (f" (the daemon before, pid {previous}, ended without a "
+                                   "clean exit)" if previous else ""))
         while True:
-            for key, events in self.sel.select():
+            self.handle_exits()
+            timeout = self.due_restarts()
+            if self.exits:
+                continue  # a restart's container exited at once
+            for key, events in self.sel.select(timeout):
                 # A key handled earlier in this round may have closed a pipe (an exit
                 # drains it) and its number may be a new pipe's now: skip stale keys.
                 if self.sel.get_map().get(key.fd) is not key:
@@ -434,6 +632,20 @@ class Daemon:
                         return
                 except Exception as e:  # noqa: BLE001 - one container's trouble
                     log_line(f"error: {type(e).__name__}: {e}")
+
+    def on_sigterm(self, *_) -> None:
+        """A clean exit: the keeper is told not to start another daemon. The message
+        only (its reply does not matter): this may run in the middle of a keeper call."""
+        try:
+            proto.send(self.keeper, {"op": "bye"})
+        except OSError:
+            pass
+        try:
+            os.unlink(os.path.join(self.run_root, "daemon.pid"))
+        except FileNotFoundError:
+            pass
+        log_line("exiting (SIGTERM)")
+        os._exit(0)
 
     def recover_networks(self) -> None:
         """Leases, links and netns of containers whose records a crash took away."""
@@ -464,7 +676,7 @@ class Daemon:
                 log_line("the keeper went away; exiting")
                 return False
             if "event" in msg:
-                self.on_exit(msg["id"], msg["status"])
+                self.exits.append((msg["id"], msg["status"]))
         return True
 
 
@@ -495,13 +707,30 @@ def wait_for_socket(path: str, timeout: float = 15.0):
             time.sleep(0.05)
 
 
-def ensure_daemon(engine, timeout: float = 15.0) -> None:
+def daemon_argv(engine) -> list[str]:
+    return [sys.executable, "-m", "minirun.cli", "daemon", "--root", engine.root,
+            "--run-root", engine.run_root]
+
+
+def revive(engine) -> None:
+    """For the commands that read or change detached containers (ps, logs, stop, exec,
+    ...): a daemon that died is brought back (the keeper does it too, this is the second
+    line) so that exits are recorded and restart policies applied before we look. Only
+    where detached containers were ever run (the keeper's socket is there)."""
+    if os.path.exists(os.path.join(engine.run_root, "keeper.sock")):
+        ensure_daemon(engine)
+
+
+def ensure_daemon(engine, timeout: float = 15.0, busy_timeout: float = 120.0) -> None:
     """Connect to the daemon, starting it on first need. A daemon that is dying (killed:
-    its socket still accepts for a moment, then resets) counts as none."""
+    its socket still accepts for a moment, then resets) counts as none; one that accepts
+    and is slow to answer is busy (starting containers on a loaded host), not gone: it
+    is waited for (up to busy_timeout), never replaced."""
     path = os.path.join(engine.run_root, "minirun.sock")
-    deadline = time.monotonic() + timeout
+    begun = time.monotonic()
     spawned = False
     while True:
+        busy = False
         try:
             sock = proto.connect(path, timeout=5)
             try:
@@ -511,15 +740,17 @@ def ensure_daemon(engine, timeout: float = 15.0) -> None:
                 sock.close()
             if reply and reply.get("ok"):
                 return
+        except TimeoutError:
+            busy = True
         except OSError:
             pass
-        if time.monotonic() > deadline:
+        if time.monotonic() - begun > (busy_timeout if busy else timeout):
             raise MiniRunError(f"the minirun daemon does not answer on {path}")
-        if not spawned:
+        if not spawned and not busy:
+            # if another daemon is starting (the keeper's, another command's), this one
+            # cannot take the lock and exits at once: we wait for whichever answers
             os.makedirs(engine.run_root, mode=0o711, exist_ok=True)
-            env_root = ["--root", engine.root, "--run-root", engine.run_root]
-            spawn_detached([sys.executable, "-m", "minirun.cli", "daemon", *env_root],
-                           os.path.join(engine.run_root, "daemon.log"))
+            spawn_detached(daemon_argv(engine), os.path.join(engine.run_root, "daemon.log"))
             spawned = True
         time.sleep(0.05)
 

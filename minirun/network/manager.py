@@ -8,8 +8,8 @@ handed out twice, whatever runs at once). Host state is derived from the records
 - minirun's nftables table is regenerated from the records whenever ports or bridges
   change, under one host-wide lock;
 - net.ipv4.ip_forward is switched on with the first non-internal minirun bridge on the
-  host and put back to what it was when the last one goes (the old value is kept in
-  /run/minirun/network/ip_forward.saved meanwhile).
+  host and left on (as docker and netavark leave it): other containers (podman's, a
+  VM's) may need it by then, and putting it back would cut them off.
 
 Each endpoint's row is written before any host resource is made, with the names the
 resources will have, so a crash at any point leaves a row that `rm`, `network prune` or
@@ -530,7 +530,6 @@ class Networks:
                 self._apply_table()
             except BaseException:
                 host.delete_link(rec["bridge"])
-                _forwarding_restore()
                 raise
         return True
 
@@ -538,7 +537,6 @@ class Networks:
         with Netlink() as host:
             host.delete_link(rec["bridge"])
         self._apply_table()
-        _forwarding_restore()
 
     def _apply_table(self) -> None:
         table = nft.Table(self.table)
@@ -617,40 +615,9 @@ def _read_sysctl(name: str) -> str:
 
 
 def _forwarding_on() -> None:
-    saved = os.path.join(HOST_STATE, "ip_forward.saved")
-    if os.path.exists(saved):
-        return
-    old = _read_sysctl("net/ipv4/ip_forward")
-    with open(saved + ".tmp", "w") as f:
-        f.write(old)
-    os.rename(saved + ".tmp", saved)
-    if old != "1":
+    """On, and left on: see the module's docstring."""
+    if _read_sysctl("net/ipv4/ip_forward") != "1":
         _write_sysctl("net/ipv4/ip_forward", "1")
-
-
-def _forwarding_restore() -> None:
-    """Put ip_forward back once no minirun bridge of any root is left on the host."""
-    saved = os.path.join(HOST_STATE, "ip_forward.saved")
-    if not os.path.exists(saved) or _minirun_bridges():
-        return
-    with open(saved) as f:
-        old = f.read().strip()
-    if old in ("0", "1"):
-        _write_sysctl("net/ipv4/ip_forward", old)
-    os.unlink(saved)
-
-
-def _minirun_bridges() -> list[str]:
-    out = []
-    for name in os.listdir("/sys/class/net"):
-        try:
-            with open(f"/sys/class/net/{name}/ifalias") as f:
-                alias = f.read()
-        except OSError:
-            continue
-        if alias.startswith(ALIAS_PREFIX) and os.path.isdir(f"/sys/class/net/{name}/bridge"):
-            out.append(name)
-    return out
 
 
 def mac_for(ip: str) -> bytes:
