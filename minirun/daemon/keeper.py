@@ -188,7 +188,7 @@ class Keeper:
                 proto.send(conn, {"error": f"unknown op {op!r}"})
         except Exception as e:  # noqa: BLE001 - the keeper answers, it does not die
             try:
-                proto.send(conn, {"error": str(e) or type(e).__name__})
+                proto.send(conn, proto.error_reply(e))
             except OSError:
                 self.drop(conn)
 
@@ -224,7 +224,8 @@ class Keeper:
             text = _read_all(res_r).decode(errors="replace")
             os.waitpid(worker, 0)
             if not text.startswith("ok "):
-                raise RuntimeError(text[6:] if text.startswith("error ") else "create failed")
+                kind, _, error = text[6:].partition(" ")
+                raise proto.reply_error({"error": error or "create failed", "kind": kind})
             if console is not None:
                 ours["tty"] = _receive_master(console[0])
         except BaseException:
@@ -271,7 +272,7 @@ class Keeper:
             os.write(res_w, f"ok {c.pid}".encode())
             code = 0
         except BaseException as e:  # noqa: BLE001
-            os.write(res_w, f"error {e}".encode())
+            os.write(res_w, f"error {type(e).__name__} {e}".encode())
         os._exit(code)
 
 

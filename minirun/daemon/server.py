@@ -5,7 +5,9 @@
   CLI -> daemon  {"op": "attach", "id", "stdin"}
                  <- {"ok": true, "tty", "stdin"} + [pty master | stdin pipe] | {"error"}
                  then the container's output as stream messages (proto.py) until its
-                 exit status; the client may send {"op": "close_stdin"} (its EOF)
+                 exit status; the client may send {"op": "close_stdin"} (its EOF) and
+                 {"op": "kill", "signal"} (a signal for the container)
+  CLI -> daemon  {"op": "run", ...}        a foreground run: daemon/foreground.py
 
 Attach: the daemon reads the container's output (for the log) and copies it to every
 attached client; input does not pass through the daemon: the client gets a dup of the
@@ -28,7 +30,7 @@ import sys
 import time
 
 from ..errors import ContainerStateError, MiniRunError
-from . import proto
+from . import foreground, proto
 
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_KEEP = 1
@@ -251,29 +253,35 @@ class Daemon:
         st = self.stdio.pop(cid, None)
         if st is not None:
             st.close_input()
-            for client in list(st.clients):
-                self.send_to(client, proto.EXIT + str(status).encode())
-                client.closing = True
-                if not client.queue:
-                    self.detach(client)
         try:
             ctr.delete(self.engine.oci_root, cid, force=True)
         except NotFound:
             pass
         if self.keeper is not None:
             self.keeper_call({"op": "forget", "id": cid})
-        if rec is None:
-            return
-        if self.engine.should_restart(rec, status):
+        restart = rec is not None and self.engine.should_restart(rec, status)
+        if rec is not None and not restart:
+            try:
+                foreground.remove_if_asked(self.engine, rec)
+            except Exception as e:  # noqa: BLE001 - the clients still get the status
+                log_line(f"--rm of {cid[:12]} failed: {e}")
+        # the status last: a `run --rm` client returns once nothing of the container is left
+        for client in list(st.clients if st else ()):
+            self.send_to(client, proto.EXIT + str(status).encode())
+            client.closing = True
+            if not client.queue:
+                self.detach(client)
+        if restart:
             self.engine._update(cid, restart_count=(rec["restart_count"] or 0) + 1)
             try:
                 self.start(cid)
             except Exception as e:  # noqa: BLE001
                 log_line(f"restart of {cid[:12]} failed: {e}")
 
-    def start(self, cid: str) -> int:
+    def start(self, cid: str, on_started=None) -> int:
         """Start the container in the keeper; a -t container gets a new pty, a -i one
-        a new stdin pipe, each time."""
+        a new stdin pipe, each time. on_started is called once its output is held, before
+        any of it is read (the foreground client attaches then)."""
         bundle = os.path.join(self.engine.root, "containers", cid)
         opts = self.run_options(cid)
         reply, fds = self.keeper_call({"op": "start", "id": cid,
@@ -281,10 +289,12 @@ class Daemon:
                                        "tty": bool(opts.get("tty")),
                                        "stdin": bool(opts.get("interactive"))})
         if "error" in reply:
-            raise RuntimeError(reply["error"])
+            raise proto.reply_error(reply)
         self.engine._update(cid, status="running", pid=reply["pid"], started=time.time(),
                             exit_code=None)
         self.adopt(cid, fds, reply.get("streams", ["stdout", "stderr"]))
+        if on_started is not None:
+            on_started()
         if reply.get("status") is not None:  # it has exited already
             self.on_exit(cid, reply["status"])
         return reply["pid"]
@@ -307,11 +317,13 @@ class Daemon:
                 proto.send(conn, {"ok": True, "pid": self.start(msg["id"])})
             elif msg.get("op") == "attach":
                 self.attach(conn, msg["id"], bool(msg.get("stdin", True)))
+            elif msg.get("op") == "run":
+                foreground.handle_run(self, conn, msg)
             else:
                 proto.send(conn, {"error": f"unknown op {msg.get('op')!r}"})
         except Exception as e:  # noqa: BLE001 - answer the client, keep serving
             try:
-                proto.send(conn, {"error": str(e) or type(e).__name__})
+                proto.send(conn, proto.error_reply(e))
             except OSError:
                 pass
 
@@ -319,16 +331,17 @@ class Daemon:
 
     def attach(self, conn, cid: str, want_stdin: bool) -> None:
         st = self.stdio.get(cid)
-        if st is None:
-            opts = self.run_options(cid)
-            raise ContainerStateError(
-                STOPPED if not opts or opts.get("detach") else
-                "only a container run with -d can be attached: this one runs in the "
-                "foreground of the minirun that started it")
+        if st is None:  # foreground runs are the daemon's too: not running is stopped
+            raise ContainerStateError(STOPPED)
         stdin = want_stdin and st.input_fd is not None and (st.interactive or not st.tty)
         # a tty client needs the master to set the window size even without stdin
         fds = [st.input_fd] if stdin or st.tty else []
-        proto.send(conn, {"ok": True, "tty": st.tty, "stdin": stdin}, fds)
+        self.add_client(conn, cid, {"ok": True, "tty": st.tty, "stdin": stdin}, fds)
+
+    def add_client(self, conn, cid: str, reply: dict, fds: list[int]) -> None:
+        """The reply, then the container's output from now on."""
+        st = self.stdio[cid]
+        proto.send(conn, reply, fds)
         conn.setblocking(False)
         client = AttachedClient(conn, cid)
         st.clients.add(client)
@@ -391,6 +404,18 @@ class Daemon:
             self.detach(client)
         elif msg.get("op") == "close_stdin":
             self.close_stdin(client.cid)
+        elif msg.get("op") == "kill":
+            self.kill(client.cid, int(msg["signal"]))
+
+    def kill(self, cid: str, signum: int) -> None:
+        """A signal the client received, for the container (docker's --sig-proxy)."""
+        from .. import container as ctr
+
+        if cid in self.stdio:
+            try:
+                ctr.kill(self.engine.oci_root, cid, signum)
+            except MiniRunError as e:
+                log_line(f"kill {signum} of {cid[:12]}: {e}")
 
     def close_stdin(self, cid: str) -> None:
         """An attached client's EOF: every write end of the pipe goes (the client has
