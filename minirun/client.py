@@ -144,7 +144,8 @@ def _run(root: str | None, run_root: str | None, image: str, opts: dict) -> int:
 
     try:
         sock = _connect(root, run_root)
-        proto.send(sock, {"op": "run", "root": root, "image": image, "opts": opts})
+        proto.send(sock, {"op": "run", "root": root, "image": image, "opts": opts,
+                          "console_size": _terminal_size() if opts.get("tty") else None})
         reply, fds = proto.recv(sock)
     except OSError as e:
         return _fail(f"the minirun daemon: {e.strerror or e}", EXIT_ENGINE)
@@ -190,6 +191,16 @@ def _connect(root: str | None, run_root: str | None):
 
     ensure_daemon(Engine(root=root, run_root=run_root))
     return proto.connect(path, timeout=120)
+
+
+def _terminal_size() -> list[int] | None:
+    for fd in (0, 1):
+        try:
+            cols, rows = os.get_terminal_size(fd)
+            return [rows, cols]
+        except OSError:
+            continue
+    return None
 
 
 def _fail(message: str, code: int) -> int:

@@ -1,6 +1,8 @@
 """A foreground `minirun run` in the daemon (the client is minirun/client.py).
 
-  CLI -> daemon  {"op": "run", "root", "image", "opts"}   opts: RunOptions' fields
+  CLI -> daemon  {"op": "run", "root", "image", "opts", "console_size"}
+                 opts: RunOptions' fields; console_size: [rows, cols] of the client's
+                 terminal, for a -t container
                  <- {"ok": true, "id", "tty", "stdin"} + [pty master | stdin pipe]
                     | {"error", "kind"}  (kind: the MiniRunError class, for 125/126/127)
                  then as an attach (server.py): the output as stream messages until the
@@ -47,11 +49,27 @@ def handle_run(daemon, conn, msg: dict) -> None:
         raise MiniRunError("a foreground run has no --restart and no -d")
     cid = engine.prepare(msg["image"], opts)
     try:
+        if opts.tty and msg.get("console_size"):
+            set_console_size(os.path.join(engine.root, "containers", cid), *msg["console_size"])
         daemon.start(cid, on_started=lambda: attach_starter(daemon, conn, cid))
     except BaseException:
         if engine.get_status_only(cid) is not None:
             engine._remove_everything(cid, ImageStore(engine.root))
         raise
+
+
+def set_console_size(bundle: str, rows: int, cols: int) -> None:
+    """The client's terminal size for the container's from the start (the runtime sets
+    process.consoleSize on the new pty): a command that asks at once must not see 0x0,
+    and the client can set the size only once the container has started."""
+    import json
+
+    path = os.path.join(bundle, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg["process"]["consoleSize"] = {"height": int(rows), "width": int(cols)}
+    with open(path, "w") as f:
+        json.dump(cfg, f)
 
 
 def attach_starter(daemon, conn, cid: str) -> None:
