@@ -147,11 +147,25 @@ def _run(root: str | None, run_root: str | None, image: str, opts: dict) -> int:
 
     from .daemon import proto
 
+    sock = None
+    early: list[int] = []  # signals received before the container was started
+
+    def forward(signum, _frame) -> None:
+        if sock is None:
+            early.append(signum)
+            return
+        try:
+            proto.send(sock, {"op": "kill", "signal": signum})
+        except OSError:
+            pass
+
+    for name in FORWARDED_SIGNALS:
+        signal.signal(getattr(signal, name), forward)
     try:
-        sock = _connect(root, run_root)
-        proto.send(sock, {"op": "run", "root": root, "image": image, "opts": opts,
+        conn = _connect(root, run_root)
+        proto.send(conn, {"op": "run", "root": root, "image": image, "opts": opts,
                           "console_size": _terminal_size() if opts.get("tty") else None})
-        reply, fds = proto.recv(sock)
+        reply, fds = proto.recv(conn)
     except OSError as e:
         return _fail(f"the minirun daemon: {e.strerror or e}", EXIT_ENGINE)
     except Exception as e:  # noqa: BLE001 - MiniRunError from ensure_daemon
@@ -160,16 +174,10 @@ def _run(root: str | None, run_root: str | None, image: str, opts: dict) -> int:
         return _fail("the minirun daemon closed the connection", EXIT_ENGINE)
     if "error" in reply:
         return _fail(reply["error"], EXIT_BY_KIND.get(reply.get("kind"), EXIT_ENGINE))
-    sock.settimeout(None)
-
-    def forward(signum, _frame) -> None:
-        try:
-            proto.send(sock, {"op": "kill", "signal": signum})
-        except OSError:
-            pass
-
-    for name in FORWARDED_SIGNALS:
-        signal.signal(getattr(signal, name), forward)
+    conn.settimeout(None)
+    sock = conn
+    for signum in early:
+        forward(signum, None)
     from .terminal import DEFAULT_DETACH_KEYS, AttachSession, parse_detach_keys
 
     # docker's detach keys work in `run -it` as in attach; without a terminal, no keys

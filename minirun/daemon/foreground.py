@@ -78,7 +78,11 @@ def attach_starter(daemon, conn, cid: str) -> None:
     st = daemon.stdio[cid]
     stdin = st.interactive and st.input_fd is not None
     fds = [st.input_fd] if stdin or st.tty else []
-    daemon.add_client(conn, cid, {"ok": True, "id": cid, "tty": st.tty, "stdin": stdin}, fds)
+    try:
+        daemon.add_client(conn, cid, {"ok": True, "id": cid, "tty": st.tty, "stdin": stdin},
+                          fds)
+    except OSError:
+        pass  # the client died while we made the container: it runs on, as if detached
 
 
 def remove_if_asked(engine, rec: dict) -> None:
