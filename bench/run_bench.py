@@ -15,7 +15,7 @@ measurement is repeated with that mode, if minirun accepts it (otherwise the ben
 and measures only `none`).
 
 minirun is measured through three launchers: the one scripts/install.sh writes for
-`minirun` (a normal interpreter start, -E), pip's console script in .venv/bin, and a
+`minirun` (`python -SE`, minirun.client), pip's console script in .venv/bin, and a
 `python -SE` launcher like install.sh's `minirun-oci-fast`, written into the temp dir.
 
 podman is isolated from the host's podman: its store, run root, tmpdir, network config

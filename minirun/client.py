@@ -120,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     return run_in_daemon(image, opts)
 
 
+def main_and_exit() -> None:
+    """The fast launcher's entry (scripts/install.sh): exit without the teardown."""
+    from . import exit_without_teardown
+
+    exit_without_teardown(main())
+
+
 def run_in_daemon(image: str, opts: dict) -> int:
     """A foreground run through the daemon: the container's exit status, or 125/126/127
     with a line on stderr when minirun or the exec fails."""
