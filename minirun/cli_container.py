@@ -104,11 +104,12 @@ def run(root, image, command, volumes, remove, **kw) -> None:
             return
         if opts.restart != "no":
             raise MiniRunError("--restart needs -d: the daemon applies restart policies")
-        status = _engine(root, revive=False).run_foreground(image, opts)
     except MiniRunError as e:
         click.echo(f"minirun: error: {e}", err=True)
         sys.exit(docker_exit_code(e))
-    sys.exit(status)
+    from .client import run_in_daemon
+
+    sys.exit(run_in_daemon(image, dict(opts.__dict__, root=root)))
 
 
 def _status_text(rec: dict) -> str:

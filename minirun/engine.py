@@ -275,8 +275,9 @@ class Engine:
             kept = read_exit_status(self.run_root, rec["id"])
             if kept is None and _is_zombie(rec["pid"]):
                 return  # its parent (the keeper) is about to reap it and record the status
-            if kept is None and json.loads(rec["options"]).get("detach"):
+            if kept is None:
                 # reaped a moment ago: the keeper writes the status right after waitpid
+                # (foreground runs are the keeper's children too)
                 deadline = time.monotonic() + 1.0
                 while kept is None and time.monotonic() < deadline:
                     time.sleep(0.02)
@@ -331,7 +332,7 @@ class Engine:
             cfg = self._oci_config(cid, config, args, rootfs, bundle, opts, net)
             self._apply_userns(cfg, idmap, bundle, rootfs)
             with open(os.path.join(bundle, "config.json"), "w") as f:
-                json.dump(cfg, f)
+                f.write(json.dumps(cfg))  # dumps is C; dump the pure-Python encoder: 2 ms
             self._update(cid, status="created", stop_signal=config.get("StopSignal") or "")
         except BaseException:
             self._remove_everything(cid, store)
@@ -646,38 +647,6 @@ class Engine:
                 os.chown(source, owner.st_uid, owner.st_gid)
 
     # --- run, stop, remove ---------------------------------------------------------------
-
-    def run_foreground(self, image_ref: str, opts: RunOptions) -> int:
-        """create, start, wait: the caller's terminal is the container's."""
-        from . import container as ctr
-
-        proxy = None
-        console_fd = None
-        if opts.tty:
-            from .terminal import TerminalProxy
-
-            proxy = TerminalProxy()
-            console_fd = proxy.container_end
-        cid = None
-        try:
-            cid, c = self.create(image_ref, opts, console_fd=console_fd)
-            if proxy:
-                proxy.receive_master()
-            ctr.start(self.oci_root, cid)
-            self._update(cid, status="running", started=time.time())
-            status = proxy.run_until_exit(c.pid) if proxy else ctr.wait_child(c.pid)
-            self._update(cid, status="exited", exit_code=status, finished=time.time())
-            return status
-        finally:
-            if proxy:
-                proxy.close()
-            if cid is not None:
-                try:
-                    ctr.delete(self.oci_root, cid, force=True)
-                except NotFound:
-                    pass
-                if opts.remove:
-                    self.remove(cid, force=True)
 
     def run_detached(self, image_ref: str, opts: RunOptions) -> str:
         from .image.store import ImageStore

@@ -53,7 +53,7 @@ class TerminalProxy:
     def run_until_exit(self, pid: int) -> int:
         if os.isatty(0):
             self._saved = termios.tcgetattr(0)
-            tty.setraw(0)
+            tty.setraw(0, termios.TCSANOW)  # not the default TCSAFLUSH: keep type-ahead
         self._sync_size()
         old = signal.signal(signal.SIGWINCH, lambda *_: self._sync_size())
         pidfd = os.pidfd_open(pid)
@@ -185,7 +185,7 @@ class AttachSession:
             os.set_blocking(self.input_fd, False)
         if self.tty and self.forward_stdin and os.isatty(0):
             self._saved = termios.tcgetattr(0)
-            tty.setraw(0)
+            tty.setraw(0, termios.TCSANOW)  # not the default TCSAFLUSH: keep type-ahead
         old_winch = None
         if self.tty:
             self._sync_size()

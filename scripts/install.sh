@@ -76,8 +76,8 @@ make_venv() {
 # fast: -S skips site (no .pth files, no editable finder) and -E the PYTHON* variables;
 # the checkout goes first on sys.path and the venv's site-packages last, so third-party
 # packages still import without the cost of processing site. site: a normal start, for
-# `minirun`, whose import of click costs more than site does and which may later need
-# packages that rely on .pth files.
+# commands that may need packages relying on .pth files. `minirun` runs fast too: its
+# foreground `run` imports no click (minirun/client.py), so site was most of its start.
 write_launcher() {
     local path=$1 module=$2 kind=$3 flags=-E extra_path="" site_packages
     if [ "$kind" = fast ]; then
@@ -107,7 +107,7 @@ write_launcher() {
 }
 
 link_launchers() {
-    write_launcher "$VENV/bin/minirun-launcher" minirun.cli site
+    write_launcher "$VENV/bin/minirun-launcher" minirun.client fast
     write_launcher "$VENV/bin/minirun-oci-fast" minirun.oci_cli fast
     mkdir -p "$BIN_DIR"
     ln -sfn "$VENV/bin/minirun-launcher" "$BIN_DIR/minirun"

@@ -118,6 +118,8 @@ class Keeper:
 
     def serve(self) -> None:
         from .. import sys as _sys
+        # loaded once here: each start's worker is a fork of the keeper (6 ms a start)
+        from .. import container, layout, runtime  # noqa: F401
 
         os.makedirs(os.path.join(self.run_root, EXITS), mode=0o700, exist_ok=True)
         if take_lock(os.path.join(self.run_root, "keeper.lock")) is None:
@@ -335,7 +337,7 @@ class Keeper:
                 proto.send(conn, {"error": f"unknown op {op!r}"})
         except Exception as e:  # noqa: BLE001 - the keeper answers, it does not die
             try:
-                proto.send(conn, {"error": str(e) or type(e).__name__})
+                proto.send(conn, proto.error_reply(e))
             except OSError:
                 self.drop(conn)
 
@@ -385,7 +387,8 @@ class Keeper:
             os.waitpid(worker, 0)
             text = _read_result(res_r).decode(errors="replace")
             if not text.startswith("ok "):
-                raise RuntimeError(text[6:] if text.startswith("error ") else "create failed")
+                kind, _, error = text[6:].partition(" ")
+                raise proto.reply_error({"error": error or "create failed", "kind": kind})
             if console is not None:
                 ours["tty"] = _receive_master(console[0])
         except BaseException:
@@ -434,7 +437,7 @@ class Keeper:
             os.write(res_w, f"ok {c.pid}".encode())
             code = 0
         except BaseException as e:  # noqa: BLE001
-            os.write(res_w, f"error {e}".encode())
+            os.write(res_w, f"error {type(e).__name__} {e}".encode())
         os._exit(code)
 
 

@@ -41,6 +41,21 @@ def recv(sock: socket.socket) -> tuple[dict | None, list[int]]:
     return json.loads(data), list(fds)
 
 
+def error_reply(e: BaseException) -> dict:
+    """An error as a reply: the message and, for the CLI's exit status, its class."""
+    return {"error": str(e) or type(e).__name__, "kind": type(e).__name__}
+
+
+def reply_error(reply: dict) -> Exception:
+    """The exception an error reply stands for (MiniRunError's subclasses by name)."""
+    from .. import errors
+
+    cls = getattr(errors, reply.get("kind") or "", None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.MiniRunError)):
+        cls = errors.MiniRunError
+    return cls(reply["error"])
+
+
 def connect(path: str, timeout: float | None = 30.0) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sock.settimeout(timeout)

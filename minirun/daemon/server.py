@@ -7,7 +7,9 @@
   CLI -> daemon  {"op": "attach", "id", "stdin"}
                  <- {"ok": true, "tty", "stdin"} + [pty master | stdin pipe] | {"error"}
                  then the container's output as stream messages (proto.py) until its
-                 exit status; the client may send {"op": "close_stdin"} (its EOF)
+                 exit status; the client may send {"op": "close_stdin"} (its EOF) and
+                 {"op": "kill", "signal"} (a signal for the container)
+  CLI -> daemon  {"op": "run", ...}        a foreground run: daemon/foreground.py
 
 Attach: the daemon reads the container's output (for the log) and copies it to every
 attached client; input does not pass through the daemon: the client gets a dup of the
@@ -39,7 +41,7 @@ import sys
 import time
 
 from ..errors import ContainerStateError, MiniRunError
-from . import proto
+from . import foreground, proto
 
 # the bytes of output (not of the file: the CRI prefix is not counted) a log file holds
 # before it is rotated, and how many files (the current one and rotated ones) are kept:
@@ -325,23 +327,23 @@ class Daemon:
         st = self.stdio.pop(cid, None)
         if st is not None:
             st.close_input()
-            for client in list(st.clients):
-                self.send_to(client, proto.EXIT + str(status).encode())
-                client.closing = True
-                if not client.queue:
-                    self.detach(client)
         try:
             ctr.delete(self.engine.oci_root, cid, force=True)
         except NotFound:
             pass
         if self.keeper is not None:
             self.keeper_call({"op": "forget", "id": cid})
-        if rec is None:
-            return
-        if self.engine.should_restart(rec, status):
-            self.schedule_restart(cid, rec)
-        elif json.loads(rec["options"]).get("remove"):
-            self.remove(cid)
+        if rec is not None:
+            if self.engine.should_restart(rec, status):
+                self.schedule_restart(cid, rec)
+            elif json.loads(rec["options"]).get("remove"):
+                self.remove(cid)
+        # the status last: a `run --rm` client returns once nothing of the container is left
+        for client in list(st.clients if st else ()):
+            self.send_to(client, proto.EXIT + str(status).encode())
+            client.closing = True
+            if not client.queue:
+                self.detach(client)
 
     def remove(self, cid: str) -> None:
         """`run -d --rm`: everything goes once it has exited (files, snapshot, network
@@ -439,9 +441,10 @@ class Daemon:
         except Exception as e:  # noqa: BLE001 - never a reason not to serve
             log_line(f"pending restarts not resumed: {type(e).__name__}: {e}")
 
-    def start(self, cid: str) -> int:
+    def start(self, cid: str, on_started=None) -> int:
         """Start the container in the keeper; a -t container gets a new pty, a -i one
-        a new stdin pipe, each time."""
+        a new stdin pipe, each time. on_started is called once its output is held, before
+        any of it is read (the foreground client attaches then)."""
         self.cancel_restart(cid)
         bundle = os.path.join(self.engine.root, "containers", cid)
         opts = self.run_options(cid)
@@ -450,10 +453,12 @@ class Daemon:
                                        "tty": bool(opts.get("tty")),
                                        "stdin": bool(opts.get("interactive"))})
         if "error" in reply:
-            raise RuntimeError(reply["error"])
+            raise proto.reply_error(reply)
         self.engine._update(cid, status="running", pid=reply["pid"], started=time.time(),
                             exit_code=None)
         self.adopt(cid, fds, reply.get("streams", ["stdout", "stderr"]))
+        if on_started is not None:
+            on_started()
         if reply.get("status") is not None:  # it has exited already
             self.exits.append((cid, reply["status"]))
         return reply["pid"]
@@ -479,11 +484,13 @@ class Daemon:
                 proto.send(conn, {"ok": True})
             elif msg.get("op") == "attach":
                 self.attach(conn, msg["id"], bool(msg.get("stdin", True)))
+            elif msg.get("op") == "run":
+                foreground.handle_run(self, conn, msg)
             else:
                 proto.send(conn, {"error": f"unknown op {msg.get('op')!r}"})
         except Exception as e:  # noqa: BLE001 - answer the client, keep serving
             try:
-                proto.send(conn, {"error": str(e) or type(e).__name__})
+                proto.send(conn, proto.error_reply(e))
             except OSError:
                 pass
 
@@ -491,16 +498,17 @@ class Daemon:
 
     def attach(self, conn, cid: str, want_stdin: bool) -> None:
         st = self.stdio.get(cid)
-        if st is None:
-            opts = self.run_options(cid)
-            raise ContainerStateError(
-                STOPPED if not opts or opts.get("detach") else
-                "only a container run with -d can be attached: this one runs in the "
-                "foreground of the minirun that started it")
+        if st is None:  # foreground runs are the daemon's too: not running is stopped
+            raise ContainerStateError(STOPPED)
         stdin = want_stdin and st.input_fd is not None and (st.interactive or not st.tty)
         # a tty client needs the master to set the window size even without stdin
         fds = [st.input_fd] if stdin or st.tty else []
-        proto.send(conn, {"ok": True, "tty": st.tty, "stdin": stdin}, fds)
+        self.add_client(conn, cid, {"ok": True, "tty": st.tty, "stdin": stdin}, fds)
+
+    def add_client(self, conn, cid: str, reply: dict, fds: list[int]) -> None:
+        """The reply, then the container's output from now on."""
+        st = self.stdio[cid]
+        proto.send(conn, reply, fds)
         conn.setblocking(False)
         client = AttachedClient(conn, cid)
         st.clients.add(client)
@@ -563,6 +571,18 @@ class Daemon:
             self.detach(client)
         elif msg.get("op") == "close_stdin":
             self.close_stdin(client.cid)
+        elif msg.get("op") == "kill":
+            self.kill(client.cid, int(msg["signal"]))
+
+    def kill(self, cid: str, signum: int) -> None:
+        """A signal the client received, for the container (docker's --sig-proxy)."""
+        from .. import container as ctr
+
+        if cid in self.stdio:
+            try:
+                ctr.kill(self.engine.oci_root, cid, signum)
+            except MiniRunError as e:
+                log_line(f"kill {signum} of {cid[:12]}: {e}")
 
     def close_stdin(self, cid: str) -> None:
         """An attached client's EOF: every write end of the pipe goes (the client has

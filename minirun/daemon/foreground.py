@@ -1,0 +1,86 @@
+"""A foreground `minirun run` in the daemon (the client is minirun/client.py).
+
+  CLI -> daemon  {"op": "run", "root", "image", "opts", "console_size"}
+                 opts: RunOptions' fields; console_size: [rows, cols] of the client's
+                 terminal, for a -t container
+                 <- {"ok": true, "id", "tty", "stdin"} + [pty master | stdin pipe]
+                    | {"error", "kind"}  (kind: the MiniRunError class, for 125/126/127)
+                 then as an attach (server.py): the output as stream messages until the
+                 exit status; the client may send {"op": "close_stdin"} and
+                 {"op": "kill", "signal"} (a signal it received, for the container)
+
+The container is made and started as for `run -d`: the keeper parents it, the daemon logs
+its output. The client is attached before the daemon reads any of that output, so it
+gets all of it. When the client goes away (killed, its CI timed out) the container runs
+on, as docker's does when its CLI dies; its exit is recorded and `--rm` applied all
+the same.
+
+Why the output is relayed rather than written by the daemon to the client's own stdout
+and stderr (passed with SCM_RIGHTS): those are the caller's files, often its terminal,
+shared with its shell. The daemon would have to make them non-blocking (a flag on the
+shared open file: the caller's shell would then get EAGAIN) or risk a stalled reader
+stalling every container's logging; and it would keep writing into the caller's terminal
+after the client died. The relay costs a copy per chunk and nothing on a run's start
+(bench/README.md: `run --rm busybox true`, and 200 MiB through `cat`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import MiniRunError
+
+
+def handle_run(daemon, conn, msg: dict) -> None:
+    """Make, start and attach: the reply goes out once the container is started."""
+    from ..engine import RunOptions, check_run_options
+    from ..image.store import ImageStore
+
+    engine = daemon.engine
+    root = msg.get("root")
+    if root and os.path.realpath(root) != os.path.realpath(engine.root):
+        raise MiniRunError(f"the minirun daemon on {engine.run_root} serves the root "
+                           f"{engine.root}, not {root}: give each root its own run root")
+    try:
+        opts = RunOptions(**msg["opts"])
+    except TypeError as e:
+        raise MiniRunError(f"bad run request: {e}") from None
+    if opts.detach or opts.restart != "no":
+        raise MiniRunError("a foreground run has no --restart and no -d")
+    check_run_options(opts)
+    cid = engine.prepare(msg["image"], opts)
+    try:
+        if opts.tty and msg.get("console_size"):
+            set_console_size(os.path.join(engine.root, "containers", cid), *msg["console_size"])
+        daemon.start(cid, on_started=lambda: attach_starter(daemon, conn, cid))
+    except BaseException:
+        if engine.get_status_only(cid) is not None:
+            engine._remove_everything(cid, ImageStore(engine.root))
+        raise
+
+
+def set_console_size(bundle: str, rows: int, cols: int) -> None:
+    """The client's terminal size for the container's from the start (the runtime sets
+    process.consoleSize on the new pty): a command that asks at once must not see 0x0,
+    and the client can set the size only once the container has started."""
+    import json
+
+    path = os.path.join(bundle, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg["process"]["consoleSize"] = {"height": int(rows), "width": int(cols)}
+    with open(path, "w") as f:
+        f.write(json.dumps(cfg))
+
+
+def attach_starter(daemon, conn, cid: str) -> None:
+    """The client that started the container, attached with its input (-i) before the
+    daemon reads the first of its output."""
+    st = daemon.stdio[cid]
+    stdin = st.interactive and st.input_fd is not None
+    fds = [st.input_fd] if stdin or st.tty else []
+    try:
+        daemon.add_client(conn, cid, {"ok": True, "id": cid, "tty": st.tty, "stdin": stdin},
+                          fds)
+    except OSError:
+        pass  # the client died while we made the container: it runs on, as if detached
