@@ -209,18 +209,11 @@ class Engine:
         return [r for r in rows if all_containers or r["status"] == "running"]
 
     def get(self, name_or_id: str) -> dict:
-        self.db.row_factory = sqlite3.Row
-        rows = [dict(r) for r in self.db.execute(
-            "SELECT * FROM containers WHERE name = ? OR id = ? OR id LIKE ?",
-            (name_or_id, name_or_id, f"{name_or_id}%"))]
-        exact = [r for r in rows if r["name"] == name_or_id or r["id"] == name_or_id]
-        rows = exact or rows
-        if not rows or len(name_or_id) < 3 and not exact:
-            raise NotFound(f"no such container: {name_or_id}")
-        if len(rows) > 1:
-            raise InvalidArgument(f"{name_or_id!r} names more than one container")
-        self._reconcile(rows[0])
-        return rows[0]
+        from .lookup import find_record
+
+        rec = find_record(self.db, "containers", "container", name_or_id)
+        self._reconcile(rec)
+        return rec
 
     def get_status_only(self, cid: str) -> str | None:
         row = self.db.execute("SELECT status FROM containers WHERE id = ?", (cid,)).fetchone()

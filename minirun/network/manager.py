@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import AlreadyExists, InvalidArgument, MiniRunError, NotFound
+from ..lookup import find_record
 from . import netns, nft
 from .netlink import Netlink, NetlinkError, ipv4_routes
 
@@ -140,13 +141,7 @@ class Networks:
     def get(self, name_or_id: str) -> dict:
         if name_or_id == DEFAULT_NETWORK:
             self.ensure_default()
-        rows = self._rows("SELECT * FROM networks WHERE name = ? OR id = ?",
-                          (name_or_id, name_or_id))
-        if not rows and len(name_or_id) >= 3:
-            rows = self._rows("SELECT * FROM networks WHERE id LIKE ?", (f"{name_or_id}%",))
-        if len(rows) != 1:
-            raise NotFound(f"no such network: {name_or_id}")
-        return rows[0]
+        return find_record(self.db, "networks", "network", name_or_id)
 
     def containers_on(self, network: str) -> list[dict]:
         return self._rows("SELECT * FROM endpoints WHERE network = ?", (network,))
