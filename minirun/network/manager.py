@@ -384,7 +384,8 @@ class Networks:
             inside.add_address(eth0, ip, net.prefixlen, str(net.broadcast_address),
                                f"add {ip}/{net.prefixlen} to eth0")
             inside.set_link(eth0, up=True, what="bring eth0 up")
-            inside.add_default_route(rec["gateway"], eth0)
+            if not rec["internal"]:  # as docker: an internal network has no way out
+                inside.add_default_route(rec["gateway"], eth0)
         except NetlinkError as e:
             raise MiniRunError(f"network {rec['name']}: {e.strerror}") from None
         finally:
