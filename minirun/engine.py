@@ -304,8 +304,8 @@ class Engine:
         return cid
 
     def _network(self, cid: str, name: str, config: dict, opts: RunOptions):
-        """The container's network: an Attachment (its own netns, wired), the record of
-        the container whose netns it shares, or None (host, none)."""
+        """The container's network: an Attachment (its own netns, wired, or holding only
+        lo for none), the record of the container whose netns it shares, or None (host)."""
         mode = opts.network or "bridge"
         if mode in ("host", "none") or mode.startswith("container:"):
             if opts.publish or opts.publish_all:
@@ -318,6 +318,8 @@ class Engine:
                     raise ContainerStateError(
                         f"cannot join the network of {other['name']}: it is not running")
                 return other
+            if mode == "none":
+                return self.networks.attach_none(cid, name, opts.hostname or cid[:12])
             return None
         exposed = list((config.get("ExposedPorts") or {}).keys()) if opts.publish_all else []
         return self.networks.attach(cid, mode, name=name, hostname=opts.hostname or cid[:12],
@@ -437,9 +439,7 @@ class Engine:
             res["cpu"] = {"quota": int(cpus * 100000), "period": 100000}
         linux["resources"] = res
         namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-        if opts.network == "none":
-            namespaces.append({"type": "network"})
-        elif isinstance(net, dict):  # container:NAME joins that container's netns
+        if isinstance(net, dict):  # container:NAME joins that container's netns
             namespaces.append({"type": "network", "path": self._netns_of(net)})
         elif net is not None:
             namespaces.append({"type": "network", "path": net.netns})

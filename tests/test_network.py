@@ -478,6 +478,36 @@ def test_internal_network_reaches_nothing_outside_itself(env):
     assert "chain input" not in nft_table(env)
 
 
+def test_network_none_has_loopback_up(env):
+    """As docker and podman: lo is up with 127.0.0.1 (a server on it answers inside)."""
+    out = run_ok(env, "run", "--rm", "--network", "none", "busybox", "sh", "-c",
+                 "ip -o link show; ip -o -4 addr show; ip route; "
+                 "(nc -l -p 8080 -e echo hi &); "
+                 "for i in 1 2 3 4 5 6 7 8 9 10; do "
+                 "nc -w 2 127.0.0.1 8080 </dev/null && break; sleep 0.2; done")
+    lines = out.splitlines()
+    assert len([ln for ln in lines if ": lo: " in ln]) == 1 and \
+        "<LOOPBACK,UP,LOWER_UP>" in lines[0], out
+    assert "inet 127.0.0.1/8" in lines[1] and "eth0" not in out, out
+    assert lines[-1] == "hi", out
+    run_ok(env, "run", "-d", "--name", "nonet", "--network", "none", "busybox", "sleep", "300")
+    try:
+        settings = json.loads(run_ok(env, "inspect", "nonet"))[0]["NetworkSettings"]
+        assert list(settings["Networks"]) == ["none"] and settings["IPAddress"] == ""
+        assert "127.0.0.1" in sh(env, "nonet", "ip -o -4 addr show lo").stdout
+        # its netns outlives a stop, and comes back when gone (after a reboot)
+        run_ok(env, "stop", "-t", "1", "nonet")
+        subprocess.run(["umount", settings["SandboxKey"]], check=True)
+        os.unlink(settings["SandboxKey"])
+        run_ok(env, "start", "nonet")
+        assert "127.0.0.1" in sh(env, "nonet", "ip -o -4 addr show lo").stdout
+    finally:
+        env("rm", "-f", "nonet")
+    assert not os.path.exists(settings["SandboxKey"])
+    with open("/proc/self/mountinfo") as f:
+        assert settings["SandboxKey"] not in f.read()
+
+
 def test_a_second_root_gets_its_own_bridge_and_table(env, tmp_path):
     other = EngineEnv(str(tmp_path))
     os.makedirs(other.root)
