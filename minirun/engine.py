@@ -102,7 +102,52 @@ def parse_size(text: str, what: str) -> int:
     return int(value)
 
 
-# libseccomp's name of this architecture (archMap) and Go's (the includes/excludes)
+@dataclass
+class SecurityOptions:
+    """--security-opt, parsed."""
+
+    no_new_privileges: bool = False
+    seccomp: str | None = None  # "unconfined", a profile's path, or None: the default
+
+
+# strconv.ParseBool's words, as docker reads no-new-privileges=VALUE
+_BOOLS = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": True,
+          "0": False, "f": False, "F": False, "false": False, "FALSE": False, "False": False}
+SECURITY_OPT_FORMS = ("no-new-privileges[=true|false], seccomp=unconfined|PROFILE, "
+                      "apparmor=unconfined or label=disable")
+
+
+def parse_security_opts(opts: list[str]) -> SecurityOptions:
+    """docker's --security-opt forms, KEY=VALUE and the older KEY:VALUE. What is unknown is
+    refused, never ignored: a typo (no-new-privilege) must not run a container with less
+    protection than was asked for."""
+    out = SecurityOptions()
+    for opt in opts:
+        if opt == "no-new-privileges":
+            out.no_new_privileges = True
+            continue
+        key, sep, value = opt.partition("=")
+        if not sep:
+            key, sep, value = opt.partition(":")
+        if key == "no-new-privileges" and sep:
+            if value not in _BOOLS:
+                raise InvalidArgument(f"--security-opt {opt}: want true or false")
+            out.no_new_privileges = _BOOLS[value]
+        elif key == "seccomp" and value:
+            out.seccomp = value
+        elif key == "apparmor" and value:
+            if value != "unconfined":  # nothing to confine with, so only "unconfined" is true
+                raise InvalidArgument(f"--security-opt {opt}: minirun has no AppArmor "
+                                      "support; only apparmor=unconfined is accepted")
+        elif key == "label" and value:
+            if value != "disable":
+                raise InvalidArgument(f"--security-opt {opt}: minirun has no SELinux "
+                                      "support; only label=disable is accepted")
+        else:
+            raise InvalidArgument(f"unknown --security-opt {opt!r}: use {SECURITY_OPT_FORMS}")
+    return out
+
+
 def parse_restart(text: str) -> tuple[str, int | None]:
     """docker's --restart: no, always, unless-stopped, on-failure[:N]."""
     policy, _, count = text.partition(":")
@@ -113,6 +158,7 @@ def parse_restart(text: str) -> tuple[str, int | None]:
     return policy, int(count) if count else None
 
 
+# libseccomp's name of this architecture (archMap) and Go's (the includes/excludes)
 _NATIVE_ARCH = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
 _GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
@@ -279,6 +325,7 @@ class Engine:
         """The record, the overlay snapshot and config.json of a new container."""
         from .image.store import ImageStore
 
+        security = parse_security_opts(opts.security_opt)
         store = ImageStore(self.root)
         image = store.get(image_ref)
         cid = os.urandom(32).hex()  # secrets would import hashlib and OpenSSL: 6 ms
@@ -293,7 +340,7 @@ class Engine:
             rootfs = store.snapshot(image, cid, idmap=idmap)
             bundle = os.path.join(self.root, "containers", cid)
             net = self._network(cid, name, config, opts)
-            cfg = self._oci_config(cid, config, args, rootfs, bundle, opts, net)
+            cfg = self._oci_config(cid, config, args, rootfs, bundle, opts, security, net)
             self._apply_userns(cfg, idmap, bundle, rootfs)
             with open(os.path.join(bundle, "config.json"), "w") as f:
                 json.dump(cfg, f)
@@ -405,7 +452,7 @@ class Engine:
         return {"uid": uid, "gid": gid or 0, "additionalGids": sorted(set(extra))}
 
     def _oci_config(self, cid: str, config: dict, args: list[str], rootfs: str, bundle: str,
-                    opts: RunOptions, net=None) -> dict:
+                    opts: RunOptions, security: SecurityOptions, net=None) -> dict:
         from .spec import UNSUPPORTED, default_spec
 
         hostname = opts.hostname or cid[:12]
@@ -418,8 +465,7 @@ class Engine:
         process.update(terminal=opts.tty, args=args, env=self._env(config, opts, hostname),
                        cwd=opts.workdir or config.get("WorkingDir") or "/", user=user,
                        capabilities=caps, rlimits=[],
-                       noNewPrivileges="no-new-privileges" in opts.security_opt or
-                       "no-new-privileges:true" in opts.security_opt)
+                       noNewPrivileges=security.no_new_privileges)
         linux = cfg["linux"]
         linux["maskedPaths"] = [] if opts.privileged else list(MASKED_PATHS)
         linux["readonlyPaths"] = [] if opts.privileged else list(READONLY_PATHS)
@@ -445,7 +491,7 @@ class Engine:
             namespaces.append({"type": "network", "path": net.netns})
         linux["namespaces"] = namespaces
         if not opts.privileged and "linux.seccomp" not in UNSUPPORTED:
-            profile = self._seccomp(opts, caps["bounding"])
+            profile = self._seccomp(security.seccomp, caps["bounding"])
             if profile:
                 linux["seccomp"] = profile
         cfg["mounts"] += self._extra_mounts(cid, bundle, hostname, opts, net)
@@ -477,13 +523,10 @@ class Engine:
         return {"bounding": caps, "effective": effective, "permitted": effective,
                 "inheritable": [], "ambient": []}
 
-    def _seccomp(self, opts: RunOptions, caps: list[str]) -> dict | None:
-        path = SECCOMP_PROFILE
-        for opt in opts.security_opt:
-            if opt.startswith("seccomp="):
-                path = opt.split("=", 1)[1]
-                if path == "unconfined":
-                    return None
+    def _seccomp(self, choice: str | None, caps: list[str]) -> dict | None:
+        if choice == "unconfined":
+            return None
+        path = choice or SECCOMP_PROFILE
         try:
             with open(path) as f:
                 profile = json.load(f)
