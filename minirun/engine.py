@@ -501,11 +501,11 @@ class Engine:
     def _caps(self, opts: RunOptions, uid: int) -> dict:
         from .spec import CAPABILITIES
 
-        caps = list(CAPABILITIES) if opts.privileged else list(DEFAULT_CAPS)
+        caps = _bounding_set() if opts.privileged else list(DEFAULT_CAPS)
         for cap in opts.cap_add:
             cap = cap.upper() if cap.upper().startswith("CAP_") else "CAP_" + cap.upper()
             if cap == "CAP_ALL":
-                caps = list(CAPABILITIES)
+                caps = _bounding_set()
             elif cap not in CAPABILITIES:
                 raise InvalidArgument(f"--cap-add: unknown capability {cap}")
             elif cap not in caps:
@@ -936,6 +936,17 @@ def _unsearchable_dir(path: str) -> str | None:
         if not os.stat(current).st_mode & stat.S_IXOTH:
             return current
     return None
+
+
+def _bounding_set() -> list[str]:
+    """The capabilities of this process's bounding set: what --privileged and --cap-add ALL
+    give (as podman), since asking for one the host withholds (CAP_SYS_RESOURCE on many CI
+    runners) would fail the container."""
+    from .spec import CAPABILITIES
+
+    with open("/proc/self/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
+    return [name for name, num in CAPABILITIES.items() if mask & (1 << num)]
 
 
 def _is_zombie(pid: int | None) -> bool:
