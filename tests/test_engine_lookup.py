@@ -6,11 +6,11 @@ import json
 import sqlite3
 
 import pytest
-
 from enginetest import engine  # noqa: F401
+from ocitest import needs_root
+
 from minirun.errors import InvalidArgument, NotFound
 from minirun.lookup import find_record
-from ocitest import needs_root
 
 
 def one_line_error(proc) -> str:

@@ -8,10 +8,10 @@ The engine and minirun-oci run with capabilities dropped from their bounding set
 import ctypes
 
 import pytest
-
 from enginetest import engine  # noqa: F401
-from minirun.spec import CAPABILITIES
 from ocitest import base_config, needs_root, oci, rootfs  # noqa: F401
+
+from minirun.spec import CAPABILITIES
 
 pytestmark = [needs_root, pytest.mark.root]
 

@@ -6,11 +6,11 @@ import json
 import os
 
 import pytest
-
 from enginetest import engine  # noqa: F401
+from ocitest import needs_root
+
 from minirun.engine import SECCOMP_PROFILE
 from minirun.spec import UNSUPPORTED
-from ocitest import needs_root
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -76,12 +76,11 @@ def test_a_seccomp_profile_file_applies(engine, profile, sep):  # noqa: F811
     ("seccomp", "unknown --security-opt 'seccomp'"),
     ("seccomp=", "unknown --security-opt 'seccomp='"),
     ("no-new-privileges=yes", "--security-opt no-new-privileges=yes: want true or false"),
-    ("apparmor=docker-default", "--security-opt apparmor=docker-default: minirun has no "
-     "AppArmor support; only apparmor=unconfined is accepted"),
-    ("label=type:spc_t", "--security-opt label=type:spc_t: minirun has no SELinux support; "
-     "only label=disable is accepted"),
-    ("seccomp=/nonexistent/profile.json", "seccomp profile /nonexistent/profile.json not "
-     "found"),
+    ("apparmor=docker-default", ("--security-opt apparmor=docker-default: minirun has no "
+                                 "AppArmor support; only apparmor=unconfined is accepted")),
+    ("label=type:spc_t", ("--security-opt label=type:spc_t: minirun has no SELinux support; "
+                          "only label=disable is accepted")),
+    ("seccomp=/nonexistent/profile.json", "seccomp profile /nonexistent/profile.json not found"),
 ])
 def test_unknown_forms_are_refused_and_nothing_is_made(engine, opt, message):  # noqa: F811
     proc = engine("run", "--rm", "--name", "refused", "--security-opt", opt, "busybox",
