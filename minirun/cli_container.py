@@ -62,7 +62,8 @@ root_option = click.option("--root", envvar="MINIRUN_ROOT", default=None,
 @click.option("--cap-drop", multiple=True)
 @click.option("--privileged", is_flag=True)
 @click.option("--security-opt", multiple=True,
-              help="no-new-privileges | seccomp=PROFILE.json | seccomp=unconfined")
+              help="no-new-privileges[=true|false] | seccomp=unconfined|PROFILE.json | "
+              "apparmor=unconfined | label=disable (also KEY:VALUE)")
 @click.option("--init", is_flag=True, help="a small init (tini) as pid 1")
 @click.option("--restart", default="no")
 @click.option("--entrypoint", default=None)

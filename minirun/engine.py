@@ -130,7 +130,52 @@ def check_run_options(opts: RunOptions) -> None:
     parse_log_opts(opts.log_opts)
 
 
-# libseccomp's name of this architecture (archMap) and Go's (the includes/excludes)
+@dataclass
+class SecurityOptions:
+    """--security-opt, parsed."""
+
+    no_new_privileges: bool = False
+    seccomp: str | None = None  # "unconfined", a profile's path, or None: the default
+
+
+# strconv.ParseBool's words, as docker reads no-new-privileges=VALUE
+_BOOLS = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": True,
+          "0": False, "f": False, "F": False, "false": False, "FALSE": False, "False": False}
+SECURITY_OPT_FORMS = ("no-new-privileges[=true|false], seccomp=unconfined|PROFILE, "
+                      "apparmor=unconfined or label=disable")
+
+
+def parse_security_opts(opts: list[str]) -> SecurityOptions:
+    """docker's --security-opt forms, KEY=VALUE and the older KEY:VALUE. What is unknown is
+    refused, never ignored: a typo (no-new-privilege) must not run a container with less
+    protection than was asked for."""
+    out = SecurityOptions()
+    for opt in opts:
+        if opt == "no-new-privileges":
+            out.no_new_privileges = True
+            continue
+        key, sep, value = opt.partition("=")
+        if not sep:
+            key, sep, value = opt.partition(":")
+        if key == "no-new-privileges" and sep:
+            if value not in _BOOLS:
+                raise InvalidArgument(f"--security-opt {opt}: want true or false")
+            out.no_new_privileges = _BOOLS[value]
+        elif key == "seccomp" and value:
+            out.seccomp = value
+        elif key == "apparmor" and value:
+            if value != "unconfined":  # nothing to confine with, so only "unconfined" is true
+                raise InvalidArgument(f"--security-opt {opt}: minirun has no AppArmor "
+                                      "support; only apparmor=unconfined is accepted")
+        elif key == "label" and value:
+            if value != "disable":
+                raise InvalidArgument(f"--security-opt {opt}: minirun has no SELinux "
+                                      "support; only label=disable is accepted")
+        else:
+            raise InvalidArgument(f"unknown --security-opt {opt!r}: use {SECURITY_OPT_FORMS}")
+    return out
+
+
 def parse_restart(text: str) -> tuple[str, int | None]:
     """docker's --restart: no, always, unless-stopped, on-failure[:N]."""
     policy, _, count = text.partition(":")
@@ -141,6 +186,7 @@ def parse_restart(text: str) -> tuple[str, int | None]:
     return policy, int(count) if count else None
 
 
+# libseccomp's name of this architecture (archMap) and Go's (the includes/excludes)
 _NATIVE_ARCH = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
 _GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
@@ -237,18 +283,11 @@ class Engine:
         return [r for r in rows if all_containers or r["status"] == "running"]
 
     def get(self, name_or_id: str) -> dict:
-        self.db.row_factory = sqlite3.Row
-        rows = [dict(r) for r in self.db.execute(
-            "SELECT * FROM containers WHERE name = ? OR id = ? OR id LIKE ?",
-            (name_or_id, name_or_id, f"{name_or_id}%"))]
-        exact = [r for r in rows if r["name"] == name_or_id or r["id"] == name_or_id]
-        rows = exact or rows
-        if not rows or len(name_or_id) < 3 and not exact:
-            raise NotFound(f"no such container: {name_or_id}")
-        if len(rows) > 1:
-            raise InvalidArgument(f"{name_or_id!r} names more than one container")
-        self._reconcile(rows[0])
-        return rows[0]
+        from .lookup import find_record
+
+        rec = find_record(self.db, "containers", "container", name_or_id)
+        self._reconcile(rec)
+        return rec
 
     def get_status_only(self, cid: str) -> str | None:
         row = self.db.execute("SELECT status FROM containers WHERE id = ?", (cid,)).fetchone()
@@ -315,6 +354,7 @@ class Engine:
         """The record, the overlay snapshot and config.json of a new container."""
         from .image.store import ImageStore
 
+        security = parse_security_opts(opts.security_opt)
         store = ImageStore(self.root)
         image = store.get(image_ref)
         cid = os.urandom(32).hex()  # secrets would import hashlib and OpenSSL: 6 ms
@@ -329,7 +369,7 @@ class Engine:
             rootfs = store.snapshot(image, cid, idmap=idmap)
             bundle = os.path.join(self.root, "containers", cid)
             net = self._network(cid, name, config, opts)
-            cfg = self._oci_config(cid, config, args, rootfs, bundle, opts, net)
+            cfg = self._oci_config(cid, config, args, rootfs, bundle, opts, security, net)
             self._apply_userns(cfg, idmap, bundle, rootfs)
             with open(os.path.join(bundle, "config.json"), "w") as f:
                 f.write(json.dumps(cfg))  # dumps is C; dump the pure-Python encoder: 2 ms
@@ -340,8 +380,8 @@ class Engine:
         return cid
 
     def _network(self, cid: str, name: str, config: dict, opts: RunOptions):
-        """The container's network: an Attachment (its own netns, wired), the record of
-        the container whose netns it shares, or None (host, none)."""
+        """The container's network: an Attachment (its own netns, wired, or holding only
+        lo for none), the record of the container whose netns it shares, or None (host)."""
         mode = opts.network or "bridge"
         if mode in ("host", "none") or mode.startswith("container:"):
             if opts.publish or opts.publish_all:
@@ -354,6 +394,8 @@ class Engine:
                     raise ContainerStateError(
                         f"cannot join the network of {other['name']}: it is not running")
                 return other
+            if mode == "none":
+                return self.networks.attach_none(cid, name, opts.hostname or cid[:12])
             return None
         exposed = list((config.get("ExposedPorts") or {}).keys()) if opts.publish_all else []
         return self.networks.attach(cid, mode, name=name, hostname=opts.hostname or cid[:12],
@@ -439,7 +481,7 @@ class Engine:
         return {"uid": uid, "gid": gid or 0, "additionalGids": sorted(set(extra))}
 
     def _oci_config(self, cid: str, config: dict, args: list[str], rootfs: str, bundle: str,
-                    opts: RunOptions, net=None) -> dict:
+                    opts: RunOptions, security: SecurityOptions, net=None) -> dict:
         from .spec import UNSUPPORTED, default_spec
 
         hostname = opts.hostname or cid[:12]
@@ -452,8 +494,7 @@ class Engine:
         process.update(terminal=opts.tty, args=args, env=self._env(config, opts, hostname),
                        cwd=opts.workdir or config.get("WorkingDir") or "/", user=user,
                        capabilities=caps, rlimits=[],
-                       noNewPrivileges="no-new-privileges" in opts.security_opt or
-                       "no-new-privileges:true" in opts.security_opt)
+                       noNewPrivileges=security.no_new_privileges)
         linux = cfg["linux"]
         linux["maskedPaths"] = [] if opts.privileged else list(MASKED_PATHS)
         linux["readonlyPaths"] = [] if opts.privileged else list(READONLY_PATHS)
@@ -473,15 +514,13 @@ class Engine:
             res["cpu"] = {"quota": int(cpus * 100000), "period": 100000}
         linux["resources"] = res
         namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-        if opts.network == "none":
-            namespaces.append({"type": "network"})
-        elif isinstance(net, dict):  # container:NAME joins that container's netns
+        if isinstance(net, dict):  # container:NAME joins that container's netns
             namespaces.append({"type": "network", "path": self._netns_of(net)})
         elif net is not None:
             namespaces.append({"type": "network", "path": net.netns})
         linux["namespaces"] = namespaces
         if not opts.privileged and "linux.seccomp" not in UNSUPPORTED:
-            profile = self._seccomp(opts, caps["bounding"])
+            profile = self._seccomp(security.seccomp, caps["bounding"])
             if profile:
                 linux["seccomp"] = profile
         cfg["mounts"] += self._extra_mounts(cid, bundle, hostname, opts, net)
@@ -491,11 +530,11 @@ class Engine:
     def _caps(self, opts: RunOptions, uid: int) -> dict:
         from .spec import CAPABILITIES
 
-        caps = list(CAPABILITIES) if opts.privileged else list(DEFAULT_CAPS)
+        caps = _bounding_set() if opts.privileged else list(DEFAULT_CAPS)
         for cap in opts.cap_add:
             cap = cap.upper() if cap.upper().startswith("CAP_") else "CAP_" + cap.upper()
             if cap == "CAP_ALL":
-                caps = list(CAPABILITIES)
+                caps = _bounding_set()
             elif cap not in CAPABILITIES:
                 raise InvalidArgument(f"--cap-add: unknown capability {cap}")
             elif cap not in caps:
@@ -513,13 +552,10 @@ class Engine:
         return {"bounding": caps, "effective": effective, "permitted": effective,
                 "inheritable": [], "ambient": []}
 
-    def _seccomp(self, opts: RunOptions, caps: list[str]) -> dict | None:
-        path = SECCOMP_PROFILE
-        for opt in opts.security_opt:
-            if opt.startswith("seccomp="):
-                path = opt.split("=", 1)[1]
-                if path == "unconfined":
-                    return None
+    def _seccomp(self, choice: str | None, caps: list[str]) -> dict | None:
+        if choice == "unconfined":
+            return None
+        path = choice or SECCOMP_PROFILE
         try:
             with open(path) as f:
                 profile = json.load(f)
@@ -915,6 +951,17 @@ def _unsearchable_dir(path: str) -> str | None:
         if not os.stat(current).st_mode & stat.S_IXOTH:
             return current
     return None
+
+
+def _bounding_set() -> list[str]:
+    """The capabilities of this process's bounding set: what --privileged and --cap-add ALL
+    give (as podman), since asking for one the host withholds (CAP_SYS_RESOURCE on many CI
+    runners) would fail the container."""
+    from .spec import CAPABILITIES
+
+    with open("/proc/self/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
+    return [name for name, num in CAPABILITIES.items() if mask & (1 << num)]
 
 
 def _is_zombie(pid: int | None) -> bool:

@@ -40,7 +40,26 @@ def capability_plan(caps: dict | None, known: dict[str, int], top: int) -> dict:
         plan[key] = mask
     if unknown:
         warn(f"ignoring unknown or unavailable capabilities: [{' '.join(sorted(unknown))}]")
+    _check_bounding(plan, known)
     return plan
+
+
+def _check_bounding(plan: dict, known: dict[str, int]) -> None:
+    """capset(2) cannot grant a capability outside the caller's bounding set: runc then
+    fails with a bare "capset: operation not permitted". Say which one, before anything
+    is made. Many CI hosts withhold some (CAP_SYS_RESOURCE) even from root. A capability
+    only in the bounding list is no error: the container's set is simply without it."""
+    wanted = plan["effective"] | plan["permitted"] | plan["inheritable"] | plan["ambient"]
+    missing = [name for name, num in sorted(known.items(), key=lambda item: item[1])
+               if wanted & (1 << num) and
+               not _sys.prctl(_sys.PR_CAPBSET_READ, num, name="prctl(PR_CAPBSET_READ)")]
+    if len(missing) == 1:
+        raise InvalidSpec(f"capability {missing[0]} is not in the runtime's bounding set "
+                          "(the host withholds it), so the container cannot have it")
+    if missing:
+        raise InvalidSpec(f"capabilities {', '.join(missing)} are not in the runtime's "
+                          "bounding set (the host withholds them), so the container cannot "
+                          "have them")
 
 
 def last_cap() -> int:

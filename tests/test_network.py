@@ -428,6 +428,93 @@ def test_internal_network_has_no_nat(env):
         env("network", "rm", "inner")
 
 
+def _host_addresses() -> list[str]:
+    """The host's global IPv4 addresses outside minirun's bridges (as `ip` sees them)."""
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show", "scope", "global"],
+                         capture_output=True, text=True, check=True).stdout
+    return [a["local"] for link in json.loads(out) if not link["ifname"].startswith("mr")
+            for a in link.get("addr_info", [])]
+
+
+def test_internal_network_reaches_nothing_outside_itself(env):
+    """No default route inside, and the host's input from the bridge dropped: a server the
+    test runs on the host (on the bridge's own address and on the host's other addresses)
+    is out of reach, while the network's containers still talk to each other."""
+    run_ok(env, "network", "create", "--internal", "--subnet", "10.215.0.0/24", "sealed")
+    listeners = []
+    try:
+        run_ok(env, "run", "-d", "--name", "sealed1", "--network", "sealed", "busybox",
+               "sleep", "300")
+        run_ok(env, "run", "-d", "--name", "sealed2", "--network", "sealed", "busybox", "sh",
+               "-c", "while true; do nc -l -p 7000 -e echo peer; done")
+        gateway = json.loads(run_ok(env, "network", "inspect", "sealed"))[0]["IPAM"][
+            "Config"][0]["Gateway"]
+        for addr in [gateway] + _host_addresses():
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((addr, 0))
+            s.listen()
+            s.setblocking(False)
+            listeners.append(s)
+        tries = "; ".join(f"nc -w 3 {a} {p} </dev/null && echo reached {a} || echo blocked {a}"
+                          for a, p in (s.getsockname() for s in listeners))
+        inside = sh(env, "sealed1", f"ip route; {tries}").stdout
+        assert "default" not in inside and "10.215.0.0/24 dev eth0" in inside, inside
+        for s in listeners:
+            assert f"blocked {s.getsockname()[0]}" in inside, inside
+            with pytest.raises(BlockingIOError):  # nothing reached the host's server
+                s.accept()
+        assert sh(env, "sealed1", "nc -w 3 sealed2 7000 </dev/null").stdout == "peer\n"
+        assert sh(env, "sealed1", "ping -c 1 -W 3 sealed2").returncode == 0
+        # the host may still open connections to the network's containers
+        sealed2 = ip_of(env, "sealed2")
+        with socket.create_connection((sealed2, 7000), timeout=5) as c:
+            assert c.recv(16) == b"peer\n"
+        bridge = bridge_of(env, "sealed")
+        table = nft_table(env)
+        chain = table[table.index("chain input {"):]
+        chain = chain[:chain.index("}")]
+        assert "type filter hook input priority filter; policy accept;" in chain
+        assert f'iifname "{bridge}" ct state established,related accept' in chain
+        assert f'iifname "{bridge}" drop' in chain
+        assert f'iifname "{bridge}" oifname != "{bridge}" drop' in table  # forwarded out
+    finally:
+        for s in listeners:
+            s.close()
+        env("rm", "-f", "sealed1", "sealed2")
+        env("network", "rm", "sealed")
+    assert "chain input" not in nft_table(env)
+
+
+def test_network_none_has_loopback_up(env):
+    """As docker and podman: lo is up with 127.0.0.1 (a server on it answers inside)."""
+    out = run_ok(env, "run", "--rm", "--network", "none", "busybox", "sh", "-c",
+                 "ip -o link show; ip -o -4 addr show; ip route; "
+                 "(nc -l -p 8080 -e echo hi &); "
+                 "for i in 1 2 3 4 5 6 7 8 9 10; do "
+                 "nc -w 2 127.0.0.1 8080 </dev/null && break; sleep 0.2; done")
+    lines = out.splitlines()
+    assert len([ln for ln in lines if ": lo: " in ln]) == 1 and \
+        "<LOOPBACK,UP,LOWER_UP>" in lines[0], out
+    assert "inet 127.0.0.1/8" in lines[1] and "eth0" not in out, out
+    assert lines[-1] == "hi", out
+    run_ok(env, "run", "-d", "--name", "nonet", "--network", "none", "busybox", "sleep", "300")
+    try:
+        settings = json.loads(run_ok(env, "inspect", "nonet"))[0]["NetworkSettings"]
+        assert list(settings["Networks"]) == ["none"] and settings["IPAddress"] == ""
+        assert "127.0.0.1" in sh(env, "nonet", "ip -o -4 addr show lo").stdout
+        # its netns outlives a stop, and comes back when gone (after a reboot)
+        run_ok(env, "stop", "-t", "1", "nonet")
+        subprocess.run(["umount", settings["SandboxKey"]], check=True)
+        os.unlink(settings["SandboxKey"])
+        run_ok(env, "start", "nonet")
+        assert "127.0.0.1" in sh(env, "nonet", "ip -o -4 addr show lo").stdout
+    finally:
+        env("rm", "-f", "nonet")
+    assert not os.path.exists(settings["SandboxKey"])
+    with open("/proc/self/mountinfo") as f:
+        assert settings["SandboxKey"] not in f.read()
+
+
 def test_a_second_root_gets_its_own_bridge_and_table(env, tmp_path):
     other = EngineEnv(str(tmp_path))
     os.makedirs(other.root)

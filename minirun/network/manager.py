@@ -29,11 +29,13 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import AlreadyExists, InvalidArgument, MiniRunError, NotFound
+from ..lookup import find_record
 from . import netns, nft
 from .netlink import Netlink, NetlinkError, ipv4_routes
 
 DEFAULT_ROOT = "/var/lib/minirun"
 DEFAULT_NETWORK = "bridge"
+NO_NETWORK = "none"  # an endpoint with a netns of its own holding only lo
 DEFAULT_BRIDGE = "minirun0"
 HOST_STATE = "/run/minirun/network"
 ALIAS_PREFIX = "minirun"
@@ -140,13 +142,7 @@ class Networks:
     def get(self, name_or_id: str) -> dict:
         if name_or_id == DEFAULT_NETWORK:
             self.ensure_default()
-        rows = self._rows("SELECT * FROM networks WHERE name = ? OR id = ?",
-                          (name_or_id, name_or_id))
-        if not rows and len(name_or_id) >= 3:
-            rows = self._rows("SELECT * FROM networks WHERE id LIKE ?", (f"{name_or_id}%",))
-        if len(rows) != 1:
-            raise NotFound(f"no such network: {name_or_id}")
-        return rows[0]
+        return find_record(self.db, "networks", "network", name_or_id)
 
     def containers_on(self, network: str) -> list[dict]:
         return self._rows("SELECT * FROM endpoints WHERE network = ?", (network,))
@@ -311,6 +307,33 @@ class Networks:
         return Attachment(netns.path_for(f"minirun-{cid[:12]}"), rec["name"], ip,
                           net.prefixlen, rec["gateway"], ports)
 
+    def attach_none(self, cid: str, name: str, hostname: str) -> Attachment:
+        """--network none: a netns of the container's own with only lo, up with 127.0.0.1
+        as under docker and podman. Made here like every other container netns: one that
+        minirun's runtime makes has lo down."""
+        path = netns.path_for(f"minirun-{cid[:12]}")
+        try:
+            self.db.execute("INSERT INTO endpoints (container, network, netns, name, hostname)"
+                            " VALUES (?, ?, ?, ?, ?)", (cid, NO_NETWORK, path, name, hostname))
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"container {cid[:12]} already has a network") from None
+        try:
+            self._make_lo_only_netns(cid)
+        except BaseException:
+            self._forget(self.endpoint(cid))
+            raise
+        return Attachment(path, NO_NETWORK)
+
+    def _make_lo_only_netns(self, cid: str) -> None:
+        _, nsfd, inside = netns.create(f"minirun-{cid[:12]}")
+        os.close(nsfd)
+        inside.close()
+
+    def _forget(self, ep: dict) -> None:
+        """The endpoint's netns and row, once its links are gone."""
+        netns.remove(ep["netns"])
+        self.db.execute("DELETE FROM endpoints WHERE container = ?", (ep["container"],))
+
     def _repick_default_subnet(self, rec: dict) -> dict:
         """The default network's subnet was free when it was chosen; if something took it
         since (another root's bridge, a new host route) and nothing uses ours yet, move to
@@ -389,7 +412,8 @@ class Networks:
             inside.add_address(eth0, ip, net.prefixlen, str(net.broadcast_address),
                                f"add {ip}/{net.prefixlen} to eth0")
             inside.set_link(eth0, up=True, what="bring eth0 up")
-            inside.add_default_route(rec["gateway"], eth0)
+            if not rec["internal"]:  # as docker: an internal network has no way out
+                inside.add_default_route(rec["gateway"], eth0)
         except NetlinkError as e:
             raise MiniRunError(f"network {rec['name']}: {e.strerror}") from None
         finally:
@@ -410,9 +434,7 @@ class Networks:
         except sqlite3.IntegrityError:
             raise AlreadyExists(f"container {cid[:12]} already has a network") from None
         try:
-            _, nsfd, inside = netns.create(f"minirun-{cid[:12]}")
-            os.close(nsfd)
-            inside.close()
+            self._make_lo_only_netns(cid)
             mappings = [{"hostPort": p["host_port"], "containerPort": p["container_port"],
                          "protocol": p["proto"], "hostIP": p["host_ip"]} for p in ports]
             result = cni.add(conflist, cid, path, "eth0", cache_dir=self._cni_cache(),
@@ -450,8 +472,7 @@ class Networks:
                            ep["netns"] if os.path.exists(ep["netns"]) else None, "eth0",
                            cache_dir=self._cni_cache())
         finally:
-            netns.remove(ep["netns"])
-            self.db.execute("DELETE FROM endpoints WHERE container = ?", (ep["container"],))
+            self._forget(ep)
 
     def ensure_wired(self, cid: str) -> None:
         """After a reboot the netns and links are gone but the records are not: wire the
@@ -461,6 +482,10 @@ class Networks:
             return
         if ep["network"].startswith("cni:"):
             raise MiniRunError(f"container {cid[:12]}: its CNI netns is gone; recreate it")
+        if ep["network"] == NO_NETWORK:
+            netns.remove(ep["netns"])
+            self._make_lo_only_netns(cid)
+            return
         rec = self.get(ep["network"])
         with HostLock():
             with Netlink() as host:
@@ -476,6 +501,9 @@ class Networks:
             return
         if ep["network"].startswith("cni:"):
             self._detach_cni(ep)
+            return
+        if ep["network"] == NO_NETWORK:
+            self._forget(ep)
             return
         with HostLock():
             self._detach_locked(cid)
@@ -561,7 +589,7 @@ class Networks:
         """The container's /etc/hosts: its own address and names, --add-host entries and,
         on a user network, every other container of the network by name."""
         ep = self.endpoint(cid)
-        if ep is None:
+        if ep is None or ep["network"] == NO_NETWORK:
             return None
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
         if ep["ip"]:

@@ -81,6 +81,17 @@ class Table:
                 lines.append(f'    iifname "{b.name}" oifname != "{b.name}" drop')
                 lines.append(f'    oifname "{b.name}" iifname != "{b.name}" drop')
         lines.append("  }")
+        internal = [b for b in self.bridges if b.internal]
+        if internal:
+            lines.append("  chain input {")
+            lines.append("    type filter hook input priority filter; policy accept;")
+            for b in internal:
+                # an internal network reaches nothing outside itself, the host included
+                # (its gateway address and every other); the host may still open
+                # connections to its containers, so their replies come in
+                lines.append(f'    iifname "{b.name}" ct state established,related accept')
+                lines.append(f'    iifname "{b.name}" drop')
+            lines.append("  }")
         lines.append("}")
         return head + "\n".join(lines) + "\n"
 
