@@ -494,6 +494,10 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
         os.setresuid(0, 0, 0)
     if flags:
         _sys.unshare(flags)
+        if flags & _sys.CLONE_NEWNET:
+            # As runc (its "loopback" network for a netns it makes): lo is up, so that
+            # services on 127.0.0.1 work in a container that has no other interface.
+            _sys.link_up("lo")
     trace("child: namespaces entered")
     source_fds = {}
     if _wants_bind_source_fds(cfg, plan, c):

@@ -3,6 +3,7 @@
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -55,6 +56,44 @@ def test_cgroup_and_time_namespaces(oci, rootfs):
 def test_network_namespace_has_only_loopback(oci, rootfs):
     proc = oci.run(base_config(["ls", "/sys/class/net"]), rootfs)
     assert proc.stdout.split() == ["lo"]
+
+
+LOOPBACK_PROBE = ("cat /sys/class/net/lo/flags; ip -4 addr show lo | grep -o 'inet [0-9./]*'; "
+                  "nc -l -p 8080 -e echo pong & sleep 0.3; "
+                  "echo ping | nc 127.0.0.1 8080")
+
+
+@needs_runc
+def test_new_network_namespace_has_loopback_up(oci, rootfs, tmp_path):
+    """As runc (its loopback network for a netns it makes): lo is up with 127.0.0.1, so a
+    service on 127.0.0.1 answers inside; both runtimes print the same."""
+    cfg = base_config(["sh", "-c", LOOPBACK_PROBE])
+    proc = oci.run(cfg, rootfs)
+    assert proc.returncode == 0, proc.stderr
+    flags, addr, reply = proc.stdout.split("\n")[:3]
+    assert int(flags, 16) & 0x1, flags  # IFF_UP
+    assert addr == "inet 127.0.0.1/8"
+    assert reply == "pong"
+    witness = runc_run(cfg, rootfs, tmp_path)
+    assert witness.returncode == 0, witness.stderr
+    assert witness.stdout == proc.stdout
+
+
+def test_joined_network_namespace_keeps_its_loopback_as_found(oci, rootfs, tmp_path):
+    """A netns given by path is the caller's: its lo is left as it is (down here)."""
+    netns = subprocess.Popen(["unshare", "--net", "sleep", "60"])
+    try:
+        time.sleep(0.3)
+        cfg = base_config(["cat", "/sys/class/net/lo/flags"])
+        cfg["linux"]["namespaces"] = [
+            n for n in cfg["linux"]["namespaces"] if n["type"] != "network"
+        ] + [{"type": "network", "path": f"/proc/{netns.pid}/ns/net"}]
+        proc = oci.run(cfg, rootfs)
+        assert proc.returncode == 0, proc.stderr
+        assert not int(proc.stdout.strip(), 16) & 0x1
+    finally:
+        netns.kill()
+        netns.wait()
 
 
 def test_hostname_and_domainname(oci, rootfs):
