@@ -79,6 +79,7 @@ from run_bench import (
 STEPS = (0, 25, 50, 100, 150, 200)
 TIMEOUT = 120.0
 NPROC = "8192:8192"
+OUTPUT_MAX = 4000  # benchlib.timed() keeps this much of stdout
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEFAULT_PLOT = os.path.join(HERE, "supervise.png")
 ENGINES = ("minirun", "podman")
@@ -161,6 +162,13 @@ def memory_sum(pids: list[int]) -> dict:
     return {"rss_kib": rss, "pss_kib": pss}
 
 
+def listing(result: dict) -> list[str]:
+    """The lines of a command's output, which timed() cuts to its last OUTPUT_MAX chars."""
+    if len(result["stdout"]) >= OUTPUT_MAX:
+        raise BenchError("a listing was cut to its end: too many containers for this bench")
+    return result["stdout"].split()
+
+
 def stop_pid(pid: int, timeout: float = 10.0) -> bool:
     """SIGTERM, then SIGKILL after timeout; True once it is gone (or a zombie)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -218,7 +226,7 @@ class Minirun:
             time.sleep(0.05)
 
     def supervisors(self, n: int) -> dict[str, int]:
-        running = self.ps()["stdout"].splitlines()[1:]
+        running = listing(checked(self.cmd + ["ps", "-q"], self.env, TIMEOUT, "minirun ps -q"))
         if len(running) != n:
             raise BenchError(f"minirun at N={n}: {len(running)} running containers")
         found = minirun_supervisors(self.run_root)
@@ -290,16 +298,14 @@ class PodmanEngine:
 
     def supervisors(self, n: int) -> dict[str, int]:
         """One conmon per container: the parent of each container's pid."""
-        out = self.call(["ps", "--no-trunc", "--format", "{{.ID}} {{.Pid}}"],
-                        "podman ps --format")["stdout"]
+        pids = listing(self.call(["ps", "--format", "{{.Pid}}"], "podman ps --format"))
         conmons = {}
-        for line in out.splitlines():
-            cid, pid = line.split()
+        for pid in pids:
             ppid = parent_pid(int(pid))
             if comm(ppid) != "conmon":
-                raise BenchError(f"podman container {cid[:12]}: parent {ppid} of its pid "
-                                 f"{pid} is {comm(ppid)!r}, not conmon")
-            conmons[cid] = ppid
+                raise BenchError(f"podman: the parent {ppid} of container pid {pid} is "
+                                 f"{comm(ppid)!r}, not conmon")
+            conmons[pid] = ppid
         if len(conmons) != n:
             raise BenchError(f"podman at N={n}: {len(conmons)} running containers")
         return conmons
