@@ -337,7 +337,8 @@ def measure(engines: dict, n: int, args: argparse.Namespace, log) -> dict:
         engine.prepare()
         engine.ps()  # unrecorded
     time.sleep(args.settle)
-    pids = {name: sorted(set(e.supervisors(n).values())) for name, e in engines.items()}
+    found = {name: e.supervisors(n) for name, e in engines.items()}
+    pids = {name: sorted(set(f.values())) for name, f in found.items()}
     before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
     time.sleep(args.window)
     after = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
@@ -346,6 +347,9 @@ def measure(engines: dict, n: int, args: argparse.Namespace, log) -> dict:
     for name in engines:
         step[name] = {"processes": len(pids[name]), **memory_sum(pids[name]),
                       "idle_cpu_s": after[name] - before[name]}
+        if name == "minirun":  # the daemon and the keeper, each on its own
+            step[name]["by_process"] = {role: memory_sum([pid])
+                                        for role, pid in found[name].items()}
     samples = {name: [] for name in engines}
     for i in range(args.iterations):
         for name in rotated(list(engines), i):
