@@ -171,7 +171,10 @@ def _run(root: str | None, run_root: str | None, image: str, opts: dict) -> int:
         signal.signal(getattr(signal, name), forward)
     try:
         conn = _connect(root, run_root)
+        # the caller's environment and directory: what `-e NAME`, a relative --env-file
+        # or seccomp profile and MINIRUN_* settings mean is the caller's, not the daemon's
         proto.send(conn, {"op": "run", "root": root, "image": image, "opts": opts,
+                          "env": dict(os.environ), "cwd": _cwd(),
                           "console_size": _terminal_size() if opts.get("tty") else None})
         reply, fds = proto.recv(conn)
     except OSError as e:
@@ -195,6 +198,13 @@ def _run(root: str | None, run_root: str | None, image: str, opts: dict) -> int:
                              keys).run()
     except Exception as e:  # noqa: BLE001 - MiniRunError: the daemon went away
         return _fail(str(e), EXIT_ENGINE)
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:
+        return None  # removed under us: relative paths then fail in the daemon, clearly
 
 
 def _connect(root: str | None, run_root: str | None):

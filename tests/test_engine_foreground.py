@@ -115,6 +115,22 @@ def test_stdin_only_with_i(engine):
     assert (proc.stdout.strip(), proc.stderr) == ("3", "err\n")
 
 
+def test_the_callers_environment_and_directory(engine, tmp_path):
+    """The daemon prepares the container, but what the request means is the caller's:
+    `-e NAME` takes the caller's value, a relative --env-file is the caller's file."""
+    (tmp_path / "vars.env").write_text("FROM_FILE=file value\n")
+    env = dict(engine.env, FROM_CALLER="caller value")
+    proc = fast(engine, "run", "--rm", "-e", "FROM_CALLER", "--env-file", "vars.env",
+                "busybox", "sh", "-c", 'echo "$FROM_CALLER|$FROM_FILE"', env=env,
+                cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "caller value|file value\n"
+    # and the daemon keeps its own: the next caller without them gets neither
+    proc = fast(engine, "run", "--rm", "-e", "FROM_CALLER", "busybox", "sh", "-c",
+                'echo "[$FROM_CALLER]"')
+    assert proc.stdout == "[]\n", proc.stderr
+
+
 def test_exit_statuses_pass_through(engine):
     for args, code in ((["true"], 0), (["sh", "-c", "exit 3"], 3),
                        (["no-such-command"], 127), (["/etc/passwd"], 126)):

@@ -26,6 +26,7 @@ after the client died. The relay costs a copy per chunk and nothing on a run's s
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ..errors import MiniRunError
@@ -48,7 +49,8 @@ def handle_run(daemon, conn, msg: dict) -> None:
     if opts.detach or opts.restart != "no":
         raise MiniRunError("a foreground run has no --restart and no -d")
     check_run_options(opts)
-    cid = engine.prepare(msg["image"], opts)
+    with callers_view(msg.get("env"), msg.get("cwd")):
+        cid = engine.prepare(msg["image"], opts)
     try:
         if opts.tty and msg.get("console_size"):
             set_console_size(os.path.join(engine.root, "containers", cid), *msg["console_size"])
@@ -57,6 +59,31 @@ def handle_run(daemon, conn, msg: dict) -> None:
         if engine.get_status_only(cid) is not None:
             engine._remove_everything(cid, ImageStore(engine.root))
         raise
+
+
+@contextlib.contextmanager
+def callers_view(env: dict | None, cwd: str | None):
+    """The caller's environment and working directory while its container is prepared,
+    as if the client had done it: `-e NAME` takes the caller's value, a relative
+    --env-file or seccomp profile is the caller's, MINIRUN_USERNS_RANGE and the like are
+    the caller's settings. The daemon serves one request at a time, so swapping its own
+    for the request's length is safe; both are put back whatever happens."""
+    saved_env = dict(os.environ)
+    saved_cwd = os.getcwd()
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update({str(k): str(v) for k, v in env.items()})
+        if cwd:
+            try:
+                os.chdir(cwd)
+            except OSError as e:
+                raise MiniRunError(f"the caller's directory {cwd}: {e.strerror}") from None
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
 
 
 def set_console_size(bundle: str, rows: int, cols: int) -> None:
