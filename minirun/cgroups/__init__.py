@@ -68,6 +68,13 @@ def resolve_path(cgroups_path: str | None, container_id: str) -> str:
     return f"/{PARENT}/" + "/".join(parts)
 
 
+# The v1 hierarchies by root, read once per process: `ps` opens every container's cgroup
+# (is it frozen?) and each read of mountinfo walks every mount, of which each container
+# adds a few, so with a read per container `ps` grew with the square of their number
+# (bench/supervise_bench.py: 565 ms at 200 containers). Hierarchies are mounted at boot.
+_V1_HIERARCHIES: dict[str, list] = {}
+
+
 def open_cgroup(path: str, rootless: bool = False, driver: str | None = None,
                 root: str | None = None):
     """The driver for this host, bound to cgroup `path` (not created yet). `driver` and
@@ -91,6 +98,8 @@ def open_cgroup(path: str, rootless: bool = False, driver: str | None = None,
     if driver == "v1":
         from .v1 import CgroupV1, find_hierarchies
 
-        return CgroupV1(path, root=root, rootless=rootless,
-                        hierarchies=find_hierarchies(root, text or None))
+        hierarchies = _V1_HIERARCHIES.get(root)
+        if hierarchies is None:
+            hierarchies = _V1_HIERARCHIES[root] = find_hierarchies(root, text or None)
+        return CgroupV1(path, root=root, rootless=rootless, hierarchies=hierarchies)
     raise InvalidArgument(f"unknown cgroup driver {driver!r} (MINIRUN_CGROUP_DRIVER)")
