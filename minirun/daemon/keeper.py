@@ -258,12 +258,9 @@ class Keeper:
 
     def on_output(self, fd: int, cid: str, stream: str) -> None:
         held = self.held[cid]
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
+        data = proto.read_output(fd)
+        if data is None:
             return
-        except OSError:
-            data = b""  # EIO: a pty master whose container side has all gone
         if data:
             held.backlog.append((time.time_ns(), OUTPUT_STREAMS[stream], data))
             held.backlog_bytes += len(data)

@@ -73,3 +73,15 @@ def listen(path: str) -> socket.socket:
     os.chmod(path, 0o600)
     sock.listen(64)
     return sock
+
+
+def read_output(fd: int) -> bytes | None:
+    """A chunk of a container's output from its non-blocking pipe or pty master: None
+    when there is nothing now, b"" at its end (EOF, or EIO: a pty master whose container
+    side has all gone)."""
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""

@@ -280,12 +280,9 @@ class Daemon:
     # --- events --------------------------------------------------------------------------------
 
     def on_pipe(self, fd: int, cid: str, stream: str) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
+        data = proto.read_output(fd)
+        if data is None:
             return
-        except OSError:
-            data = b""  # EIO: a pty master whose container side has all gone
         log = self.logs.get(cid)
         if data:
             if log:
