@@ -460,6 +460,31 @@ def test_stop_keeps_the_bridge_for_the_others_and_drops_only_its_rule(env):
         env("rm", "-f", "st1", "st2", "st3")
 
 
+def test_start_refused_by_a_foreign_link_on_the_bridge_name_leaves_it_and_nothing_else(
+        env):
+    cid = run_ok(env, "run", "-d", "--name", "squat", "busybox", "sleep", "300").strip()
+    bridge = bridge_of(env)
+    try:
+        ip = ip_of(env, "squat")
+        run_ok(env, "stop", "-t", "1", "squat")
+        assert released(cid) and bridge not in link_names()
+        # a bridge of that name, not minirun's (no alias of ours)
+        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+        try:
+            proc = env("start", "squat")
+            assert proc.returncode != 0
+            assert f"a link named {bridge} exists and is not minirun's bridge" in \
+                one_line_error(proc)
+            assert bridge in link_names(), "minirun deleted a link that is not its own"
+            assert not any(host_objects(cid).values()), host_objects(cid)
+        finally:
+            subprocess.run(["ip", "link", "del", bridge], check=False)
+        run_ok(env, "start", "squat")
+        assert f"inet {ip}/" in sh(env, "squat", "ip -o -4 addr show eth0").stdout
+    finally:
+        env("rm", "-f", "squat")
+
+
 def test_a_command_that_exits_releases_the_host_objects(env, host_before):
     cid = run_ok(env, "run", "-d", "--name", "quick", "busybox", "true").strip()
     try:

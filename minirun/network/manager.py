@@ -603,7 +603,11 @@ class Networks:
 
     def _bridge_down(self, rec: dict) -> None:
         with Netlink() as host:
-            host.delete_link(rec["bridge"])
+            info = host.link_info(rec["bridge"])
+            # a failed _bridge_up may have found a link of that name that is not ours
+            if info is not None and info["kind"] == "bridge" and \
+                    info["alias"].startswith(ALIAS_PREFIX):
+                host.delete_link(rec["bridge"])
         self._apply_table()
 
     def _apply_table(self, joining: str | None = None) -> None:
