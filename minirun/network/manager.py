@@ -7,10 +7,14 @@ handed out twice, whatever runs at once). Host state is derived from the records
   it runs: its exit releases them and `start` makes them again from its endpoint row, which
   keeps the address, MAC and host ports until `rm` (docker keeps no sandbox for a stopped
   container either);
-- a network's bridge exists while at least one container on it is wired (netavark's
-  rule), so when the last one stops or goes the host has exactly the links it had before;
-- minirun's nftables table is regenerated from the records and the wired endpoints
-  whenever ports or bridges change, under one host-wide lock;
+- a network's bridge exists while at least one container has an address on it, running
+  or stopped (netavark's rule, with docker's stopped containers), so when the last one
+  goes the host has exactly the links it had before. Not only while one runs: the
+  bridge's route is what keeps the subnet taken for everyone else (another root, another
+  runtime picks a subnet no host route overlaps), and a stopped container can only come
+  back with its address if its subnet is still free;
+- minirun's nftables table is regenerated from the records (bridges) and the wired
+  endpoints (published ports) whenever ports or bridges change, under one host-wide lock;
 - net.ipv4.ip_forward is switched on with the first non-internal minirun bridge on the
   host and left on (as docker and netavark leave it): other containers (podman's, a
   VM's) may need it by then, and putting it back would cut them off.
@@ -506,9 +510,8 @@ class Networks:
                 raise
 
     def release(self, cid: str) -> None:
-        """The container exited: its veth pair, netns and port rules go, and its network's
-        bridge if no other wired container is on it; its row (address, MAC, host ports)
-        stays for `ensure_wired`. A CNI container keeps its netns: its plugins' ADD may
+        """The container exited: its veth pair, netns and port rules go; its row (address,
+        MAC, host ports) stays for `ensure_wired`, and with it the bridge. A CNI container keeps its netns: its plugins' ADD may
         hand out another address, so it is released by `rm` only."""
         ep = self.endpoint(cid)
         if ep is None or ep["network"].startswith("cni:") or not _is_nsfs(ep["netns"]):
@@ -535,12 +538,12 @@ class Networks:
             rec = self.get(ep["network"])
         except NotFound:
             rec = None
-        if rec is not None and not self._wired_on(rec["name"]):
+        if rec is not None and not self.containers_on(rec["name"]):
             self._bridge_down(rec)
         elif json.loads(ep["ports"]):
             self._apply_table()
 
-    def _wired_on(self, network: str, joining: str | None = None) -> list[dict]:
+    def _wired_on(self, network: str, joining: str | None) -> list[dict]:
         """The endpoints of a network whose netns is there (their container runs or is
         being made), `joining` counted as one."""
         return [ep for ep in self.containers_on(network)
@@ -611,16 +614,15 @@ class Networks:
         self._apply_table()
 
     def _apply_table(self, joining: str | None = None) -> None:
-        """The bridges and published ports of the wired endpoints (`joining` counted as
-        one): a stopped container's ports have no rule."""
+        """The bridges of the networks in use and the published ports of the wired
+        endpoints (`joining` counted as one): a stopped container's ports have no rule."""
         table = nft.Table(self.table)
         for rec in self._rows("SELECT * FROM networks"):
-            wired = self._wired_on(rec["name"], joining)
-            if not wired:
+            if not self.containers_on(rec["name"]):
                 continue
             table.bridges.append(nft.Bridge(rec["bridge"], rec["subnet"],
                                             bool(rec["internal"])))
-            for ep in wired:
+            for ep in self._wired_on(rec["name"], joining):
                 for p in json.loads(ep["ports"]):
                     table.ports.append(nft.Port(p["host_ip"], p["host_port"], p["proto"],
                                                 ep["ip"], p["container_port"],
