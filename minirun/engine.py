@@ -719,10 +719,28 @@ class Engine:
         rec = self.get(name_or_id)
         if rec["status"] == "running":
             return rec["id"]
-        self.networks.ensure_wired(rec["id"])
+        self.network_for_start(rec)
         self._update(rec["id"], user_stopped=0)
         self._start_in_daemon(rec["id"])
         return rec["id"]
+
+    def network_for_start(self, rec: dict) -> None:
+        """An exited container has no host network objects (the daemon released them):
+        wire it again with its address. One that joins another's netns needs that one
+        running: its netns is made again by the owner's start, and is the one joined."""
+        mode = json.loads(rec["options"]).get("network") or ""
+        if mode.startswith("container:"):
+            try:
+                owner = self.get(mode.split(":", 1)[1])
+            except NotFound:
+                raise NotFound(f"cannot start {rec['name']}: the container "
+                               f"{mode.split(':', 1)[1]} whose network it joins is gone") \
+                    from None
+            if owner["status"] != "running":
+                raise ContainerStateError(f"cannot start {rec['name']}: it joins the network "
+                                          f"of {owner['name']}, which is not running")
+        elif self._has_endpoint(rec["id"]):
+            self.networks.ensure_wired(rec["id"])
 
     def attach(self, name_or_id: str, detach_keys: str = "ctrl-p,ctrl-q",
                stdin: bool = True) -> int:

@@ -10,8 +10,9 @@ Masquerade (traffic to the outside) is checked by reading the ruleset, never by 
 from __future__ import annotations
 
 import json
-import secrets
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -304,38 +305,261 @@ def test_a_killed_run_mid_setup_is_cleaned_by_rm(env, host_before):
 
 def test_network_prune_cleans_an_endpoint_whose_container_record_is_gone(env, host_before):
     run_ok(env, "run", "-d", "--name", "orphan", "busybox", "sleep", "300")
-    cid = json.loads(run_ok(env, "inspect", "orphan"))[0]["Id"]
-    run_ok(env, "kill", "orphan")
-    # what a crash between the network and the record's deletion leaves behind
+    data = json.loads(run_ok(env, "inspect", "orphan"))[0]
+    cid, pid = data["Id"], data["State"]["Pid"]
+    # what a crash between the network and the record's deletion leaves behind (the record
+    # goes first: a container that exits with its record there has its network released)
     import sqlite3
     db = sqlite3.connect(os.path.join(env.root, "engine.db"))
     with db:
         db.execute("DELETE FROM containers WHERE id = ?", (cid,))
     db.close()
+    os.kill(pid, signal.SIGKILL)
     from minirun.image.store import ImageStore
     ImageStore(env.root).release(cid)
     assert f"mr{cid[:12]}" in os.listdir("/sys/class/net")
     proc = env("network", "prune")
     assert proc.returncode == 0 and cid[:12] in proc.stderr
-    diff = wait_until_same(host_before)
+    diff = same_here(host_before, {bridge_of(env)[2:10], cid[:12]})
     assert not diff, f"after network prune: {diff}"
 
 
-def test_start_after_reboot_rewires_with_the_same_address(env):
-    run_ok(env, "run", "-d", "--name", "reboot", "busybox", "sleep", "300")
+def host_objects(cid: str) -> dict:
+    """What the host holds for a container, read with pyroute2 and /proc: its veth, its
+    named netns and that netns' nsfs mount."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        links = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    with open("/proc/self/mountinfo") as f:
+        mounts = f.read()
+    netns = f"/run/netns/minirun-{cid[:12]}"
+    return {"veth": f"mr{cid[:12]}" in links, "netns": os.path.exists(netns),
+            "nsfs mount": f" {netns} " in mounts}
+
+
+def released(cid: str, timeout: float = 5.0) -> bool:
+    """Link deletion finishes asynchronously in the kernel: give it a moment."""
+    deadline = time.monotonic() + timeout
+    while any(host_objects(cid).values()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def link_names() -> set[str]:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+
+
+def inside_eth0(env, name: str) -> tuple[str, str]:
+    """(address/prefix, MAC) of eth0, read inside the container with `ip addr`."""
+    out = sh(env, name, "ip -o addr show eth0").stdout
+    inet = out.split(" inet ")[1].split()[0]
+    mac = sh(env, name, "ip -o link show eth0").stdout.split("link/ether ")[1].split()[0]
+    return inet, mac
+
+
+MINIRUN_NAME = re.compile(r"\b(?:mr[0-9a-f]{8,14}|minirun[-_][0-9a-f]{8,12})")
+
+
+def this_root_only(state: dict, mine: set[str]) -> dict:
+    """The host's state without the objects of other minirun roots (other suites run
+    their containers on this host meanwhile): an entry naming a minirun link, netns or
+    table is kept only if that name holds one of `mine` (ids, bridge and table tags)."""
+    def keep(text: str) -> bool:
+        found = MINIRUN_NAME.findall(text)
+        return not found or any(m in f for f in found for m in mine)
+
+    out = {}
+    for key, value in state.items():
+        if key == "nftables":
+            value = "".join(t for t in re.split(r"(?m)^(?=table )", value) if keep(t))
+        elif isinstance(value, list):
+            value = [x for x in value if keep(str(x))]
+        out[key] = value
+    return out
+
+
+def same_here(before: dict, mine: set[str], timeout: float = 5.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        diff = differences(this_root_only(before, mine),
+                           this_root_only(host_network_state(), mine))
+        if not diff or time.monotonic() > deadline:
+            return diff
+        time.sleep(0.1)
+
+
+def wait_state(env, name: str, state: str, timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        data = json.loads(run_ok(env, "inspect", name))[0]
+        if data["State"]["Status"] == state:
+            return data
+        assert time.monotonic() < deadline, f"{name} is {data['State']['Status']}"
+        time.sleep(0.1)
+
+
+def test_stop_releases_the_host_objects_and_start_wires_them_again(env, host_before):
+    port = free_port()
+    run_ok(env, "run", "-d", "--name", "stopme", "-p", f"127.0.0.1:{port}:80", "busybox",
+           "sh", "-c", HTTPD)
     try:
-        ip = ip_of(env, "reboot")
-        cid = json.loads(run_ok(env, "inspect", "reboot"))[0]["Id"]
-        run_ok(env, "stop", "-t", "1", "reboot")
-        # a reboot takes the links and the netns, not the records
-        subprocess.run(["ip", "link", "del", f"mr{cid[:12]}"], check=True)
-        subprocess.run(["umount", f"/run/netns/minirun-{cid[:12]}"], check=True)
-        os.unlink(f"/run/netns/minirun-{cid[:12]}")
-        run_ok(env, "start", "reboot")
-        assert ip_of(env, "reboot") == ip
-        assert f"inet {ip}/" in sh(env, "reboot", "ip -o -4 addr show eth0").stdout
+        cid = json.loads(run_ok(env, "inspect", "stopme"))[0]["Id"]
+        bridge = bridge_of(env)
+        assert wait_http(f"http://127.0.0.1:{port}/").startswith("hello from ")
+        ip = ip_of(env, "stopme")
+        inet, mac = inside_eth0(env, "stopme")
+        assert inet.startswith(ip + "/")
+        assert all(host_objects(cid).values()) and bridge in link_names()
+        run_ok(env, "stop", "-t", "1", "stopme")
+        # nothing of it is left on the host: no veth, netns or port rule; the bridge stays
+        # with its lease (its route keeps the subnet from other roots and runtimes)
+        assert released(cid), host_objects(cid)
+        assert bridge in link_names()
+        table = nft_table(env)
+        assert f"dport {port}" not in table and f'oifname != "{bridge}" masquerade' in table
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+        # the lease, the MAC and the port stay: start gives them back
+        assert ip_of(env, "stopme") == ip
+        run_ok(env, "start", "stopme")
+        assert inside_eth0(env, "stopme") == (inet, mac)
+        assert wait_http(f"http://127.0.0.1:{port}/").startswith("hello from ")
+        assert f"dport {port} dnat to {ip}:80" in nft_table(env)
+        run_ok(env, "stop", "-t", "1", "stopme")
+        assert released(cid), host_objects(cid)
     finally:
-        env("rm", "-f", "reboot")
+        env("rm", "-f", "stopme")
+    # rm of the stopped container: the bridge and the table go, the host is as it was
+    assert bridge not in link_names() and nft_table(env) == ""
+    diff = same_here(host_before, {bridge[2:10], cid[:12]})
+    assert not diff, f"after stop and rm: {diff}"
+
+
+def test_stop_keeps_the_bridge_for_the_others_and_drops_only_its_rule(env):
+    p1, p2 = free_port(), free_port()
+    run_ok(env, "run", "-d", "--name", "st1", "-p", f"127.0.0.1:{p1}:80", "busybox", "sh",
+           "-c", HTTPD)
+    run_ok(env, "run", "-d", "--name", "st2", "-p", f"127.0.0.1:{p2}:80", "busybox", "sh",
+           "-c", HTTPD)
+    try:
+        cid = json.loads(run_ok(env, "inspect", "st1"))[0]["Id"]
+        run_ok(env, "stop", "-t", "1", "st1")
+        assert released(cid), host_objects(cid)
+        assert bridge_of(env) in link_names()
+        table = nft_table(env)
+        assert f"dport {p2} " in table and f"dport {p1} " not in table
+        assert wait_http(f"http://127.0.0.1:{p2}/").startswith("hello from ")
+        # its address stays leased while it is stopped: a new container gets another
+        run_ok(env, "run", "-d", "--name", "st3", "busybox", "sleep", "300")
+        assert ip_of(env, "st3") not in (ip_of(env, "st1"), ip_of(env, "st2"))
+    finally:
+        env("rm", "-f", "st1", "st2", "st3")
+
+
+def test_a_foreign_link_on_the_bridge_name_is_refused_and_left_alone(env):
+    bridge = bridge_of(env)
+    # a bridge of that name, not minirun's (no alias of ours); no container of this root
+    # runs, so minirun's bridge is not there
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    try:
+        proc = env("run", "-d", "--name", "squat", "busybox", "sleep", "300")
+        assert proc.returncode == 125
+        assert f"a link named {bridge} exists and is not minirun's bridge" in \
+            one_line_error(proc)
+        assert bridge in link_names(), "minirun deleted a link that is not its own"
+    finally:
+        subprocess.run(["ip", "link", "del", bridge], check=False)
+    cid = run_ok(env, "run", "-d", "--name", "squat", "busybox", "sleep", "300").strip()
+    try:
+        ip = ip_of(env, "squat")
+        run_ok(env, "stop", "-t", "1", "squat")
+        assert released(cid), host_objects(cid)
+        # a reboot takes the bridge; something else takes its name meanwhile
+        subprocess.run(["ip", "link", "del", bridge], check=True)
+        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+        try:
+            proc = env("start", "squat")
+            assert proc.returncode != 0
+            assert f"a link named {bridge} exists and is not minirun's bridge" in \
+                one_line_error(proc)
+            assert bridge in link_names(), "minirun deleted a link that is not its own"
+            assert not any(host_objects(cid).values()), host_objects(cid)
+        finally:
+            subprocess.run(["ip", "link", "del", bridge], check=False)
+        run_ok(env, "start", "squat")
+        assert f"inet {ip}/" in sh(env, "squat", "ip -o -4 addr show eth0").stdout
+    finally:
+        env("rm", "-f", "squat")
+
+
+def test_a_command_that_exits_releases_the_host_objects(env, host_before):
+    cid = run_ok(env, "run", "-d", "--name", "quick", "busybox", "true").strip()
+    try:
+        wait_state(env, "quick", "exited")
+        assert released(cid), host_objects(cid)
+        # foreground, without --rm: the record stays, the host objects go
+        run_ok(env, "run", "--name", "fore", "busybox", "true")
+        fore = json.loads(run_ok(env, "inspect", "fore"))[0]["Id"]
+        assert released(fore), host_objects(fore)
+        mine = {bridge_of(env)[2:10], cid[:12], fore[:12]}
+        ip = ip_of(env, "fore")
+        run_ok(env, "start", "quick", "fore")
+        for name in ("quick", "fore"):
+            wait_state(env, name, "exited")
+        assert ip_of(env, "fore") == ip
+        assert released(cid) and released(fore)
+    finally:
+        env("rm", "-f", "quick", "fore")
+    diff = same_here(host_before, mine)
+    assert not diff, f"after rm: {diff}"
+
+
+def test_a_restart_policy_container_restarts_with_its_address(env):
+    # each run appends its address to a file of its rootfs; the third stays up
+    run_ok(env, "run", "-d", "--name", "again", "--restart", "always", "busybox", "sh", "-c",
+           "ip -o -4 addr show eth0 >> /addrs; [ $(wc -l < /addrs) -ge 3 ] && "
+           "exec sleep 300; exit 1")
+    try:
+        deadline = time.monotonic() + 30
+        while json.loads(run_ok(env, "inspect", "again"))[0]["RestartCount"] < 2:
+            assert time.monotonic() < deadline, "no second restart"
+            time.sleep(0.1)
+        wait_state(env, "again", "running")
+        ip = ip_of(env, "again")
+        lines = sh(env, "again", "cat /addrs").stdout.splitlines()
+        assert len(lines) >= 3 and all(f"inet {ip}/" in ln for ln in lines), lines
+    finally:
+        env("rm", "-f", "again")
+
+
+def test_container_network_mode_follows_its_owner(env):
+    run_ok(env, "run", "-d", "--name", "own", "busybox", "sh", "-c", HTTPD)
+    try:
+        run_ok(env, "run", "-d", "--name", "joiner", "--network", "container:own", "busybox",
+               "sleep", "300")
+        owner_ip = ip_of(env, "own")
+        assert f"inet {owner_ip}/" in sh(env, "joiner", "ip -o -4 addr show eth0").stdout
+        # the owner stops: its netns loses eth0; the joiner runs on with only lo (docker's)
+        run_ok(env, "stop", "-t", "1", "own")
+        assert sh(env, "joiner", "ls /sys/class/net").stdout.split() == ["lo"]
+        run_ok(env, "stop", "-t", "1", "joiner")
+        proc = env("start", "joiner")
+        assert proc.returncode != 0
+        assert "joins the network of own, which is not running" in one_line_error(proc)
+        assert json.loads(run_ok(env, "inspect", "joiner"))[0]["State"]["Status"] == "exited"
+        run_ok(env, "start", "own")
+        run_ok(env, "start", "joiner")
+        out = sh(env, "joiner", "ip -o -4 addr show eth0; "
+                 'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 5 127.0.0.1 80').stdout
+        assert f"inet {owner_ip}/" in out and "hello from" in out
+    finally:
+        env("rm", "-f", "joiner", "own")
 
 
 @pytest.mark.parametrize("subnet, why", [
@@ -502,10 +726,11 @@ def test_network_none_has_loopback_up(env):
         settings = json.loads(run_ok(env, "inspect", "nonet"))[0]["NetworkSettings"]
         assert list(settings["Networks"]) == ["none"] and settings["IPAddress"] == ""
         assert "127.0.0.1" in sh(env, "nonet", "ip -o -4 addr show lo").stdout
-        # its netns outlives a stop, and comes back when gone (after a reboot)
+        # its netns goes with a stop and comes back with start
         run_ok(env, "stop", "-t", "1", "nonet")
-        subprocess.run(["umount", settings["SandboxKey"]], check=True)
-        os.unlink(settings["SandboxKey"])
+        assert not os.path.exists(settings["SandboxKey"])
+        with open("/proc/self/mountinfo") as f:
+            assert settings["SandboxKey"] not in f.read()
         run_ok(env, "start", "nonet")
         assert "127.0.0.1" in sh(env, "nonet", "ip -o -4 addr show lo").stdout
     finally:

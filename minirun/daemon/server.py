@@ -317,6 +317,10 @@ class Daemon:
             rec = self.engine.get(cid)
         except NotFound:
             rec = None
+        if rec is not None and not json.loads(rec["options"]).get("remove"):
+            # before the record says exited: `stop` returns then, and a `start` right
+            # after must find nothing left to release
+            self.release_network(cid)
         # the record first: the status file the keeper wrote goes with `forget`
         if rec is not None:
             self.engine._update(cid, status="exited", exit_code=status,
@@ -341,6 +345,15 @@ class Daemon:
             client.closing = True
             if not client.queue:
                 self.detach(client)
+
+    def release_network(self, cid: str) -> None:
+        """Its veth, netns and port rules go while it is not running (docker's stopped
+        containers have no sandbox); its address stays for the next start."""
+        try:
+            if self.engine._has_endpoint(cid):
+                self.engine.networks.release(cid)
+        except Exception as e:  # noqa: BLE001 - one container's trouble
+            log_line(f"release of the network of {cid[:12]} failed: {e}")
 
     def remove(self, cid: str) -> None:
         """`run -d --rm`: everything goes once it has exited (files, snapshot, network
@@ -400,6 +413,7 @@ class Daemon:
         # second line), or started again by `start`
         if rec["user_stopped"] or rec["status"] != "exited":
             return
+        self.engine.network_for_start(rec)
         self.engine._update(cid, restart_count=(rec["restart_count"] or 0) + 1)
         self.start(cid)
 

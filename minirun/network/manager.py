@@ -3,10 +3,18 @@
 Records live in the engine's SQLite database (one transaction per lease: no address is
 handed out twice, whatever runs at once). Host state is derived from the records:
 
-- a network's bridge exists while at least one container is attached to it (netavark's
-  rule), so when the last container goes the host has exactly the links it had before;
-- minirun's nftables table is regenerated from the records whenever ports or bridges
-  change, under one host-wide lock;
+- a container's host objects (its netns, veth pair and published-port rules) exist while
+  it runs: its exit releases them and `start` makes them again from its endpoint row, which
+  keeps the address, MAC and host ports until `rm` (docker keeps no sandbox for a stopped
+  container either);
+- a network's bridge exists while at least one container has an address on it, running
+  or stopped (netavark's rule, with docker's stopped containers), so when the last one
+  goes the host has exactly the links it had before. Not only while one runs: the
+  bridge's route is what keeps the subnet taken for everyone else (another root, another
+  runtime picks a subnet no host route overlaps), and a stopped container can only come
+  back with its address if its subnet is still free;
+- minirun's nftables table is regenerated from the records (bridges) and the wired
+  endpoints (published ports) whenever ports or bridges change, under one host-wide lock;
 - net.ipv4.ip_forward is switched on with the first non-internal minirun bridge on the
   host and left on (as docker and netavark leave it): other containers (podman's, a
   VM's) may need it by then, and putting it back would cut them off.
@@ -294,7 +302,7 @@ class Networks:
             ip = self._lease(cid, rec, name, hostname, hosts)
             try:
                 ports = self._reserve_ports(cid, rec, ports, ip)
-                created = self._bridge_up(rec)  # after the lease: the table then has it
+                created = self._bridge_up(rec, cid)  # after the lease: the table has it
                 self._wire(cid, rec, ip)
                 if ports and not created:
                     self._apply_table()
@@ -475,8 +483,9 @@ class Networks:
             self._forget(ep)
 
     def ensure_wired(self, cid: str) -> None:
-        """After a reboot the netns and links are gone but the records are not: wire the
-        container again with the same address before starting it."""
+        """A stopped container's netns and links are gone (its exit released them, or a
+        reboot) but its row is not: wire it again with the same address, MAC and host
+        ports before starting it."""
         ep = self.endpoint(cid)
         if ep is None or os.path.exists(ep["netns"]) and _is_nsfs(ep["netns"]):
             return
@@ -491,9 +500,54 @@ class Networks:
             with Netlink() as host:
                 host.delete_link(ep["veth"])
             netns.remove(ep["netns"])
-            self._bridge_up(rec)
-            self._wire(cid, rec, ep["ip"])
+            try:
+                created = self._bridge_up(rec, cid)
+                self._wire(cid, rec, ep["ip"])
+                if not created:
+                    self._apply_table()
+            except BaseException:
+                self._unwire(ep)
+                raise
+
+    def release(self, cid: str) -> None:
+        """The container exited: its veth pair, netns and port rules go; its row (address,
+        MAC, host ports) stays for `ensure_wired`, and with it the bridge. A CNI container keeps its netns: its plugins' ADD may
+        hand out another address, so it is released by `rm` only."""
+        ep = self.endpoint(cid)
+        if ep is None or ep["network"].startswith("cni:") or not _is_nsfs(ep["netns"]):
+            return
+        if ep["network"] == NO_NETWORK:
+            netns.remove(ep["netns"])
+            return
+        with HostLock():
+            ep = self.endpoint(cid)  # `rm` may have detached it meanwhile
+            if ep is None:
+                return
+            self._unwire(ep)
+
+    def _unwire(self, ep: dict, forget: bool = False) -> None:
+        """Under HostLock: the endpoint's host objects, its row too if `forget` (last, so a
+        crash leaves a row to clean up), then the bridge or the rules that were there for
+        it."""
+        with Netlink() as host:
+            host.delete_link(ep["veth"])
+        netns.remove(ep["netns"])
+        if forget:
+            self.db.execute("DELETE FROM endpoints WHERE container = ?", (ep["container"],))
+        try:
+            rec = self.get(ep["network"])
+        except NotFound:
+            rec = None
+        if rec is not None and not self.containers_on(rec["name"]):
+            self._bridge_down(rec)
+        elif json.loads(ep["ports"]):
             self._apply_table()
+
+    def _wired_on(self, network: str, joining: str | None) -> list[dict]:
+        """The endpoints of a network whose netns is there (their container runs or is
+        being made), `joining` counted as one."""
+        return [ep for ep in self.containers_on(network)
+                if ep["container"] == joining or _is_nsfs(ep["netns"])]
 
     def detach(self, cid: str) -> None:
         ep = self.endpoint(cid)
@@ -514,24 +568,13 @@ class Networks:
         ep = self.endpoint(cid)
         if ep is None:
             return
-        with Netlink() as host:
-            host.delete_link(ep["veth"])
-        netns.remove(ep["netns"])
-        self.db.execute("DELETE FROM endpoints WHERE container = ?", (cid,))
-        try:
-            rec = self.get(ep["network"])
-        except NotFound:
-            rec = None
-        if rec is not None and not self.containers_on(rec["name"]):
-            self._bridge_down(rec)
-        elif json.loads(ep["ports"]):
-            self._apply_table()
+        self._unwire(ep, forget=True)
 
     # --- bridges, the table and forwarding (host-wide, under HostLock) ----------------------
 
-    def _bridge_up(self, rec: dict) -> bool:
+    def _bridge_up(self, rec: dict, joining: str) -> bool:
         """Make the network's bridge unless it is there; True if it was made (and the
-        table applied)."""
+        table applied, with `joining`'s ports: it is wired right after)."""
         with Netlink() as host:
             info = host.link_info(rec["bridge"])
             if info is not None:
@@ -555,7 +598,7 @@ class Networks:
                 _write_sysctl(f"net/ipv4/conf/{rec['bridge']}/route_localnet", "1")
                 if not rec["internal"]:
                     _forwarding_on()
-                self._apply_table()
+                self._apply_table(joining)
             except BaseException:
                 host.delete_link(rec["bridge"])
                 raise
@@ -563,24 +606,27 @@ class Networks:
 
     def _bridge_down(self, rec: dict) -> None:
         with Netlink() as host:
-            host.delete_link(rec["bridge"])
+            info = host.link_info(rec["bridge"])
+            # a failed _bridge_up may have found a link of that name that is not ours
+            if info is not None and info["kind"] == "bridge" and \
+                    info["alias"].startswith(ALIAS_PREFIX):
+                host.delete_link(rec["bridge"])
         self._apply_table()
 
-    def _apply_table(self) -> None:
+    def _apply_table(self, joining: str | None = None) -> None:
+        """The bridges of the networks in use and the published ports of the wired
+        endpoints (`joining` counted as one): a stopped container's ports have no rule."""
         table = nft.Table(self.table)
-        live = {}
         for rec in self._rows("SELECT * FROM networks"):
-            if self.containers_on(rec["name"]):
-                live[rec["name"]] = rec
-                table.bridges.append(nft.Bridge(rec["bridge"], rec["subnet"],
-                                                bool(rec["internal"])))
-        for ep in self._rows("SELECT * FROM endpoints"):
-            rec = live.get(ep["network"])
-            if rec is None:
+            if not self.containers_on(rec["name"]):
                 continue
-            for p in json.loads(ep["ports"]):
-                table.ports.append(nft.Port(p["host_ip"], p["host_port"], p["proto"],
-                                            ep["ip"], p["container_port"], rec["bridge"]))
+            table.bridges.append(nft.Bridge(rec["bridge"], rec["subnet"],
+                                            bool(rec["internal"])))
+            for ep in self._wired_on(rec["name"], joining):
+                for p in json.loads(ep["ports"]):
+                    table.ports.append(nft.Port(p["host_ip"], p["host_port"], p["proto"],
+                                                ep["ip"], p["container_port"],
+                                                rec["bridge"]))
         nft.apply(table)
 
     # --- /etc/hosts -------------------------------------------------------------------------
