@@ -141,6 +141,7 @@ class Faults:
         self.sock = os.path.join(engine.run_root, "minirun.sock")
         self.seen: set[str] = set()  # every container id this root ever had
         self.log: list[str] = []
+        self.cycle_of: dict[str, int] = {}  # container id -> the cycle that made it
         self.hung: list[str] = []
         self.n = 0
 
@@ -151,6 +152,8 @@ class Faults:
                 self.seen |= {n for n in os.listdir(d) if len(n) == 64}
             except OSError:
                 pass
+        for cid in self.seen:
+            self.cycle_of.setdefault(cid, self.n)
 
     def connections(self) -> int:
         """Sockets bound to or connected to the daemon's path (the listener, and one per
@@ -262,12 +265,12 @@ class Faults:
             procs = cgroup_procs(cid)
             if state == "running":
                 if rt != "running" or not init or init not in procs:
-                    problems.append(f"{cid[:12]} listed running: runtime {rt}, init {init}, "
+                    problems.append(f"{cid[:12]} (#{self.cycle_of.get(cid)}) listed running: runtime {rt}, init {init}, "
                                     f"cgroup procs {sorted(procs)}")
             elif state in ("exited", "created"):
                 inside = [p for p, r in rooted.items() if cid in r]
                 if procs or inside or rt == "running":
-                    problems.append(f"{cid[:12]} listed {state}: runtime {rt}, cgroup "
+                    problems.append(f"{cid[:12]} (#{self.cycle_of.get(cid)}) listed {state}: runtime {rt}, cgroup "
                                     f"procs {sorted(procs)}, processes {inside}")
             else:
                 problems.append(f"{cid[:12]} listed as {state}")
@@ -278,10 +281,12 @@ class Faults:
             left += [f"mount {m}" for m in mounts_under(os.path.join(self.engine.root,
                                                                      "containers", cid))]
             left += [f"process {p}" for p, r in rooted.items() if cid in r]
-            if os.path.exists(os.path.join(self.engine.run_root, "engine", cid)):
-                left.append("runtime state")
+            state = os.path.join(self.engine.run_root, "engine", cid)
+            if os.path.exists(state):
+                left.append(f"runtime state {sorted(os.listdir(state))}")
             if left:
-                problems.append(f"{cid[:12]} not listed, yet: {', '.join(left)}")
+                problems.append(f"{cid[:12]} (cycle #{self.cycle_of.get(cid)}) not listed, "
+                                f"yet: {', '.join(left)}")
         stray = [p for p, r in rooted.items() if not any(c in r for c in self.seen)]
         if stray:
             problems.append(f"processes rooted under the test's root, no container: {stray}")
@@ -392,3 +397,71 @@ def test_removal_of_a_tree_another_removal_empties_meanwhile(tmp_path, monkeypat
     monkeypatch.setattr(store.os, "listdir", listdir_then_the_other_removal)
     store.remove_tree(str(tree))
     assert not tree.exists()
+
+
+def test_a_container_started_after_its_removal_goes(engine):
+    """The daemon is killed while the keeper starts a `run -d` container; the client sees
+    the daemon go and removes the record, snapshot and network; the keeper finishes the
+    start after that. The next daemon removes that container (process, cgroups, runtime
+    state) instead of leaving it running where no `ps` lists it."""
+    from minirun.container import Container
+    from minirun.daemon import proto
+    from minirun.engine import Engine, RunOptions
+    from minirun.errors import NotFound
+    from minirun.image.store import ImageStore
+
+    engine("run", "-d", "--network", "none", "--name", "first", "busybox", "sleep", "60",
+           check=True)
+    eng = Engine(root=engine.root, run_root=engine.run_root)
+    cid = eng.prepare("busybox", RunOptions(network="none", detach=True,
+                                             command=["sleep", "60"]))
+    try:
+        # the start the dead daemon asked for, finishing after the removal below
+        keeper = proto.connect(os.path.join(engine.run_root, "keeper.sock"))
+        proto.send(keeper, {"op": "start", "id": cid, "oci_root": eng.oci_root,
+                            "bundle": os.path.join(engine.root, "containers", cid)})
+        reply, fds = proto.recv(keeper)
+        for fd in fds:
+            os.close(fd)
+        keeper.close()
+        assert reply.get("ok"), reply
+        init = reply["pid"]
+        assert cgroup_procs(cid) >= {init}
+        eng.networks.detach(cid)
+        ImageStore(engine.root).release(cid)
+        eng.db.execute("DELETE FROM containers WHERE id = ?", (cid,))
+        daemon = engine.pid_of("daemon")
+        assert lock_pid(os.path.join(engine.run_root, "daemon.lock")) == daemon
+        os.kill(daemon, signal.SIGKILL)
+        # the keeper starts the next daemon, which takes the container away
+        assert wait_for(lambda: not cgroup_dirs(cid), timeout=10), engine.daemon_logs()
+        assert not os.path.exists(f"/proc/{init}") or \
+            open(f"/proc/{init}/stat").read().split()[2] == "Z"
+        with pytest.raises(NotFound):
+            Container.load(eng.oci_root, cid)
+        assert cid[:12] not in engine("ps", "-a", "-q").stdout
+        assert "first" in engine("ps").stdout
+    finally:
+        try:
+            from minirun import container as ctr
+
+            ctr.delete(eng.oci_root, cid, force=True)
+        except Exception:  # noqa: BLE001 - gone already, as it should be
+            pass
+        eng._remove_everything(cid, ImageStore(engine.root))
+        engine("rm", "-f", "first")
+
+
+def test_delete_finishes_a_delete_killed_after_the_state_went(tmp_path):
+    """A `rm -f` killed between unlinking state.json and removing the directory (seed
+    616924120 of the cycles above): the next delete of the id removes what is left,
+    and still says the container does not exist."""
+    from minirun import container as ctr
+    from minirun.errors import NotFound
+
+    cid = "a" * 64
+    (tmp_path / cid).mkdir()
+    os.mkfifo(tmp_path / cid / "exec.fifo")
+    with pytest.raises(NotFound):
+        ctr.delete(str(tmp_path), cid, force=True)
+    assert not (tmp_path / cid).exists()
