@@ -399,40 +399,61 @@ def test_removal_of_a_tree_another_removal_empties_meanwhile(tmp_path, monkeypat
     assert not tree.exists()
 
 
+def start_in_the_keeper(engine):
+    """A `run -d` container prepared and started by the keeper as for a daemon that
+    dies before it records the start: (its Engine, id, init pid)."""
+    from minirun.daemon import proto
+    from minirun.engine import Engine, RunOptions
+
+    eng = Engine(root=engine.root, run_root=engine.run_root)
+    cid = eng.prepare("busybox", RunOptions(network="none", detach=True,
+                                             command=["sleep", "60"]))
+    keeper = proto.connect(os.path.join(engine.run_root, "keeper.sock"))
+    proto.send(keeper, {"op": "start", "id": cid, "oci_root": eng.oci_root,
+                        "bundle": os.path.join(engine.root, "containers", cid)})
+    reply, fds = proto.recv(keeper)
+    for fd in fds:
+        os.close(fd)
+    keeper.close()
+    assert reply.get("ok"), reply
+    assert cgroup_procs(cid) >= {reply["pid"]}
+    return eng, cid, reply["pid"]
+
+
+def kill_the_daemon(engine) -> None:
+    daemon = engine.pid_of("daemon")
+    assert lock_pid(os.path.join(engine.run_root, "daemon.lock")) == daemon
+    os.kill(daemon, signal.SIGKILL)
+
+
+def remove_by_hand(eng, cid: str) -> None:
+    from minirun import container as ctr
+    from minirun.image.store import ImageStore
+
+    try:
+        ctr.delete(eng.oci_root, cid, force=True)
+    except Exception:  # noqa: BLE001 - gone already, as it should be
+        pass
+    eng._remove_everything(cid, ImageStore(eng.root))
+
+
 def test_a_container_started_after_its_removal_goes(engine):
     """The daemon is killed while the keeper starts a `run -d` container; the client sees
     the daemon go and removes the record, snapshot and network; the keeper finishes the
     start after that. The next daemon removes that container (process, cgroups, runtime
-    state) instead of leaving it running where no `ps` lists it."""
+    state) instead of leaving it running where no `ps` lists it (seed 293273703)."""
     from minirun.container import Container
-    from minirun.daemon import proto
-    from minirun.engine import Engine, RunOptions
     from minirun.errors import NotFound
     from minirun.image.store import ImageStore
 
     engine("run", "-d", "--network", "none", "--name", "first", "busybox", "sleep", "60",
            check=True)
-    eng = Engine(root=engine.root, run_root=engine.run_root)
-    cid = eng.prepare("busybox", RunOptions(network="none", detach=True,
-                                             command=["sleep", "60"]))
+    eng, cid, init = start_in_the_keeper(engine)
     try:
-        # the start the dead daemon asked for, finishing after the removal below
-        keeper = proto.connect(os.path.join(engine.run_root, "keeper.sock"))
-        proto.send(keeper, {"op": "start", "id": cid, "oci_root": eng.oci_root,
-                            "bundle": os.path.join(engine.root, "containers", cid)})
-        reply, fds = proto.recv(keeper)
-        for fd in fds:
-            os.close(fd)
-        keeper.close()
-        assert reply.get("ok"), reply
-        init = reply["pid"]
-        assert cgroup_procs(cid) >= {init}
         eng.networks.detach(cid)
         ImageStore(engine.root).release(cid)
         eng.db.execute("DELETE FROM containers WHERE id = ?", (cid,))
-        daemon = engine.pid_of("daemon")
-        assert lock_pid(os.path.join(engine.run_root, "daemon.lock")) == daemon
-        os.kill(daemon, signal.SIGKILL)
+        kill_the_daemon(engine)
         # the keeper starts the next daemon, which takes the container away
         assert wait_for(lambda: not cgroup_dirs(cid), timeout=10), engine.daemon_logs()
         assert not os.path.exists(f"/proc/{init}") or \
@@ -442,13 +463,26 @@ def test_a_container_started_after_its_removal_goes(engine):
         assert cid[:12] not in engine("ps", "-a", "-q").stdout
         assert "first" in engine("ps").stdout
     finally:
-        try:
-            from minirun import container as ctr
+        remove_by_hand(eng, cid)
+        engine("rm", "-f", "first")
 
-            ctr.delete(eng.oci_root, cid, force=True)
-        except Exception:  # noqa: BLE001 - gone already, as it should be
-            pass
-        eng._remove_everything(cid, ImageStore(engine.root))
+
+def test_a_start_the_dead_daemon_did_not_record_is_running(engine):
+    """The `run -d` client is killed once it asked, then the daemon while the keeper
+    starts the container: the next daemon records it running with its pid (ps said
+    "created" for a running container; seed 1148473484)."""
+    engine("run", "-d", "--network", "none", "--name", "first", "busybox", "sleep", "60",
+           check=True)
+    eng, cid, init = start_in_the_keeper(engine)
+    try:
+        kill_the_daemon(engine)
+        assert wait_for(lambda: json.loads(engine("inspect", cid).stdout)[0]["State"]
+                        == {"Status": "running", "ExitCode": None, "Pid": init}, timeout=10)
+        assert engine("stop", "-t", "1", cid).returncode == 0
+        assert json.loads(engine("inspect", cid).stdout)[0]["State"]["Status"] == "exited"
+        assert not cgroup_procs(cid)
+    finally:
+        remove_by_hand(eng, cid)
         engine("rm", "-f", "first")
 
 

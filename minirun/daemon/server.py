@@ -208,6 +208,10 @@ class Daemon:
             adopted += 1
             if held["status"] is not None:
                 self.exits.append((held["id"], held["status"]))
+            elif self.engine.get_status_only(held["id"]) != "running":
+                # started for a daemon that died before it could record the start
+                self.engine._update(held["id"], status="running", pid=held["pid"],
+                                    started=time.time(), exit_code=None)
         for cid in orphans:
             self.discard_orphan(cid)
         return adopted
