@@ -97,6 +97,27 @@ def rooted_under(top: str) -> dict[int, str]:
     return out
 
 
+def naming(top: str) -> list[int]:
+    """Processes with top in their command line (clients, the daemon, the keeper)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if top.encode() in f.read() and int(pid) != os.getpid():
+                    out.append(int(pid))
+        except OSError:
+            continue
+    return out
+
+
+def cgroup_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return f.read().split()[-1]
+    except OSError:
+        return "gone"
+
+
 def nft_table(name: str) -> str | None:
     proc = subprocess.run(["nft", "list", "table", "ip", name], capture_output=True, text=True)
     return proc.stdout if proc.returncode == 0 else None
@@ -263,14 +284,15 @@ class Faults:
             except NotFound:
                 rt, init = "missing", 0
             procs = cgroup_procs(cid)
+            who = f"{cid[:12]} (cycle #{self.cycle_of.get(cid)})"
             if state == "running":
                 if rt != "running" or not init or init not in procs:
-                    problems.append(f"{cid[:12]} (#{self.cycle_of.get(cid)}) listed running: runtime {rt}, init {init}, "
+                    problems.append(f"{who} listed running: runtime {rt}, init {init}, "
                                     f"cgroup procs {sorted(procs)}")
             elif state in ("exited", "created"):
                 inside = [p for p, r in rooted.items() if cid in r]
                 if procs or inside or rt == "running":
-                    problems.append(f"{cid[:12]} (#{self.cycle_of.get(cid)}) listed {state}: runtime {rt}, cgroup "
+                    problems.append(f"{who} listed {state}: runtime {rt}, cgroup "
                                     f"procs {sorted(procs)}, processes {inside}")
             else:
                 problems.append(f"{cid[:12]} listed as {state}")
@@ -290,6 +312,14 @@ class Faults:
         stray = [p for p, r in rooted.items() if not any(c in r for c in self.seen)]
         if stray:
             problems.append(f"processes rooted under the test's root, no container: {stray}")
+        # an init not exec'd yet still has the keeper's command line (our root in it)
+        ours = {self.engine.pid_of("daemon"), self.engine.pid_of("keeper")}
+        for cid in listed:
+            ours |= cgroup_procs(cid)
+        stray = [p for p in naming(top) if p not in ours]
+        if stray:
+            problems.append(f"processes of no listed container: "
+                            f"{[(p, cgroup_of(p)) for p in stray]}")
         for cid in minirun_cgroups() - self.seen:
             mine = [p for p in cgroup_procs(cid) if p in rooted]
             if mine:
@@ -322,7 +352,7 @@ def test_kill_client_or_daemon_200_cycles(engine):
     seed = int(os.environ.get("MINIRUN_FAULT_SEED") or random.SystemRandom().randrange(1 << 31))
     print(f"\nfault injection seed: {seed} (MINIRUN_FAULT_SEED={seed} reproduces it)")
     faults = Faults(engine, seed)
-    before = {"links": links(), "netns": netns_names(), "cgroups": minirun_cgroups()}
+    before = {"links": links(), "netns": netns_names()}
     plan = [(faults.rng.choice(VERBS), VICTIMS[i % 2]) for i in range(CYCLES)]
     faults.rng.shuffle(plan)
     begun = time.monotonic()
@@ -349,7 +379,7 @@ def test_kill_client_or_daemon_200_cycles(engine):
     top = engine.top
     mine = {c[:12] for c in faults.seen}
     left = {
-        "mounts": [m for m in mounts_under(top) if "/containers/" in m],
+        "mounts": mounts_under(top),
         "cgroups": sorted(minirun_cgroups() & faults.seen),
         "links": sorted(n for n in links() - before["links"]
                         if n == faults.bridge or (n.startswith("mr") and n[2:] in mine)),
@@ -357,6 +387,8 @@ def test_kill_client_or_daemon_200_cycles(engine):
                         if n.startswith("minirun-") and n[8:] in mine),
         "leases": leases(engine.root),
         "processes": rooted_under(top),
+        "commands": [p for p in naming(top) if p not in (engine.pid_of("keeper"),
+                                                        engine.pid_of("daemon"))],
     }
     table = nft_table(faults.table)
     rules = [ln.strip() for ln in (table or "").splitlines()
@@ -372,6 +404,7 @@ def test_kill_client_or_daemon_200_cycles(engine):
     for pid in (keeper, daemon):
         if pid:
             wait_for(lambda p=pid: not os.path.exists(f"/proc/{p}"), timeout=5)
+    left["daemon or keeper"] = naming(top)
     left = {k: v for k, v in left.items() if v}
     assert not left, f"seed {seed}: left behind: {left}\n{engine.daemon_logs()}"
 
