@@ -318,7 +318,8 @@ def _cleanup(c: Container, cg) -> None:
                 cg.destroy(keep)
         except (OSError, MiniRunError) as e:
             warn(f"cgroup cleanup: {e}")
-    for name in ("state.json", "state.json.tmp", "exec.fifo"):
+    # state.json last: a delete killed before it is done is done again in full
+    for name in ("state.json.tmp", "exec.fifo", "state.json"):
         try:
             os.unlink(os.path.join(c.dir, name))
         except FileNotFoundError:
@@ -327,6 +328,22 @@ def _cleanup(c: Container, cg) -> None:
         os.rmdir(c.dir)
     except FileNotFoundError:
         pass
+
+
+def _remove_remains(c: Container) -> None:
+    """The directory of a delete killed after state.json went (nothing else of the
+    container is left by then): without it the id would stay taken for good. One whose
+    create is under way (it saves state.json right after its mkdir) loses the race and
+    fails, as it would against a delete a moment later."""
+    for name in ("state.json.tmp", "exec.fifo"):
+        try:
+            os.unlink(os.path.join(c.dir, name))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(c.dir)
+    except OSError:
+        pass  # gone, or not only remains: left alone
 
 
 def start(root: str, container_id: str) -> Container:
@@ -459,7 +476,11 @@ def kill(root: str, container_id: str, sig: int, all_processes: bool = False) ->
 
 
 def delete(root: str, container_id: str, force: bool = False) -> None:
-    c = Container.load(root, container_id)
+    try:
+        c = Container.load(root, container_id)
+    except NotFound:
+        _remove_remains(Container(root, container_id))
+        raise
     lock = c.lock()
     try:
         status = c.status()

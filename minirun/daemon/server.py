@@ -194,6 +194,7 @@ class Daemon:
         proto.send(self.keeper, {"op": "hello", "respawn": daemon_argv(self.engine),
                                  "log": os.path.join(self.run_root, "daemon.log")})
         adopted = 0
+        orphans = []
         while True:
             msg, fds = proto.recv(self.keeper)
             if msg is None:
@@ -201,11 +202,37 @@ class Daemon:
             if msg.get("done"):
                 break
             held = msg["held"]
-            self.adopt(held["id"], fds, held.get("streams", ["stdout", "stderr"]))
+            if not self.adopt(held["id"], fds, held.get("streams", ["stdout", "stderr"])):
+                orphans.append(held["id"])
+                continue
             adopted += 1
             if held["status"] is not None:
                 self.exits.append((held["id"], held["status"]))
+            elif self.engine.get_status_only(held["id"]) != "running":
+                # started for a daemon that died before it could record the start
+                self.engine._update(held["id"], status="running", pid=held["pid"],
+                                    started=time.time(), exit_code=None)
+        for cid in orphans:
+            self.discard_orphan(cid)
         return adopted
+
+    def discard_orphan(self, cid: str) -> None:
+        """A container the keeper started for a daemon that died in that start: the
+        `run -d` that asked saw the daemon go, removed the record, snapshot and network,
+        and the keeper finished the start after that. Nobody lists it: it goes (its
+        processes, cgroups and runtime state), and the keeper lets go of it."""
+        from .. import container as ctr
+        from ..errors import NotFound
+
+        try:
+            ctr.delete(self.engine.oci_root, cid, force=True)
+        except NotFound:
+            pass
+        except MiniRunError as e:
+            log_line(f"the orphan {cid[:12]} was not removed: {e}")
+            return
+        self.keeper_call({"op": "forget", "id": cid})
+        log_line(f"removed the container {cid[:12]}, started after its removal")
 
     def take_over(self) -> None:
         """Just before the main loop: the keeper stops reading the pipes and hands over
@@ -242,14 +269,15 @@ class Daemon:
                 continue
             return reply, fds
 
-    def adopt(self, cid: str, fds: list[int], streams: list[str]) -> None:
+    def adopt(self, cid: str, fds: list[int], streams: list[str]) -> bool:
         """Read the container's output into its log; keep its input for attach. A pty
-        master is both: its output is logged as stdout."""
+        master is both: its output is logged as stdout. False for a container whose
+        files are gone (removed)."""
         path = os.path.join(self.engine.root, "containers", cid, "ctr.log")
         if not os.path.isdir(os.path.dirname(path)):
             for fd in fds:
                 os.close(fd)
-            return
+            return False
         if cid not in self.logs:
             self.logs[cid] = CriLog(path, *log_options(self.run_options(cid)))
         readers = []
@@ -271,6 +299,7 @@ class Daemon:
         for fd, stream in readers:
             os.set_blocking(fd, False)  # for a pty master: also the keeper's, the clients'
             self.sel.register(fd, selectors.EVENT_READ, ("pipe", cid, stream))
+        return True
 
     def run_options(self, cid: str) -> dict:
         row = self.engine.db.execute("SELECT options FROM containers WHERE id = ?",

@@ -973,14 +973,20 @@ def remove_tree(path: str) -> None:
 
 
 def _remove_entry(parent_fd: int, name: str, dev: int, shown: str) -> None:
-    st = os.lstat(name, dir_fd=parent_fd)
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=parent_fd)
+    # An entry that vanishes meanwhile is removed already: two removals of one container
+    # may run at once (`rm -f` of a `run -d --rm` container: the CLI's, and the daemon's
+    # when the kill makes it exit), and each must succeed.
+    try:
+        st = os.lstat(name, dir_fd=parent_fd)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent_fd)
+            return
+        if st.st_dev != dev:
+            raise ContainerStateError(f"refusing to remove {shown}: another file system")
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=parent_fd)
+    except FileNotFoundError:
         return
-    if st.st_dev != dev:
-        raise ContainerStateError(f"refusing to remove {shown}: another file system")
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 dir_fd=parent_fd)
     try:
         if os.fstat(fd).st_dev != dev:
             raise ContainerStateError(f"refusing to remove {shown}: another file system")
@@ -988,7 +994,10 @@ def _remove_entry(parent_fd: int, name: str, dev: int, shown: str) -> None:
             _remove_entry(fd, entry, dev, os.path.join(shown, entry))
     finally:
         os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)
+    try:
+        os.rmdir(name, dir_fd=parent_fd)
+    except FileNotFoundError:
+        pass
 
 
 # --- idmapped layers -------------------------------------------------------------------------
