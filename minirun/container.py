@@ -113,6 +113,20 @@ class Container:
             f.write(json.dumps(self.data))
         os.rename(tmp, self.state_file)
 
+    def update(self) -> None:
+        """save() for a create whose state is already on disk: under the lock, and only
+        while state.json is there. delete holds the lock from its reading of the state to
+        its removal: a delete that read a state without the init's pid (it then kills
+        nothing) must not see create go on to bring up an init nobody lists; create fails
+        instead, and kills what it made."""
+        lock = self.lock()
+        try:
+            if not os.path.exists(self.state_file):
+                raise NotFound(f"container {self.id!r} was deleted while being created")
+            self.save()
+        finally:
+            os.close(lock)
+
     def lock(self) -> int:
         """An exclusive lock on the container's directory, held until the fd is closed."""
         fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -483,6 +497,8 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
         raise
     lock = c.lock()
     try:
+        # read again under the lock: a create under way saves the init's pid under it
+        c = Container.load(root, container_id)
         status = c.status()
         if status in ("running", "paused") and not force:
             raise ContainerStateError(

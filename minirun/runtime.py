@@ -289,7 +289,7 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
         c.data["pid"] = init_pid
         c.data["start_time"] = proc_start_time(init_pid)
         c.data["ready"] = True
-        c.save()
+        c.update()
         if opts.pid_file:
             _write_pid_file(opts.pid_file, init_pid)
     except BaseException:
@@ -378,7 +378,7 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
                 init_pid = msg["pid"]
                 c.data["pid"] = init_pid
                 c.data["start_time"] = proc_start_time(init_pid)
-                c.save()
+                c.update()
                 os.waitpid(pid, 0)  # C exits right after; I is now our child (subreaper)
                 pid = 0
             elif msg.get("hooks"):
