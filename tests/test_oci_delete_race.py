@@ -11,11 +11,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
-
-from ocitest import (base_config, container_cgroup_dirs, needs_root, oci,  # noqa: F401
-                     rootfs)
+from ocitest import base_config, container_cgroup_dirs, needs_root, oci, rootfs  # noqa: F401
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -85,24 +84,23 @@ def test_delete_during_create_leaves_no_init_behind(oci, rootfs, tmp_path):
     sync.mkdir()
     os.makedirs(oci.root, exist_ok=True)
     # files, not pipes: a created init keeps its stdio open
-    out_file, err_file = open(tmp_path / "create.out", "w"), open(tmp_path / "create.err", "w")
-    creator = subprocess.Popen([sys.executable, "-c", CREATE, oci.root, cid, bundle, str(sync)],
-                               stdout=out_file, stderr=err_file)
+    with open(tmp_path / "create.out", "w") as out_file, \
+            open(tmp_path / "create.err", "w") as err_file:
+        creator = subprocess.Popen([sys.executable, "-c", CREATE, oci.root, cid, bundle,
+                                    str(sync)], stdout=out_file, stderr=err_file)
     try:
         for _ in range(600):
             if (sync / "saved").exists() or creator.poll() is not None:
                 break
-            subprocess.run(["sleep", "0.05"])
+            time.sleep(0.05)
         assert (sync / "saved").exists(), "create never got to its child"
         deleter = subprocess.run([sys.executable, "-c", DELETE, oci.root, cid, str(sync)],
-                                 capture_output=True, text=True, timeout=60)
+                                 capture_output=True, text=True, timeout=60, check=False)
         creator.wait(timeout=60)
     finally:
         if creator.poll() is None:
             creator.kill()
             creator.wait()
-        out_file.close()
-        err_file.close()
     out = (tmp_path / "create.out").read_text()
     err = (tmp_path / "create.err").read_text()
     listed = oci("list", "-q").stdout.split()
