@@ -12,6 +12,7 @@ spawned, and the daemon of this test's run root, by the pid in daemon.pid once
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -430,6 +431,37 @@ def test_removal_of_a_tree_another_removal_empties_meanwhile(tmp_path, monkeypat
     monkeypatch.setattr(store.os, "listdir", listdir_then_the_other_removal)
     store.remove_tree(str(tree))
     assert not tree.exists()
+
+
+def test_unmount_of_a_snapshot_another_removal_unmounts_meanwhile(tmp_path, monkeypatch):
+    """The same race one step earlier (seed 1357924680): the snapshot's overlay is busy,
+    and before the lazy detach the other removal has unmounted it: EINVAL there is not an
+    error either."""
+    from minirun import sys as msys
+    from minirun.image import store
+
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(merged)], check=True)
+    real = msys.umount2
+    calls = []
+
+    def busy_then_gone(target, flags=0):
+        calls.append(flags)
+        if len(calls) == 1:
+            real(target)  # the other removal's unmount, just before ours
+            raise msys.SysError("umount", target, errno.EBUSY)
+        return real(target, flags)
+
+    monkeypatch.setattr(msys, "umount2", busy_then_gone)
+    try:
+        store._unmount_all(str(merged))
+        assert calls == [0, msys.MNT_DETACH]
+        assert str(merged) not in store.mounts_under(str(merged))
+    finally:
+        monkeypatch.undo()
+        if str(merged) in store.mounts_under(str(merged)):
+            subprocess.run(["umount", "-l", str(merged)], check=False)
 
 
 def start_in_the_keeper(engine):

@@ -943,11 +943,16 @@ def _unmount_all(target: str) -> None:
         if target not in mounts_under(target):
             return
         try:
-            msys.umount2(target)
-        except msys.SysError as e:
-            if e.errno == errno.EBUSY:
+            try:
+                msys.umount2(target)
+            except msys.SysError as e:
+                if e.errno != errno.EBUSY:
+                    raise
                 msys.umount2(target, msys.MNT_DETACH)
-            elif e.errno != errno.EINVAL:
+        except msys.SysError as e:
+            # EINVAL: not a mount point (any more): another removal of the same container
+            # (the daemon's --rm and an rm -f) unmounted it first; the loop looks again
+            if e.errno != errno.EINVAL:
                 raise
     raise ContainerStateError(f"{target} is still mounted after 16 unmounts")
 
