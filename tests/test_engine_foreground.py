@@ -249,3 +249,48 @@ def test_type_ahead_reaches_the_shell(engine):
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def _read_until(master: int, proc: subprocess.Popen, want: bytes, timeout: float) -> bytes:
+    out = b""
+    deadline = time.monotonic() + timeout
+    while want not in out and proc.poll() is None and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.1)[0]:
+            try:
+                out += os.read(master, 4096)
+            except OSError:
+                break
+    return out
+
+
+def test_a_resized_terminal_resizes_the_container(engine):
+    """-it: the client's terminal size at the start, and again on each SIGWINCH (the
+    kernel sends it when the terminal is resized)."""
+    import struct
+
+    master, slave = os.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+
+    def controlling_tty():
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([sys.executable, "-m", "minirun.client", "run", "-it", "--rm",
+                             "--network", "none", "busybox", "sh"],
+                            stdin=slave, stdout=slave, stderr=slave, env=engine.env,
+                            start_new_session=True, preexec_fn=controlling_tty)  # noqa: PLW1509
+    os.close(slave)
+    try:
+        os.write(master, b"echo size-$(stty size | tr ' ' x)\r")
+        out = _read_until(master, proc, b"size-30x100", 20)
+        assert b"size-30x100" in out, out
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        time.sleep(0.5)  # the client's SIGWINCH handler sets the container's pty
+        os.write(master, b"echo size-$(stty size | tr ' ' x); exit 3\r")
+        out = _read_until(master, proc, b"size-40x120", 20)
+        assert b"size-40x120" in out, out
+        assert proc.wait(timeout=10) == 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
