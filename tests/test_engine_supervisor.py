@@ -24,6 +24,7 @@ pytestmark = [needs_root, pytest.mark.root]
 TICKER = 'i=0; while :; do read up _ < /proc/uptime; echo "tick $i $up"; i=$((i+1)); ' \
          'sleep 0.05; done'
 EXIT_3 = "read up _ < /proc/uptime; echo start $up; sleep 0.2; exit 3"
+LOGGERS = [f"logger{n}" for n in range(17)]
 
 
 def inspect(engine, name):
@@ -140,6 +141,10 @@ def test_daemon_sigkill_heals_without_a_command(engine, tmp_path):
                chatty, check=True)
         engine("run", "-d", "--name", "again", "--restart", "always", "busybox", "sh", "-c",
                EXIT_3, check=True)
+        # 17 more loggers: the new daemon takes back 20 containers in all
+        for name in LOGGERS:
+            engine("run", "-d", "--network", "none", "--name", name, "busybox", "sh", "-c",
+                   'i=0; while :; do echo "line $i"; i=$((i+1)); sleep 0.1; done', check=True)
         time.sleep(1.5)
         offset = uptime_offset()
         killed_at = time.time()
@@ -182,8 +187,12 @@ def test_daemon_sigkill_heals_without_a_command(engine, tmp_path):
         assert [s for s in starts if s > back_at], "restarts did not resume"
         log = engine.daemon_logs()
         assert f"pid {old}, ended without a clean exit" in log
+        for name in LOGGERS:  # every one still logging, none of its lines lost
+            seen = engine("logs", name).stdout.splitlines()
+            assert seen == [f"line {n}" for n in range(len(seen))], name
+            assert len(seen) > 30, (name, len(seen))
     finally:
-        remove(engine, "ticker", "chatty", "again")
+        remove(engine, "ticker", "chatty", "again", *LOGGERS)
 
 
 def test_three_concurrent_runs_after_a_kill_leave_one_daemon(engine):
