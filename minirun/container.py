@@ -333,15 +333,19 @@ def _cleanup(c: Container, cg) -> None:
         except (OSError, MiniRunError) as e:
             warn(f"cgroup cleanup: {e}")
     # state.json last: a delete killed before it is done is done again in full
-    for name in ("state.json.tmp", "exec.fifo", "state.json"):
-        try:
-            os.unlink(os.path.join(c.dir, name))
-        except FileNotFoundError:
-            pass
+    _unlink_in(c.dir, ("state.json.tmp", "exec.fifo", "state.json"))
     try:
         os.rmdir(c.dir)
     except FileNotFoundError:
         pass
+
+
+def _unlink_in(directory: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        try:
+            os.unlink(os.path.join(directory, name))
+        except FileNotFoundError:
+            pass
 
 
 def _remove_remains(c: Container) -> None:
@@ -349,11 +353,7 @@ def _remove_remains(c: Container) -> None:
     container is left by then): without it the id would stay taken for good. One whose
     create is under way (it saves state.json right after its mkdir) loses the race and
     fails, as it would against a delete a moment later."""
-    for name in ("state.json.tmp", "exec.fifo"):
-        try:
-            os.unlink(os.path.join(c.dir, name))
-        except FileNotFoundError:
-            pass
+    _unlink_in(c.dir, ("state.json.tmp", "exec.fifo"))
     try:
         os.rmdir(c.dir)
     except OSError:
