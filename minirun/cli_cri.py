@@ -109,11 +109,18 @@ def cri(root, run_root, cri_socket, stream_address, default_cni) -> None:
 
         engine = Engine(root=root, run_root=run_root)
         config = CriConfig(socket=socket_path(cri_socket), stream_address=stream_address)
-        if default_cni:
-            write_default_cni()
-        ensure_daemon(engine)
-        runtime, image = build_services(engine, config)
-        CriServer(runtime, image, config.socket).serve_until_signal()
+        server = CriServer(config.socket)
+        try:
+            server.claim()  # a second `minirun cri` on this socket stops here
+            if default_cni:
+                write_default_cni()
+            ensure_daemon(engine)
+            runtime, image = build_services(engine, config)
+            server.impls.update(RuntimeService=runtime, ImageService=image)
+        except BaseException:
+            server.stop()
+            raise
+        server.serve_until_signal()
     except MiniRunError as e:
         click.echo(f"minirun: error: {e}", err=True)
         sys.exit(1)

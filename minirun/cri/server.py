@@ -158,9 +158,11 @@ def generic_handlers(impls: dict) -> list:
 
 
 class CriServer:
-    """The gRPC server on its unix socket. start() binds and serves; stop() ends it."""
+    """The gRPC server on its unix socket: claim() takes the socket (refusing another
+    server's), start() binds and serves, stop() ends it. `impls` maps the service names
+    to the impl objects (None: every rpc of that service is UNIMPLEMENTED)."""
 
-    def __init__(self, runtime, image, path: str, workers: int = 32) -> None:
+    def __init__(self, path: str, runtime=None, image=None, workers: int = 32) -> None:
         self.path = path
         self.impls = {"RuntimeService": runtime, "ImageService": image}
         self.workers = workers
@@ -168,8 +170,11 @@ class CriServer:
         self._lock_fd = -1
         self._inode = None
 
-    def _take_socket(self) -> None:
-        """The lock, then a stale socket out of the way; refuses a live server's."""
+    def claim(self) -> None:
+        """The lock, then a stale socket out of the way; refuses a live server's. start()
+        claims if this was not called before."""
+        if self._lock_fd >= 0:
+            return
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
         fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -196,7 +201,7 @@ class CriServer:
         raise MiniRunError(f"another server answers on {self.path}")
 
     def start(self) -> None:
-        self._take_socket()
+        self.claim()
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="cri"),
             handlers=generic_handlers(self.impls),
