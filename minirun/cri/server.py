@@ -42,13 +42,20 @@ from concurrent import futures
 
 import grpc
 
-from ..errors import (AlreadyExists, ContainerStateError, ExecutableNotFound, InvalidArgument,
-                      InvalidSpec, MiniRunError, NotExecutable, NotFound)
+from ..errors import (
+    AlreadyExists,
+    ContainerStateError,
+    ExecutableNotFound,
+    InvalidArgument,
+    InvalidSpec,
+    MiniRunError,
+    NotExecutable,
+    NotFound,
+)
 from .api import api_pb2 as pb
 
 DEFAULT_SOCKET = "/run/minirun/cri.sock"
 PACKAGES = {"runtime.v1": "v1", "runtime.v1alpha2": "v1alpha2"}
-SERVICES = ("RuntimeService", "ImageService")
 # kubelet's own limit for CRI messages (16 MiB; ListContainers on a busy node)
 MAX_MESSAGE = 16 * 1024 * 1024
 # first match wins: subclasses before their bases
@@ -65,7 +72,7 @@ STATUS_FOR_ERROR = (
 def socket_path(arg: str | None = None) -> str:
     """--cri-socket, else $MINIRUN_CRI_SOCKET, else the default; unix:// accepted."""
     path = arg or os.environ.get("MINIRUN_CRI_SOCKET") or DEFAULT_SOCKET
-    return path[len("unix://"):] if path.startswith("unix://") else path
+    return path.removeprefix("unix://")
 
 
 def log(level: str, msg: str, **fields) -> None:
@@ -175,7 +182,7 @@ class CriServer:
         claims if this was not called before."""
         if self._lock_fd >= 0:
             return
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o711, exist_ok=True)
         fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
