@@ -65,6 +65,15 @@ class CriEnv(EngineEnv):
         self.cni_dir = os.path.join(top, "cni")
         os.makedirs(self.cni_dir)
         self.env["MINIRUN_CNI_CONF_DIR"] = self.cni_dir
+        # Status may check that the conflist's plugins exist (minirun.pods.cni_status):
+        # stand-ins, whatever this host has installed; Status never runs them
+        self.plugin_dir = os.path.join(top, "cni-bin")
+        os.makedirs(self.plugin_dir)
+        for name in ("bridge", "host-local"):
+            with open(os.path.join(self.plugin_dir, name), "w") as f:
+                f.write("#!/bin/sh\nexit 1\n")
+            os.chmod(os.path.join(self.plugin_dir, name), 0o755)
+        self.env["MINIRUN_CNI_PLUGIN_DIR"] = self.plugin_dir
         self.procs: list[subprocess.Popen] = []
 
     def start(self, *extra: str, umask: int = 0o022, env: dict | None = None,
