@@ -308,6 +308,11 @@ class Failing:
     def Version(self, request, context):
         return pb.VersionResponse(runtime_api_version=context.cri_api)
 
+    closed = 0
+
+    def close(self):
+        self.closed += 1
+
 
 @pytest.fixture
 def inproc(tmp_path):
@@ -320,6 +325,7 @@ def inproc(tmp_path):
         ch.close()
         server.stop(0)
     assert not os.path.exists(server.path)
+    assert server.impls["RuntimeService"].closed == 1  # the impl's close() at the end
 
 
 @pytest.mark.parametrize("cid,code", [
