@@ -556,6 +556,8 @@ class Engine:
                                               opts.stop_timeout < 0):
             raise InvalidArgument(f"--stop-timeout {opts.stop_timeout!r}: seconds, 0 or more")
         nodes, rules = runopts.device_entries(opts.devices)
+        if opts.unified and not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            raise InvalidArgument("unified: cgroup v2 settings, and this host runs cgroup v1")
         memory = opts.memory_bytes
         if memory is None and opts.memory:
             memory = parse_size(opts.memory, "--memory")
@@ -975,6 +977,8 @@ class Engine:
         if opts.get("network") == "host":
             raise InvalidArgument(f"container {rec['name']} uses the host's network: "
                                   "use --network host")
+        if (opts.get("network") or "").startswith("ns:"):
+            return opts["network"][3:]
         if not rec["pid"]:
             raise ContainerStateError(f"container {rec['name']} has no network namespace")
         return f"/proc/{rec['pid']}/ns/net"

@@ -7,7 +7,6 @@ value before it makes a record, a snapshot or a cgroup.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import stat
 
@@ -30,6 +29,8 @@ def namespace_path(kind: str, path: str, what: str) -> str:
     """`path` if it is a namespace file of `kind` (a /proc/PID/ns file or a pinned nsfs
     bind mount), else InvalidArgument naming it: joining the wrong kind would otherwise
     fail inside the runtime, after the container's snapshot and cgroup exist."""
+    import fcntl
+
     if not os.path.isabs(path):
         raise InvalidArgument(f"{what} ns:{path}: the namespace path must be absolute")
     try:
@@ -206,6 +207,10 @@ def resources_doc(values: dict) -> dict:
             doc["hugepageLimits"] = [{"pageSize": str(k), "limit": v}
                                      for k, v in dict(value).items()]
         elif name == "unified":
+            for key in value:
+                # a cgroup file of the container's own directory, never a path out of it
+                if "/" in str(key) or "." not in str(key).strip("."):
+                    raise InvalidArgument(f"unified: {key!r} is not a cgroup file name")
             doc["unified"] = {str(k): str(v) for k, v in dict(value).items()}
         else:
             section, key = RESOURCE_FIELDS[name]

@@ -171,6 +171,18 @@ def test_host_pid_namespace(eng):
     assert sh(eng, "readlink /proc/self/ns/pid").strip() != os.readlink("/proc/self/ns/pid")
 
 
+def test_host_ipc_and_uts(eng):
+    marker = f"/dev/shm/minirun-test-{os.urandom(4).hex()}"
+    open(marker, "w").close()
+    try:
+        out = sh(eng, f"readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts; hostname; "
+                      f"ls {marker}", ipc="host", uts="host")
+    finally:
+        os.unlink(marker)
+    assert out.split() == [os.readlink("/proc/self/ns/ipc"), os.readlink("/proc/self/ns/uts"),
+                           os.uname().nodename, marker]
+
+
 def test_joins_another_containers_pid_namespace(eng):
     holder = start(eng, "sleep", "60")
     try:
@@ -288,6 +300,12 @@ def test_seccomp_runtime_default_unconfined_and_a_profile(eng, tmp_path):
     assert "Operation not permitted" in out and "rc=1" in out
 
 
+def test_no_new_privileges(eng):
+    assert sh(eng, "grep ^NoNewPrivs: /proc/self/status").split() == ["NoNewPrivs:", "0"]
+    assert sh(eng, "grep ^NoNewPrivs: /proc/self/status",
+              no_new_privileges=True).split() == ["NoNewPrivs:", "1"]
+
+
 def test_run_as_group_and_group_add(eng):
     out = sh(eng, "id -u; id -g; id -G", user="1000", group="app",
              group_add=["nogroup", "4242"])
@@ -295,11 +313,6 @@ def test_run_as_group_and_group_add(eng):
     assert (uid, gid) == ("1000", "1000")
     assert {"4242", "65534"} <= set(groups.split())
     assert sh(eng, "id -g", user="1000", group="4343").strip() == "4343"
-
-
-def test_apparmor_profile_refused(eng):
-    with pytest.raises(InvalidArgument, match="no AppArmor support"):
-        start(eng, "true", apparmor="localhost/k8s-nginx")
 
 
 def test_ulimits(eng):
@@ -463,6 +476,8 @@ BAD = [
     ({"masked_paths": ["proc/kcore"]}, "masked_paths"),
     ({"cpu_shares": "many"}, "cpu_shares"),
     ({"log_path": "relative.log"}, "log path"),
+    ({"apparmor": "localhost/k8s-nginx"}, "no AppArmor support"),
+    ({"unified": {"../memory.high": "64M"}}, "unified"),
     ({"pod_files": "/no/such/pod"}, "/no/such/pod"),
 ]
 
@@ -478,3 +493,56 @@ def test_bad_values_refused_with_nothing_left(eng, engine, cgroup_parent,  # noq
     assert named in message and "\n" not in message
     assert host_state(eng, engine.top, cgroup_parent) == before
     assert not cgroup_dirs(cgroup_parent)
+
+
+# --- records ---------------------------------------------------------------------------------
+
+def test_labels_and_annotations(eng):
+    import json
+
+    cid = start(eng, "true", labels={"app": "web"},
+                annotations={"io.kubernetes.pod.name": "web-0"})
+    try:
+        with open(os.path.join(eng.root, "containers", cid, "config.json")) as f:
+            annotations = json.load(f)["annotations"]
+        assert annotations == {"io.kubernetes.pod.name": "web-0", "io.minirun.id": cid}
+        opts = json.loads(eng.get(cid)["options"])
+        assert opts["labels"] == {"app": "web"}
+    finally:
+        eng.remove(cid, force=True)
+
+
+def test_old_database_gets_the_reason_column(tmp_path):
+    import sqlite3
+
+    root = tmp_path / "old"
+    root.mkdir()
+    db = sqlite3.connect(root / "engine.db")
+    db.execute("""CREATE TABLE containers (
+        id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, image TEXT NOT NULL,
+        image_id TEXT NOT NULL, command TEXT NOT NULL, created REAL NOT NULL,
+        status TEXT NOT NULL, exit_code INTEGER, started REAL, finished REAL,
+        pid INTEGER, options TEXT NOT NULL, restart_count INTEGER DEFAULT 0,
+        stop_signal TEXT DEFAULT '', user_stopped INTEGER DEFAULT 0)""")
+    db.execute("INSERT INTO containers (id, name, image, image_id, command, created, status,"
+               " options) VALUES ('c1', 'old', 'busybox', 'x', '[]', 0, 'exited', '{}')")
+    db.commit()
+    db.close()
+    old = Engine(str(root), str(tmp_path / "run"))
+    assert old.records()[0]["reason"] == ""
+    assert old.events_after(0) == []
+
+
+def test_events_are_pruned(tmp_path, monkeypatch):
+    import minirun.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "EVENTS_KEEP", 5)
+    monkeypatch.setattr(engine_module, "EVENTS_PRUNE_EVERY", 10)
+    e = Engine(str(tmp_path / "lib"), str(tmp_path / "run"))
+    for i in range(25):
+        e.record_event("created", f"c{i}", n=i)
+    left = e.events_after(0)
+    # cut at the 10th and 20th: the last 5 of the first 20, then 21..25
+    assert [ev["attrs"]["n"] for ev in left] == list(range(15, 25))
+    assert [ev["seq"] for ev in e.events_after(left[-3]["seq"])] == \
+        [left[-2]["seq"], left[-1]["seq"]]
