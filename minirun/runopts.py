@@ -72,6 +72,7 @@ def check_mounts(mounts: list) -> list[dict]:
     for a bind, at most one propagation, and rprivate added to a bind that has none (a
     bind must not inherit the host's shared propagation by accident)."""
     out = []
+    host_mounts = None
     for m in mounts or []:
         if not isinstance(m, dict):
             raise InvalidArgument(f"mount {m!r}: want a mount object (destination, type, "
@@ -100,9 +101,40 @@ def check_mounts(mounts: list) -> list[dict]:
                 options.insert(0, "rbind")
             if not props:
                 options.append("rprivate")
+            elif props[0] not in ("rprivate", "private"):
+                if host_mounts is None:
+                    from . import mountinfo
+
+                    host_mounts = mountinfo.read()
+                check_source_propagation(dest, source, props[0], host_mounts)
         out.append({"destination": dest, "type": kind, "source": source or kind,
                     "options": options})
     return out
+
+
+def check_source_propagation(dest: str, source: str, propagation: str, host_mounts) -> None:
+    """As containerd: a slave mount receives nothing from a private host mount, a shared
+    one exchanges nothing, so the host mount holding `source` must be shared (for
+    rshared) or shared or a slave (for rslave); otherwise say which mount to change."""
+    path = os.path.realpath(source)
+    holder = None
+    for m in host_mounts:  # the deepest mount point above the path; the last one wins
+        point = m.mountpoint.rstrip("/") + "/"
+        if (path + "/").startswith(point) and (
+                holder is None or len(m.mountpoint) >= len(holder.mountpoint)):
+            holder = m
+    if holder is None:
+        return
+    shared = any(o.startswith("shared:") for o in holder.optional)
+    slave = any(o.startswith("master:") for o in holder.optional)
+    if propagation in ("rshared", "shared") and not shared:
+        raise InvalidArgument(f"mount {dest}: {propagation} needs {source} on a shared "
+                              f"mount, and {holder.mountpoint} is not (mount "
+                              f"--make-rshared {holder.mountpoint})")
+    if propagation in ("rslave", "slave") and not (shared or slave):
+        raise InvalidArgument(f"mount {dest}: {propagation} needs {source} on a shared or "
+                              f"slave mount, and {holder.mountpoint} is private (mount "
+                              f"--make-rshared {holder.mountpoint})")
 
 
 def rootfs_propagation(mounts: list[dict]) -> str | None:
@@ -114,7 +146,9 @@ def rootfs_propagation(mounts: list[dict]) -> str | None:
 
 def device_entries(devices: list) -> tuple[list[dict], list[dict]]:
     """[{"host", "container", "permissions"}] as (linux.devices, resources.devices
-    allow rules), from the host nodes' type and numbers."""
+    allow rules), from the host nodes' type and numbers. A host directory (/dev/snd)
+    gives every device node below it, at the same place under `container` (as
+    containerd and docker do)."""
     nodes, rules = [], []
     for d in devices or []:
         if not isinstance(d, dict) or not d.get("host"):
@@ -133,18 +167,28 @@ def device_entries(devices: list) -> tuple[list[dict], list[dict]]:
             raise InvalidArgument(f"device {host} does not exist on the host") from None
         except OSError as e:
             raise InvalidArgument(f"device {host}: {e.strerror}") from None
-        if stat.S_ISCHR(st.st_mode):
-            kind = "c"
-        elif stat.S_ISBLK(st.st_mode):
-            kind = "b"
+        if stat.S_ISDIR(st.st_mode):
+            found = [(os.path.join(top, name), os.path.join(
+                container, os.path.relpath(os.path.join(top, name), host)))
+                for top, _, files in os.walk(host) for name in sorted(files)]
         else:
-            raise InvalidArgument(f"device {host} is not a device node")
-        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-        nodes.append({"path": container, "type": kind, "major": major, "minor": minor,
-                      "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid,
-                      "gid": st.st_gid})
-        rules.append({"allow": True, "type": kind, "major": major, "minor": minor,
-                      "access": perms})
+            found = [(host, container)]
+        for path, inside in found:
+            st = os.stat(path)
+            if stat.S_ISCHR(st.st_mode):
+                kind = "c"
+            elif stat.S_ISBLK(st.st_mode):
+                kind = "b"
+            elif path == host:
+                raise InvalidArgument(f"device {host} is not a device node")
+            else:
+                continue
+            major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+            nodes.append({"path": inside, "type": kind, "major": major, "minor": minor,
+                          "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid,
+                          "gid": st.st_gid})
+            rules.append({"allow": True, "type": kind, "major": major, "minor": minor,
+                          "access": perms})
     return nodes, rules
 
 

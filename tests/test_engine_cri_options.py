@@ -258,6 +258,15 @@ def test_rshared_mount_reaches_the_host(eng, shared_dir):
         subprocess.run(["umount", "-l", str(shared_dir / "in")])
 
 
+def test_propagation_needs_a_shared_host_mount(eng, private_dir):
+    for propagation in ("rslave", "rshared"):
+        with pytest.raises(InvalidArgument) as e:
+            start(eng, "true", mounts=[{"destination": "/mnt", "type": "bind",
+                                        "source": str(private_dir),
+                                        "options": ["rbind", propagation]}])
+        assert f"{private_dir} is" in str(e.value) and "--make-rshared" in str(e.value)
+
+
 def test_device_node(eng):
     st = os.stat("/dev/loop-control")
     out = sh(eng, "stat -c '%F %t %T' /dev/xloop; exec 3</dev/xloop && echo opened",
@@ -270,6 +279,18 @@ def test_device_node(eng):
     out = sh(eng, f"mknod /tmp/x c {os.major(st.st_rdev)} {os.minor(st.st_rdev)} 2>&1; "
                   "(exec 3</tmp/x) 2>&1 || echo refused")
     assert "refused" in out
+
+
+def test_device_directory(eng, private_dir):
+    st = os.stat("/dev/loop-control")
+    (private_dir / "sub").mkdir()
+    subprocess.run(["mknod", str(private_dir / "sub" / "ctl"), "c", str(os.major(st.st_rdev)),
+                    str(os.minor(st.st_rdev))], check=True)
+    (private_dir / "not-a-device").touch()
+    out = sh(eng, "stat -c '%t %T' /dev/mine/sub/ctl; ls /dev/mine",
+             devices=[{"host": str(private_dir), "container": "/dev/mine",
+                       "permissions": "rw"}])
+    assert out.split() == [f"{os.major(st.st_rdev):x}", f"{os.minor(st.st_rdev):x}", "sub"]
 
 
 def test_masked_and_readonly_paths_cleared(eng):
@@ -460,6 +481,8 @@ BAD = [
     ({"mounts": [{"destination": "/x", "type": "bind", "source": "/no/such/dir",
                   "options": ["rbind"]}]}, "/no/such/dir"),
     ({"mounts": [{"destination": "x", "type": "bind", "source": "/tmp"}]}, "absolute"),
+    ({"mounts": [{"destination": "/x", "type": "bind", "source": "/tmp",
+                  "options": ["rbind", "rslave", "rshared"]}]}, "more than one propagation"),
     ({"devices": [{"host": "/dev/no-such-device", "container": "/dev/x",
                    "permissions": "rwm"}]}, "/dev/no-such-device"),
     ({"devices": [{"host": "/etc/passwd", "container": "/dev/x"}]}, "not a device"),
