@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import pytest
-
 from enginetest import engine  # noqa: F401
 from ocitest import needs_root
 
@@ -78,29 +77,28 @@ def netns():
     name = f"minirun-test-{os.urandom(4).hex()}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     yield f"/run/netns/{name}"
-    subprocess.run(["ip", "netns", "del", name])
+    subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def own_mount(path, propagation: str):
+    """`path` made its own mount, with `propagation` (private: nsfs files can be bound
+    there; shared: mounts made below it propagate); unmounted by the caller."""
+    path.mkdir()
+    subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+    subprocess.run(["mount", f"--make-{propagation}", str(path)], check=True)
+    return path
 
 
 @pytest.fixture
 def private_dir(tmp_path):
-    """A directory that is its own private mount (nsfs files can be bound there)."""
-    d = tmp_path / "priv"
-    d.mkdir()
-    subprocess.run(["mount", "--bind", str(d), str(d)], check=True)
-    subprocess.run(["mount", "--make-private", str(d)], check=True)
-    yield d
-    subprocess.run(["umount", "-R", "-l", str(d)])
+    yield own_mount(tmp_path / "priv", "private")
+    subprocess.run(["umount", "-R", "-l", str(tmp_path / "priv")], check=False)
 
 
 @pytest.fixture
 def shared_dir(tmp_path):
-    """A directory that is its own shared mount: mounts made below it propagate."""
-    d = tmp_path / "shared"
-    d.mkdir()
-    subprocess.run(["mount", "--bind", str(d), str(d)], check=True)
-    subprocess.run(["mount", "--make-shared", str(d)], check=True)
-    yield d
-    subprocess.run(["umount", "-R", "-l", str(d)])
+    yield own_mount(tmp_path / "shared", "shared")
+    subprocess.run(["umount", "-R", "-l", str(tmp_path / "shared")], check=False)
 
 
 @pytest.fixture
@@ -234,7 +232,7 @@ def propagation_seen(eng, shared_dir, tmp_path, propagation: str) -> str:
         wait_handled(eng, cid)
         return output(eng, cid).strip()
     finally:
-        subprocess.run(["umount", "-l", str(sub)])
+        subprocess.run(["umount", "-l", str(sub)], check=False)
         eng.remove(cid, force=True)
 
 
@@ -255,7 +253,7 @@ def test_rshared_mount_reaches_the_host(eng, shared_dir):
         wait_for(lambda: (shared_dir / "in" / "made").exists(), what="the container's mount")
     finally:
         eng.remove(cid, force=True)
-        subprocess.run(["umount", "-l", str(shared_dir / "in")])
+        subprocess.run(["umount", "-l", str(shared_dir / "in")], check=False)
 
 
 def test_propagation_needs_a_shared_host_mount(eng, private_dir):
@@ -414,7 +412,7 @@ def test_log_path_and_reopen(eng, tmp_path):
         eng.reopen_log(cid)
         (flag / "go").touch()
         wait_handled(eng, cid)
-        old, new = open(f"{log}.1").read(), log.read_text()
+        old, new = (log.parent / "0.log.1").read_text(), log.read_text()
         assert all(CRI_LINE.match(line) for line in (old + new).splitlines())
         assert old.splitlines()[0].endswith(" stdout F one")
         assert any(line.endswith(" stderr F err") for line in old.splitlines())
