@@ -570,3 +570,13 @@ def test_events_are_pruned(tmp_path, monkeypatch):
     assert [ev["attrs"]["n"] for ev in left] == list(range(15, 25))
     assert [ev["seq"] for ev in e.events_after(left[-3]["seq"])] == \
         [left[-2]["seq"], left[-1]["seq"]]
+
+
+def test_events_of_a_forced_removal(eng):
+    last = eng.events_after(0, limit=1 << 30)
+    seq = last[-1]["seq"] if last else 0
+    cid = start(eng, "sleep", "60")
+    eng.remove(cid, force=True)
+    time.sleep(1)  # the daemon handles the exit after the removal: it must add nothing
+    mine = [e["type"] for e in eng.events_after(seq) if e["container"] == cid]
+    assert mine == ["created", "started", "stopped", "deleted"]
