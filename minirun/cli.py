@@ -131,6 +131,40 @@ def _register_commands() -> None:
 _register_commands()
 
 
+# docker (and podman) exit 125 on a usage error, with one line naming it and where help is
+EXIT_USAGE = 125
+
+
+def usage_error_text(e: click.UsageError) -> str:
+    """A usage error as docker words it: `unknown flag: --bogus`, `unknown shorthand flag:
+    'x' in -x`, `invalid argument "x" for "-t, --time" flag: ...`, `"minirun run"
+    requires at least 1 argument`, then `See 'minirun run --help'.`"""
+    ctx = e.ctx
+    path = ctx.command_path if ctx is not None else "minirun"
+    if isinstance(e, click.NoSuchOption):
+        name = e.option_name
+        what = f"unknown flag: {name}" if name.startswith("--") or len(name) != 2 else \
+            f"unknown shorthand flag: {name[1]!r} in {name}"
+    elif isinstance(e, click.MissingParameter) and isinstance(e.param, click.Argument):
+        what = f'"{path}" requires at least 1 argument ({e.param.human_readable_name} ' \
+            "is missing)"
+    elif isinstance(e, click.BadParameter) and e.param is not None:
+        names = ", ".join(getattr(e.param, "opts", []) or [e.param.human_readable_name])
+        given = ctx.params.get(e.param.name) if ctx is not None else None
+        value = f'"{given}" ' if given is not None else ""
+        kind = "flag" if isinstance(e.param, click.Option) else "argument"
+        what = f"invalid argument {value}for \"{names}\" {kind}: {e.message}"
+    elif e.message.startswith("Option '") and e.message.endswith("requires an argument."):
+        what = f"flag needs an argument: {e.message.split(chr(39))[1]}"
+    elif e.message.startswith("No such command"):
+        name = e.message.split("'")[1] if "'" in e.message else e.message
+        what = f"{name!r} is not a {path} command"
+    else:
+        what = e.message[:1].lower() + e.message[1:]
+    what = what.replace("\n", " ").rstrip(".")
+    return f"{path.split()[0]}: {what}\nSee '{path} --help'."
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     try:
@@ -138,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     except MiniRunError as e:
         click.echo(f"minirun: error: {e}", err=True)
         return e.exit_code
+    except click.UsageError as e:
+        click.echo(usage_error_text(e), err=True)
+        return EXIT_USAGE
     except click.ClickException as e:
         e.show()
         return e.exit_code
