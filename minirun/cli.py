@@ -114,6 +114,9 @@ def _register_commands() -> None:
     from . import cli_container
 
     cli_container.register(cli)
+    from . import cli_format
+
+    cli_format.register(cli)
     from . import cli_pull
 
     cli_pull.register(cli)

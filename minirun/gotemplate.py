@@ -642,6 +642,9 @@ class _Exec:
             if isinstance(value, dict):
                 if name in value:
                     value = value[name]
+                elif type(value) not in (dict, GoMap) and not name.startswith("_") and \
+                        hasattr(value, name):
+                    value = getattr(value, name)  # a method of a context: .Label "k"
                 elif self.strict and not isinstance(value, GoMap):
                     raise self.error(node, text, f"can't evaluate field {name} in type "
                                      f"{_type_name(value)}")
@@ -703,8 +706,8 @@ def parse(source: str, strict: bool = False) -> Template:
 
 # --- docker's --format ----------------------------------------------------------------------
 
-def tabwrite(lines: list[str], min_width: int = 20, padding: int = 3) -> list[str]:
-    """Go's tabwriter as docker sets it (minwidth 20, padding 3, spaces): cells ended by a
+def tabwrite(lines: list[str], min_width: int = 10, padding: int = 3) -> list[str]:
+    """Go's tabwriter as docker sets it (minwidth 10, padding 3, spaces): cells ended by a
     tab are padded to their column's width; the last cell of a line is not."""
     rows = [line.split("\t") for line in lines]
     ncols = max((len(r) - 1 for r in rows), default=0)
@@ -725,7 +728,14 @@ class HeaderContext(dict):
         return True
 
     def __missing__(self, key: str) -> str:
-        return self.headers.get(key) or _split_camel(key).upper()
+        return _Title(self.headers.get(key) or _split_camel(key).upper())
+
+
+class _Title(str):
+    """A column title; called (a method field such as `.Label "k"`) it stays itself."""
+
+    def __call__(self, *args: Any) -> str:
+        return str(self)
 
 
 def _split_camel(name: str) -> str:
