@@ -262,9 +262,9 @@ class Faults:
     # --- the checks ------------------------------------------------------------------------
 
     def listed(self) -> dict[str, str]:
-        proc = self.engine("ps", "-a", "--format", "json")
+        proc = self.engine("ps", "-a", "--no-trunc", "--format", "json")
         assert proc.returncode == 0, proc.stderr
-        return {c["Id"]: c["State"] for c in json.loads(proc.stdout)}
+        return {c["ID"]: c["State"] for c in map(json.loads, proc.stdout.splitlines())}
 
     def truth_problems(self) -> list[str]:
         """What `ps -a` gets wrong, compared with the runtime, cgroups and processes."""

@@ -36,8 +36,8 @@ def spawn(engine, *args, **kw) -> subprocess.Popen:
 
 def status_of(engine, name: str) -> str | None:
     """The container's state by `ps -a`, None once it has no record."""
-    recs = json.loads(engine("ps", "-a", "--format", "json", check=True).stdout)
-    return next((c["State"] for c in recs if c["Names"] == [name]), None)
+    recs = map(json.loads, engine("ps", "-a", "--format", "json", check=True).stdout.splitlines())
+    return next((c["State"] for c in recs if c["Names"] == name), None)
 
 
 def full_id(engine, name: str) -> str:
