@@ -106,16 +106,25 @@ def rm(root, names) -> None:
 
 @network.command(name="prune")
 @root_option
-def prune(root) -> None:
+@click.option("-f", "--force", is_flag=True, help="do not ask")
+@click.option("--filter", "filters", multiple=True, help="accepted; not applied")
+def prune(root, force, filters) -> None:
     """Remove unused user networks, and the leftovers of containers that no longer exist
     (their leases, links and netns, after a crash)."""
+    from .cli_format import confirm_or_abort
+
+    if not confirm_or_abort("This will remove all custom networks not used by at least one "
+                            "container.", force):
+        return
     engine = _engine(root)
     known = {r["id"] for r in engine.records()}
     cleaned, removed = engine.networks.prune(known)
     for cid in cleaned:
         click.echo(f"cleaned the network of {cid[:12]}", err=True)
-    for name in removed:
-        click.echo(name)
+    if removed:
+        click.echo("Deleted Networks:")
+        for name in removed:
+            click.echo(name)
 
 
 def register(group: click.Group) -> None:

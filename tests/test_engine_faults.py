@@ -372,7 +372,7 @@ def test_kill_client_or_daemon_200_cycles(engine):
     took = time.monotonic() - begun
     print(f"{CYCLES} cycles in {took:.0f}s")
 
-    for args in (["network", "prune"], ["container", "prune"]):
+    for args in (["network", "prune", "-f"], ["container", "prune", "-f"]):
         proc = engine(*args)
         assert proc.returncode == 0, f"seed {seed}: {args}: {proc.stderr}"
     assert faults.listed() == {}
