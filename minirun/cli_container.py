@@ -78,11 +78,16 @@ root_option = click.option("--root", envvar="MINIRUN_ROOT", default=None,
               help="log rotation (default max-size=20m, max-file=5: output bytes)")
 @click.option("--userns", default="host",
               help="host | auto (alias private: a new user namespace) | ns:PATH")
+@click.option("--pull", "pull_policy", default="missing", metavar="missing|always|never",
+              help="pull the image: when it is not here (default), always, or never")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(root, image, command, volumes, remove, **kw) -> None:
     """Run a command in a new container from IMAGE."""
     from .engine import RunOptions
+
+    pull_policy = kw.pop("pull_policy")
+    pull_image(root, image, pull_policy)
 
     opts = RunOptions(command=list(command), volumes=list(volumes), remove=remove,
                       env=list(kw.pop("env")), env_files=list(kw.pop("env_file")),
@@ -108,7 +113,18 @@ def run(root, image, command, volumes, remove, **kw) -> None:
         sys.exit(docker_exit_code(e))
     from .client import run_in_daemon
 
-    sys.exit(run_in_daemon(image, dict(opts.__dict__, root=root)))
+    sys.exit(run_in_daemon(image, dict(opts.__dict__, root=root, pull="never")))
+
+
+def pull_image(root: str | None, image: str, policy: str) -> None:
+    """--pull for run and create: a failed pull exits 125, as docker's."""
+    from .cli_pull import ensure_image
+
+    try:
+        ensure_image(root, image, policy)
+    except MiniRunError as e:
+        click.echo(f"minirun: error: {e}", err=True)
+        sys.exit(EXIT_ENGINE)
 
 
 @click.command(name="rm")
