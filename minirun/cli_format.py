@@ -11,7 +11,7 @@ from typing import Any, Callable
 import click
 
 from .cli_container import _engine, root_option
-from .errors import MiniRunError, NotFound
+from .errors import InvalidArgument, MiniRunError, NotFound
 
 
 def echo_lines(lines: list[str]) -> None:
@@ -139,10 +139,10 @@ def inspect_object(engine: Any, name: str, type_: str | None) -> dict:
                 return inspect_volume(engine, name)
         except NotFound:
             continue
-        except MiniRunError as e:
-            if "no such" in str(e).lower():
-                continue
-            raise
+        except InvalidArgument as e:  # not a valid image reference, say: not this kind
+            if "ambiguous" in str(e):
+                raise
+            continue
     raise NotFound(f"no such object: {name}")
 
 

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     verb = 2 if argv[:2] == ["container", "run"] else 1 if argv[:1] == ["run"] else 0
     parsed = parse_run(argv[verb:]) if verb else None
     if parsed is None or parsed[1].get("detach") or parsed[1].get("restart", "no") != "no" \
-            or parsed[1].get("pull", "missing") != "missing":
+            or parsed[1].get("pull", "missing") not in ("missing", "never"):
         from .cli import main as cli_main
 
         return cli_main(argv)

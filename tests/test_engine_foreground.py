@@ -141,7 +141,7 @@ def test_exit_statuses_pass_through(engine):
     proc = fast(engine, "run", "--rm", "--network", "none", "--init", "busybox",
                 "sh", "-c", "kill -9 $$")
     assert proc.returncode == 137, proc.stderr
-    proc = fast(engine, "run", "--rm", "no-such-image:latest", "true")
+    proc = fast(engine, "run", "--rm", "--pull", "never", "no-such-image:latest", "true")
     assert proc.returncode == 125 and len(proc.stderr.splitlines()) == 1, proc.stderr
 
 

@@ -32,7 +32,9 @@ def test_exit_statuses_like_docker(engine_root):
     assert proc.returncode == 127 and "not found" in proc.stderr
     proc = minirun(engine_root, "run", "--rm", "busybox", "/etc/passwd")
     assert proc.returncode == 126, proc.stderr
-    proc = minirun(engine_root, "run", "--rm", "no-such-image:latest", "true")
+    # --pull never: the default (missing) would try docker.io first, as docker does
+    proc = minirun(engine_root, "run", "--rm", "--pull", "never", "no-such-image:latest",
+                   "true")
     assert proc.returncode == 125
     assert len(proc.stderr.strip().splitlines()) == 1
 

@@ -230,7 +230,7 @@ def test_run_detached_rm_leaves_nothing(engine):
     cid = proc.stdout.strip()
     try:
         assert wait_for(lambda: engine("inspect", "gone").returncode != 0, timeout=10)
-        assert "no such container" in engine("inspect", "gone").stderr
+        assert "No such object: gone" in engine("inspect", "gone").stderr
         assert cid not in engine("ps", "-a", "-q").stdout
         assert not os.path.exists(os.path.join(engine.root, "containers", cid))
         assert not os.path.exists(os.path.join(engine.run_root, "engine", cid))
