@@ -104,7 +104,7 @@ class PsContext(dict):
 
     go_type = "*formatter.ContainerContext"
 
-    def Label(self, name: str) -> str:  # noqa: N802 - docker's template method name
+    def Label(self, name: str) -> str:
         return self.labels.get(name, "")
 
 

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .errors import InvalidArgument
 
@@ -54,7 +55,7 @@ MISSING = Missing()
 
 # --- lexing ---------------------------------------------------------------------------------
 
-_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
+_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
 _TOKEN = re.compile(r"""
     (?P<space>\s+)
   | (?P<string>"(?:[^"\\\n]|\\.)*")
@@ -70,7 +71,7 @@ _TOKEN = re.compile(r"""
   | (?P<field>(?:\.[A-Za-z_][A-Za-z0-9_]*)+|\.)
   | (?P<var>\$[A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-""", re.X)
+""", re.VERBOSE)
 
 
 @dataclass
@@ -447,7 +448,8 @@ def _index(item: Any, *keys: Any) -> Any:
 
 def _slice(item: Any, *bounds: int) -> Any:
     if not isinstance(item, (list, tuple, str)):
-        raise ValueError(f"error calling slice: can't slice item of type {type(item).__name__}")
+        raise ValueError(  # noqa: TRY004 - the executor reports ValueErrors as template errors
+            f"error calling slice: can't slice item of type {type(item).__name__}")
     return item[slice(*bounds)] if len(bounds) > 1 else item[bounds[0]:] if bounds else item
 
 

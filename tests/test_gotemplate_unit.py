@@ -83,7 +83,7 @@ def test_strict_contexts_refuse_unknown_fields_as_docker_ps_does():
 
 def test_a_method_field_takes_arguments():
     class Row(dict):
-        def Label(self, key):  # noqa: N802 - docker's name
+        def Label(self, key):
             return {"tier": "front"}.get(key, "")
 
     assert render('{{.Label "tier"}}|{{.Label "x"}}', Row(Names="a"), strict=True) == "front|"
