@@ -519,7 +519,6 @@ class Pods:
             os.close(nsfd)
             inside.close()
         self._make_ipc_uts(spec, rec, ns_dir)
-        self._write_sysctls(spec, rec, ns_dir)
         if conflist is not None:
             self._update(pod_id, cni_attached=1)  # before ADD: a crash in it is undone
             result = self._cni_add(rec, spec, conflist)
@@ -527,6 +526,8 @@ class Pods:
             ips.sort(key=lambda a: ":" in a)  # IPv4 first, as kubelet expects
             rec["ip"] = ips[0] if ips else ""
             self._update(pod_id, ip=rec["ip"], additional_ips=json.dumps(ips[1:]))
+        # after CNI: kubelet's per-interface ones (net.ipv4.conf.eth0.*) need its eth0
+        self._write_sysctls(spec, rec, ns_dir)
         self._write_files(spec, rec)
         if spec.pid == "pod":
             self._run_holder(rec, spec)
