@@ -316,24 +316,24 @@ _NS_FLAGS = {"net": _sys.CLONE_NEWNET, "ipc": _sys.CLONE_NEWIPC, "uts": _sys.CLO
 @contextlib.contextmanager
 def _thread_in(targets: dict[str, str | None]):
     """This thread in the namespaces given (kind -> path; None: a new one), back in its
-    own on the way out. Other threads of the process are not affected."""
+    own on the way out, whatever failed. Other threads of the process are not affected."""
     homes = {}
     try:
         for kind in targets:
             homes[kind] = os.open(f"/proc/thread-self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
-        new = 0
-        for kind, path in targets.items():
-            if path is None:
-                new |= _NS_FLAGS[kind]
-                continue
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _sys.setns(fd, _NS_FLAGS[kind], path)
-            finally:
-                os.close(fd)
-        if new:
-            _sys.unshare(new)
         try:
+            new = 0
+            for kind, path in targets.items():
+                if path is None:
+                    new |= _NS_FLAGS[kind]
+                    continue
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    _sys.setns(fd, _NS_FLAGS[kind], path)
+                finally:
+                    os.close(fd)
+            if new:
+                _sys.unshare(new)
             yield
         finally:
             for kind, fd in homes.items():
@@ -371,8 +371,11 @@ def _is_pinned(path: str) -> bool:
 class Pods:
     def __init__(self, engine) -> None:
         self.engine = engine
-        self.db = engine.db
         self.db.execute(SCHEMA)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self.engine.db
 
     # --- records ---------------------------------------------------------------------------
 
@@ -635,7 +638,9 @@ class Pods:
             open(os.path.join(rootfs, name), "w").close()
         with open(os.path.join(bundle, "config.json"), "w") as f:
             f.write(json.dumps(self._holder_config(rec, spec, hid, rootfs, args)))
-        self.engine._update(hid, status="created", stop_signal="TERM")
+        # SIGKILL: it holds nothing to save, and a TERM sent before tini has blocked its
+        # signals is dropped (an ns's pid 1 gets no signal it has no handler for)
+        self.engine._update(hid, status="created", stop_signal="KILL")
         self.engine._start_in_daemon(hid)
 
     def _holder_config(self, rec: dict, spec: PodSpec, hid: str, rootfs: str,

@@ -246,11 +246,12 @@ def test_hostname_in_the_pinned_uts_namespace_and_ipc_shared(pods, pod_ids):
     assert qid not in sh("ipcs", "-q").split()
 
 
-def test_port_mapping_answers_on_localhost(pods, pod_ids):
+@pytest.mark.parametrize("host_ip", ["127.0.0.1", ""])
+def test_port_mapping_answers_on_localhost(pods, pod_ids, host_ip):
     host_port = _free_port()
     pod_id = run(pods, pod_ids, port_mappings=[
         {"protocol": "tcp", "container_port": 8080, "host_port": host_port,
-         "host_ip": "127.0.0.1"}])
+         "host_ip": host_ip}])
     ns = pods.namespaces(pod_id)
     server = subprocess.Popen(
         ["nsenter", f"--net={ns['network']}", "--", BUSYBOX, "sh", "-c",
@@ -512,6 +513,9 @@ def test_shared_pid_pod_has_a_holder_reaped_on_stop(pods, pod_ids, engine):  # n
     for kind, name in (("network", "net"), ("ipc", "ipc"), ("uts", "uts")):
         assert os.readlink(f"/proc/{holder['pid']}/ns/{name}").endswith(
             f"[{os.stat(ns[kind]).st_ino}]")
+    with open(f"/proc/{holder['pid']}/cgroup") as f:
+        cgroups = f.read()
+    assert f"/minirun/test-pods/{rec['holder']}\n" in cgroups
     rss, pss = _memory(procs)
     print(f"holder memory: RSS {rss} kB, PSS {pss} kB ({len(procs)} processes)")
     assert pss < 4096
