@@ -713,13 +713,47 @@ class Pods:
         self._update(rec["id"], state="notready")
 
     def _cni_del(self, rec: dict) -> None:
-        from .network import cni
+        from .network import cni, netns
 
         conflist = rec["cni_config"]
         if not conflist:
             return
-        netns_path = rec["netns"] if _is_pinned(rec["netns"]) else None
-        cni.delete(conflist, rec["id"], netns_path, "eth0", cache_dir=self._cni_cache())
+        path = rec["netns"]
+        stand_in = None
+        if not _is_pinned(path):
+            netns.remove(path)  # a file left where the pin was
+            stand_in = path = self._stand_in_netns(rec)
+        try:
+            cni.delete(conflist, rec["id"], path, "eth0", cache_dir=self._cni_cache())
+        finally:
+            if stand_in:
+                netns.remove(stand_in)
+
+    def _stand_in_netns(self, rec: dict) -> str | None:
+        """The pod's netns went without a reboot (unpinned by hand): the bridge plugin
+        finds the addresses of its masquerade rules on the pod's eth0 only, so its DEL
+        gets a netns whose eth0 (a bridge link: any kind will do) has them again."""
+        from .network import cni, netns
+
+        result = cni.cached_result(rec["cni_network"], rec["id"], "eth0",
+                                   cache_dir=self._cni_cache())
+        addrs = [a for a in cni.addresses(result or {}) if "." in a]
+        if not addrs:
+            return None
+        path, nsfd, inside = netns.create(os.path.basename(rec["netns"]))
+        try:
+            eth0 = inside.add_bridge("eth0", 1500, "minirun pod stand-in")
+            for addr in addrs:
+                iface = ipaddress.IPv4Interface(addr)
+                inside.add_address(eth0, str(iface.ip), iface.network.prefixlen, None,
+                                   f"add {addr} to the stand-in eth0")
+        except BaseException:
+            netns.remove(path)
+            raise
+        finally:
+            os.close(nsfd)
+            inside.close()
+        return path
 
     def remove(self, pod_id: str) -> str | None:
         """Remove its containers (forced), stop it, unpin its namespaces, delete its files
