@@ -52,7 +52,8 @@ def network_status() -> tuple[bool, str]:
         from ..pods import cni_status
     except ImportError:
         return probe_cni()
-    return cni_status()
+    ready, _reason, message = cni_status()
+    return ready, message
 
 
 class InfoMixin:
