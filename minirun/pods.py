@@ -688,9 +688,12 @@ class Pods:
         finally:
             os.close(fd)
 
-    def stop(self, pod_id: str, timeout: float = 10.0) -> str | None:
+    def stop(self, pod_id: str, timeout: float = 0.0) -> str | None:
         """Stop its containers and holder, give its network back (CNI DEL); notready.
-        Nothing to do for a pod that is stopped or gone; returns the full id or None."""
+        Nothing to do for a pod that is stopped or gone; returns the full id or None.
+
+        The containers get their stop signal and, `timeout` seconds later, SIGKILL: 0 as
+        containerd's StopPodSandbox (kubelet has given them their grace period already)."""
         rec = self._find(pod_id)
         if rec is None:
             return None
@@ -774,7 +777,7 @@ class Pods:
             for cid in self.containers(pod_id):
                 with contextlib.suppress(NotFound):
                     self.engine.remove(cid, force=True)
-            self._stop(rec, 10.0)
+            self._stop(rec, 0.0)
             if rec["holder"]:
                 try:
                     holder = self.engine.get(rec["holder"])
