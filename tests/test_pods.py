@@ -444,6 +444,39 @@ def test_twenty_pod_cycles_leave_nothing(pods, pod_ids, net):
     assert not _holder_records(pods)
 
 
+def test_pods_made_at_once_by_many_threads(pods, net):
+    """kubelet runs pods in parallel (the CRI server's thread pool): each thread switches
+    only its own namespaces, every pod gets its own address, and all go cleanly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from minirun.engine import Engine
+    from minirun.pods import Pods, PodSpec
+
+    def cycle(i: int) -> tuple[str, str, str]:
+        mine = Pods(Engine(pods.engine.root, pods.engine.run_root))  # one per thread
+        pod_id = mine.run(PodSpec(name=f"par-{i}", uid=f"par-{i}", hostname=f"par-{i}",
+                                  sysctls={"kernel.shmmni": str(100 + i)}))
+        ns = mine.namespaces(pod_id)
+        seen = nsenter({"uts": ns["uts"], "ipc": ns["ipc"]}, "sh", "-c",
+                       "hostname; cat /proc/sys/kernel/shmmni").split()
+        ip = mine.get(pod_id)["ip"]
+        mine.remove(pod_id)
+        back = [os.readlink(f"/proc/thread-self/ns/{k}") for k in ("net", "ipc", "uts")]
+        assert back == host_ns, "a worker thread was left in a pod's namespace"
+        return pod_id, ip, " ".join(seen)
+
+    host_name, host_shmmni = socket.gethostname(), _read("/proc/sys/kernel/shmmni")
+    host_ns = [os.readlink(f"/proc/self/ns/{k}") for k in ("net", "ipc", "uts")]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(cycle, range(16)))
+    assert [r[2] for r in results] == [f"par-{i} {100 + i}" for i in range(16)]
+    assert len({r[1] for r in results}) == 16
+    # this process's threads are back in the host's namespaces
+    assert socket.gethostname() == host_name
+    assert _read("/proc/sys/kernel/shmmni") == host_shmmni
+    assert_nothing_left(net, [r[0] for r in results], pods)
+
+
 def test_a_pod_whose_pins_are_gone_is_notready(pods, pod_ids, net):
     """After a reboot, or an `ip netns del`, the pins (and the namespaces) are gone; the
     record says notready and remove cleans what is left: the lease and the masquerade
