@@ -389,6 +389,31 @@ def test_a_failing_plugin_undoes_the_pod(pods, pod_ids, net, tmp_path, monkeypat
     assert_nothing_left(net, tried, pods)
 
 
+@pytest.mark.parametrize("fault", ["no tini", "daemon refuses"])
+def test_a_holder_that_fails_undoes_the_pod(pods, net, monkeypatch, fault):
+    """The holder is the last step: the address, pins, holder record and bundle go."""
+    import minirun.pods
+    from minirun.pods import PodSpec
+
+    if fault == "no tini":
+        monkeypatch.setattr(minirun.pods, "TINI", "/nonexistent/tini-static")
+    else:
+        def refuse(self, cid):
+            raise MiniRunError("the daemon refused (injected)")
+        monkeypatch.setattr(type(pods.engine), "_start_in_daemon", refuse)
+    tried = _record_attempts(pods, monkeypatch)
+    with pytest.raises(MiniRunError) as info:
+        pods.run(PodSpec(name="holderless", uid=fault, pid="pod",
+                         port_mappings=[{"container_port": 80, "host_port": _free_port()}]))
+    assert ("tini" if fault == "no tini" else "injected") in str(info.value)
+    assert not _holder_records(pods)
+    containers_dir = os.path.join(pods.engine.root, "containers")
+    assert not os.path.isdir(containers_dir) or not [
+        d for d in os.listdir(containers_dir)
+        if os.path.exists(os.path.join(containers_dir, d, "rootfs", "tini"))]
+    assert_nothing_left(net, tried, pods)
+
+
 def test_same_metadata_twice_is_refused(pods, pod_ids):
     run(pods, pod_ids, name="twice", uid="same", attempt=0)
     with pytest.raises(AlreadyExists):
