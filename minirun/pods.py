@@ -625,10 +625,15 @@ class Pods:
         args = ["/tini", "--", "/sleep", "inf"]
         opts = dict(RunOptions(command=args, name=name, detach=True).__dict__,
                     holder_of=rec["id"], network="none")
-        self.db.execute(
-            "INSERT INTO containers (id, name, image, image_id, command, created, status,"
-            " options) VALUES (?, ?, ?, '', ?, ?, 'creating', ?)",
-            (hid, name, HOLDER_IMAGE, json.dumps(args), time.time(), json.dumps(opts)))
+        try:
+            self.db.execute(
+                "INSERT INTO containers (id, name, image, image_id, command, created, status,"
+                " options) VALUES (?, ?, ?, '', ?, ?, 'creating', ?)",
+                (hid, name, HOLDER_IMAGE, json.dumps(args), time.time(), json.dumps(opts)))
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"the container name {name!r} of the pod's pid namespace "
+                                "holder is in use (a container left by another pod?)") \
+                from None
         self._update(rec["id"], holder=hid)
         rec["holder"] = hid
         bundle = os.path.join(self.engine.root, "containers", hid)
