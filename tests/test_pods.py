@@ -549,8 +549,10 @@ def test_shared_pid_pod_has_a_holder_reaped_on_stop(pods, pod_ids, engine):  # n
     assert holder["status"] == "running"
     ns = pods.namespaces(pod_id)
     assert ns["pid"] == f"/proc/{holder['pid']}/ns/pid"
-    # inside the pod's pid namespace: tini is pid 1, sleep its child
-    procs = _pids_in(os.readlink(ns["pid"]))
+    # inside the pod's pid namespace: tini is pid 1, sleep its child (once tini forked)
+    deadline = time.monotonic() + 5
+    while len(procs := _pids_in(os.readlink(ns["pid"]))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     cmdlines = sorted(_cmdline(p) for p in procs)
     assert cmdlines == ["/sleep inf", "/tini -- /sleep inf"]
     # it is in the pod's network, IPC and UTS namespaces
