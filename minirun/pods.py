@@ -11,7 +11,10 @@ A pod is a record in engine.db's `pods` table and the namespaces its containers 
 - PID, when shared by the pod: a pid 1 must hold it, so a holder container (tini-static
   as pid 1, busybox-static `sleep` its only child, in an empty read-only root) is run
   through the daemon like any engine container; its record has `holder_of` (not `pod`)
-  in its options, so it is not one of the pod's containers.
+  in its options, so it is not one of the pod's containers. Its cost, measured here by
+  tests/test_pods.py: RSS 2.0 MB, PSS 1.35 MB for the two processes (tini 0.7 MB RSS,
+  busybox 1.3 MB, mostly its shared text), and about 30 ms on the pod's start. Pods
+  whose containers each have their own pid namespace (kubelet's default) have none.
 
 Files for the containers (hostname, hosts, resolv.conf) are in <root>/pods/<id>/.
 
