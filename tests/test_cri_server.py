@@ -450,8 +450,12 @@ def test_the_default_conflist_is_written_only_into_an_empty_conf_dir(monkeypatch
 
     conf_dir = tmp_path / "net.d"
     monkeypatch.setenv("MINIRUN_CNI_CONF_DIR", str(conf_dir))
-    monkeypatch.setitem(sys.modules, "minirun.pods",
-                        types.SimpleNamespace(DEFAULT_CONFLIST=CONFLIST))
+    import minirun
+
+    stand_in = types.SimpleNamespace(DEFAULT_CONFLIST=CONFLIST)
+    monkeypatch.setitem(sys.modules, "minirun.pods", stand_in)
+    # `from . import pods` takes the package's attribute once the real module was imported
+    monkeypatch.setattr(minirun, "pods", stand_in, raising=False)
     path = cli_cri.write_default_cni()
     assert path == str(conf_dir / "10-minirun-pods.conflist")
     with open(path) as f:
