@@ -50,7 +50,9 @@ TINI = "/usr/bin/tini-static"
 BUSYBOX = "/bin/busybox"
 RUNTIME_HANDLERS = ("", "minirun", "runc")
 
-DEFAULT_CONFLIST_FILE = "10-minirun-pods.conflist"
+# last in libcni's order: a cluster's CNI (10-calico, 10-flannel, 10-weave...) written
+# beside it is the one new pods get
+DEFAULT_CONFLIST_FILE = "99-minirun-pods.conflist"
 DEFAULT_SUBNET = "10.89.0.0/16"
 # tried in turn when a host route overlaps the one before (podman's default is 10.88)
 DEFAULT_SUBNETS = [DEFAULT_SUBNET] + [f"10.{n}.0.0/16" for n in range(90, 100)]

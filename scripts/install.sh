@@ -7,7 +7,7 @@
 # 2. the venv .venv in the checkout, with minirun installed editable plus test extras
 # 3. the default busybox rootfs (rootfs/build.sh) and image busybox:latest in /var/lib/minirun
 # 4. /usr/local/bin/minirun and /usr/local/bin/minirun-oci
-# 5. the default pod network for the CRI (/etc/cni/net.d/10-minirun-pods.conflist: bridge
+# 5. the default pod network for the CRI (/etc/cni/net.d/99-minirun-pods.conflist: bridge
 #    mrpods0, host-local on 10.89.0.0/16 or the next free /16, portmap), only when
 #    /etc/cni/net.d holds no network configuration (a cluster's own CNI replaces it)
 #
