@@ -15,7 +15,6 @@ for any other reason is an error (a bug must not hide behind UNIMPLEMENTED).
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from dataclasses import dataclass
 
