@@ -224,16 +224,15 @@ class StreamingServer:
 
     def start(self) -> None:
         host, port = self.address
-        server_cls = _IPv6Server if ":" in host else ThreadingHTTPServer
+        server_cls = _IPv6Server if ":" in host else _Server
         try:
             httpd = server_cls((host, port), _Handler)
         except OSError as e:
             raise MiniRunError(f"stream server on {host}:{port}: {e.strerror}") from None
-        httpd.daemon_threads = True
         httpd.streaming = self
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="cri-streaming",
-                                        daemon=True)
+        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.1,),
+                                        name="cri-streaming", daemon=True)
         self._thread.start()
 
     @property
@@ -297,7 +296,12 @@ def _check_stdio(r) -> None:
         raise InvalidArgument("one of stdin, stdout, or stderr must be set")
 
 
-class _IPv6Server(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 drops SYNs when kubectl opens many at once
+
+
+class _IPv6Server(_Server):
     address_family = socket.AF_INET6
 
 
