@@ -1,0 +1,223 @@
+"""The streaming server with the real backend (minirun/cri/stream_engine.py): exec,
+attach and port-forward on busybox containers under the engine and its daemon, driven
+by the SPDY/3.1 and WebSocket test clients as kubectl would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+
+import pytest
+from enginetest import engine  # noqa: F401
+from ocitest import REPO, needs_root, wait_for
+
+from minirun.cri.stream_engine import EngineBackend
+from minirun.cri.streaming import (AttachRequest, ExecRequest, PortForwardRequest,
+                                   StreamingServer)
+from minirun.engine import Engine
+from spdy_client import SpdyConnection, exec_v4
+from ws_client import WsClient, exec_ws
+
+SUCCESS = b'{"metadata":{},"status":"Success"}'
+BUSYBOX = os.path.join(REPO, "rootfs", "out", "rootfs", "bin", "busybox")
+
+pytestmark = [needs_root, pytest.mark.root]
+
+
+@pytest.fixture(scope="module")
+def netns():
+    """A network namespace of our own with lo up and a busybox nc server on port 8080
+    (it greets each connection, then echoes it upper-cased); removed at the end."""
+    name = f"minirun-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    server = None
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
+                       check=True)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", name, BUSYBOX, "nc", "-ll", "-p", "8080", "-e", BUSYBOX,
+             "sh", "-c", f"echo hello from pod; exec {BUSYBOX} tr a-z A-Z"])
+        time.sleep(0.3)
+        yield f"/run/netns/{name}"
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "netns", "del", name])
+
+
+@pytest.fixture(scope="module")
+def stream(engine, netns):  # noqa: F811
+    eng = Engine(engine.root, engine.run_root)
+    server = StreamingServer("127.0.0.1:0",
+                             EngineBackend(eng, pod_netns=lambda pod: netns))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def box(engine):  # noqa: F811
+    """A running busybox container: its id."""
+    engine("run", "-d", "--name", "streamed", "busybox", "sleep", "1000", check=True)
+    yield Engine(engine.root, engine.run_root).get("streamed")["id"]
+    engine("rm", "-f", "streamed")
+
+
+def test_exec_echo_success(stream, box):
+    url = stream.get_exec(ExecRequest(box, ["echo", "hello", "from", "exec"], stdout=True,
+                                      stderr=True))
+    out, err, status = exec_v4(url)
+    assert (out, err, status) == (b"hello from exec\n", b"", SUCCESS)
+
+
+def test_exec_nonzero_exit_and_stderr(stream, box):
+    url = stream.get_exec(ExecRequest(box, ["sh", "-c", "echo bad >&2; exit 7"],
+                                      stdout=True, stderr=True))
+    out, err, status = exec_v4(url)
+    assert (out, err) == (b"", b"bad\n")
+    st = json.loads(status)
+    assert st["reason"] == "NonZeroExitCode"
+    assert st["details"]["causes"] == [{"reason": "ExitCode", "message": "7"}]
+
+
+def test_exec_stdin_cat(stream, box):
+    data = b"".join(b"line %d\n" % i for i in range(20000))  # ~200 KB
+    url = stream.get_exec(ExecRequest(box, ["cat"], stdin=True, stdout=True))
+    out, _, status = exec_v4(url, stdin=data, stderr=False)
+    assert out == data and status == SUCCESS
+
+
+def test_exec_runs_inside_the_container(stream, box, engine):  # noqa: F811
+    url = stream.get_exec(ExecRequest(box, ["hostname"], stdout=True))
+    out, _, _ = exec_v4(url, stderr=False)
+    assert out.strip().decode() == engine("exec", "streamed", "hostname").stdout.strip()
+    assert out.strip().decode() != os.uname().nodename
+
+
+def test_exec_tty_size_from_resize(stream, box):
+    url = stream.get_exec(ExecRequest(box, ["stty", "size"], tty=True, stdout=True))
+    out, _, status = exec_v4(url, stderr=False, tty=True, resize=(123, 45))
+    assert out.replace(b"\r", b"").strip() == b"45 123" and status == SUCCESS
+
+
+def test_exec_tty_resize_later_reaches_the_process(stream, box):
+    """The second size: on the pty while the shell runs (it reads stty after a wait)."""
+    url = stream.get_exec(ExecRequest(
+        box, ["sh", "-c", "stty size; sleep 1; stty size"], tty=True, stdout=True))
+    conn = SpdyConnection(url)
+    try:
+        error = conn.open_stream({"streamtype": "error"})
+        out = conn.open_stream({"streamtype": "stdout"})
+        resize = conn.open_stream({"streamtype": "resize"})
+        resize.write(b'{"Width":80,"Height":24}\n')
+        out.wait_for(b"24 80")
+        resize.write(b'{"Width":200,"Height":60}\n')
+        assert error.read_all() == SUCCESS
+        assert out.read_all().replace(b"\r", b"").split(b"\n")[:2] == [b"24 80", b"60 200"]
+    finally:
+        conn.close()
+
+
+def test_exec_over_websocket(stream, box):
+    url = stream.get_exec(ExecRequest(box, ["sh", "-c", "cat; exit 3"], stdin=True,
+                                      stdout=True, stderr=True))
+    out, err, status, c = exec_ws(url, stdin=b"through v5\n")
+    assert c.protocol == "v5.channel.k8s.io"
+    assert out == b"through v5\n"
+    assert json.loads(status)["details"]["causes"][0]["message"] == "3"
+
+
+def test_exec_in_a_missing_container_is_an_error_status(stream):
+    url = stream.get_exec(ExecRequest("nosuchcontainer", ["true"], stdout=True))
+    _, _, status = exec_v4(url, stderr=False)
+    st = json.loads(status)
+    assert st["status"] == "Failure" and "nosuchcontainer" in st["message"]
+
+
+def test_attach_to_running_output(stream, engine):  # noqa: F811
+    engine("run", "-d", "--name", "ticker", "busybox", "sh", "-c",
+           "i=0; while [ ! -e /tmp/stop ]; do echo tick $i; i=$((i+1)); sleep 0.1; done; "
+           "echo bye >&2", check=True)
+    try:
+        cid = Engine(engine.root, engine.run_root).get("ticker")["id"]
+        url = stream.get_attach(AttachRequest(cid, stdout=True, stderr=True))
+        conn = SpdyConnection(url)
+        try:
+            error = conn.open_stream({"streamtype": "error"})
+            out = conn.open_stream({"streamtype": "stdout"})
+            err = conn.open_stream({"streamtype": "stderr"})
+            out.wait_for(b"tick")
+            engine("exec", "ticker", "touch", "/tmp/stop", check=True)
+            assert error.read_all() == SUCCESS  # the container exited: attach ends
+            assert err.read_all() == b"bye\n"
+            lines = out.read_all().decode().split("\n")
+            assert all(line.startswith("tick ") for line in lines if line)
+        finally:
+            conn.close()
+    finally:
+        engine("rm", "-f", "ticker")
+
+
+def test_attach_stdin_over_websocket(stream, engine):  # noqa: F811
+    engine("run", "-d", "-i", "--name", "catter", "busybox", "cat", check=True)
+    try:
+        cid = Engine(engine.root, engine.run_root).get("catter")["id"]
+        url = stream.get_attach(AttachRequest(cid, stdin=True, stdout=True))
+        out, _, status, _ = exec_ws(url, stdin=b"typed into attach\n")
+        # the close signal is the container's EOF: cat ends, attach ends
+        assert out == b"typed into attach\n" and status == SUCCESS
+        assert wait_for(lambda: Engine(engine.root, engine.run_root).get(cid)["status"]
+                        == "exited")
+    finally:
+        engine("rm", "-f", "catter")
+
+
+def test_port_forward_spdy(stream):
+    url = stream.get_port_forward(PortForwardRequest("pod", [8080]))
+    conn = SpdyConnection(url, ("portforward.k8s.io",))
+    try:
+        err = conn.open_stream({"streamtype": "error", "port": "8080", "requestid": "0"})
+        data = conn.open_stream({"streamtype": "data", "port": "8080", "requestid": "0"})
+        data.wait_for(b"hello from pod\n")
+        data.write(b"ping over spdy\n")
+        data.wait_for(b"PING OVER SPDY\n")
+        data.close()  # our FIN: the pod's EOF, it closes, the streams end
+        assert data.read_all() == b"hello from pod\nPING OVER SPDY\n"
+        assert err.read_all() == b""
+    finally:
+        conn.close()
+
+
+def test_port_forward_websocket(stream):
+    url = stream.get_port_forward(PortForwardRequest("pod", [8080]))
+    c = WsClient(url, ("v4.channel.k8s.io",))
+    try:
+        msgs = c.messages()
+        assert [next(msgs), next(msgs)] == [(0, b"\x90\x1f"), (1, b"\x90\x1f")]
+        got = b""
+        while b"hello from pod\n" not in got:
+            got += next(msgs)[1]
+        c.send(0, b"ping over websocket\n")
+        while b"PING OVER WEBSOCKET\n" not in got:
+            ch, data = next(msgs)
+            assert ch == 0
+            got += data
+    finally:
+        c.close()
+
+
+def test_port_forward_to_a_closed_port_reports_it(stream):
+    url = stream.get_port_forward(PortForwardRequest("pod", [8081]))
+    conn = SpdyConnection(url, ("portforward.k8s.io",))
+    try:
+        err = conn.open_stream({"streamtype": "error", "port": "8081", "requestid": "0"})
+        conn.open_stream({"streamtype": "data", "port": "8081", "requestid": "0"})
+        body = json.loads(err.read_all())
+        assert "error forwarding port 8081" in body["message"]
+        assert "refused" in body["message"].lower()
+    finally:
+        conn.close()
