@@ -12,13 +12,12 @@ import time
 import zlib
 
 import pytest
-
-from minirun.cri import spdy, streaming
-from minirun.cri.streaming import (AttachRequest, ExecRequest, PortForwardRequest,
-                                   StreamingServer)
-from minirun.errors import InvalidArgument
 from spdy_client import SpdyConnection, UpgradeRefused, exec_v4, http_upgrade
 from ws_client import WsClient, exec_ws
+
+from minirun.cri import spdy, streaming
+from minirun.cri.streaming import AttachRequest, ExecRequest, PortForwardRequest, StreamingServer
+from minirun.errors import InvalidArgument
 
 SUCCESS = b'{"metadata":{},"status":"Success"}'
 
@@ -44,7 +43,8 @@ class FakeBackend:
         elif verb == "big":
             stdout.write(b"x" * int(cmd[1]))
         elif verb == "size":
-            stdout.write(("%dx%d" % resize.get(timeout=10)).encode())
+            width, height = resize.get(timeout=10)
+            stdout.write(f"{width}x{height}".encode())
         elif verb == "stderr":
             stderr.write(b"oops\n")
             return 1
@@ -74,7 +74,7 @@ def server():
 
 
 def exec_url(server, cmd, **kw):
-    opts = dict(stdout=True, stderr=True)
+    opts = {'stdout': True, 'stderr': True}
     opts.update(kw)
     return server.get_exec(ExecRequest("c1", cmd, **opts))
 
@@ -116,7 +116,7 @@ def test_spdy_exec_success_status(server):
 
 
 def test_spdy_exec_nonzero_exit_status(server):
-    out, err, status = exec_v4(exec_url(server, ["exit", "3"]))
+    _out, _err, status = exec_v4(exec_url(server, ["exit", "3"]))
     st = json.loads(status)
     assert st["status"] == "Failure" and st["reason"] == "NonZeroExitCode"
     assert st["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
@@ -319,13 +319,13 @@ def test_stop_ends_open_sessions(server):
 
 def test_ws_v5_exec_with_stdin_close_signal(server):
     url = exec_url(server, ["cat"], stdin=True, stderr=False)
-    out, err, status, c = exec_ws(url, stdin=b"over websocket\n" * 5000)
+    out, _err, status, c = exec_ws(url, stdin=b"over websocket\n" * 5000)
     assert c.protocol == "v5.channel.k8s.io" and c.close_received
     assert out == b"over websocket\n" * 5000 and status == SUCCESS
 
 
 def test_ws_v4_base64_exit_code(server):
-    out, err, status, c = exec_ws(exec_url(server, ["exit", "5"]),
+    _out, _err, status, c = exec_ws(exec_url(server, ["exit", "5"]),
                                   protocols=("v4.base64.channel.k8s.io",))
     assert c.protocol == "v4.base64.channel.k8s.io"
     assert json.loads(status)["details"]["causes"][0]["message"] == "5"
@@ -344,7 +344,7 @@ def test_ws_resize_and_first_empty_message(server):
         opcode, first = c.recv_frame()
         assert (opcode, first) == (2, b"\x01")  # an empty message on stdout: open
         c.send(4, b'{"Width":132,"Height":50}\n')
-        got = dict()
+        got = {}
         for ch, data in c.messages():
             got[ch] = got.get(ch, b"") + data
         assert got[1] == b"132x50" and got[3] == SUCCESS

@@ -13,13 +13,12 @@ import uuid
 import pytest
 from enginetest import engine  # noqa: F401
 from ocitest import REPO, needs_root, wait_for
-
-from minirun.cri.stream_engine import EngineBackend
-from minirun.cri.streaming import (AttachRequest, ExecRequest, PortForwardRequest,
-                                   StreamingServer)
-from minirun.engine import Engine
 from spdy_client import SpdyConnection, exec_v4
 from ws_client import WsClient, exec_ws
+
+from minirun.cri.stream_engine import EngineBackend
+from minirun.cri.streaming import AttachRequest, ExecRequest, PortForwardRequest, StreamingServer
+from minirun.engine import Engine
 
 SUCCESS = b'{"metadata":{},"status":"Success"}'
 BUSYBOX = os.path.join(REPO, "rootfs", "out", "rootfs", "bin", "busybox")
@@ -46,7 +45,7 @@ def netns():
         if server is not None:
             server.kill()
             server.wait()
-        subprocess.run(["ip", "netns", "del", name])
+        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +124,7 @@ def test_exec_tty_resize_later_reaches_the_process(stream, box):
 def test_exec_over_websocket(stream, box):
     url = stream.get_exec(ExecRequest(box, ["sh", "-c", "cat; exit 3"], stdin=True,
                                       stdout=True, stderr=True))
-    out, err, status, c = exec_ws(url, stdin=b"through v5\n")
+    out, _err, status, c = exec_ws(url, stdin=b"through v5\n")
     assert c.protocol == "v5.channel.k8s.io"
     assert out == b"through v5\n"
     assert json.loads(status)["details"]["causes"][0]["message"] == "3"

@@ -18,7 +18,6 @@ import base64
 import hashlib
 import json
 import os
-import socket
 import struct
 
 from spdy_client import http_upgrade
