@@ -448,3 +448,92 @@ def test_many_sessions_at_once(server):
     for t in threads:
         t.join(30)
     assert sorted(results) == sorted(b"%d\n" % i for i in range(20))
+
+
+# --- the RPCs over gRPC ----------------------------------------------------------------------
+
+class FakeEngine:
+    RECORDS = {"c-running": "running", "c-exited": "exited"}
+
+    def get(self, name_or_id):
+        from minirun.errors import NotFound
+
+        for cid, status in self.RECORDS.items():
+            if cid.startswith(name_or_id):
+                return {"id": cid, "name": cid, "status": status}
+        raise NotFound(f"no such container: {name_or_id}")
+
+
+class FakePods:
+    def get(self, pod_id):
+        from minirun.errors import NotFound
+
+        if pod_id != "pod-1":
+            raise NotFound(f"no such pod: {pod_id}")
+        return {"id": "pod-1"}
+
+
+@pytest.fixture
+def rpc(server, tmp_path):
+    import grpc
+
+    from minirun.cri.api import api_pb2_grpc as pb_grpc
+    from minirun.cri.server import CriServer
+
+    class Runtime(streaming.StreamingMixin):
+        engine, pods = FakeEngine(), FakePods()
+
+    impl = Runtime()
+    impl.streaming = server
+    cri = CriServer(str(tmp_path / "cri.sock"), runtime=impl)
+    cri.start()
+    ch = grpc.insecure_channel(f"unix:{tmp_path / 'cri.sock'}")
+    yield pb_grpc.RuntimeServiceStub(ch)
+    ch.close()
+    cri.stop(0)
+
+
+def test_rpc_exec_url_serves_the_stored_request(rpc, server):
+    from minirun.cri.api import api_pb2 as pb
+
+    # a unique prefix names the container; the URL holds the full id
+    resp = rpc.Exec(pb.ExecRequest(container_id="c-run", cmd=["echo", "via", "rpc"],
+                                   stdout=True))
+    assert resp.url.startswith(server.url + "/exec/")
+    assert exec_v4(resp.url, stderr=False)[0] == b"via rpc\n"
+    resp = rpc.Attach(pb.AttachRequest(container_id="c-running", stdout=True))
+    assert exec_v4(resp.url, stderr=False)[0] == b"attached to c-running\n"
+    resp = rpc.PortForward(pb.PortForwardRequest(pod_sandbox_id="pod-1", port=[80]))
+    assert resp.url.startswith(server.url + "/portforward/")
+
+
+@pytest.mark.parametrize(("req", "code", "text"), [
+    ({"container_id": "c-running", "cmd": ["sh"], "tty": True, "stdout": True,
+      "stderr": True}, "INVALID_ARGUMENT", "tty and stderr cannot both be true"),
+    ({"container_id": "c-running", "cmd": ["sh"]}, "INVALID_ARGUMENT",
+     "one of stdin, stdout, or stderr must be set"),
+    ({"container_id": "", "cmd": ["sh"], "stdout": True}, "INVALID_ARGUMENT",
+     "missing required container_id"),
+    ({"container_id": "c-running", "stdout": True}, "INVALID_ARGUMENT", "cmd is empty"),
+    ({"container_id": "nope", "cmd": ["sh"], "stdout": True}, "NOT_FOUND", "nope"),
+    ({"container_id": "c-exited", "cmd": ["sh"], "stdout": True}, "FAILED_PRECONDITION",
+     "not running"),
+])
+def test_rpc_exec_refusals(rpc, req, code, text):
+    import grpc
+
+    from minirun.cri.api import api_pb2 as pb
+
+    with pytest.raises(grpc.RpcError) as e:
+        rpc.Exec(pb.ExecRequest(**req))
+    assert e.value.code().name == code and text in e.value.details()
+
+
+def test_rpc_port_forward_unknown_pod(rpc):
+    import grpc
+
+    from minirun.cri.api import api_pb2 as pb
+
+    with pytest.raises(grpc.RpcError) as e:
+        rpc.PortForward(pb.PortForwardRequest(pod_sandbox_id="pod-2", port=[80]))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
