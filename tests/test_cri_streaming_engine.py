@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -220,3 +221,30 @@ def test_port_forward_to_a_closed_port_reports_it(stream):
         assert "refused" in body["message"].lower()
     finally:
         conn.close()
+
+
+def sleepers(arg: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[:2] == [b"sleep", arg.encode()]:
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_exec_is_killed_when_the_client_goes(stream, box, tty):
+    arg = "777" if tty else "778"
+    url = stream.get_exec(ExecRequest(box, ["sleep", arg], tty=tty, stdout=True))
+    conn = SpdyConnection(url)
+    conn.open_stream({"streamtype": "error"})
+    conn.open_stream({"streamtype": "stdout"})
+    if tty:
+        conn.open_stream({"streamtype": "resize"})
+    assert wait_for(lambda: sleepers(arg))
+    conn.sock.shutdown(socket.SHUT_RDWR)  # gone without a word, as a killed kubectl
+    conn.sock.close()
+    assert wait_for(lambda: not sleepers(arg), timeout=10)

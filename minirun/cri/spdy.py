@@ -168,6 +168,11 @@ class Stream:
         self._inbox = bytearray()
         self._unacked = 0
 
+    @property
+    def closed(self) -> bool:
+        """The peer reset the stream or went away: nobody reads what we write."""
+        return self.reset or self.session.closed
+
     def header(self, name: str) -> str:
         values = self.headers.get(name.lower())
         return values[0] if values else ""

@@ -25,6 +25,7 @@ import json
 import os
 import queue
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -82,8 +83,9 @@ class EngineBackend:
             pfile = os.path.join(tmp, "process.json")
             with open(pfile, "w") as f:
                 json.dump(process, f)
+            pid_file = os.path.join(tmp, "pid")
             argv = [sys.executable, "-m", "minirun.oci_cli", "--root", self.oci_root, "exec",
-                    "-p", pfile]
+                    "-p", pfile, "--pid-file", pid_file]
             if tty:
                 return self._exec_tty(argv, rec["id"], tmp, stdin, stdout, resize)
             return self._exec_pipes(argv + [rec["id"]], stdin, stdout, stderr)
@@ -110,7 +112,7 @@ class EngineBackend:
                 t = threading.Thread(target=_drain, args=(src.fileno(), dst), daemon=True)
                 t.start()
                 pumps.append(t)
-        code = proc.wait()
+        code = _wait(proc, (stdout, stderr))
         for t in pumps:
             t.join()
         for f in (proc.stdout, proc.stderr):
@@ -142,7 +144,7 @@ class EngineBackend:
             if resize is not None:
                 threading.Thread(target=_apply_sizes, args=(resize, os.dup(master)),
                                  daemon=True).start()
-            code = proc.wait()
+            code = _wait(proc, (stdout,))
             out.join(5)  # the pty ends once no process holds its other side
             return 128 - code if code < 0 else code
         finally:
@@ -219,6 +221,26 @@ class EngineBackend:
             stream.shutdown(socket.SHUT_WR)
         finally:
             sock.close()
+
+
+def _wait(proc: subprocess.Popen, writers) -> int:
+    """minirun-oci's status, the process's. If the client goes away first the process
+    is killed, as containerd kills an exec whose stream ended (its pid from --pid-file:
+    a SIGKILL cannot be forwarded through minirun-oci)."""
+    writers = [w for w in writers if w is not None]
+    while True:
+        try:
+            return proc.wait(timeout=0.25)
+        except subprocess.TimeoutExpired:
+            pass
+        if writers and all(getattr(w, "closed", False) for w in writers):
+            pid_file = proc.args[proc.args.index("--pid-file") + 1]
+            try:
+                with open(pid_file) as f:
+                    os.kill(int(f.read()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+            writers = []
 
 
 def connect_in_netns(netns: str | None, port: int, timeout: float = 10.0) -> socket.socket:
