@@ -10,6 +10,7 @@ import struct
 import threading
 import time
 import zlib
+from typing import ClassVar
 
 import pytest
 from spdy_client import SpdyConnection, UpgradeRefused, exec_v4, http_upgrade
@@ -453,7 +454,7 @@ def test_many_sessions_at_once(server):
 # --- the RPCs over gRPC ----------------------------------------------------------------------
 
 class FakeEngine:
-    RECORDS = {"c-running": "running", "c-exited": "exited"}
+    RECORDS: ClassVar[dict] = {"c-running": "running", "c-exited": "exited"}
 
     def get(self, name_or_id):
         from minirun.errors import NotFound
@@ -537,3 +538,17 @@ def test_rpc_port_forward_unknown_pod(rpc):
     with pytest.raises(grpc.RpcError) as e:
         rpc.PortForward(pb.PortForwardRequest(pod_sandbox_id="pod-2", port=[80]))
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_address_forms():
+    s = StreamingServer("0.0.0.0:0", FakeBackend())
+    s.start()
+    try:
+        assert s.url.startswith("http://127.0.0.1:")  # kubelet reaches it on loopback
+        assert exec_v4(exec_url(s, ["echo", "any"]))[0] == b"any\n"
+    finally:
+        s.stop()
+    with pytest.raises(InvalidArgument, match="HOST:PORT"):
+        StreamingServer("localhost")
+    with pytest.raises(InvalidArgument, match="bad port"):
+        StreamingServer("127.0.0.1:http")

@@ -17,8 +17,7 @@ from ocitest import REPO, needs_root, wait_for
 from spdy_client import SpdyConnection, exec_v4
 from ws_client import WsClient, exec_ws
 
-from minirun.cri.stream_engine import EngineBackend
-from minirun.cri.streaming import AttachRequest, ExecRequest, PortForwardRequest, StreamingServer
+from minirun.cri.streaming import AttachRequest, ExecRequest, PortForwardRequest, start_streaming
 from minirun.engine import Engine
 
 SUCCESS = b'{"metadata":{},"status":"Success"}'
@@ -51,10 +50,8 @@ def netns():
 
 @pytest.fixture(scope="module")
 def stream(engine, netns):  # noqa: F811
-    eng = Engine(engine.root, engine.run_root)
-    server = StreamingServer("127.0.0.1:0",
-                             EngineBackend(eng, pod_netns=lambda pod: netns))
-    server.start()
+    server = start_streaming(Engine(engine.root, engine.run_root), "127.0.0.1:0",
+                             pod_netns=lambda pod: netns)
     yield server
     server.stop()
 

@@ -237,7 +237,10 @@ class StreamingServer:
 
     @property
     def url(self) -> str:
+        """The base of the URLs handed out. Bound to every address (0.0.0.0, ::), it
+        names loopback: kubelet, on this node, proxies the stream to it."""
         host, port = self._httpd.server_address[:2]
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def stop(self) -> None:
@@ -284,6 +287,15 @@ class StreamingServer:
 
     def _url(self, kind: str, req) -> str:
         return f"{self.url}/{kind}/{self.cache.insert(req)}"
+
+
+def start_streaming(engine, address: str = "127.0.0.1:0", pod_netns=None) -> StreamingServer:
+    """The streaming server of `minirun cri`, on the engine (stop() it at the end)."""
+    from .stream_engine import EngineBackend
+
+    server = StreamingServer(address, EngineBackend(engine, pod_netns))
+    server.start()
+    return server
 
 
 def _check_stdio(r) -> None:
