@@ -245,3 +245,22 @@ def test_exec_is_killed_when_the_client_goes(stream, box, tty):
     conn.sock.shutdown(socket.SHUT_RDWR)  # gone without a word, as a killed kubectl
     conn.sock.close()
     assert wait_for(lambda: not sleepers(arg), timeout=10)
+
+
+def pod_connections(netns: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "exec", os.path.basename(netns), "ss", "-Htn",
+                          "state", "established", "( sport = :8080 )"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split("\n")[:-1]
+
+
+def test_port_forward_connection_ends_with_the_client(stream, netns):
+    conn = SpdyConnection(stream.get_port_forward(PortForwardRequest("pod", [8080])),
+                          ("portforward.k8s.io",))
+    conn.open_stream({"streamtype": "error", "port": "8080", "requestid": "0"})
+    data = conn.open_stream({"streamtype": "data", "port": "8080", "requestid": "0"})
+    data.wait_for(b"hello from pod\n")
+    assert len(pod_connections(netns)) == 1
+    conn.sock.shutdown(socket.SHUT_RDWR)  # gone without a word
+    conn.sock.close()
+    assert wait_for(lambda: not pod_connections(netns), timeout=10)

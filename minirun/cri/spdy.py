@@ -306,15 +306,11 @@ class Session:
         self.send_control(GOAWAY, 0, struct.pack(">II", self.last_stream, 0))
 
     def close(self) -> None:
-        """GOAWAY, then the end of the connection: the reader sees EOF and returns."""
+        """GOAWAY; the streams are done. The caller ends the connection."""
         self.go_away()
         with self.cond:
             self.closed = True
             self.cond.notify_all()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     # --- receiving (the serve() thread) --------------------------------------------------
 

@@ -299,7 +299,9 @@ def _client_to_pod(stream, sock: socket.socket) -> None:
         except OSError:
             return
     try:
-        sock.shutdown(socket.SHUT_WR)  # the client's FIN is the pod's EOF
+        # the client's FIN is the pod's EOF; a client gone for good ends both ways
+        sock.shutdown(socket.SHUT_RDWR if getattr(stream, "closed", False)
+                      else socket.SHUT_WR)
     except OSError:
         pass
 

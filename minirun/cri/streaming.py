@@ -60,6 +60,7 @@ from . import websocket as ws
 TOKEN_TTL = 60.0  # kubelet's request cache
 MAX_IN_FLIGHT = 1000
 STREAM_CREATION_TIMEOUT = 30.0  # remotecommand.DefaultStreamCreationTimeout
+LINGER = 5.0  # seconds a finished session waits for the client to close the connection
 
 SPDY_EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io",
                        "v2.channel.k8s.io", "channel.k8s.io")
@@ -187,7 +188,7 @@ class TokenCache:
                 del self._items[token]
             if len(self._items) >= MAX_IN_FLIGHT:
                 raise MiniRunError("too many streaming requests in flight")
-            token = secrets.token_urlsafe(6)
+            token = secrets.token_urlsafe(8)  # 64 bits, as kubelet's
             self._items[token] = (now + self.ttl, req)
             return token
 
@@ -504,7 +505,7 @@ class _SpdyCommand:
             complete = len(self.streams) >= self._expected()
         if not complete:  # timed out waiting for the client to create streams
             self.session.close()
-            reader.join()
+            _linger_close(self.session.sock, reader)
             return
         s = self.streams
         resize = None
@@ -529,7 +530,23 @@ class _SpdyCommand:
                 pass
             s["error"].close()
         self.session.close()
-        reader.join()
+        _linger_close(self.session.sock, reader)
+
+
+def _linger_close(sock: socket.socket, reader: threading.Thread) -> None:
+    """Our side is done: FIN, then read on (the reader thread) until the client closes
+    too, LINGER seconds at most. Closing with the client's data unread would send a RST,
+    which can cost the client the end of our output."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    reader.join(LINGER)
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    reader.join()
 
 
 def _pump_resize(stream, resize: ResizeQueue) -> None:
@@ -623,11 +640,7 @@ class _WsCommand:
         except OSError:
             pass
         self.conn.close()
-        try:
-            self.conn.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        reader.join()
+        _linger_close(self.conn.sock, reader)
 
     def _read(self, stdin: _Pipe | None, resize: ResizeQueue | None) -> None:
         v5 = self.protocol == "v5.channel.k8s.io"
@@ -748,11 +761,7 @@ class _WsPortForward:
         for t in threads:
             t.join()
         self.conn.close()
-        try:
-            self.conn.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        reader.join()
+        _linger_close(self.conn.sock, reader)
 
     def _forward_one(self, i: int, port: int) -> None:
         data = _WsData(self.inputs[i], _ChannelWriter(self.channels, 2 * i))
@@ -782,6 +791,10 @@ class _WsData:
     def __init__(self, pipe: _Pipe, writer: _ChannelWriter) -> None:
         self.recv = self.read = pipe.read
         self.writer = writer
+
+    @property
+    def closed(self) -> bool:
+        return self.writer.closed
 
     def sendall(self, data: bytes) -> None:
         self.writer.write(data)
