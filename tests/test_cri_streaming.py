@@ -188,7 +188,7 @@ def test_spdy_send_window_is_honoured(server):
     try:
         error = conn.open_stream({"streamtype": "error"})
         s_out = conn.open_stream({"streamtype": "stdout"})
-        time.sleep(1.5)  # longer than the grace for peers without flow control
+        time.sleep(4 * spdy.STALL_GRACE)  # past the grace for peers without flow control
         assert len(s_out.data) == 16384
         conn.window_update(s_out.id, 100000 - 16384)
         assert s_out.read_all() == b"x" * 100000

@@ -264,3 +264,92 @@ def test_port_forward_connection_ends_with_the_client(stream, netns):
     conn.sock.shutdown(socket.SHUT_RDWR)  # gone without a word
     conn.sock.close()
     assert wait_for(lambda: not pod_connections(netns), timeout=10)
+
+
+# --- a real kubectl, through a stand-in apiserver and kubelet proxy (fake_apiserver.py) ----
+
+KUBECTLS = {  # 1.27: SPDY/3.1 v4.channel.k8s.io; 1.33: WebSocket v5.channel.k8s.io first
+    v: path for v in ("1.27", "1.33")
+    if os.path.exists(path := f"/usr/lib/google-cloud-sdk/bin/kubectl.{v}")}
+needs_kubectl = pytest.mark.skipif(not KUBECTLS, reason="no versioned kubectl here")
+
+
+@pytest.fixture(scope="module")
+def apiserver(stream, box):
+    from fake_apiserver import FakeApiServer
+
+    api = FakeApiServer(stream, {"busy": {"container": box, "pod": "pod-busy"}})
+    api.start()
+    yield api
+    api.stop()
+
+
+def kubectl(version: str, api, *args, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KUBECONFIG="/dev/null")
+    return subprocess.run([KUBECTLS[version], "--server", api.url, *args], env=env,
+                          capture_output=True, timeout=60, check=False, **kw)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("version", sorted(KUBECTLS))
+def test_kubectl_exec(apiserver, version):
+    r = kubectl(version, apiserver, "exec", "busy", "--", "sh", "-c", "echo out; echo err >&2")
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"out\n", b"err\n")
+    upgrade = apiserver.requests[-1][2]
+    assert upgrade == ("SPDY/3.1" if version == "1.27" else "websocket")
+    r = kubectl(version, apiserver, "exec", "busy", "--", "sh", "-c", "exit 42")
+    assert r.returncode == 42, r.stderr  # the exit code from the v4/v5 status
+    data = os.urandom(300000).hex().encode()  # 600 KB in, and out again
+    r = kubectl(version, apiserver, "exec", "-i", "busy", "--", "cat", input=data)
+    assert r.returncode == 0 and r.stdout == data
+
+
+@needs_kubectl
+@pytest.mark.parametrize("version", sorted(KUBECTLS))
+def test_kubectl_port_forward(apiserver, version):
+    env = dict(os.environ, KUBECONFIG="/dev/null")
+    proc = subprocess.Popen([KUBECTLS[version], "--server", apiserver.url, "port-forward",
+                             "busy", ":8080"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    try:
+        line = proc.stdout.readline().decode()
+        assert "-> 8080" in line, line + proc.stderr.read1(4096).decode()
+        port = int(line.split("127.0.0.1:")[1].split()[0])
+        for _ in range(2):  # two connections over the one forwarding session
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+                got = b""
+                while b"hello from pod\n" not in got:
+                    got += c.recv(4096)
+                c.sendall(b"through kubectl\n")
+                while b"THROUGH KUBECTL\n" not in got:
+                    got += c.recv(4096)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("version", sorted(KUBECTLS))
+def test_kubectl_attach(apiserver, engine, version):  # noqa: F811
+    name = f"ticker-{version.replace('.', '')}"
+    engine("run", "-d", "--name", name, "busybox", "sh", "-c",
+           "while [ ! -e /tmp/stop ]; do echo tick; sleep 0.1; done; echo bye", check=True)
+    try:
+        apiserver.pods[name] = {"container": Engine(engine.root, engine.run_root).get(
+            name)["id"], "pod": "pod-busy"}
+        env = dict(os.environ, KUBECONFIG="/dev/null")
+        proc = subprocess.Popen([KUBECTLS[version], "--server", apiserver.url, "attach",
+                                 name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env)
+        try:
+            assert proc.stdout.readline() == b"tick\n"
+            engine("exec", name, "touch", "/tmp/stop", check=True)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, err
+        assert out.split()[-1] == b"bye" and set(out.split()[:-1]) <= {b"tick"}
+    finally:
+        engine("rm", "-f", name)

@@ -24,7 +24,9 @@ INITIAL_WINDOW_SIZE or a WINDOW_UPDATE): Go's spdystream, which kubectl, crictl 
 apiserver's proxy use, implements no flow control and never sends WINDOW_UPDATE, so a
 stream whose window runs out with no sign of flow control from the peer after
 STALL_GRACE seconds is not throttled any more (on that session), as spdystream's own
-server never throttles.
+server never throttles. The grace is paid once per session by such peers with more than
+64 KiB of output: kubectl 1.27's `exec` of 3 MB takes 0.41 s (1.13 s with a 1 s grace;
+0.09-0.12 s over WebSocket with kubectl 1.33).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ PROTOCOL_ERROR, INVALID_STREAM, REFUSED_STREAM, CANCEL, INTERNAL_ERROR = 1, 2, 3
 INITIAL_WINDOW = 64 * 1024
 MAX_FRAME = 1 << 24
 DATA_CHUNK = 32 * 1024
-STALL_GRACE = 1.0
+STALL_GRACE = 0.25
 
 _WORDS = (
     "options", "head", "post", "put", "delete", "trace", "accept", "accept-charset",
