@@ -353,3 +353,48 @@ def test_kubectl_attach(apiserver, engine, version):  # noqa: F811
         assert out.split()[-1] == b"bye" and set(out.split()[:-1]) <= {b"tick"}
     finally:
         engine("rm", "-f", name)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("version", sorted(KUBECTLS))
+def test_kubectl_exec_tty_has_the_terminals_size(apiserver, version):
+    """kubectl -it on a terminal of 33x111: its first size (the resize stream or
+    channel 4) is the process's from the start."""
+    import fcntl
+    import select
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+
+    def controlling_tty():
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    env = dict(os.environ, KUBECONFIG="/dev/null")
+    try:
+        proc = subprocess.Popen([KUBECTLS[version], "--server", apiserver.url, "exec", "-it",
+                                 "busy", "--", "stty", "size"], stdin=slave, stdout=slave,
+                                stderr=slave, env=env, start_new_session=True,
+                                preexec_fn=controlling_tty)  # noqa: PLW1509
+    finally:
+        os.close(slave)
+    out = b""
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break  # EIO: kubectl is gone
+                if not chunk:
+                    break
+                out += chunk
+        assert proc.wait(10) == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert b"33 111" in out, out
