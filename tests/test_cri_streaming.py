@@ -469,9 +469,9 @@ class FakePods:
     def get(self, pod_id):
         from minirun.errors import NotFound
 
-        if pod_id != "pod-1":
+        if pod_id not in ("pod-1", "pod-stopped"):
             raise NotFound(f"no such pod: {pod_id}")
-        return {"id": "pod-1"}
+        return {"id": pod_id, "state": "ready" if pod_id == "pod-1" else "notready"}
 
 
 @pytest.fixture
@@ -530,7 +530,7 @@ def test_rpc_exec_refusals(rpc, req, code, text):
     assert e.value.code().name == code and text in e.value.details()
 
 
-def test_rpc_port_forward_unknown_pod(rpc):
+def test_rpc_port_forward_unknown_or_stopped_pod(rpc):
     import grpc
 
     from minirun.cri.api import api_pb2 as pb
@@ -538,6 +538,9 @@ def test_rpc_port_forward_unknown_pod(rpc):
     with pytest.raises(grpc.RpcError) as e:
         rpc.PortForward(pb.PortForwardRequest(pod_sandbox_id="pod-2", port=[80]))
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as e:
+        rpc.PortForward(pb.PortForwardRequest(pod_sandbox_id="pod-stopped", port=[80]))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_address_forms():

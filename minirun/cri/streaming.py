@@ -845,5 +845,7 @@ class StreamingMixin:
         if not request.pod_sandbox_id:
             raise InvalidArgument("missing required pod_sandbox_id")
         pod = self.pods.get(request.pod_sandbox_id)
+        if pod.get("state", "ready") != "ready":  # containerd: its sandbox is not running
+            raise ContainerStateError(f"pod sandbox {pod['id']} is not ready")
         req = PortForwardRequest(pod["id"], list(request.port))
         return pb.PortForwardResponse(url=self.streaming.get_port_forward(req))
