@@ -5,6 +5,7 @@ refusals. The real engine behind it: test_cri_streaming_engine.py."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import threading
@@ -29,12 +30,17 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self.forwards: list[tuple[str, int]] = []
+        self.go = threading.Event()
 
     def exec(self, cid, cmd, tty, stdin, stdout, stderr, resize):
         verb = cmd[0]
         if verb == "echo":
             stdout.write((" ".join(cmd[1:]) + "\n").encode())
         elif verb == "cat":
+            while data := stdin.read(65536):
+                stdout.write(data)
+        elif verb == "hold":  # cat, once the test says go
+            self.go.wait(30)
             while data := stdin.read(65536):
                 stdout.write(data)
         elif verb == "exit":
@@ -179,6 +185,44 @@ def test_spdy_stdin_and_window_updates(server):
         assert s_out.read_all() == payload
     finally:
         conn.close()
+
+
+def test_spdy_input_nobody_reads_pushes_back(server):
+    """A client that ignores our window (as spdystream does) is held back by TCP once
+    a stream holds INBOX_LIMIT unread bytes: the server does not buffer without end."""
+    payload = os.urandom(1 << 20) * 16
+    # like spdystream, without WINDOW_UPDATEs: its reader never waits on its writer
+    conn = SpdyConnection(exec_url(server, ["hold"], stdin=True, stderr=False),
+                          auto_window_update=False)
+    try:
+        error = conn.open_stream({"streamtype": "error"})
+        s_in = conn.open_stream({"streamtype": "stdin"})
+        s_out = conn.open_stream({"streamtype": "stdout"})
+        writer = threading.Thread(target=lambda: (s_in.write(payload, chunk=65536),
+                                                  s_in.close()))
+        writer.start()
+        time.sleep(1)
+        assert writer.is_alive()  # blocked: 16 MiB do not fit the server's buffers
+        server.backend.go.set()
+        writer.join(30)
+        assert s_out.read_all() == payload and error.read_all() == SUCCESS
+    finally:
+        conn.close()
+
+
+def test_pipe_feed_waits_for_the_reader():
+    pipe = streaming._Pipe(limit=10)
+    pipe.feed(b"0123456789")
+    fed = threading.Event()
+    t = threading.Thread(target=lambda: (pipe.feed(b"more"), fed.set()))
+    t.start()
+    assert not fed.wait(0.3)
+    assert pipe.read(4) == b"0123"
+    assert fed.wait(5)
+    pipe.end()
+    assert pipe.read() == b"456789more" and pipe.read() == b""
+    pipe.feed(b"dropped")
+    assert pipe.read() == b""
 
 
 def test_spdy_send_window_is_honoured(server):

@@ -47,6 +47,7 @@ INITIAL_WINDOW = 64 * 1024
 MAX_FRAME = 1 << 24
 DATA_CHUNK = 32 * 1024
 STALL_GRACE = 0.25
+INBOX_LIMIT = 1 << 20  # bytes received and not yet read, per stream
 
 _WORDS = (
     "options", "head", "post", "put", "delete", "trace", "accept", "accept-charset",
@@ -166,6 +167,7 @@ class Stream:
         self.remote_fin = remote_fin
         self.local_fin = False
         self.reset = False
+        self.abandoned = False  # nobody reads it any more: what comes is dropped
         self.send_window = session.initial_send_window
         self._inbox = bytearray()
         self._unacked = 0
@@ -188,6 +190,8 @@ class Stream:
                 s.cond.wait()
             data = bytes(self._inbox[:n])
             del self._inbox[:n]
+            if data:
+                s.cond.notify_all()  # a reader held back by INBOX_LIMIT may go on
             self._unacked += len(data)
             ack = 0
             if self._unacked >= INITIAL_WINDOW // 2 and not self.remote_fin:
@@ -199,7 +203,12 @@ class Stream:
     recv = read
 
     def _deliver(self, data: bytes, fin: bool) -> None:  # under session.cond
-        if data and not self.remote_fin:
+        # a peer that ignores our window (spdystream) is held back here instead: the
+        # connection's reader waits, TCP pushes back
+        while len(self._inbox) >= INBOX_LIMIT and not (self.reset or self.session.closed or
+                                                       self.abandoned):
+            self.session.cond.wait()
+        if data and not (self.remote_fin or self.abandoned or self.session.closed):
             self._inbox += data
         if fin:
             self.remote_fin = True
@@ -245,6 +254,13 @@ class Stream:
             self.session.send_raw(data_frame(self.id, FLAG_FIN, b""))
         except OSError:
             pass
+
+    def abandon(self) -> None:
+        """Nobody will read this stream again: drop what it holds and what comes."""
+        with self.session.cond:
+            self.abandoned = True
+            self._inbox.clear()
+            self.session.cond.notify_all()
 
     def shutdown(self, how: int = socket.SHUT_WR) -> None:
         if how in (socket.SHUT_WR, socket.SHUT_RDWR):

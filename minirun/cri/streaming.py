@@ -559,15 +559,19 @@ def _pump_resize(stream, resize: ResizeQueue) -> None:
 
 
 class _Pipe:
-    """Bytes one thread feeds and another reads (read(n), b"" after end())."""
+    """Bytes one thread feeds and another reads (read(n), b"" after end()). feed()
+    waits while `limit` bytes are unread: the WebSocket's reader, and so TCP, push back."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = spdy.INBOX_LIMIT) -> None:
         self._buf = bytearray()
         self._eof = False
         self._cond = threading.Condition()
+        self.limit = limit
 
     def feed(self, data: bytes) -> None:
         with self._cond:
+            while len(self._buf) >= self.limit and not self._eof:
+                self._cond.wait()
             if not self._eof:
                 self._buf += data
                 self._cond.notify_all()
@@ -583,6 +587,7 @@ class _Pipe:
                 self._cond.wait()
             data = bytes(self._buf[:n])
             del self._buf[:n]
+            self._cond.notify_all()
             return data
 
     recv = read
@@ -633,6 +638,8 @@ class _WsCommand:
         stdout = _ChannelWriter(self.channels, STDOUT) if r.stdout else None
         stderr = _ChannelWriter(self.channels, STDERR) if r.stderr else None
         status = _run_command(self.backend, self.kind, r, stdin, stdout, stderr, resize)
+        if stdin:
+            stdin.end()  # the reader must not wait on input nobody will read
         try:
             payload = _status_bytes(status, self.v4)
             if payload:
@@ -723,6 +730,7 @@ class _SpdyPortForward:
                 pass
 
         _forward(self.backend, self.pod_id, int(data.header("port")), data, report)
+        data.abandon()
         data.close()
         error.close()
 
@@ -774,6 +782,7 @@ class _WsPortForward:
                 pass
 
         _forward(self.backend, self.pod_id, port, data, report)
+        self.inputs[i].end()  # what the client still sends for this port is dropped
 
     def _read(self) -> None:
         for _op, payload in self.conn.messages():
