@@ -4,6 +4,7 @@ by the SPDY/3.1 and WebSocket test clients as kubectl would."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -398,3 +399,15 @@ def test_kubectl_exec_tty_has_the_terminals_size(apiserver, version):
             proc.wait()
         os.close(master)
     assert b"33 111" in out, out
+
+
+@needs_kubectl
+@pytest.mark.parametrize("version", sorted(KUBECTLS))
+def test_kubectl_big_input_to_a_slow_reader(apiserver, version):
+    """As `kubectl cp` into a container: 24 MB for a process that starts reading late.
+    The server holds at most its per-stream limit; kubectl waits, nothing is lost."""
+    data = os.urandom(3 << 20).hex().encode() * 4
+    r = kubectl(version, apiserver, "exec", "-i", "busy", "--", "sh", "-c",
+                "sleep 2; md5sum", input=data)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0].decode() == hashlib.md5(data).hexdigest()
