@@ -17,6 +17,7 @@ resize streams in that order; stdin sent then closed; the error stream read to i
 from __future__ import annotations
 
 import json
+import queue
 import socket
 import struct
 import threading
@@ -128,6 +129,8 @@ class SpdyConnection:
         self.received: dict[int, int] = {}
         if window is not None:
             self._control(SETTINGS, 0, struct.pack(">III", 1, 7, window))
+        self._updates: queue.Queue = queue.Queue()
+        threading.Thread(target=self._send_updates, daemon=True).start()
         self.reader = threading.Thread(target=self._read_loop, daemon=True)
         self.reader.start()
 
@@ -161,6 +164,13 @@ class SpdyConnection:
                     raise TimeoutError(f"no SYN_REPLY for stream {sid}")
                 time.sleep(0.005)
         return stream
+
+    def _send_updates(self) -> None:
+        while (item := self._updates.get()) is not None:
+            try:
+                self.window_update(*item)
+            except OSError:
+                return
 
     def ping(self, ping_id: int = 1) -> None:
         self._control(PING, 0, struct.pack(">I", ping_id))
@@ -210,6 +220,7 @@ class SpdyConnection:
                     self._on_data(first & 0x7FFFFFFF, flags, payload)
         finally:
             self.closed.set()
+            self._updates.put(None)
             for s in self.streams.values():
                 s.fin.set()
                 s.replied.set()
@@ -244,10 +255,8 @@ class SpdyConnection:
         s.data += payload
         self.received[sid] = self.received.get(sid, 0) + len(payload)
         if payload and self.auto_window_update:
-            try:
-                self.window_update(sid, len(payload))
-            except OSError:
-                pass
+            # from another thread: our reader must never wait on our writes
+            self._updates.put((sid, len(payload)))
         if flags & 1:
             s.fin.set()
 
