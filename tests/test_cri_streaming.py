@@ -340,6 +340,23 @@ def test_request_validation(server):
         server.get_port_forward(PortForwardRequest("p", [70000]))
 
 
+def test_a_silent_connection_is_dropped_and_a_session_may_idle(server, monkeypatch):
+    monkeypatch.setattr(streaming._Handler, "timeout", 0.5)
+    idle = SpdyConnection(exec_url(server, ["cat"], stdin=True, stderr=False))
+    silent = socket.create_connection(server._httpd.server_address)
+    silent.settimeout(5)
+    assert silent.recv(100) == b""  # no request within the timeout: closed
+    silent.close()
+    time.sleep(0.5)
+    error = idle.open_stream({"streamtype": "error"})  # the upgraded one lives on
+    s_in = idle.open_stream({"streamtype": "stdin"})
+    s_out = idle.open_stream({"streamtype": "stdout"})
+    s_in.write(b"still here")
+    s_in.close()
+    assert s_out.read_all() == b"still here" and error.read_all() == SUCCESS
+    idle.close()
+
+
 def test_post_works_like_get(server):
     conn = SpdyConnection(exec_url(server, ["echo", "posted"], stderr=False), method="POST")
     try:

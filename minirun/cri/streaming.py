@@ -324,12 +324,14 @@ _KINDS = {"exec": ExecRequest, "attach": AttachRequest, "portforward": PortForwa
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "minirun-streaming"
+    timeout = 30  # for the request; an upgraded stream may then idle as long as it likes
 
     def log_message(self, fmt, *args) -> None:  # no access log on stderr
         pass
 
     def do_GET(self) -> None:
         self.close_connection = True
+        self.connection.settimeout(None)
         parsed = urllib.parse.urlsplit(self.path)
         parts = parsed.path.strip("/").split("/")
         kind = parts[0] if len(parts) == 2 else ""
