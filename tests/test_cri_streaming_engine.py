@@ -129,6 +129,17 @@ def test_exec_over_websocket(stream, box):
     assert json.loads(status)["details"]["causes"][0]["message"] == "3"
 
 
+def test_exec_of_a_missing_program_is_an_error_status(stream, box):
+    url = stream.get_exec(ExecRequest(box, ["/no/such/program"], stdout=True, stderr=True))
+    _, _, status = exec_v4(url)
+    st = json.loads(status)
+    assert st["reason"] == "InternalError"
+    assert "exec failed" in st["message"] and "/no/such/program" in st["message"]
+    url = stream.get_exec(ExecRequest(box, ["sh", "-c", "exit 255"], stdout=True))
+    st = json.loads(exec_v4(url, stderr=False)[2])  # its own 255 is an exit code
+    assert st["details"]["causes"][0]["message"] == "255"
+
+
 def test_exec_in_a_missing_container_is_an_error_status(stream):
     url = stream.get_exec(ExecRequest("nosuchcontainer", ["true"], stdout=True))
     _, _, status = exec_v4(url, stderr=False)

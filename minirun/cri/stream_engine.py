@@ -83,12 +83,17 @@ class EngineBackend:
             pfile = os.path.join(tmp, "process.json")
             with open(pfile, "w") as f:
                 json.dump(process, f)
-            pid_file = os.path.join(tmp, "pid")
-            argv = [sys.executable, "-m", "minirun.oci_cli", "--root", self.oci_root, "exec",
-                    "-p", pfile, "--pid-file", pid_file]
+            pid_file, log = os.path.join(tmp, "pid"), os.path.join(tmp, "log")
+            argv = [sys.executable, "-m", "minirun.oci_cli", "--root", self.oci_root,
+                    "--log", log, "--log-format", "json", "exec", "-p", pfile,
+                    "--pid-file", pid_file]
             if tty:
-                return self._exec_tty(argv, rec["id"], tmp, stdin, stdout, resize)
-            return self._exec_pipes(argv + [rec["id"]], stdin, stdout, stderr)
+                code = self._exec_tty(argv, rec["id"], tmp, stdin, stdout, resize)
+            else:
+                code = self._exec_pipes(argv + [rec["id"]], stdin, stdout, stderr)
+            if code == 255:  # runc's status for a process that could not be started
+                _raise_logged_error(log)
+            return code
 
     def _exec_pipes(self, argv, stdin, stdout, stderr) -> int:
         pipe = subprocess.PIPE
@@ -221,6 +226,19 @@ class EngineBackend:
             stream.shutdown(socket.SHUT_WR)
         finally:
             sock.close()
+
+
+def _raise_logged_error(log: str) -> None:
+    """minirun-oci's error from its --log file (what containerd's shim reports of runc),
+    if it wrote one: the command did not run."""
+    try:
+        with open(log) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return
+    errors = [e.get("msg", "") for e in lines if e.get("level") == "error"]
+    if errors:
+        raise MiniRunError(f"exec failed: {errors[-1]}")
 
 
 def _wait(proc: subprocess.Popen, writers) -> int:
