@@ -33,9 +33,12 @@ import sys
 import tempfile
 import termios
 import threading
+import time
+from dataclasses import dataclass
 
 from ..errors import ContainerStateError, MiniRunError, NotFound
 
+MAX_SYNC_OUTPUT = 16 << 20  # bytes of each stream ExecSync keeps (containerd's cap)
 FIRST_SIZE_WAIT = 1.0  # seconds to wait for the client's first terminal size
 CONSOLE_WAIT = 30.0
 
@@ -64,6 +67,22 @@ class EngineBackend:
     # --- exec ----------------------------------------------------------------------------
 
     def exec(self, container_id, cmd, tty, stdin, stdout, stderr, resize) -> int:
+        return self._run(container_id, cmd, tty, stdin, stdout, stderr, resize)[0]
+
+    def exec_sync(self, container_id: str, cmd: list[str], timeout: float | None = None,
+                  limit: int = MAX_SYNC_OUTPUT) -> ExecResult:
+        """ExecSync's exec: output collected (at most `limit` bytes of each stream, the
+        rest read and dropped); past `timeout` seconds the process is killed. Callable
+        from any thread, unlike Engine.exec (execproc waits with signal handlers, which
+        only the main thread may install)."""
+        out, err = _Capped(limit), _Capped(limit)
+        deadline = time.monotonic() + timeout if timeout else None
+        code, timed_out = self._run(container_id, cmd, False, None, out, err, None,
+                                    deadline)
+        return ExecResult(code, bytes(out.data), bytes(err.data), timed_out)
+
+    def _run(self, container_id, cmd, tty, stdin, stdout, stderr, resize,
+             deadline: float | None = None) -> tuple[int, bool]:
         from .. import execproc
         from ..container import Container
 
@@ -88,14 +107,16 @@ class EngineBackend:
                     "--log", log, "--log-format", "json", "exec", "-p", pfile,
                     "--pid-file", pid_file]
             if tty:
-                code = self._exec_tty(argv, rec["id"], tmp, stdin, stdout, resize)
+                code, timed_out = self._exec_tty(argv, rec["id"], tmp, stdin, stdout,
+                                                 resize)
             else:
-                code = self._exec_pipes(argv + [rec["id"]], stdin, stdout, stderr)
+                code, timed_out = self._exec_pipes(argv + [rec["id"]], stdin, stdout,
+                                                   stderr, deadline)
             if code == 255:  # runc's status for a process that could not be started
                 _raise_logged_error(log)
-            return code
+            return code, timed_out
 
-    def _exec_pipes(self, argv, stdin, stdout, stderr) -> int:
+    def _exec_pipes(self, argv, stdin, stdout, stderr, deadline) -> tuple[int, bool]:
         pipe = subprocess.PIPE
         in_r, in_w = os.pipe() if stdin else (subprocess.DEVNULL, -1)
         try:
@@ -117,15 +138,15 @@ class EngineBackend:
                 t = threading.Thread(target=_drain, args=(src.fileno(), dst), daemon=True)
                 t.start()
                 pumps.append(t)
-        code = _wait(proc, (stdout, stderr))
+        code, timed_out = _wait(proc, (stdout, stderr), deadline)
         for t in pumps:
             t.join()
         for f in (proc.stdout, proc.stderr):
             if f is not None:
                 f.close()
-        return 128 - code if code < 0 else code
+        return 128 - code if code < 0 else code, timed_out
 
-    def _exec_tty(self, argv, cid, tmp, stdin, stdout, resize) -> int:
+    def _exec_tty(self, argv, cid, tmp, stdin, stdout, resize) -> tuple[int, bool]:
         path = os.path.join(tmp, "console.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(path)
@@ -149,9 +170,9 @@ class EngineBackend:
             if resize is not None:
                 threading.Thread(target=_apply_sizes, args=(resize, os.dup(master)),
                                  daemon=True).start()
-            code = _wait(proc, (stdout,))
+            code, timed_out = _wait(proc, (stdout,))
             out.join(5)  # the pty ends once no process holds its other side
-            return 128 - code if code < 0 else code
+            return 128 - code if code < 0 else code, timed_out
         finally:
             listener.close()
             proc.stderr.close()
@@ -241,24 +262,60 @@ def _raise_logged_error(log: str) -> None:
         raise MiniRunError(f"exec failed: {errors[-1]}")
 
 
-def _wait(proc: subprocess.Popen, writers) -> int:
-    """minirun-oci's status, the process's. If the client goes away first the process
-    is killed, as containerd kills an exec whose stream ended (its pid from --pid-file:
-    a SIGKILL cannot be forwarded through minirun-oci)."""
+def _wait(proc: subprocess.Popen, writers, deadline: float | None = None
+          ) -> tuple[int, bool]:
+    """(minirun-oci's status, the process's; whether the deadline killed it). If the
+    client goes away first the process is killed, as containerd kills an exec whose
+    stream ended (its pid from --pid-file: a SIGKILL cannot be forwarded through
+    minirun-oci)."""
     writers = [w for w in writers if w is not None]
+    timed_out = False
     while True:
         try:
-            return proc.wait(timeout=0.25)
+            return proc.wait(timeout=0.1), timed_out
         except subprocess.TimeoutExpired:
             pass
-        if writers and all(getattr(w, "closed", False) for w in writers):
-            pid_file = proc.args[proc.args.index("--pid-file") + 1]
-            try:
-                with open(pid_file) as f:
-                    os.kill(int(f.read()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
-            writers = []
+        gone = writers and all(getattr(w, "closed", False) for w in writers)
+        late = deadline is not None and time.monotonic() >= deadline
+        if (gone or late) and _kill_exec(proc):
+            writers, deadline, timed_out = [], None, timed_out or bool(late)
+
+
+def _kill_exec(proc: subprocess.Popen) -> bool:
+    """SIGKILL for the process minirun-oci started; False if its pid is not known yet."""
+    pid_file = proc.args[proc.args.index("--pid-file") + 1]
+    try:
+        with open(pid_file) as f:
+            pid = int(f.read())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+
+
+class _Capped:
+    """A writer that keeps the first `limit` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> int:
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += data[:room]
+        return len(data)
 
 
 def connect_in_netns(netns: str | None, port: int, timeout: float = 10.0) -> socket.socket:
