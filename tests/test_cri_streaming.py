@@ -616,3 +616,49 @@ def test_address_forms():
         StreamingServer("localhost")
     with pytest.raises(InvalidArgument, match="bad port"):
         StreamingServer("127.0.0.1:http")
+
+
+# --- hostile peers -----------------------------------------------------------------------------
+
+def wait_goaway(conn) -> int:
+    """The status of the server's GOAWAY; the connection must end after it."""
+    assert conn.goaway.wait(10), "no GOAWAY"
+    assert conn.closed.wait(10), "the connection stayed open"
+    frame = next(f for f in conn.frames if f[0] == "ctrl" and f[1] == spdy.GOAWAY)
+    return struct.unpack(">II", frame[2][:8])[1]
+
+
+def test_spdy_header_bomb_ends_the_session(server):
+    conn = SpdyConnection(exec_url(server, ["echo"]))
+    try:
+        block = conn.deflate.compress(struct.pack(">I", 1) + struct.pack(">I", 1) + b"a" +
+                                      struct.pack(">I", 8 << 20) + b"\0" * (8 << 20))
+        block += conn.deflate.flush(zlib.Z_SYNC_FLUSH)
+        payload = struct.pack(">IIBB", 1, 0, 0, 0) + block
+        conn._send(struct.pack(">HHI", 0x8003, spdy.SYN_STREAM, len(payload)) + payload)
+        assert wait_goaway(conn) == 1  # PROTOCOL_ERROR
+    finally:
+        conn.close()
+
+
+def test_spdy_wrong_version_ends_the_session(server):
+    conn = SpdyConnection(exec_url(server, ["echo"]))
+    try:
+        conn._send(struct.pack(">HHI", 0x8002, spdy.PING, 4) + struct.pack(">I", 1))
+        assert wait_goaway(conn) == 1
+    finally:
+        conn.close()
+
+
+def test_ws_endless_fragments_are_refused(server, monkeypatch):
+    from minirun.cri import websocket
+
+    monkeypatch.setattr(websocket, "MAX_MESSAGE", 100000)
+    c = WsClient(exec_url(server, ["cat"], stdin=True, stderr=False))
+    try:
+        c.recv_frame()  # the open message
+        c.send_frame(2, b"\0" + b"x" * 60000, fin=False)
+        c.send_frame(0, b"x" * 60000, fin=False)
+        assert c.recv_frame()[0] == 8  # close: message too big
+    finally:
+        c.close()

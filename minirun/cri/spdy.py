@@ -48,6 +48,7 @@ MAX_FRAME = 1 << 24
 DATA_CHUNK = 32 * 1024
 STALL_GRACE = 0.25
 INBOX_LIMIT = 1 << 20  # bytes received and not yet read, per stream
+MAX_HEADER_BLOCK = 256 * 1024  # decompressed: a few headers, not a zlib bomb
 
 _WORDS = (
     "options", "head", "post", "put", "delete", "trace", "accept", "accept-charset",
@@ -357,7 +358,7 @@ class Session:
         if kind == SYN_STREAM:
             sid, _assoc = struct.unpack_from(">II", payload)
             sid &= 0x7FFFFFFF
-            headers = decode_headers(self._inflate.decompress(payload[10:]))
+            headers = decode_headers(self._inflate_block(payload[10:]))
             if sid % 2 == 0 or sid <= self.last_stream:
                 self.send_control(RST_STREAM, 0, struct.pack(">II", sid, PROTOCOL_ERROR))
                 return None
@@ -373,7 +374,7 @@ class Session:
                 self.send_headers_frame(SYN_REPLY, sid, {})
                 self.on_ready(stream)  # after the reply: its data must follow it
         elif kind == HEADERS or kind == SYN_REPLY:
-            self._inflate.decompress(payload[4:])  # keep the zlib context in step
+            self._inflate_block(payload[4:])  # keep the zlib context in step
         elif kind == RST_STREAM:
             sid = struct.unpack_from(">I", payload)[0] & 0x7FFFFFFF
             with self.cond:
@@ -398,6 +399,12 @@ class Session:
                     stream.send_window += delta & 0x7FFFFFFF
                 self.cond.notify_all()
         return None
+
+    def _inflate_block(self, block: bytes) -> bytes:
+        raw = self._inflate.decompress(block, MAX_HEADER_BLOCK)
+        if self._inflate.unconsumed_tail:
+            raise ProtocolError("header block too large")
+        return raw
 
     def _settings(self, payload: bytes) -> None:
         (count,) = struct.unpack_from(">I", payload)

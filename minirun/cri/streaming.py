@@ -477,8 +477,8 @@ class _SpdyCommand:
         self.v4 = protocol in ("v4.channel.k8s.io", "v5.channel.k8s.io")
         self.resizable = protocol not in ("", "channel.k8s.io", "v2.channel.k8s.io")
         self.streams: dict[str, spdy.Stream] = {}
-        self.ready = threading.Condition()
         self.session = spdy.Session(sock, rfile, self._accept, self._ready)
+        self.ready = self.session.cond  # also told when the session ends
 
     def _expected(self) -> int:
         r = self.req

@@ -122,7 +122,7 @@ class Connection:
     def messages(self):
         """(opcode, payload) of each text or binary message until a close or the end."""
         parts: list[bytes] = []
-        first_op = 0
+        first_op = size = 0
         while True:
             try:
                 frame = read_frame(self.rfile)
@@ -143,8 +143,12 @@ class Connection:
             if opcode == OP_PONG:
                 continue
             if opcode != OP_CONT:
-                first_op, parts = opcode, []
+                first_op, parts, size = opcode, [], 0
             parts.append(payload)
+            size += len(payload)
+            if size > MAX_MESSAGE:  # fragments without end
+                self.close(1009)
+                return
             if fin:
                 yield first_op, b"".join(parts)
                 parts = []
