@@ -115,8 +115,9 @@ class Backend(Protocol):
         """Until the container exits or the client goes."""
 
     def port_forward(self, pod_id: str, port: int, stream) -> None:
-        """Connect to port in the pod's network namespace and copy both ways until both
-        ends are done. stream: recv(n), sendall(data), shutdown(socket.SHUT_WR)."""
+        """Connect to port in the pod's network namespace and copy both ways until the
+        pod's side ends or the client goes (`closed`). stream: recv(n) (b"" at the
+        client's end), sendall(data), shutdown(socket.SHUT_WR) (our end)."""
 
 
 class ResizeQueue:
