@@ -604,6 +604,15 @@ def test_rpc_port_forward_unknown_or_stopped_pod(rpc):
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 def test_address_forms():
     s = StreamingServer("0.0.0.0:0", FakeBackend())
     s.start()
@@ -612,6 +621,14 @@ def test_address_forms():
         assert exec_v4(exec_url(s, ["echo", "any"]))[0] == b"any\n"
     finally:
         s.stop()
+    if _ipv6_loopback():
+        s = StreamingServer("[::1]:0", FakeBackend())
+        s.start()
+        try:
+            assert s.url.startswith("http://[::1]:")
+            assert exec_v4(exec_url(s, ["echo", "six"]))[0] == b"six\n"
+        finally:
+            s.stop()
     with pytest.raises(InvalidArgument, match="HOST:PORT"):
         StreamingServer("localhost")
     with pytest.raises(InvalidArgument, match="bad port"):
