@@ -43,7 +43,8 @@ def print_formatted(fmt: str | None, items: list[Any], headers: dict[str, str],
 @format_option()
 @click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="name, id, status, label, ancestor, exited, before, since, network, "
-                   "volume, health (one key's values OR, different keys AND)")
+                   "volume, health, publish, expose (one key's values OR, different keys "
+                   "AND)")
 @click.option("--no-trunc", is_flag=True, help="full ids and commands")
 @click.option("-n", "--last", type=int, default=-1, help="the last N created (all states)")
 @click.option("-l", "--latest", is_flag=True, help="the last created (all states)")

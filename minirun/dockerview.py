@@ -162,7 +162,7 @@ def _network_settings(engine: Any, rec: dict) -> dict:
 # --- ps filters -----------------------------------------------------------------------------
 
 PS_FILTERS = ("name", "id", "status", "label", "ancestor", "exited", "before", "since",
-              "network", "volume", "health")
+              "network", "volume", "health", "publish", "expose")
 
 
 def parse_filters(values: list[str] | tuple[str, ...], known: tuple[str, ...]) -> dict:
@@ -237,6 +237,12 @@ def _passes(engine: Any, rec: dict, key: str, value: str, marks: dict) -> bool:
         return False
     if key == "health":  # no health checks here: every container is "none"
         return value == "none"
+    if key in ("publish", "expose"):  # a container port, 80 or 80/tcp
+        want = value if "/" in value else f"{value}/tcp"
+        ports = {_parse_publish(p)[0] for p in opts.get("publish") or []}
+        if key == "expose":
+            ports |= set((_network_settings(engine, rec).get("Ports") or {}).keys())
+        return want in ports
     return False
 
 

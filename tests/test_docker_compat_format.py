@@ -311,6 +311,17 @@ def test_ps_filters_trunc_last_and_quiet(mr):
     assert names("-f", "since=flt-a", "-f", "name=flt-") == ["flt-b", "flt-c"]
     assert names("-f", "before=flt-c", "-f", "name=flt-") == ["flt-a", "flt-b"]
     assert names("-f", "label=nope") == []
+    assert names("-f", "publish=80", "-f", "name=flt-") == []
+    from registry import free_port
+
+    port = free_port()
+    proc = mr("run", "-d", "--name", "flt-p", "-p", f"127.0.0.1:{port}:80", "busybox",
+              "sleep", "60")
+    assert proc.returncode == 0, proc.stderr
+    assert names("-f", "publish=80") == ["flt-p"] == names("-f", "expose=80/tcp")
+    ports = mr("ps", "-f", "name=flt-p", "--format", "{{.Ports}}").stdout
+    assert ports == f"127.0.0.1:{port}->80/tcp\n"
+    mr("rm", "-f", "flt-p")
     full = mr("inspect", "-f", "{{.Id}}", "flt-c").stdout.strip()
     assert names("-f", f"id={full[:10]}") == ["flt-c"]
     assert lines(mr("ps", "-n", "1", "--format", "{{.Names}}")) == ["flt-c"]
