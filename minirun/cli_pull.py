@@ -51,18 +51,12 @@ def pull(
 ) -> None:
     """Pull an image from a registry (OCI distribution API v2); prints its id."""
     from .image import registry
-    from .image.store import ImageStore
 
     progress = None
     if not quiet and sys.stderr.isatty():
         progress = registry.TerminalProgress(sys.stderr)
     config = registry.load_config(registries_conf)
-    try:
-        store = ImageStore(root)
-    except OSError as e:
-        raise MiniRunError(f"cannot open the image store: {e.strerror}: "
-                           f"{e.filename or root}") from None
-    with store:
+    with open_store(root) as store:
         record = registry.pull(
             store,
             reference,
@@ -78,6 +72,17 @@ def pull(
 
 
 PULL_POLICIES = ("missing", "always", "never")
+
+
+def open_store(root: str | None):
+    """The image store, or one line saying why it cannot be opened."""
+    from .image.store import ImageStore
+
+    try:
+        return ImageStore(root)
+    except OSError as e:
+        raise MiniRunError(f"cannot open the image store: {e.strerror}: "
+                           f"{e.filename or root}") from None
 
 
 class DockerProgress:
@@ -119,17 +124,10 @@ def ensure_image(root: str | None, image: str, policy: str = "missing") -> None:
     """`run --pull` (and `create --pull`): pull IMAGE when it is not in the store
     (missing), every time (always) or never; docker's lines on stderr. `never` with a
     missing image leaves it to the run to fail with "no such image" (docker's 125)."""
-    from .image.store import ImageStore
-
     check_pull_policy(policy)
     if policy == "never":
         return
-    try:
-        store = ImageStore(root)
-    except OSError as e:
-        raise MiniRunError(f"cannot open the image store: {e.strerror}: "
-                           f"{e.filename or root}") from None
-    with store:
+    with open_store(root) as store:
         if policy == "missing":
             try:
                 store.get(image)
