@@ -186,6 +186,7 @@ _register_commands()
 
 # docker (and podman) exit 125 on a usage error, with one line naming it and where help is
 EXIT_USAGE = 125
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
 
 def usage_error_text(e: click.UsageError) -> str:
@@ -225,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     except MiniRunError as e:
         click.echo(f"minirun: error: {e}", err=True)
         return e.exit_code
+    except NO_ARGS_IS_HELP as e:  # a bare `minirun` or `minirun network`: its help, as docker
+        click.echo(e.ctx.get_help() if e.ctx is not None else str(e))
+        return 0
     except click.UsageError as e:
         click.echo(usage_error_text(e), err=True)
         return EXIT_USAGE

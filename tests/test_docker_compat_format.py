@@ -148,6 +148,12 @@ def test_usage_errors_are_one_line_and_125(mr, podman, args, first_line, verb):
         assert theirs.returncode == 125, theirs.stderr
 
 
+def test_a_bare_group_prints_its_help_as_docker(mr):
+    proc = mr("network")
+    assert proc.returncode == 0 and proc.stdout.startswith("Usage: minirun network ")
+    assert "ls" in proc.stdout and proc.stderr == ""
+
+
 # --- run: exit statuses and --pull ----------------------------------------------------------
 
 @pytest.mark.parametrize("command, status", [("/no/such/program", 127), ("/etc/passwd", 126)])
