@@ -182,13 +182,13 @@ def confirm_or_abort(warning: str, force: bool) -> bool:
 
 def prune_containers(engine: Any) -> tuple[list[str], int]:
     """Remove every stopped container: (their ids, bytes of their own files freed)."""
-    from .dockerview import state_of
+    from .dockerview import state_of, upper_size
 
     removed, freed = [], 0
     for r in engine.records():
         if state_of(r) in ("running", "paused", "restarting"):
             continue
-        size = _upper_size(engine, r["id"])
+        size = upper_size(engine, r["id"])
         try:
             engine.remove(r["id"], force=False)
         except MiniRunError as e:
@@ -197,19 +197,6 @@ def prune_containers(engine: Any) -> tuple[list[str], int]:
         removed.append(r["id"])
         freed += size
     return removed, freed
-
-
-def _upper_size(engine: Any, cid: str) -> int:
-    import os
-
-    total = 0
-    for top, _dirs, files in os.walk(os.path.join(engine.root, "containers", cid, "upper")):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(top, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 @click.command(name="prune")

@@ -137,19 +137,31 @@ def ps_context(engine: Any, rec: dict, no_trunc: bool = False, size: bool = Fals
     return ctx
 
 
-def _size_text(engine: Any, rec: dict) -> str:
-    """docker's SIZE: the container's writable layer (its overlay upper dir)."""
-    from .cli_image import human_size
-
+def upper_size(engine: Any, cid: str) -> int:
+    """Bytes of the container's own files (its overlay upper dir)."""
     total = 0
-    upper = os.path.join(engine.root, "containers", rec["id"], "upper")
-    for top, dirs, files in os.walk(upper):
+    for top, _dirs, files in os.walk(os.path.join(engine.root, "containers", cid, "upper")):
         for name in files:
             try:
                 total += os.lstat(os.path.join(top, name)).st_size
             except OSError:
                 pass
-    return human_size(total)
+    return total
+
+
+def _size_text(engine: Any, rec: dict) -> str:
+    """docker's SIZE: the writable layer, and with the image's (`0B (virtual 4.26MB)`)."""
+    from .cli_image import human_size
+
+    own = upper_size(engine, rec["id"])
+    try:
+        from .image.store import ImageStore
+
+        with ImageStore(engine.root) as store:
+            image = store.get(rec["image_id"]).size
+    except Exception:  # noqa: BLE001 - the image may be gone: its size is unknown
+        return human_size(own)
+    return f"{human_size(own)} (virtual {human_size(own + image)})"
 
 
 def _network_settings(engine: Any, rec: dict) -> dict:
