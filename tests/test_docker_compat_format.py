@@ -336,7 +336,7 @@ def test_ps_filters_trunc_last_and_quiet(mr):
     notrunc = mr("ps", "--no-trunc", "-f", "name=flt-c", "--format", "{{.ID}} {{.Command}}")
     assert notrunc.stdout == f'{full} "sleep 60"\n'
     mr("run", "--name", "flt-size", "busybox", "sh", "-c", "head -c 5000 /dev/zero > /f")
-    size = mr("ps", "-s", "-f", "name=flt-size", "--format", "{{.Size}}").stdout
+    size = mr("ps", "-a", "-s", "-f", "name=flt-size", "--format", "{{.Size}}").stdout
     assert re.fullmatch(r"5kB \(virtual \d[\d.]*[kMG]B\)\n", size), size
     bad = mr("ps", "-f", "status=sleepy")
     assert bad.returncode == 1 and bad.stderr == \
