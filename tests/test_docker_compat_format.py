@@ -446,6 +446,15 @@ def test_inspect_falls_back_to_images_networks_and_takes_type(mr, podman):
     docs = json.loads(proc.stdout)
     assert [d["Name"] if "Name" in d else d["RepoTags"] for d in docs] == \
         ["/insp-t", ["busybox:latest"]]
+    # a named volume made by -v NAME:/dst, and the container's Mounts entry for it
+    mr("run", "--name", "insp-v", "-v", "compatvol:/data", "busybox", "true")
+    vol = json.loads(mr("inspect", "--type", "volume", "compatvol").stdout)[0]
+    assert (vol["Name"], vol["Driver"]) == ("compatvol", "local")
+    assert vol["Mountpoint"] == os.path.join(mr.root, "volumes", "compatvol", "_data")
+    mounts = json.loads(mr("inspect", "-f", "{{json .Mounts}}", "insp-v").stdout)
+    assert mounts == [{"Type": "volume", "Name": "compatvol", "Source": vol["Mountpoint"],
+                       "Destination": "/data", "Driver": "local", "Mode": "z", "RW": True,
+                       "Propagation": ""}]
     mine, theirs = both(mr, podman, "inspect", "-f", "{{.Id}}", "nosuch")
     assert mine.returncode == 1
     if theirs is not None:
