@@ -327,6 +327,8 @@ def logs(root, follow, tail, since, timestamps, container) -> None:
     rec = engine.get(container)
     try:
         tail_n = None if tail == "all" else int(tail)
+        if tail_n is not None and tail_n < 0:  # docker: a negative count is all of it
+            tail_n = None
     except ValueError:
         raise MiniRunError(f"--tail {tail!r}: a number or all") from None
     for stream, stamp, text in follow_log(engine, rec["id"], follow=follow, tail=tail_n,
@@ -387,7 +389,12 @@ def attach(root, detach_keys, no_stdin, container) -> None:
 @click.argument("ps_args", nargs=-1, type=click.UNPROCESSED)
 def top(root, container, ps_args) -> None:
     """The processes of a container (host ps, default -ef)."""
-    for line in _engine(root).top(container, list(ps_args)):
+    try:
+        lines = _engine(root).top(container, list(ps_args))
+    except MiniRunError as e:
+        click.echo(f"minirun: error: {e}", err=True)
+        sys.exit(1)
+    for line in lines:
         click.echo(line)
 
 

@@ -1209,6 +1209,8 @@ class Engine:
         from . import ops
 
         rec = self.get(name_or_id)
+        if rec["status"] != "running":
+            raise ContainerStateError(f"container {rec['name']} is not running")
         pids = ops.container_pids(self.oci_root, rec["id"])
         return ops.filter_ps_output(ops.run_ps(ps_args or ["-ef"]), pids)
 
