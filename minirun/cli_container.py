@@ -266,8 +266,8 @@ def _each(root, containers, action) -> None:
 
 @click.command(name="stop")
 @root_option
-@click.option("-t", "--time", "timeout", type=float, default=10.0,
-              help="seconds to wait before SIGKILL")
+@click.option("-t", "--time", "timeout", type=float, default=None,
+              help="seconds to wait before SIGKILL (default: its --stop-timeout, else 10)")
 @click.argument("containers", nargs=-1, required=True)
 def stop(root, timeout, containers) -> None:
     """Stop containers: their stop signal, then SIGKILL."""
@@ -293,7 +293,7 @@ def start(root, containers) -> None:
 
 @click.command(name="restart")
 @root_option
-@click.option("-t", "--time", "timeout", type=float, default=10.0)
+@click.option("-t", "--time", "timeout", type=float, default=None)
 @click.argument("containers", nargs=-1, required=True)
 def restart(root, timeout, containers) -> None:
     """Stop then start containers."""
