@@ -20,6 +20,13 @@ def _fail(e: MiniRunError, code: int | None = None) -> None:
     sys.exit(code if code is not None else 1)
 
 
+def _reader_gone() -> None:
+    """stdout's reader left (`export | head`): quietly, with a shell's SIGPIPE status."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(141)
+
+
 @click.command(name="create", context_settings={"allow_interspersed_args": False,
                                                 "help_option_names": ["--help"]})
 @run_options
@@ -148,6 +155,8 @@ def cp(root, archive, follow_link, quiet, src, dst) -> None:
                 containerfs.copy_to_container(engine, rec, src_path, dst_path, archive)
     except MiniRunError as e:
         _fail(e)
+    except BrokenPipeError:
+        _reader_gone()
     except OSError as e:
         _fail(MiniRunError(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"))
     except Exception as e:  # noqa: BLE001 - tarfile's errors on a bad archive
@@ -351,6 +360,8 @@ def export(root, output, container) -> None:
                 os.unlink(tmp)
     except MiniRunError as e:
         _fail(e)
+    except BrokenPipeError:
+        _reader_gone()
     except OSError as e:
         _fail(MiniRunError(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"))
 
@@ -633,6 +644,8 @@ def register(group: click.Group) -> None:
         if ps is not None:
             container.add_command(ps, "ps")
             container.add_command(ps, "list")
+    if "info" in group.commands:
+        system.add_command(group.commands["info"], "info")
     image = group.commands.get("image")
     if isinstance(image, click.Group):
         image.add_command(history)

@@ -919,6 +919,8 @@ class Engine:
         from .runflags import parse_volume_modes
 
         parts = spec.split(":")
+        if len(parts) == 1 and spec.startswith("/"):  # -v /DEST: an anonymous volume
+            parts = [os.urandom(32).hex(), spec]
         if len(parts) not in (2, 3) or not parts[1].startswith("/"):
             raise InvalidArgument(f"-v {spec!r}: expected SOURCE:/DEST[:OPTIONS]")
         source, dest = parts[0], parts[1]
