@@ -50,9 +50,8 @@ def version(fmt) -> None:
     """minirun's version, as docker's client and server sections."""
     import platform
 
-    from . import __version__
+    from . import OCI_VERSION, __version__
     from .runflags import host_platform
-    from . import OCI_VERSION
 
     info = {
         "Client": {"Version": __version__, "PythonVersion": platform.python_version(),
@@ -111,7 +110,7 @@ def port(root, container, private_port) -> None:
 
 def _split_container_path(arg: str) -> tuple[str | None, str]:
     """CONTAINER:PATH or a host path (one with a / before any colon is a host path)."""
-    if arg == "-" or arg.startswith("/") or arg.startswith("."):
+    if arg == "-" or arg.startswith(("/", ".")):
         return None, arg
     name, colon, path = arg.partition(":")
     if not colon:
@@ -159,7 +158,7 @@ def cp(root, archive, follow_link, quiet, src, dst) -> None:
         _reader_gone()
     except OSError as e:
         _fail(MiniRunError(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"))
-    except Exception as e:  # noqa: BLE001 - tarfile's errors on a bad archive
+    except Exception as e:
         import tarfile
 
         if isinstance(e, tarfile.TarError):
@@ -437,7 +436,7 @@ def _parse_time(text: str) -> float | None:
     try:
         head = text.rstrip("Z").split(".")[0]
         return datetime.datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(
-            tzinfo=datetime.timezone.utc).timestamp()
+            tzinfo=datetime.UTC).timestamp()
     except ValueError:
         return None
 
@@ -459,8 +458,7 @@ def _registry_key(server: str | None) -> tuple[str, str]:
     from .image.registry import DOCKER_HUB
 
     host = (server or "").split("://", 1)[-1].rstrip("/")
-    if host.endswith("/v1"):
-        host = host[:-3]
+    host = host.removesuffix("/v1")
     if not host or host in ("docker.io", "index.docker.io", "registry-1.docker.io"):
         return DOCKER_HUB, DOCKER_HUB_KEY
     return host, host
@@ -544,7 +542,7 @@ def login(username, password, password_stdin, server) -> None:
 @click.argument("server", required=False)
 def logout(server) -> None:
     """Forget the credentials kept for a registry."""
-    registry, key = _registry_key(server)
+    _, key = _registry_key(server)
     path = _auth_file()
     try:
         data = _read_auths(path)

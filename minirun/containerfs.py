@@ -18,7 +18,8 @@ import posixpath
 import stat
 import tarfile
 import tempfile
-from typing import IO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 from .errors import ContainerStateError, InvalidArgument, NotFound
 
@@ -95,7 +96,9 @@ def frozen(engine, rec: dict) -> Iterator[None]:
 
 
 def _open_parent(root: str, path: str) -> tuple[int, str]:
-    """An O_PATH fd of `path`'s directory resolved inside `root`, and its last name."""
+    """An O_PATH fd of `path`'s directory resolved inside `root`, and its last name.
+    CVE-2018-15664 (docker cp through a symlink the container planted): every component
+    resolves inside the root, and the last one is never followed."""
     from . import sys as _sys
     from .mounts import open_in_root
 
@@ -314,6 +317,14 @@ def changes(engine, rec: dict) -> list[tuple[str, str]]:
     def in_lower(path: str) -> bool:
         return any(os.path.lexists(os.path.join(low, path.lstrip("/"))) for low in lowers)
 
+    with frozen(engine, rec):  # as export: nothing swapped under the walk
+        out, parents = _walk_changes(upper, skip, in_lower)
+    for parent in parents:
+        out.setdefault(parent, "C" if in_lower(parent) else "A")
+    return sorted(((kind, path) for path, kind in out.items()), key=lambda kp: kp[1])
+
+
+def _walk_changes(upper: str, skip: set[str], in_lower) -> tuple[dict[str, str], set[str]]:
     out: dict[str, str] = {}
     parents: set[str] = set()
     for top, dirs, files in os.walk(upper):
@@ -336,9 +347,7 @@ def changes(engine, rec: dict) -> list[tuple[str, str]]:
                 parents.add(parent)
                 parent = posixpath.dirname(parent)
         dirs[:] = [d for d in dirs if not _is_whiteout(os.lstat(os.path.join(top, d)))]
-    for parent in parents:
-        out.setdefault(parent, "C" if in_lower(parent) else "A")
-    return sorted(((kind, path) for path, kind in out.items()), key=lambda kp: kp[1])
+    return out, parents
 
 
 def export(engine, rec: dict, out: IO[bytes]) -> None:
@@ -346,7 +355,9 @@ def export(engine, rec: dict, out: IO[bytes]) -> None:
     merged = os.path.join(container_dir(engine, rec), "merged")
     if not os.path.ismount(merged):
         raise ContainerStateError(f"container {rec['name']} has no mounted root")
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    # frozen: a directory swapped for a symlink to / mid-walk would be walked on the host
+    with frozen(engine, rec), \
+            tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for child in sorted(os.listdir(merged)):
             tar.add(os.path.join(merged, child), arcname=child)
 
