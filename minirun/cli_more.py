@@ -142,7 +142,7 @@ def cp(root, archive, follow_link, quiet, src, dst) -> None:
             if dst_path == "-":
                 containerfs.archive_from_container(engine, rec, src_path, sys.stdout.buffer)
             else:
-                containerfs.copy_from_container(engine, rec, src_path, dst_path)
+                containerfs.copy_from_container(engine, rec, src_path, dst_path, archive)
         else:
             rec = engine.get(dst_ctr)
             if src_path == "-":

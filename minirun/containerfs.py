@@ -46,6 +46,43 @@ def _bind_mounts(engine, rec: dict) -> list[tuple[str, str]]:
     return sorted(out, key=lambda dm: -len(dm[0]))
 
 
+class IdMap:
+    """A container's uid/gid mappings (config.json's; none: the host's ids): the files
+    of a container in a user namespace are owned by shifted host ids on disk, and
+    archives carry the container's ids, as docker's do."""
+
+    def __init__(self, uids: list[dict], gids: list[dict]) -> None:
+        self.uids, self.gids = uids, gids
+
+    @classmethod
+    def of(cls, engine, rec: dict) -> IdMap:
+        try:
+            with open(os.path.join(container_dir(engine, rec), "config.json")) as f:
+                linux = json.load(f).get("linux") or {}
+        except (OSError, ValueError):
+            linux = {}
+        return cls(linux.get("uidMappings") or [], linux.get("gidMappings") or [])
+
+    @staticmethod
+    def _map(value: int, maps: list[dict], src: str, dst: str) -> int:
+        if not maps:
+            return value
+        for m in maps:
+            if m[src] <= value < m[src] + m["size"]:
+                return value - m[src] + m[dst]
+        return 65534  # the overflow id: not mapped
+
+    def to_container(self, info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = self._map(info.uid, self.uids, "hostID", "containerID")
+        info.gid = self._map(info.gid, self.gids, "hostID", "containerID")
+        info.uname = info.gname = ""
+        return info
+
+    def to_host(self, uid: int, gid: int) -> tuple[int, int]:
+        return (self._map(uid, self.uids, "containerID", "hostID"),
+                self._map(gid, self.gids, "containerID", "hostID"))
+
+
 def _mount_destinations(engine, rec: dict) -> set[str]:
     try:
         with open(os.path.join(container_dir(engine, rec), "config.json")) as f:
@@ -125,6 +162,7 @@ def archive_from_container(engine, rec: dict, src: str, out: IO[bytes]) -> None:
     """SRC of the container as a tar on `out`, its top entry named after SRC's last
     part (docker cp CONTAINER:SRC -); SRC ending in /. gives its contents."""
     root, path = _root_for(engine, rec, src)
+    ids = IdMap.of(engine, rec)
     contents = src.rstrip("/").endswith("/.") or src in (".", "/")
     with frozen(engine, rec):
         pfd, name = _open_parent(root, path)
@@ -136,9 +174,10 @@ def archive_from_container(engine, rec: dict, src: str, out: IO[bytes]) -> None:
             with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 if contents and stat.S_ISDIR(st.st_mode):
                     for child in sorted(os.listdir(top)):
-                        tar.add(os.path.join(top, child), arcname=child)
+                        tar.add(os.path.join(top, child), arcname=child,
+                                filter=ids.to_container)
                 else:
-                    tar.add(top, arcname=name or "/")
+                    tar.add(top, arcname=name or "/", filter=ids.to_container)
         finally:
             os.close(pfd)
 
@@ -149,6 +188,7 @@ def extract_into_container(engine, rec: dict, dst: str, archive: IO[bytes],
     below a directory resolved inside the root, never through a symlink (docker cp -
     CONTAINER:DST). Owners are root's unless keep_owner (cp -a)."""
     root, path = _root_for(engine, rec, dst)
+    ids = IdMap.of(engine, rec)
     with frozen(engine, rec):
         pfd, name = _open_parent(root, path)
         try:
@@ -159,12 +199,14 @@ def extract_into_container(engine, rec: dict, dst: str, archive: IO[bytes],
             os.close(pfd)
         with tarfile.open(fileobj=archive, mode="r|*") as tar:
             for member in tar:
+                owner = ids.to_host(member.uid, member.gid) if keep_owner else \
+                    ids.to_host(0, 0)
                 _extract_member(root, posixpath.join(path, member.name), tar, member,
-                                keep_owner)
+                                owner)
 
 
 def _extract_member(root: str, path: str, tar: tarfile.TarFile, m: tarfile.TarInfo,
-                    keep_owner: bool) -> None:
+                    owner: tuple[int, int]) -> None:
     norm = posixpath.normpath("/" + path.lstrip("/"))
     if ".." in m.name.split("/"):
         raise InvalidArgument(f"archive entry {m.name!r} leaves its directory")
@@ -195,8 +237,7 @@ def _extract_member(root: str, path: str, tar: tarfile.TarFile, m: tarfile.TarIn
             os.mknod(name, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd)
         else:
             return
-        uid, gid = (m.uid, m.gid) if keep_owner else (0, 0)
-        os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
+        os.chown(name, *owner, dir_fd=pfd, follow_symlinks=False)
         if not m.issym():
             os.chmod(name, m.mode & 0o7777, dir_fd=pfd)
         with contextlib.suppress(OSError):
@@ -256,8 +297,10 @@ def copy_to_container(engine, rec: dict, src: str, dst: str, keep_owner: bool) -
         extract_into_container(engine, rec, target_dir, tmp, keep_owner)
 
 
-def copy_from_container(engine, rec: dict, src: str, dst: str) -> None:
-    """docker cp CONTAINER:SRC DST on the host, the same rules the other way."""
+def copy_from_container(engine, rec: dict, src: str, dst: str,
+                        keep_owner: bool = False) -> None:
+    """docker cp CONTAINER:SRC DST on the host, the same rules the other way; the files
+    are the caller's unless keep_owner (cp -a: the container's ids)."""
     with tempfile.TemporaryFile() as tmp:
         archive_from_container(engine, rec, src, tmp)
         tmp.seek(0)
@@ -278,11 +321,11 @@ def copy_from_container(engine, rec: dict, src: str, dst: str) -> None:
                 if members[0].isdir() and os.path.lexists(dst):
                     raise InvalidArgument(f"cannot copy a directory onto the file {dst}")
                 into, rename = os.path.dirname(os.path.abspath(dst)), os.path.basename(dst)
-            if rename is not None:
-                for m in members:
-                    parts = m.name.split("/")
-                    if parts[0] == top:
-                        m.name = "/".join([rename] + parts[1:])
+            for m in members:
+                if rename is not None and m.name.split("/")[0] == top:
+                    m.name = "/".join([rename] + m.name.split("/")[1:])
+                if not keep_owner:
+                    m.uid, m.gid, m.uname, m.gname = os.getuid(), os.getgid(), "", ""
             tar.extractall(into, members=members, filter="tar")
 
 
@@ -355,11 +398,12 @@ def export(engine, rec: dict, out: IO[bytes]) -> None:
     merged = os.path.join(container_dir(engine, rec), "merged")
     if not os.path.ismount(merged):
         raise ContainerStateError(f"container {rec['name']} has no mounted root")
+    ids = IdMap.of(engine, rec)
     # frozen: a directory swapped for a symlink to / mid-walk would be walked on the host
     with frozen(engine, rec), \
             tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for child in sorted(os.listdir(merged)):
-            tar.add(os.path.join(merged, child), arcname=child)
+            tar.add(os.path.join(merged, child), arcname=child, filter=ids.to_container)
 
 
 def layer_tar(engine, rec: dict, out: IO[bytes]) -> None:
@@ -367,6 +411,7 @@ def layer_tar(engine, rec: dict, out: IO[bytes]) -> None:
     .wh..wh..opq, the engine's mount point placeholders left out."""
     upper = os.path.join(container_dir(engine, rec), "upper")
     skip = _mount_destinations(engine, rec)
+    ids = IdMap.of(engine, rec)
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for top, dirs, files in os.walk(upper):
             rel_top = os.path.relpath(top, upper)
@@ -385,8 +430,6 @@ def layer_tar(engine, rec: dict, out: IO[bytes]) -> None:
                 if _is_whiteout(st):
                     info = tarfile.TarInfo(posixpath.join(rel_top, WHITEOUT_PREFIX + name))
                     tar.addfile(info)
-                elif stat.S_ISDIR(st.st_mode):
-                    tar.add(full, arcname=arc, recursive=False)
                 else:
-                    tar.add(full, arcname=arc, recursive=False)
+                    tar.add(full, arcname=arc, recursive=False, filter=ids.to_container)
             dirs[:] = [d for d in dirs if not _is_whiteout(os.lstat(os.path.join(top, d)))]

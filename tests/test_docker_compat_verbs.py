@@ -901,3 +901,92 @@ def test_random_names_retry_on_collision(engine, monkeypatch):  # noqa: F811
         e.remove(cid, force=True)
     finally:
         engine("rm", "-f", first.stdout.strip())
+
+
+def test_cp_commit_export_in_a_user_namespace(engine, tmp_path):  # noqa: F811
+    """Files of a container in a user namespace are owned by shifted host ids on disk:
+    what goes in is owned by the container's root, archives carry the container's ids."""
+    name = f"us{os.urandom(3).hex()}"
+    # the container's root (an unprivileged host uid) must search its way to the root:
+    # the test's own temporary directories are opened to others for the test
+    opened = []
+    path = engine.root
+    while path.startswith(tempfile.gettempdir() + "/"):
+        mode = os.stat(path).st_mode
+        if not mode & 0o001:
+            os.chmod(path, (mode & 0o7777) | 0o011)
+            opened.append((path, mode & 0o7777))
+        path = os.path.dirname(path)
+    proc = mr(engine, "run", "-d", "--name", name, "--userns", "auto", "busybox", "sh", "-c",
+              "echo made > /tmp/f; chown 1:1 /tmp/f; sleep 300")
+    try:
+        if proc.returncode != 0 and "overlayfs refuses idmapped" in proc.stderr:
+            pytest.skip(f"--userns auto does not work here: {proc.stderr.strip()}")
+        assert proc.returncode == 0, proc.stderr
+        wait_for(lambda: mr(engine, "exec", name, "cat", "/tmp/f").stdout == "made\n")
+        (tmp_path / "in").write_text("in\n")
+        assert mr(engine, "cp", str(tmp_path / "in"), f"{name}:/tmp/in").returncode == 0
+        assert mr(engine, "exec", name, "stat", "-c", "%u:%g", "/tmp/in", "/tmp/f"
+                  ).stdout.split() == ["0:0", "1:1"]
+        out = raw(engine, None, "minirun", "cp", f"{name}:/tmp/f", "-")
+        info = _tar_names(out.stdout)["f"]
+        assert (info.uid, info.gid) == (1, 1)
+        exported = _tar_names(raw(engine, None, "minirun", "export", name).stdout)
+        assert (exported["tmp/f"].uid, exported["tmp/in"].uid) == (1, 0)
+        ref = f"userns{os.urandom(2).hex()}"
+        assert mr(engine, "commit", name, ref).returncode == 0
+        got = mr(engine, "run", "--rm", ref, "stat", "-c", "%u:%g", "/tmp/f", "/tmp/in")
+        assert got.stdout.split() == ["1:1", "0:0"], got
+    finally:
+        engine("rm", "-f", name)
+        for path, mode in opened:
+            os.chmod(path, mode)
+
+
+def test_flag_readers():
+    """runflags' readings, without containers."""
+    from minirun import runflags
+    from minirun.errors import InvalidArgument
+    from minirun.image.commit import apply_changes
+
+    assert runflags.parse_devices(["/dev/fuse", "/dev/a:/dev/b", "/dev/a:r",
+                                   "/dev/a:/dev/b:rw"]) == [
+        {"host": "/dev/fuse", "container": "/dev/fuse", "permissions": "rwm"},
+        {"host": "/dev/a", "container": "/dev/b", "permissions": "rwm"},
+        {"host": "/dev/a", "container": "/dev/a", "permissions": "r"},
+        {"host": "/dev/a", "container": "/dev/b", "permissions": "rw"}]
+    assert runflags.mount_to_volume("type=bind,src=/x,dst=/y,ro,bind-propagation=rslave") == \
+        ("volume", "/x:/y:ro,rslave")
+    assert runflags.mount_to_volume("type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=1777") == \
+        ("tmpfs", "/t:size=1m,mode=1777")
+    assert runflags.mount_to_volume("type=volume,source=v,target=/d,volume-nocopy") == \
+        ("volume", "v:/d:nocopy")
+    assert runflags.parse_volume_modes("s", "ro,Z,rslave,U") == ("ro", "rslave", True)
+    with pytest.raises(InvalidArgument, match="more than one propagation"):
+        runflags.parse_volume_modes("s", "rshared,rslave")
+    # no swap accounting: the swap limit goes, with docker's warning when it was asked for
+    warned = []
+    orig = runflags.swap_supported
+    try:
+        runflags.swap_supported = lambda: False
+        got = runflags.memory_fields("64m", "128m", None, warned.append)
+        assert got["memory_bytes"] == 64 * MiB and got["memory_swap"] is None
+        assert warned and "swap limit capabilities" in warned[0]
+        runflags.swap_supported = lambda: True
+        assert runflags.memory_fields("64m", None, None)["memory_swap"] == 128 * MiB
+        assert runflags.memory_fields("64m", "-1", None)["memory_swap"] == -1
+        assert runflags.memory_fields("0", None, None)["memory_bytes"] is None
+    finally:
+        runflags.swap_supported = orig
+    assert runflags.check_cpus("0") is None and runflags.check_cpus("0.5") == "0.5"
+    assert runflags.parse_labels(["a", "b=c=d"], []) == {"a": "", "b": "c=d"}
+    cfg = apply_changes({"Cmd": ["sh"], "Env": ["A=1"]},
+                        ["ENTRYPOINT /run.sh", "ENV A=2 B=3", "EXPOSE 80 53/udp",
+                         "LABEL k=v", "USER 1000", "WORKDIR /w", "STOPSIGNAL USR1",
+                         "VOLUME /data"])
+    assert cfg == {"Entrypoint": ["/bin/sh", "-c", "/run.sh"], "Env": ["A=2", "B=3"],
+                   "ExposedPorts": {"80/tcp": {}, "53/udp": {}}, "Labels": {"k": "v"},
+                   "User": "1000", "WorkingDir": "/w", "StopSignal": "USR1",
+                   "Volumes": {"/data": {}}}
+    with pytest.raises(InvalidArgument, match="RUN"):
+        apply_changes({}, ["RUN echo"])
