@@ -285,9 +285,17 @@ def kill(root, sig, containers) -> None:
 
 @click.command(name="start")
 @root_option
+@click.option("-a", "--attach", is_flag=True,
+              help="print its output until it exits; exit with its status")
 @click.argument("containers", nargs=-1, required=True)
-def start(root, containers) -> None:
+def start(root, attach, containers) -> None:
     """Start stopped containers (in the daemon)."""
+    if attach:
+        from .cli_more import start_attached
+
+        if len(containers) != 1:
+            raise MiniRunError("you cannot start and attach multiple containers at once")
+        sys.exit(start_attached(_engine(root), containers[0]))
     _each(root, containers, lambda e, n: e.start(n))
 
 

@@ -44,6 +44,27 @@ def create(root, image, command, volumes, remove, **kw) -> None:
         _fail(e, docker_exit_code(e))
 
 
+def start_attached(engine, name: str) -> int:
+    """docker start -a: start it, print what it writes from now on until it exits (from
+    its log), and its exit status."""
+    from .logs import follow_log
+
+    try:
+        ns = time.time_ns()
+        cid = engine.start(name)
+    except MiniRunError as e:
+        click.echo(f"minirun: error: {e}", err=True)
+        return 1
+    secs, frac = divmod(ns, 1_000_000_000)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+    for stream, _, text in follow_log(engine, cid, follow=True, since=since):
+        out = sys.stdout if stream == "stdout" else sys.stderr
+        out.write(text)
+        out.flush()
+    engine.wait_exit(cid)
+    return engine.get(cid)["exit_code"] or 0
+
+
 @click.command(name="version")
 @click.option("-f", "--format", "fmt", default=None, help="json")
 def version(fmt) -> None:

@@ -354,6 +354,14 @@ def test_create_then_start(engine, podman):  # noqa: F811
         assert mr(engine, "start", name).returncode == 0
         assert mr(engine, "wait", name).stdout == "0\n"
         assert mr(engine, "logs", name).stdout == "created-and-started\n"
+        # start -a: its output from this start on, and its exit status
+        att = f"at{os.urandom(3).hex()}"
+        for cli in (lambda *a: mr(engine, *a), podman):
+            cli("create", "--name", att, "busybox", "sh", "-c", "echo out; echo err >&2; exit 4")
+            for _ in range(2):
+                proc = cli("start", "-a", att)
+                assert (proc.returncode, proc.stdout, proc.stderr) == (4, "out\n", "err\n")
+            cli("rm", "-f", att)
         # create takes run's flags and checks them as run does
         bad = mr(engine, "create", "-m", "1k", "busybox", "true")
         assert bad.returncode == 125 and "6MB" in one_line_error(bad)
