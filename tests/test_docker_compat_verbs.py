@@ -527,7 +527,7 @@ def with_env(engine, env: dict, *args: str, **kw) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=120, check=False, **kw)
 
 
-def test_login_and_logout(engine, tmp_path):  # noqa: F811
+def test_login_and_logout(engine, podman, tmp_path):  # noqa: F811
     from registry import Registry, htpasswd_line
 
     if not os.path.exists("/usr/bin/docker-registry") or shutil.which("htpasswd") is None:
@@ -561,6 +561,14 @@ def test_login_and_logout(engine, tmp_path):  # noqa: F811
         assert "Not logged in" in with_env(engine, env, "logout", reg.host).stdout
         both_ways = with_env(engine, env, "login", "-u", "a", "-p", "b", "--password-stdin", reg.host)
         assert both_ways.returncode == 1
+        # podman's login: the same outcomes, and a file in the same format
+        pm_file = tmp_path / "podman-auth.json"
+        for password, status in (("nope", False), ("s3cret", True)):
+            proc = podman("login", "--tls-verify=false", "--authfile", str(pm_file), "-u",
+                          "alice", "--password-stdin", reg.host, input=password + "\n")
+            assert (proc.returncode == 0) == status, proc.stderr
+        pm_auths = json.loads(pm_file.read_text())["auths"]
+        assert base64.b64decode(pm_auths[reg.host]["auth"]) == b"alice:s3cret"
     finally:
         reg.stop()
 
