@@ -781,6 +781,10 @@ class Engine:
                         + [f"size={opts.shm_size}"]
         for m in cfg["mounts"]:
             if m.pop("chown", False):  # -v ...:U
+                if opts.userns not in ("", "host"):
+                    raise InvalidArgument(f"-v {m['source']}:{m['destination']}:U: not with "
+                                          f"--userns {opts.userns} (the owner would be the "
+                                          "container's id, not its host id)")
                 _chown_tree(m["source"], user["uid"], user["gid"])
         from .runopts import rootfs_propagation
 
