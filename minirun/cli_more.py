@@ -273,7 +273,7 @@ def update_container(engine, name: str, values: dict) -> None:
     start) and the restart policy."""
     from . import runopts
     from .engine import parse_restart
-    from .runflags import check_cpus, memory_fields
+    from .runflags import check_cpus, check_cpuset, memory_fields
     from .runlog import warn
 
     rec = engine.get(name)
@@ -291,6 +291,7 @@ def update_container(engine, name: str, values: dict) -> None:
         cpus = check_cpus(values["cpus"])
         if cpus is not None:
             resources.update(cpu_quota=int(float(cpus) * 100000), cpu_period=100000)
+    check_cpuset(values.get("cpuset_cpus"))
     for key in ("cpu_shares", "cpuset_cpus", "pids_limit"):
         if values.get(key) not in (None, ""):
             resources[key] = values[key]

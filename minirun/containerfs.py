@@ -315,12 +315,16 @@ def copy_from_container(engine, rec: dict, src: str, dst: str,
             elif dst.endswith("/"):
                 raise NotFound(f"no such directory {dst} on the host")
             elif contents:
+                if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
+                    raise NotFound(f"no such directory {os.path.dirname(dst)} on the host")
                 os.mkdir(dst)
                 into, rename = dst, None
             else:
                 if members[0].isdir() and os.path.lexists(dst):
                     raise InvalidArgument(f"cannot copy a directory onto the file {dst}")
                 into, rename = os.path.dirname(os.path.abspath(dst)), os.path.basename(dst)
+                if not os.path.isdir(into):
+                    raise NotFound(f"no such directory {into} on the host")
             for m in members:
                 if rename is not None and m.name.split("/")[0] == top:
                     m.name = "/".join([rename] + m.name.split("/")[1:])

@@ -139,6 +139,17 @@ def check_cpus(text: str | None) -> str | None:
     return text
 
 
+def check_cpuset(text: str | None, what: str = "--cpuset-cpus") -> str:
+    """A cpuset list (0-3,5): "" for none; anything else refused before a cgroup write."""
+    import re
+
+    if not text:
+        return ""
+    if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", text):
+        raise InvalidArgument(f"{what} {text!r}: want a list like 0-3,5")
+    return text
+
+
 def parse_devices(specs: list[str]) -> list[dict]:
     """--device HOST[:CONTAINER][:PERMISSIONS] as RunOptions.devices."""
     out = []
@@ -284,7 +295,7 @@ def docker_run_fields(kw: dict, warn=None) -> dict:
     out["cpus"] = check_cpus(kw.pop("cpus", None))
     shares = kw.pop("cpu_shares", None)
     out["cpu_shares"] = shares or None  # 0: the default weight, as docker
-    out["cpuset_cpus"] = kw.pop("cpuset_cpus", None) or ""
+    out["cpuset_cpus"] = check_cpuset(kw.pop("cpuset_cpus", None))
     out["devices"] = parse_devices(list(kw.pop("device", ())))
     out["ulimits"] = list(kw.pop("ulimit", ()))
     shm = kw.pop("shm_size", None)

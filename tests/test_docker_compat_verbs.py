@@ -272,6 +272,10 @@ def test_cp_both_directions(engine, podman, tool, tmp_path):  # noqa: F811
             host_name.strip() == ""
         bad = cli("cp", f"{name}:/no/such", str(tmp_path / "n"))
         assert bad.returncode != 0 and not (tmp_path / "n").exists()
+        bad = cli("cp", f"{name}:/tmp/x", str(tmp_path / "no" / "dir" / "x"))
+        assert bad.returncode != 0 and not (tmp_path / "no").exists()
+        bad = cli("cp", str(host / "f"), f"{name}:/no/such/dir/x")
+        assert bad.returncode != 0
     finally:
         cli("rm", "-f", name)
 
@@ -407,6 +411,8 @@ def test_update_limits_of_running_and_stopped(engine, sleeper):  # noqa: F811
     assert "on-failure:3" in json.dumps(inspect(engine, sleeper))
     bad = mr(engine, "update", "--cpus", "0.001", sleeper)
     assert bad.returncode == 1 and "0.01" in one_line_error(bad)
+    bad = mr(engine, "update", "--cpuset-cpus", "x", sleeper)
+    assert bad.returncode == 1 and "--cpuset-cpus" in one_line_error(bad)
     none = mr(engine, "update", sleeper)
     assert none.returncode == 1 and "one or more flags" in one_line_error(none)
     # a stopped container has the new limit when it starts again
@@ -658,6 +664,7 @@ def test_memory_swap_reservation_and_cpus(engine):  # noqa: F811
     (["--mount", "type=nfs,source=x,target=/x"], "--mount"),
     (["-v", "/tmp:/x:bogus"], "invalid mode 'bogus'"),
     (["--uts", "private"], "--uts"),
+    (["--cpuset-cpus", "abc"], "--cpuset-cpus"),
     (["--oom-score-adj", "5000"], "--oom-score-adj"),
 ])
 def test_bad_values_are_one_line_125(engine, args, message):  # noqa: F811
