@@ -201,8 +201,31 @@ def extract_into_container(engine, rec: dict, dst: str, archive: IO[bytes],
             for member in tar:
                 owner = ids.to_host(member.uid, member.gid) if keep_owner else \
                     ids.to_host(0, 0)
+                if member.islnk():  # a hard link: to the entry extracted before, in here
+                    _link_member(root, posixpath.join(path, member.linkname),
+                                 posixpath.join(path, member.name))
+                    continue
                 _extract_member(root, posixpath.join(path, member.name), tar, member,
                                 owner)
+
+
+def _link_member(root: str, target: str, path: str) -> None:
+    """A hard link at `path` to `target`, both resolved inside the root (linkat between
+    the two parent directories, never following the target if it is a symlink)."""
+    for name in (target, path):
+        if ".." in name.split("/"):
+            raise InvalidArgument(f"archive entry {name!r} leaves its directory")
+    tfd, tname = _open_parent(root, target)
+    try:
+        pfd, name = _open_parent(root, path)
+        try:
+            if _lstat_at(pfd, name) is not None:
+                os.unlink(name, dir_fd=pfd)
+            os.link(tname, name, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+        finally:
+            os.close(pfd)
+    finally:
+        os.close(tfd)
 
 
 def _extract_member(root: str, path: str, tar: tarfile.TarFile, m: tarfile.TarInfo,
@@ -225,7 +248,7 @@ def _extract_member(root: str, path: str, tar: tarfile.TarFile, m: tarfile.TarIn
                 os.mkdir(name, 0o700, dir_fd=pfd)
         elif m.issym():
             os.symlink(m.linkname, name, dir_fd=pfd)
-        elif m.isfile() or m.islnk():
+        elif m.isfile():
             src = tar.extractfile(m)
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
                          os.O_CLOEXEC, 0o600, dir_fd=pfd)
@@ -328,6 +351,8 @@ def copy_from_container(engine, rec: dict, src: str, dst: str,
             for m in members:
                 if rename is not None and m.name.split("/")[0] == top:
                     m.name = "/".join([rename] + m.name.split("/")[1:])
+                if rename is not None and m.islnk() and m.linkname.split("/")[0] == top:
+                    m.linkname = "/".join([rename] + m.linkname.split("/")[1:])
                 if not keep_owner:
                     m.uid, m.gid, m.uname, m.gname = os.getuid(), os.getgid(), "", ""
             tar.extractall(into, members=members, filter="tar")

@@ -310,6 +310,24 @@ def test_cp_into_a_symlink_stays_in_the_root(engine, sleeper, tmp_path):  # noqa
     assert out.returncode == 1 and not os.path.exists("/tmp/climbed")
 
 
+def test_cp_keeps_hard_links(engine, sleeper, tmp_path):  # noqa: F811
+    """A directory with hard links, both ways (podman 4.3 fails this one into a new
+    name: `link ... no such file or directory`)."""
+    src = tmp_path / "hl"
+    src.mkdir()
+    (src / "a").write_text("data\n")
+    os.link(src / "a", src / "b")
+    assert mr(engine, "cp", str(src), f"{sleeper}:/tmp/copied").returncode == 0
+    inodes = mr(engine, "exec", sleeper, "stat", "-c", "%i %h", "/tmp/copied/a",
+                "/tmp/copied/b").stdout.splitlines()
+    assert len(inodes) == 2 and inodes[0] == inodes[1] and inodes[0].endswith(" 2"), inodes
+    back = tmp_path / "back"
+    proc = mr(engine, "cp", f"{sleeper}:/tmp/copied", str(back))
+    assert proc.returncode == 0, proc.stderr
+    assert os.stat(back / "a").st_ino == os.stat(back / "b").st_ino
+    assert (back / "b").read_text() == "data\n"
+
+
 def test_pause_and_unpause(engine, podman, tmp_path):  # noqa: F811
     out = tmp_path / "count"
     out.mkdir()
