@@ -65,44 +65,58 @@ def start_attached(engine, name: str) -> int:
     return engine.get(cid)["exit_code"] or 0
 
 
-@click.command(name="version")
-@click.option("-f", "--format", "fmt", default=None, help="json")
-def version(fmt) -> None:
-    """minirun's version, as docker's client and server sections."""
+def version_info() -> dict:
+    """`version`'s data, shaped as docker's (Client, Server with Components), so that
+    --format templates written for docker (`{{.Server.Version}}`) find their fields."""
     import platform
 
     from . import OCI_VERSION, __version__
     from .runflags import host_platform
 
-    info = {
-        "Client": {"Version": __version__, "PythonVersion": platform.python_version(),
-                   "Os": "linux", "Arch": host_platform().split("/")[1]},
-        "Server": {"Engine": {"Version": __version__, "KernelVersion": platform.release(),
-                              "Os": "linux", "Arch": host_platform().split("/")[1]},
-                   "Runtime": {"Name": "minirun-oci", "Version": __version__,
-                               "OCIVersion": OCI_VERSION}},
+    arch = host_platform().split("/")[1]
+    return {
+        "Client": {"Platform": {"Name": "minirun"}, "Version": __version__,
+                   "PythonVersion": platform.python_version(), "Os": "linux", "Arch": arch},
+        "Server": {"Platform": {"Name": "minirun"}, "Version": __version__,
+                   "KernelVersion": platform.release(), "Os": "linux", "Arch": arch,
+                   "Components": [
+                       {"Name": "Engine", "Version": __version__,
+                        "Details": {"KernelVersion": platform.release(), "Os": "linux",
+                                    "Arch": arch}},
+                       {"Name": "minirun-oci", "Version": __version__,
+                        "Details": {"OCIVersion": OCI_VERSION}}]},
     }
-    if fmt == "json" or fmt == "{{json .}}":
+
+
+@click.command(name="version")
+@click.option("-f", "--format", "fmt", default=None, help="json")
+def version(fmt) -> None:
+    """minirun's version, as docker's client and server sections."""
+    info = version_info()
+    if fmt in ("json", "{{json .}}"):
         click.echo(json.dumps(info))
         return
     if fmt:
         raise MiniRunError(f"--format {fmt!r}: only json here")
     c, s = info["Client"], info["Server"]
-    click.echo("\n".join([
-        "Client: minirun",
-        f" Version:           {c['Version']}",
-        f" Python version:    {c['PythonVersion']}",
-        f" OS/Arch:           {c['Os']}/{c['Arch']}",
-        "",
-        "Server: minirun",
-        " Engine:",
-        f"  Version:          {s['Engine']['Version']}",
-        f"  Kernel version:   {s['Engine']['KernelVersion']}",
-        f"  OS/Arch:          {s['Engine']['Os']}/{s['Engine']['Arch']}",
-        " minirun-oci:",
-        f"  Version:          {s['Runtime']['Version']}",
-        f"  OCI spec:         {s['Runtime']['OCIVersion']}",
-    ]))
+    lines = ["Client: minirun",
+             f" Version:           {c['Version']}",
+             f" Python version:    {c['PythonVersion']}",
+             f" OS/Arch:           {c['Os']}/{c['Arch']}",
+             "",
+             "Server: minirun"]
+    for comp in s["Components"]:
+        lines.append(f" {comp['Name']}:")
+        lines.append(f"  Version:          {comp['Version']}")
+        for key, value in comp["Details"].items():
+            label = {"KernelVersion": "Kernel version", "OCIVersion": "OCI spec",
+                     "Os": "OS"}.get(key, key)
+            if key == "Arch":
+                continue
+            if key == "Os":
+                label, value = "OS/Arch", f"{value}/{comp['Details']['Arch']}"
+            lines.append(f"  {label + ':':<17} {value}")
+    click.echo("\n".join(lines))
 
 
 @click.command(name="port")

@@ -190,7 +190,9 @@ def test_version_has_client_and_server(engine, podman):  # noqa: F811
     for proc in (ours, theirs):
         assert re.search(r"^\s*Version:\s+\S+", proc.stdout, re.MULTILINE), proc.stdout
         assert re.search(r"OS/Arch:\s+linux/\w+", proc.stdout), proc.stdout
-    assert json.loads(mr(engine, "version", "--format", "json").stdout)["Client"]["Version"]
+    data = json.loads(mr(engine, "version", "--format", "json").stdout)
+    assert data["Client"]["Version"] == data["Server"]["Version"]
+    assert [c["Name"] for c in data["Server"]["Components"]] == ["Engine", "minirun-oci"]
 
 
 def test_port_lists_published_ports(engine):  # noqa: F811
