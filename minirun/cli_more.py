@@ -32,13 +32,18 @@ def _reader_gone() -> None:
 @run_options
 def create(root, image, command, volumes, remove, **kw) -> None:
     """Create a new container from IMAGE without starting it (`start` starts it)."""
-    from .cli_container import build_run_options
+    from .cli_container import build_run_options, pull_image
     from .engine import check_run_options
 
+    policy = kw.pop("pull_policy")
     try:
         opts = build_run_options(image, command, volumes, remove, kw)
         opts.detach = True  # started later by the daemon, as `run -d`'s
         check_run_options(opts)
+    except MiniRunError as e:  # bad flags are refused before anything is pulled
+        _fail(e, docker_exit_code(e))
+    pull_image(root, image, policy)
+    try:
         click.echo(_engine(root, revive=False).prepare(image, opts))
     except MiniRunError as e:
         _fail(e, docker_exit_code(e))
@@ -597,17 +602,6 @@ def logout(server) -> None:
 
 # --- system df ----------------------------------------------------------------------------
 
-def _tree_size(path: str) -> int:
-    total = 0
-    for top, dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(top, name)).st_size
-            except OSError:
-                pass
-    return total
-
-
 @click.group(name="system", help="Manage minirun.")
 def system() -> None:
     pass
@@ -620,6 +614,7 @@ def system_df(root, verbose) -> None:
     """Disk usage: images, containers (their writable layers) and volumes."""
     from .cli_image import human_size
     from .cli_volume import volume_users, volumes_dir
+    from .dockerview import tree_size
     from .image.store import ImageStore
 
     engine = _engine(root)
@@ -629,13 +624,13 @@ def system_df(root, verbose) -> None:
     used_images = {r["image_id"] for r in recs}
     img_size = sum(i.size for i in images)
     img_free = sum(i.size for i in images if i.id not in used_images)
-    sizes = {r["id"]: _tree_size(os.path.join(engine.root, "containers", r["id"], "upper"))
+    sizes = {r["id"]: tree_size(os.path.join(engine.root, "containers", r["id"], "upper"))
              for r in recs}
     running = [r for r in recs if r["status"] == "running"]
     vdir = volumes_dir(engine.root)
     vols = sorted(os.listdir(vdir)) if os.path.isdir(vdir) else []
     users = volume_users(engine)
-    vsizes = {v: _tree_size(os.path.join(vdir, v, "_data")) for v in vols}
+    vsizes = {v: tree_size(os.path.join(vdir, v, "_data")) for v in vols}
     rows = [("TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"),
             ("Images", str(len(images)), str(len(used_images & {i.id for i in images})),
              human_size(img_size), _pct(img_free, img_size)),
@@ -668,8 +663,16 @@ def _pct(part: int, whole: int) -> str:
 def register(group: click.Group) -> None:
     """The verbs at the top level and in the management groups, as docker has them."""
     for cmd in (create, version, port, cp, pause, unpause, rename, update, diff, export,
-                commit, history, login, logout, system):
+                commit, history, login, logout):
         group.add_command(cmd)
+    existing = group.commands.get("system")  # cli_format's, with system prune
+    if isinstance(existing, click.Group):
+        for name, cmd in system.commands.items():
+            existing.add_command(cmd, name)
+        sys_group = existing
+    else:
+        group.add_command(system)
+        sys_group = system
     container = group.commands.get("container")
     if isinstance(container, click.Group):
         for cmd in (create, port, cp, pause, unpause, rename, update, diff, export, commit):
@@ -679,7 +682,7 @@ def register(group: click.Group) -> None:
             container.add_command(ps, "ps")
             container.add_command(ps, "list")
     if "info" in group.commands:
-        system.add_command(group.commands["info"], "info")
+        sys_group.add_command(group.commands["info"], "info")
     image = group.commands.get("image")
     if isinstance(image, click.Group):
         image.add_command(history)

@@ -163,23 +163,36 @@ def rm(root, force, names) -> None:
         sys.exit(1)
 
 
+def is_anonymous(name: str) -> bool:
+    """A volume made without a name (-v /DST, --mount without source, create without
+    NAME): 64 hex digits, as docker's."""
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
 @volume.command(name="prune")
 @root_option
 @click.option("-f", "--force", is_flag=True, help="do not ask")
-@click.option("-a", "--all", "all_", is_flag=True, help="accepted: every unused volume goes")
+@click.option("-a", "--all", "all_", is_flag=True,
+              help="every unused volume, not only anonymous ones")
 def prune(root, force, all_) -> None:
-    """Remove the volumes no container uses."""
+    """Remove the anonymous volumes (-a: all volumes) no container uses."""
+    from .cli_format import confirm_or_abort
     from .cli_image import human_size
-    from .cli_more import _tree_size
+    from .dockerview import tree_size
 
+    what = "all local volumes" if all_ else "anonymous local volumes"
+    if not confirm_or_abort(f"This will remove {what} not used by at least one container.",
+                            force):
+        return
     engine = _engine(root)
     users = volume_users(engine)
     vdir = volumes_dir(engine.root)
     removed, reclaimed = [], 0
     for n in sorted(os.listdir(vdir) if os.path.isdir(vdir) else []):
-        if users.get(n) or not os.path.isdir(os.path.join(vdir, n, "_data")):
+        if users.get(n) or not os.path.isdir(os.path.join(vdir, n, "_data")) or \
+                not (all_ or is_anonymous(n)):
             continue
-        size = _tree_size(os.path.join(vdir, n))
+        size = tree_size(os.path.join(vdir, n))
         try:
             _remove(engine.root, n)
         except MiniRunError as e:

@@ -532,11 +532,18 @@ def test_volume_lifecycle(engine, podman):  # noqa: F811
         cli("rm", "-f", user)
         assert cli("volume", "rm", vol).returncode == 0
         assert vol not in cli("volume", "ls", "-q").stdout
-        # prune: unused ones go, used ones stay
+        # prune: unused ones go, used ones stay (docker 23+: named ones only with -a;
+        # podman 4.3 has no -a and prunes every unused one)
         cli("volume", "create", vol + "a")
         cli("volume", "create", vol + "b")
         cli("run", "--name", user, "-v", f"{vol}b:/data", "busybox", "true")
-        pruned = cli("volume", "prune", "-f")
+        if tool == "minirun":
+            kept = cli("volume", "prune", "-f")
+            assert kept.returncode == 0 and vol + "a" not in kept.stdout
+            asked = mr(engine, "volume", "prune", "-a", input="n\n")
+            assert "Are you sure you want to continue? [y/N]" in asked.stdout
+            assert vol + "a" in cli("volume", "ls", "-q").stdout
+        pruned = cli("volume", "prune", "-f", *(["-a"] if tool == "minirun" else []))
         assert pruned.returncode == 0 and vol + "a" in pruned.stdout
         left = cli("volume", "ls", "-q").stdout.split()
         assert vol + "a" not in left and vol + "b" in left
