@@ -339,6 +339,8 @@ def update_container(engine, name: str, values: dict) -> None:
     opts = {**json.loads(rec["options"]), **({"restart": restart} if restart else {})}
     if rec["status"] != "running":
         opts.update(resources)
+    if values.get("memory"):
+        opts["memory"] = values["memory"]
     engine._update(rec["id"], options=json.dumps(opts))
 
 

@@ -117,8 +117,10 @@ def memory_fields(memory: str | None, swap: str | None, reservation: str | None,
             warn("Your kernel does not support swap limit capabilities or the cgroup is not "
                  "mounted. Memory limited without swap.")
         swap_bytes = None
-    return {"memory": None, "memory_bytes": limit, "memory_swap": swap_bytes,
-            "memory_reservation": resv}
+    # `memory` keeps the user's text for the record (inspect's Minirun.Options); the
+    # engine goes by memory_bytes
+    return {"memory": memory if limit is not None else None, "memory_bytes": limit,
+            "memory_swap": swap_bytes, "memory_reservation": resv}
 
 
 def check_cpus(text: str | None) -> str | None:
