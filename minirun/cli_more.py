@@ -12,7 +12,7 @@ import time
 import click
 
 from .cli_container import _engine, docker_exit_code, root_option, run_options
-from .errors import AlreadyExists, ContainerStateError, InvalidArgument, MiniRunError
+from .errors import InvalidArgument, MiniRunError
 
 
 def _fail(e: MiniRunError, code: int | None = None) -> None:
@@ -206,28 +206,6 @@ def cp(root, archive, follow_link, quiet, src, dst) -> None:
         raise
 
 
-def _pause(engine, name: str) -> None:
-    from . import container as ctr
-
-    rec = engine.get(name)
-    if rec["status"] != "running":
-        raise ContainerStateError(f"container {rec['name']} is not running")
-    status = ctr.Container.load(engine.oci_root, rec["id"]).status()
-    if status == "paused":
-        raise ContainerStateError(f"container {rec['name']} is already paused")
-    ctr.pause(engine.oci_root, rec["id"])
-
-
-def _unpause(engine, name: str) -> None:
-    from . import container as ctr
-
-    rec = engine.get(name)
-    if rec["status"] != "running" or \
-            ctr.Container.load(engine.oci_root, rec["id"]).status() != "paused":
-        raise ContainerStateError(f"container {rec['name']} is not paused")
-    ctr.resume(engine.oci_root, rec["id"])
-
-
 def _each(root, names, action) -> None:
     from .cli_container import _each as each
 
@@ -239,7 +217,9 @@ def _each(root, names, action) -> None:
 @click.argument("containers", nargs=-1, required=True)
 def pause(root, containers) -> None:
     """Freeze all processes of containers (the cgroup freezer)."""
-    _each(root, containers, _pause)
+    from .containerops import pause as pause_container
+
+    _each(root, containers, pause_container)
 
 
 @click.command(name="unpause")
@@ -247,32 +227,9 @@ def pause(root, containers) -> None:
 @click.argument("containers", nargs=-1, required=True)
 def unpause(root, containers) -> None:
     """Thaw the processes of paused containers."""
-    _each(root, containers, _unpause)
+    from .containerops import unpause as unpause_container
 
-
-def rename_container(engine, old: str, new: str) -> None:
-    import sqlite3
-
-    from .engine import NAME_CHARS
-
-    rec = engine.get(old)
-    if not new or not set(new) <= NAME_CHARS or not new[0].isalnum():
-        raise InvalidArgument(f"invalid container name {new!r}: use "
-                              "[a-zA-Z0-9][a-zA-Z0-9_.-]")
-    if new == rec["name"]:
-        raise InvalidArgument(f"renaming a container with the same name as its current "
-                              f"name ({new})")
-    try:
-        with engine.db:
-            engine.db.execute("BEGIN IMMEDIATE")
-            engine._update(rec["id"], name=new)
-            try:
-                engine.db.execute("UPDATE endpoints SET name = ? WHERE container = ?",
-                                  (new, rec["id"]))
-            except sqlite3.OperationalError:  # no network was ever used with this root
-                pass
-    except sqlite3.IntegrityError:
-        raise AlreadyExists(f"the container name {new!r} is already in use") from None
+    _each(root, containers, unpause_container)
 
 
 @click.command(name="rename")
@@ -282,66 +239,11 @@ def rename_container(engine, old: str, new: str) -> None:
 def rename(root, container, new_name) -> None:
     """Rename a container."""
     try:
+        from .containerops import rename_container
+
         rename_container(_engine(root), container, new_name)
     except MiniRunError as e:
         _fail(e)
-
-
-def update_container(engine, name: str, values: dict) -> None:
-    """docker update: limits (of a running container now, of a stopped one at its next
-    start) and the restart policy."""
-    from . import runopts
-    from .engine import parse_restart
-    from .runflags import check_cpus, check_cpuset, memory_fields
-    from .runlog import warn
-
-    rec = engine.get(name)
-    opts = json.loads(rec["options"])
-    resources: dict = {}
-    if values.get("memory") or values.get("memory_swap") or \
-            values.get("memory_reservation"):
-        mem = memory_fields(values.get("memory") or str(opts.get("memory_bytes") or "")
-                            or None, values.get("memory_swap"),
-                            values.get("memory_reservation"), warn)
-        if not values.get("memory"):
-            mem.pop("memory_bytes", None)
-        resources.update({k: v for k, v in mem.items() if k != "memory" and v is not None})
-    if values.get("cpus") is not None:
-        cpus = check_cpus(values["cpus"])
-        if cpus is not None:
-            resources.update(cpu_quota=int(float(cpus) * 100000), cpu_period=100000)
-    check_cpuset(values.get("cpuset_cpus"))
-    for key in ("cpu_shares", "cpuset_cpus", "pids_limit"):
-        if values.get(key) not in (None, ""):
-            resources[key] = values[key]
-    restart = values.get("restart")
-    if restart is not None:
-        policy, _ = parse_restart(restart)
-        if policy != "no" and opts.get("remove"):
-            raise InvalidArgument("Conflicting options: --restart and --rm")
-    if not resources and restart is None:
-        raise InvalidArgument("you must provide one or more flags when using this command")
-    if resources:
-        if rec["status"] == "running":
-            engine.update_resources(rec["id"], resources)
-        else:
-            doc = runopts.resources_doc(resources)
-            path = os.path.join(engine.root, "containers", rec["id"], "config.json")
-            with open(path) as f:
-                cfg = json.load(f)
-            res = cfg.setdefault("linux", {}).setdefault("resources", {})
-            for section, value in doc.items():
-                res[section] = {**(res.get(section) or {}), **value}
-            with open(path, "w") as f:
-                f.write(json.dumps(cfg))
-            opts.update(resources)
-    rec = engine.get(rec["id"])
-    opts = {**json.loads(rec["options"]), **({"restart": restart} if restart else {})}
-    if rec["status"] != "running":
-        opts.update(resources)
-    if values.get("memory"):
-        opts["memory"] = values["memory"]
-    engine._update(rec["id"], options=json.dumps(opts))
 
 
 @click.command(name="update")
@@ -357,7 +259,10 @@ def update_container(engine, name: str, values: dict) -> None:
 @click.argument("containers", nargs=-1, required=True)
 def update(root, containers, **values) -> None:
     """Change the limits (and restart policy) of containers."""
-    _each(root, containers, lambda e, n: update_container(e, n, values))
+    from .containerops import update_container
+    from .runlog import warn
+
+    _each(root, containers, lambda e, n: update_container(e, n, values, warn))
 
 
 @click.command(name="diff")
