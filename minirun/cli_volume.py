@@ -39,9 +39,10 @@ def volume_users(engine) -> dict[str, list[str]]:
     return out
 
 
-def _info(root: str, name: str) -> dict:
+def volume_info(root: str, name: str) -> dict:
+    """docker's volume inspect document; NotFound for a volume that is not there."""
     top = os.path.join(volumes_dir(root), name)
-    if not os.path.isdir(os.path.join(top, "_data")):
+    if "/" in name or not os.path.isdir(os.path.join(top, "_data")):
         raise NotFound(f"no such volume: {name}")
     try:
         with open(os.path.join(top, META)) as f:
@@ -126,7 +127,7 @@ def inspect(root, names) -> None:
     out, failed = [], False
     for n in names:
         try:
-            out.append(_info(engine.root, n))
+            out.append(volume_info(engine.root, n))
         except MiniRunError as e:
             click.echo(f"minirun: error: {e}", err=True)
             failed = True
@@ -146,7 +147,7 @@ def rm(root, force, names) -> None:
     failed = False
     for n in names:
         try:
-            _info(engine.root, n)
+            volume_info(engine.root, n)
             if users.get(n):
                 raise ContainerStateError(f"remove {n}: volume is in use - "
                                           f"[{', '.join(users[n])}]")

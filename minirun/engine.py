@@ -531,6 +531,10 @@ class Engine:
         config = image.config.get("config") or {}
         args = self._command(config, opts)
         idmap = self._userns_idmap(opts)
+        if opts.volumes:
+            from .runflags import name_anonymous_volumes
+
+            opts.volumes = name_anonymous_volumes(opts.volumes)
         name = self._insert_named(cid, name, image_ref, image.id, args, opts)
         try:
             rootfs = store.snapshot(image, cid, idmap=idmap)
@@ -956,8 +960,6 @@ class Engine:
         from .runflags import parse_volume_modes
 
         parts = spec.split(":")
-        if len(parts) == 1 and spec.startswith("/"):  # -v /DEST: an anonymous volume
-            parts = [os.urandom(32).hex(), spec]
         if len(parts) not in (2, 3) or not parts[1].startswith("/"):
             raise InvalidArgument(f"-v {spec!r}: expected SOURCE:/DEST[:OPTIONS]")
         source, dest = parts[0], parts[1]

@@ -262,6 +262,19 @@ def _no_more(spec: str, fields: dict) -> None:
                               f"{next(iter(fields))!r}")
 
 
+def name_anonymous_volumes(specs: list[str]) -> list[str]:
+    """-v /DST[:MODES] (no source: an anonymous volume) as RANDOM:/DST[:MODES], so that the
+    record names the volume (volume rm and prune then see it in use)."""
+    out = []
+    for spec in specs:
+        parts = spec.split(":")
+        if parts[0].startswith("/") and (len(parts) == 1 or len(parts) == 2 and
+                                         not parts[1].startswith("/")):
+            spec = f"{os.urandom(32).hex()}:{spec}"
+        out.append(spec)
+    return out
+
+
 def parse_volume_modes(spec: str, modes: str) -> tuple[str, str | None, bool]:
     """-v's third part: ro|rw, z|Z (no SELinux here: nothing to relabel), nocopy (volumes
     are never filled from the image here), U (chown to the container's user), one

@@ -871,6 +871,24 @@ def test_volume_u_chowns_to_the_container_user(engine, tmp_path):  # noqa: F811
     assert refused.returncode == 125 and "U" in one_line_error(refused)
 
 
+def test_anonymous_volume_is_in_use_while_its_container_is(engine):  # noqa: F811
+    name = f"an{os.urandom(3).hex()}"
+    mr(engine, "run", "-d", "--name", name, "-v", "/anon", "-v", "/anon-ro:ro", "busybox",
+       "sh", "-c", "echo kept > /anon/f; sleep 300", check=True)
+    try:
+        anon = [v for v in mr(engine, "volume", "ls", "-q").stdout.split() if len(v) == 64]
+        assert len(anon) >= 2
+        mr(engine, "volume", "prune", "-f", check=True)
+        assert set(anon) <= set(mr(engine, "volume", "ls", "-q").stdout.split())
+        wait_for(lambda: mr(engine, "exec", name, "cat", "/anon/f").stdout == "kept\n")
+        ro = mr(engine, "exec", name, "touch", "/anon-ro/x")
+        assert ro.returncode != 0
+    finally:
+        engine("rm", "-f", name)
+    pruned = mr(engine, "volume", "prune", "-f")
+    assert all(v in pruned.stdout for v in anon)
+
+
 def test_mount_flag(engine, tmp_path):  # noqa: F811
     (tmp_path / "f").write_text("bound\n")
     vol = f"mv{os.urandom(3).hex()}"
