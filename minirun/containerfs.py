@@ -355,7 +355,7 @@ def copy_from_container(engine, rec: dict, src: str, dst: str,
                     m.linkname = "/".join([rename] + m.linkname.split("/")[1:])
                 if not keep_owner:
                     m.uid, m.gid, m.uname, m.gname = os.getuid(), os.getgid(), "", ""
-            tar.extractall(into, members=members, filter="tar")
+            _extract(tar, into, members)
 
 
 # --- diff, export, commit ----------------------------------------------------------------
@@ -462,3 +462,28 @@ def layer_tar(engine, rec: dict, out: IO[bytes]) -> None:
                 else:
                     tar.add(full, arcname=arc, recursive=False, filter=ids.to_container)
             dirs[:] = [d for d in dirs if not _is_whiteout(os.lstat(os.path.join(top, d)))]
+
+
+def _extract(tar, into: str, members: list) -> None:
+    """extractall with the "tar" filter where this Python has it (3.11.4 and later, and
+    distributions' backports); else the same refusals here: no absolute name, no "..",
+    nothing below a symlink the archive itself makes, no hard link out of it."""
+    if hasattr(tarfile, "tar_filter"):
+        tar.extractall(into, members=members, filter="tar")
+        return
+    links: set[str] = set()
+    names: set[str] = set()
+    for m in members:
+        name = m.name.lstrip("/")
+        parts = name.split("/")
+        if ".." in parts or any("/".join(parts[:i]) in links for i in range(1, len(parts))):
+            raise InvalidArgument(f"refused to copy {m.name!r}: it leads out of {into}")
+        if m.islnk() and (m.linkname.startswith("/") or ".." in m.linkname.split("/")
+                          or m.linkname.lstrip("/") not in names):
+            raise InvalidArgument(f"refused to copy the hard link {m.name!r} -> {m.linkname!r}")
+        m.name = name
+        m.mode &= 0o7777 & ~0o6000  # no set-id bits, as the filter drops them
+        if m.issym():
+            links.add(name)
+        names.add(name)
+    tar.extractall(into, members=members)
