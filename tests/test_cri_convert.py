@@ -21,22 +21,26 @@ def sandbox(**kw) -> "pb.PodSandboxConfig":
         metadata=pb.PodSandboxMetadata(name="web", namespace="default", uid="u1", attempt=2),
         hostname="web-host", log_directory="/var/log/pods/default_web_u1",
         labels={"app": "web"}, annotations={"a": "b"})
-    for key, value in kw.items():
-        setattr(cfg, key, value) if not hasattr(value, "CopyFrom") else \
-            getattr(cfg, key).CopyFrom(value)
+    _set(cfg, kw)
     return cfg
+
+
+def _set(msg, fields: dict) -> None:
+    for key, value in fields.items():
+        if isinstance(value, list):
+            getattr(msg, key).extend(value)
+        elif isinstance(value, dict):
+            getattr(msg, key).update(value)
+        elif hasattr(value, "CopyFrom"):
+            getattr(msg, key).CopyFrom(value)
+        else:
+            setattr(msg, key, value)
 
 
 def container(**kw) -> "pb.ContainerConfig":
     cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="app", attempt=1),
                              image=pb.ImageSpec(image="busybox:latest"))
-    for key, value in kw.items():
-        if isinstance(value, list):
-            getattr(cfg, key).extend(value)
-        elif hasattr(value, "CopyFrom"):
-            getattr(cfg, key).CopyFrom(value)
-        else:
-            setattr(cfg, key, value)
+    _set(cfg, kw)
     return cfg
 
 
