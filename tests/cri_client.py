@@ -31,7 +31,10 @@ class CriClient:
     def __init__(self, socket_path: str, timeout: float = 120.0) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(f"unix://{socket_path}")
+        # kubelet's message limits (16 MiB both ways: ExecSync output, long lists)
+        self.channel = grpc.insecure_channel(
+            f"unix://{socket_path}", options=[("grpc.max_receive_message_length", 16 << 20),
+                                              ("grpc.max_send_message_length", 16 << 20)])
         self.runtime = pb_grpc.RuntimeServiceStub(self.channel)
         self.images = pb_grpc.ImageServiceStub(self.channel)
 

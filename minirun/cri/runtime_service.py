@@ -53,8 +53,11 @@ except ImportError:
     class StatsMixin:  # type: ignore[no-redef]
         pass
 
-# kubelet's cap on ExecSync output (CVE-2022-1708): the rest is read and dropped
+# the API's cap on each of ExecSync's outputs (CVE-2022-1708): the rest is read and
+# dropped; the response must also fit kubelet's 16 MiB message limit, so when both
+# together are larger stdout gives way (the framing needs a few bytes)
 MAX_EXEC_SYNC_OUTPUT = 16 * 1024 * 1024
+MAX_EXEC_SYNC_RESPONSE = 16 * 1024 * 1024 - 4096
 # after the exec'd process exits, how long its output pipes may stay open (a child it left
 # in the background holds them) before we stop reading
 EXEC_DRAIN_SECONDS = 1.0
@@ -410,6 +413,8 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                           f"command {list(request.cmd)} timed out after {request.timeout}s")
         stdout, stderr, code = result
+        stderr = stderr[:MAX_EXEC_SYNC_RESPONSE]
+        stdout = stdout[:MAX_EXEC_SYNC_RESPONSE - len(stderr)]
         return pb.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=code)
 
     # --- events ---------------------------------------------------------------------------
