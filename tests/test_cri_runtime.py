@@ -644,7 +644,7 @@ def test_fifty_pod_cycles_leave_the_host_as_before(cri):
         cid = cri.container(pod_id, pod, "c", ["sleep", "1000"])
         containers.append(cid)
         assert c.exec_sync(cid, ["true"]).exit_code == 0
-        c.kill_pod(pod_id)
+        c.kill_pod(pod_id, grace=0)
     after = _our_state(cri, made + containers)
     before_all = dict(before, cgroups=[], netns=[])
     assert after == before_all
