@@ -57,7 +57,7 @@ class CriClient:
                    labels: dict | None = None, annotations: dict | None = None,
                    cgroup_parent: str = "", privileged: bool = False,
                    port_mappings: list | None = None, dns: dict | None = None,
-                   sysctls: dict | None = None) -> "pb.PodSandboxConfig":
+                   sysctls: dict | None = None) -> pb.PodSandboxConfig:
         uid = uid or uuid.uuid4().hex
         return pb.PodSandboxConfig(
             metadata=pb.PodSandboxMetadata(name=name, namespace=namespace, uid=uid,
@@ -76,16 +76,16 @@ class CriClient:
                                                          ipc=NS[ipc]))))
 
     @staticmethod
-    def container_config(pod: "pb.PodSandboxConfig", name: str, image: str,
+    def container_config(pod: pb.PodSandboxConfig, name: str, image: str,
                          command: list[str] | None = None, args: list[str] | None = None,
                          attempt: int = 0, env: dict | None = None, pid: str | None = None,
                          security: dict | None = None, resources: dict | None = None,
                          mounts: list | None = None, labels: dict | None = None,
                          annotations: dict | None = None, log_path: str | None = None,
                          tty: bool = False, stdin: bool = False,
-                         working_dir: str = "") -> "pb.ContainerConfig":
+                         working_dir: str = "") -> pb.ContainerConfig:
         ns = pod.linux.security_context.namespace_options
-        sc = dict(masked_paths=KUBELET_MASKED_PATHS, readonly_paths=KUBELET_READONLY_PATHS)
+        sc = {"masked_paths": KUBELET_MASKED_PATHS, "readonly_paths": KUBELET_READONLY_PATHS}
         sc.update(security or {})
         sc["namespace_options"] = pb.NamespaceOption(
             network=ns.network, ipc=ns.ipc,
@@ -106,7 +106,7 @@ class CriClient:
 
     # --- calls ----------------------------------------------------------------------------
 
-    def run_pod(self, config: "pb.PodSandboxConfig", handler: str = "") -> str:
+    def run_pod(self, config: pb.PodSandboxConfig, handler: str = "") -> str:
         return self.call("RunPodSandbox", pb.RunPodSandboxRequest(
             config=config, runtime_handler=handler)).pod_sandbox_id
 
@@ -138,8 +138,8 @@ class CriClient:
         self.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)),
                               timeout=self.timeout)
 
-    def create(self, pod_id: str, pod: "pb.PodSandboxConfig",
-               config: "pb.ContainerConfig") -> str:
+    def create(self, pod_id: str, pod: pb.PodSandboxConfig,
+               config: pb.ContainerConfig) -> str:
         return self.call("CreateContainer", pb.CreateContainerRequest(
             pod_sandbox_id=pod_id, config=config, sandbox_config=pod)).container_id
 
@@ -177,8 +177,8 @@ class CriClient:
 
     # --- the kubelet's sequence -----------------------------------------------------------
 
-    def start_pod(self, pod: "pb.PodSandboxConfig",
-                  containers: list["pb.ContainerConfig"]) -> tuple[str, list[str]]:
+    def start_pod(self, pod: pb.PodSandboxConfig,
+                  containers: list[pb.ContainerConfig]) -> tuple[str, list[str]]:
         """RunPodSandbox, then for each container: image, create, start (as kubelet's
         SyncPod). Returns (pod id, container ids)."""
         pod_id = self.run_pod(pod)
@@ -209,6 +209,6 @@ def read_cri_log(path: str) -> list[tuple[str, str, str]]:
         return out
     with open(path) as f:
         for line in f:
-            ts, stream, tag, msg = line.rstrip("\n").split(" ", 3)
+            _time, stream, tag, msg = line.rstrip("\n").split(" ", 3)
             out.append((stream, tag, msg))
     return out

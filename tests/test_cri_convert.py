@@ -16,7 +16,7 @@ POD_NS = {"network": "/run/netns/minirun-pod-x", "ipc": "/r/pods/x/ns/ipc",
 ALL_CAPS = ["CAP_CHOWN", "CAP_KILL", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SETUID"]
 
 
-def sandbox(**kw) -> "pb.PodSandboxConfig":
+def sandbox(**kw) -> pb.PodSandboxConfig:
     cfg = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name="web", namespace="default", uid="u1", attempt=2),
         hostname="web-host", log_directory="/var/log/pods/default_web_u1",
@@ -37,14 +37,14 @@ def _set(msg, fields: dict) -> None:
             setattr(msg, key, value)
 
 
-def container(**kw) -> "pb.ContainerConfig":
+def container(**kw) -> pb.ContainerConfig:
     cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="app", attempt=1),
                              image=pb.ImageSpec(image="busybox:latest"))
     _set(cfg, kw)
     return cfg
 
 
-def with_sc(**sc) -> "pb.ContainerConfig":
+def with_sc(**sc) -> pb.ContainerConfig:
     return container(linux=pb.LinuxContainerConfig(
         security_context=pb.LinuxContainerSecurityContext(**sc)))
 

@@ -15,13 +15,12 @@ import threading
 import time
 
 import pytest
-
 from enginetest import EngineEnv
 from ocitest import REPO
 
 grpc = pytest.importorskip("grpc")
 pb = pytest.importorskip("minirun.cri.api.api_pb2")
-from cri_client import CriClient, read_cri_log  # noqa: E402
+from cri_client import CriClient, read_cri_log
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 IMAGE = "busybox:latest"
@@ -37,7 +36,7 @@ def _free_subnet() -> str:
         for line in f.readlines()[1:]:
             fields = line.split()
             dst = ipaddress.IPv4Address(bytes.fromhex(fields[1])[::-1])
-            mask = bin(int.from_bytes(bytes.fromhex(fields[7])[::-1], "big")).count("1")
+            mask = int.from_bytes(bytes.fromhex(fields[7])[::-1], "big").bit_count()
             if mask:
                 routes.append(ipaddress.ip_network(f"{dst}/{mask}", strict=False))
     for _ in range(200):
@@ -73,12 +72,11 @@ class CriEnv(EngineEnv):
         self.pods_made: list[str] = []
 
     def start_cri(self) -> CriClient:
-        log = open(os.path.join(self.top, "cri.log"), "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "minirun.cli", "cri", "--root", self.root, "--run-root",
-             self.run_root, "--cri-socket", self.socket, "--no-default-cni"],
-            env=self.env, stdout=log, stderr=log, cwd=REPO)
-        log.close()
+        with open(os.path.join(self.top, "cri.log"), "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "minirun.cli", "cri", "--root", self.root,
+                 "--run-root", self.run_root, "--cri-socket", self.socket, "--no-default-cni"],
+                env=self.env, stdout=log, stderr=log, cwd=REPO)
         deadline = time.monotonic() + 30
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -107,7 +105,7 @@ class CriEnv(EngineEnv):
         except OSError:
             return ""
 
-    def run_pod(self, name: str, **kw) -> tuple[str, "pb.PodSandboxConfig"]:
+    def run_pod(self, name: str, **kw) -> tuple[str, pb.PodSandboxConfig]:
         kw.setdefault("log_directory", os.path.join(self.log_dir, name))
         config = self.client.pod_config(name, **kw)
         pod_id = self.client.run_pod(config)
@@ -139,10 +137,11 @@ class CriEnv(EngineEnv):
         for pod_id in self.pods_made:  # a pod whose removal failed: its netns pin
             path = f"/run/netns/minirun-pod-{pod_id[:12]}"
             if os.path.exists(path):
-                subprocess.run(["umount", "-l", path])
+                subprocess.run(["umount", "-l", path], check=False)
                 os.unlink(path)
                 left.append(path)
-        subprocess.run(["ip", "link", "del", self.bridge], stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "link", "del", self.bridge], check=False,
+                       stderr=subprocess.DEVNULL)
         return left
 
 
@@ -167,7 +166,7 @@ def cri(tmp_path_factory):
         assert not left, f"left behind: {left}"
 
 
-def _code(excinfo) -> "grpc.StatusCode":
+def _code(excinfo) -> grpc.StatusCode:
     return excinfo.value.code()
 
 
@@ -446,9 +445,9 @@ def test_env_workdir_args_and_host_mounts(cri, tmp_path):
     (data / "f").write_text("from the host\n")
     link = tmp_path / "link"
     link.symlink_to(data)
+    script = 'echo "$GREETING at $(pwd)"; cat /mnt/f; touch /mnt/g 2>&1; exec sleep 1000'
     cid = cri.container(pod_id, pod, "e", ["sh", "-c"],
-                        args=['echo "$GREETING at $(pwd)"; cat /mnt/f; touch /mnt/g 2>&1;'
-                              ' exec sleep 1000'],
+                        args=[script],
                         env={"GREETING": "hi there"}, working_dir="/tmp",
                         mounts=[pb.Mount(container_path="/mnt", host_path=str(link),
                                          readonly=True)])
@@ -512,8 +511,8 @@ def test_oom_killed(cri):
 def test_update_resources_and_reopen_log(cri):
     c = cri.client
     pod_id, pod = cri.run_pod("upd")
-    cid = cri.container(pod_id, pod, "u", ["sh", "-c", "while :; do echo tick; sleep 0.2;"
-                                                        " done"],
+    loop = "while :; do echo tick; sleep 0.2; done"
+    cid = cri.container(pod_id, pod, "u", ["sh", "-c", loop],
                         resources={"memory_limit_in_bytes": 64 << 20, "cpu_shares": 512})
     c.call("UpdateContainerResources", pb.UpdateContainerResourcesRequest(
         container_id=cid, linux=pb.LinuxContainerResources(memory_limit_in_bytes=96 << 20,
@@ -548,8 +547,7 @@ def test_container_events_stream(cri):
 
     def read():
         try:
-            for ev in stream:
-                seen.append(ev)
+            seen.extend(stream)
         except grpc.RpcError:
             pass
 

@@ -308,10 +308,10 @@ def mounts(config_mounts, mount_table=None) -> list[dict]:
         if m.propagation not in PROPAGATIONS:
             raise InvalidArgument(f"mount {m.container_path}: unknown propagation "
                                   f"{m.propagation}")
-        if getattr(m, "recursive_read_only", False):
-            if not m.readonly or m.propagation != PROPAGATION_PRIVATE:
-                raise InvalidArgument(f"mount {m.container_path}: recursive read-only needs "
-                                      "readonly and private propagation")
+        if getattr(m, "recursive_read_only", False) and (
+                not m.readonly or m.propagation != PROPAGATION_PRIVATE):
+            raise InvalidArgument(f"mount {m.container_path}: recursive read-only needs "
+                                  "readonly and private propagation")
         propagation = PROPAGATIONS[m.propagation]
         if m.propagation != PROPAGATION_PRIVATE:
             _check_source_propagation(source, m.propagation, mount_table)
@@ -330,9 +330,9 @@ def _check_source_propagation(source: str, propagation: int, mount_table=None) -
     best = None
     for m in table:
         point = m.mountpoint.rstrip("/") or "/"
-        if source == point or source.startswith(point.rstrip("/") + "/") or point == "/":
-            if best is None or len(point) >= len(best.mountpoint.rstrip("/") or "/"):
-                best = m
+        covers = source == point or source.startswith(point + "/") or point == "/"
+        if covers and (best is None or len(point) >= len(best.mountpoint.rstrip("/") or "/")):
+            best = m
     if best is None:
         return
     tags = [t.split(":")[0] for t in best.optional]
