@@ -83,7 +83,8 @@ class CriClient:
                          mounts: list | None = None, labels: dict | None = None,
                          annotations: dict | None = None, log_path: str | None = None,
                          tty: bool = False, stdin: bool = False,
-                         working_dir: str = "") -> pb.ContainerConfig:
+                         working_dir: str = "",
+                         devices: list | None = None) -> pb.ContainerConfig:
         ns = pod.linux.security_context.namespace_options
         sc = {"masked_paths": KUBELET_MASKED_PATHS, "readonly_paths": KUBELET_READONLY_PATHS}
         sc.update(security or {})
@@ -95,7 +96,7 @@ class CriClient:
             image=pb.ImageSpec(image=image), command=command or [], args=args or [],
             working_dir=working_dir,
             envs=[pb.KeyValue(key=k, value=v) for k, v in (env or {}).items()],
-            mounts=mounts or [], labels={"io.kubernetes.container.name": name,
+            mounts=mounts or [], devices=devices or [], labels={"io.kubernetes.container.name": name,
                                          **(labels or {})},
             annotations=annotations or {},
             log_path=f"{name}/{attempt}.log" if log_path is None else log_path,

@@ -445,14 +445,17 @@ def test_env_workdir_args_and_host_mounts(cri, tmp_path):
     (data / "f").write_text("from the host\n")
     link = tmp_path / "link"
     link.symlink_to(data)
-    script = 'echo "$GREETING at $(pwd)"; cat /mnt/f; touch /mnt/g 2>&1; exec sleep 1000'
+    script = ('echo "$GREETING at $(pwd)"; cat /mnt/f; test -c /dev/xnull && echo device; '
+              'touch /mnt/g 2>&1; exec sleep 1000')
     cid = cri.container(pod_id, pod, "e", ["sh", "-c"],
                         args=[script],
                         env={"GREETING": "hi there"}, working_dir="/tmp",
                         mounts=[pb.Mount(container_path="/mnt", host_path=str(link),
-                                         readonly=True)])
+                                         readonly=True)],
+                        devices=[pb.Device(container_path="/dev/xnull", host_path="/dev/null",
+                                           permissions="rw")])
     lines = [m for _, _, m in _wait_log(cri.log_of(pod, "e"), "Read-only")]
-    assert "hi there at /tmp" in lines and "from the host" in lines
+    assert "hi there at /tmp" in lines and "from the host" in lines and "device" in lines
     assert any("Read-only file system" in line for line in lines)
     st = c.status(cid).status
     assert [(m.container_path, m.host_path, m.readonly) for m in st.mounts] == \

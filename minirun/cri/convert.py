@@ -19,15 +19,14 @@ unless said otherwise):
   "" is unconfined, as the API documents.
 - apparmor: the host has no AppArmor support in minirun, so anything but unconfined is
   refused with a message (containerd refuses likewise where AppArmor is off).
-- mounts: host paths must exist, symlinks followed; propagation private (rprivate),
-  host-to-container (rslave: the source must be a shared or slave mount) and
-  bidirectional (rshared: the source must be a shared mount).
+- mounts: symlinks in host paths followed; propagation private (rprivate),
+  host-to-container (rslave) and bidirectional (rshared), which the engine checks
+  against the host mount holding the source (shared, or slave for rslave).
 """
 
 from __future__ import annotations
 
 import os
-import stat
 
 from ..engine import DEFAULT_CAPS, RunOptions
 from ..errors import InvalidArgument
@@ -289,22 +288,15 @@ def resources(res) -> dict:
     return out
 
 
-def mounts(config_mounts, mount_table=None) -> list[dict]:
-    """The container's host-path mounts as OCI mounts (bind, with propagation)."""
+def mounts(config_mounts) -> list[dict]:
+    """The container's host-path mounts as OCI mounts (bind, with propagation). The
+    engine checks them (sources there, propagation the host mount allows)."""
     out = []
     for m in config_mounts:
         if _has(m, "image") and m.image.image:
             raise InvalidArgument(f"mount {m.container_path}: image volumes are not supported")
-        if not m.container_path or not os.path.isabs(m.container_path):
-            raise InvalidArgument(f"mount {m.container_path!r}: the container path must be "
-                                  "absolute")
         if not m.host_path:
-            raise InvalidArgument(f"mount {m.container_path}: no host path")
-        # the API: a symlink is followed and its target mounted
-        source = os.path.realpath(m.host_path)
-        if not os.path.exists(source):
-            raise InvalidArgument(f"mount {m.container_path}: host path {m.host_path} does "
-                                  "not exist")
+            raise InvalidArgument(f"mount {m.container_path!r}: no host path")
         if m.propagation not in PROPAGATIONS:
             raise InvalidArgument(f"mount {m.container_path}: unknown propagation "
                                   f"{m.propagation}")
@@ -312,56 +304,19 @@ def mounts(config_mounts, mount_table=None) -> list[dict]:
                 not m.readonly or m.propagation != PROPAGATION_PRIVATE):
             raise InvalidArgument(f"mount {m.container_path}: recursive read-only needs "
                                   "readonly and private propagation")
-        propagation = PROPAGATIONS[m.propagation]
-        if m.propagation != PROPAGATION_PRIVATE:
-            _check_source_propagation(source, m.propagation, mount_table)
-        options = ["rbind", propagation, "ro" if m.readonly else "rw"]
-        out.append({"destination": m.container_path, "type": "bind", "source": source,
-                    "options": options})
+        # the API: a symlink is followed and its target mounted
+        out.append({"destination": m.container_path, "type": "bind",
+                    "source": os.path.realpath(m.host_path),
+                    "options": ["rbind", PROPAGATIONS[m.propagation],
+                                "ro" if m.readonly else "rw"]})
     return out
-
-
-def _check_source_propagation(source: str, propagation: int, mount_table=None) -> None:
-    """rshared needs a shared source mount, rslave a shared or slave one: otherwise the
-    propagation asked for would silently not happen."""
-    from .. import mountinfo
-
-    table = mount_table if mount_table is not None else mountinfo.read()
-    best = None
-    for m in table:
-        point = m.mountpoint.rstrip("/") or "/"
-        covers = source == point or source.startswith(point + "/") or point == "/"
-        if covers and (best is None or len(point) >= len(best.mountpoint.rstrip("/") or "/")):
-            best = m
-    if best is None:
-        return
-    tags = [t.split(":")[0] for t in best.optional]
-    if propagation == PROPAGATION_BIDIRECTIONAL and "shared" not in tags:
-        raise InvalidArgument(f"bidirectional mount of {source}: it is on the mount "
-                              f"{best.mountpoint}, which is not shared")
-    if propagation == PROPAGATION_HOST_TO_CONTAINER and not {"shared", "master"} & set(tags):
-        raise InvalidArgument(f"host-to-container mount of {source}: it is on the mount "
-                              f"{best.mountpoint}, which is neither shared nor slave")
 
 
 def devices(config_devices) -> list[dict]:
-    out = []
-    for d in config_devices:
-        if not d.container_path or not os.path.isabs(d.container_path):
-            raise InvalidArgument(f"device {d.container_path!r}: the container path must be "
-                                  "absolute")
-        host = os.path.realpath(d.host_path) if d.host_path else ""
-        try:
-            mode = os.stat(host).st_mode if host else 0
-        except OSError:
-            mode = 0
-        if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
-            raise InvalidArgument(f"device {d.host_path!r}: not a device on the host")
-        perms = d.permissions or "rwm"
-        if not set(perms) <= set("rwm"):
-            raise InvalidArgument(f"device {d.host_path}: permissions {perms!r} (want r, w, m)")
-        out.append({"host": host, "container": d.container_path, "permissions": perms})
-    return out
+    """The engine's devices (it checks them: host nodes, paths, permissions)."""
+    return [{"host": os.path.realpath(d.host_path) if d.host_path else "",
+             "container": d.container_path or d.host_path,
+             "permissions": d.permissions or "rwm"} for d in config_devices]
 
 
 def log_path(config, sandbox_config) -> str:
@@ -388,7 +343,7 @@ def _namespace_option(mode: int, ns_path, what: str, target: str | None = None) 
 
 
 def run_options(config, sandbox_config, image_config: dict, pod: PodContext,
-                all_caps: list[str] | None = None, mount_table=None) -> RunOptions:
+                all_caps: list[str] | None = None) -> RunOptions:
     """ContainerConfig (+ the pod's config, the image's config) -> the engine's RunOptions."""
     if not _has(config, "metadata") or not config.metadata.name:
         raise InvalidArgument("container config has no metadata name")
@@ -437,7 +392,7 @@ def run_options(config, sandbox_config, image_config: dict, pod: PodContext,
         ipc=_namespace_option(ns.ipc, pod_ns.get("ipc"), "ipc"),
         uts=("host" if ns.network == NS_NODE
              else _namespace_option(NS_POD, pod_ns.get("uts"), "uts")),
-        mounts=mounts(config.mounts, mount_table), devices=devices(config.devices),
+        mounts=mounts(config.mounts), devices=devices(config.devices),
         masked_paths=None if privileged else list(sc.masked_paths),
         readonly_paths=None if privileged else list(sc.readonly_paths),
         group_add=[str(g) for g in sc.supplemental_groups],
