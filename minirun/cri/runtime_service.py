@@ -89,7 +89,8 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
 
     def __init__(self, engine, config=None, pods=None, streaming=None) -> None:
         self.config = config
-        self.streaming = streaming
+        self._streaming = streaming
+        self._streaming_lock = threading.Lock()
         self._roots = (engine.root, engine.run_root)
         self._local = threading.local()
         self._local.engine = engine
@@ -115,6 +116,22 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
 
             pods = self._local.pods = Pods(self.engine)
         return pods
+
+    @property
+    def streaming(self):
+        """The streaming server of Exec/Attach/PortForward URLs: the one given, else one
+        started on the first call that needs it, at the config's --stream-address."""
+        with self._streaming_lock:
+            if self._streaming is None:
+                from .streaming import start_streaming
+
+                address = getattr(self.config, "stream_address", None) or "127.0.0.1:0"
+                self._streaming = start_streaming(self.engine, address)
+            return self._streaming
+
+    @streaming.setter
+    def streaming(self, server) -> None:
+        self._streaming = server
 
     def _images(self):
         store = getattr(self._local, "images", None)
