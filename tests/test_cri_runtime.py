@@ -649,3 +649,19 @@ def test_fifty_pod_cycles_leave_the_host_as_before(cri):
     after = _our_state(cri, made + containers)
     before_all = dict(before, cgroups=[], netns=[])
     assert after == before_all
+
+
+def test_start_of_a_missing_program_fails_and_removes_clean(cri):
+    c = cri.client
+    pod_id, pod = cri.run_pod("nostart")
+    before = _host_traces(cri)
+    cid = cri.container(pod_id, pod, "x", ["/no/such/program"], start=False)
+    with pytest.raises(grpc.RpcError) as e:
+        c.start(cid)
+    assert "/no/such/program" in e.value.details(), e.value.details()
+    st = c.status(cid).status  # as containerd: exited, 128, StartError
+    assert (st.state, st.exit_code, st.reason) == (pb.CONTAINER_EXITED, 128, "StartError")
+    assert "/no/such/program" in st.message and st.finished_at > 0
+    c.remove(cid)
+    assert _host_traces(cri) == before
+    c.kill_pod(pod_id)

@@ -62,6 +62,7 @@ MAX_EXEC_SYNC_RESPONSE = 16 * 1024 * 1024 - 4096
 # in the background holds them) before we stop reading
 EXEC_DRAIN_SECONDS = 1.0
 EVENTS_POLL_SECONDS = 0.1
+START_ERROR_EXIT_CODE, START_ERROR_REASON = 128, "StartError"  # containerd's
 CONTAINER_STATES = {"created": pb.CONTAINER_CREATED, "running": pb.CONTAINER_RUNNING,
                     "exited": pb.CONTAINER_EXITED}
 EVENT_TYPES = {"created": pb.CONTAINER_CREATED_EVENT, "started": pb.CONTAINER_STARTED_EVENT,
@@ -91,6 +92,7 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
         self.config = config
         self._streaming = streaming
         self._streaming_lock = threading.Lock()
+        self._start_errors: dict[str, str] = {}  # why a start failed, for the status
         self._roots = (engine.root, engine.run_root)
         self._local = threading.local()
         self._local.engine = engine
@@ -282,8 +284,26 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
         pod = self.pods.get(_pod_of(rec))
         if pod["state"] != "ready":
             raise ContainerStateError(f"pod {pod['id'][:12]} is not ready")
-        self.engine.start(rec["id"])
+        try:
+            self.engine.start(rec["id"])
+        except MiniRunError as e:
+            self._start_failed(rec, e)
+            raise
         return pb.StartContainerResponse()
+
+    def _start_failed(self, rec: dict, error: Exception) -> None:
+        """As containerd: a container that could not start has exited (128, StartError),
+        so kubelet sees it fail and applies the pod's restart policy."""
+        engine = self.engine
+        if engine.get_status_only(rec["id"]) != "created":
+            return
+        with engine.db:
+            engine.db.execute("BEGIN")
+            engine._update(rec["id"], status="exited", exit_code=START_ERROR_EXIT_CODE,
+                           finished=time.time(), reason=START_ERROR_REASON)
+            engine.record_event("stopped", rec["id"], _pod_of(rec),
+                                exit_code=START_ERROR_EXIT_CODE, reason=START_ERROR_REASON)
+        self._start_errors[rec["id"]] = str(error)
 
     def StopContainer(self, request, context):
         try:
@@ -349,6 +369,8 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
             reason = rec.get("reason") or ("Completed" if rec["exit_code"] == 0 else "Error")
             if reason == "OOMKilled":
                 message = "the container's cgroup ran out of memory"
+            elif reason == START_ERROR_REASON:
+                message = self._start_errors.get(rec["id"], "the container could not start")
         image, image_ref = self._image_of(rec)
         return pb.ContainerStatus(
             id=rec["id"], metadata=_metadata(rec), state=state,
