@@ -381,6 +381,15 @@ def test_exec_sync_timeout_and_output_cap(cri):
     assert r.stderr == b"done\n" and r.exit_code == 0
     assert 15 * 1024 * 1024 < len(r.stdout) < 16 * 1024 * 1024
     assert r.stdout.count(b"\0") == len(r.stdout)
+    with pytest.raises(grpc.RpcError) as e:
+        c.exec_sync(cid, ["/no/such/cmd"])
+    assert _code(e) == grpc.StatusCode.UNKNOWN and "/no/such/cmd" in e.value.details()
+    assert "\n" not in e.value.details()
+    assert c.exec_sync(cid, ["sh", "-c", "exit 255"]).exit_code == 255
+    t = time.monotonic()
+    for _ in range(5):
+        c.exec_sync(cid, ["true"])
+    print(f"ExecSync of true: {(time.monotonic() - t) / 5 * 1000:.0f} ms")
     c.stop(cid, 0)
     with pytest.raises(grpc.RpcError) as e:
         c.exec_sync(cid, ["true"])

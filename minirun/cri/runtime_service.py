@@ -598,7 +598,14 @@ def exec_sync(engine, cid: str, cmd: list[str], timeout: float | None):
             finally:
                 proc.stdout.close()
                 proc.stderr.close()
-        return bytes(outputs[order[0]]), bytes(outputs[order[1]]), proc.returncode
+        stdout, stderr = bytes(outputs[order[0]]), bytes(outputs[order[1]])
+        if proc.returncode != 0 and not os.path.exists(pid_file):
+            # no pid written: the command never ran (missing, not executable); an
+            # error, as containerd answers a failed exec start, not an exit status
+            why = stderr.decode(errors="replace").strip().splitlines()
+            raise MiniRunError(f"exec {cmd[0]} in container {cid[:12]}: "
+                               f"{why[-1] if why else 'it did not start'}")
+        return stdout, stderr, proc.returncode
 
 
 def _exec_dir(engine) -> str:
