@@ -145,6 +145,9 @@ def test_users_and_groups():
     assert o.group_add == ["10", "20"]
     with pytest.raises(InvalidArgument, match="run_as_group"):
         opts(with_sc(run_as_group=pb.Int64Value(value=7)))
+    with pytest.raises(InvalidArgument, match="Strict"):
+        opts(with_sc(run_as_user=pb.Int64Value(value=5), supplemental_groups=[10],
+                     supplemental_groups_policy=pb.Strict))
 
 
 def _caps(add=(), drop=()):

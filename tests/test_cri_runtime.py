@@ -428,6 +428,8 @@ def test_security_context_from_inside(cri):
     if MASKED:  # kubelet's masked paths: /dev/null over them
         assert "masked character special file" in out, out
     assert "CapEff:\t0000000000000000" in out  # a non-root user keeps no effective caps
+    user = c.status(locked).status.user.linux
+    assert (user.uid, user.gid) == (1000, 1001) and 2000 in user.supplemental_groups
 
     caps = cri.container(pod_id, pod, "caps", ["sh", "-c", PROBE], security={
         "capabilities": pb.Capability(drop_capabilities=["ALL"],

@@ -35,6 +35,7 @@ from ..errors import InvalidArgument
 NS_POD, NS_CONTAINER, NS_NODE, NS_TARGET = 0, 1, 2, 3
 PROPAGATION_PRIVATE, PROPAGATION_HOST_TO_CONTAINER, PROPAGATION_BIDIRECTIONAL = 0, 1, 2
 PROFILE_RUNTIME_DEFAULT, PROFILE_UNCONFINED, PROFILE_LOCALHOST = 0, 1, 2
+SUPPLEMENTAL_GROUPS_MERGE = 0
 PROTOCOLS = {0: "tcp", 1: "udp", 2: "sctp"}
 PROPAGATIONS = {PROPAGATION_PRIVATE: "rprivate", PROPAGATION_HOST_TO_CONTAINER: "rslave",
                 PROPAGATION_BIDIRECTIONAL: "rshared"}
@@ -371,6 +372,10 @@ def run_options(config, sandbox_config, image_config: dict, pod: PodContext,
         network = "none"
     cap_add, cap_drop = ([], []) if privileged else \
         capabilities(sc.capabilities, all_caps if all_caps is not None else _all_caps())
+    if getattr(sc, "supplemental_groups_policy", 0) != SUPPLEMENTAL_GROUPS_MERGE:
+        # the engine always adds the image's groups of the user: Strict would be a lie
+        raise InvalidArgument("supplemental_groups_policy Strict is not supported (Merge "
+                              "only)")
     seccomp = seccomp_choice(sc, privileged)
     security_opt = [] if seccomp is None else [f"seccomp={seccomp}"]
     user, group = user_and_group(sc)

@@ -382,7 +382,22 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
             message=message, labels=opts.get("labels") or {},
             annotations=opts.get("annotations") or {}, mounts=_mounts(opts),
             log_path=opts.get("log_path") or "",
-            resources=pb.ContainerResources(linux=_resources(opts)))
+            resources=pb.ContainerResources(linux=_resources(opts)),
+            user=self._user_of(rec))
+
+    def _user_of(self, rec: dict):
+        """The identity the container's process started with (its config.json's)."""
+        user = (self._oci_spec(rec["id"]) or {}).get("process", {}).get("user") or {}
+        return pb.ContainerUser(linux=pb.LinuxContainerUser(
+            uid=user.get("uid", 0), gid=user.get("gid", 0),
+            supplemental_groups=user.get("additionalGids") or []))
+
+    def _oci_spec(self, cid: str) -> dict | None:
+        try:
+            with open(os.path.join(self.engine.root, "containers", cid, "config.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
 
     def _image_of(self, rec: dict):
         """(ImageSpec, image_ref) as containerd answers them: the image's first tag (the
@@ -405,12 +420,7 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
 
     def _container_info(self, rec: dict) -> dict:
         """As containerd's verbose container info: pid, sandbox, the OCI spec."""
-        try:
-            with open(os.path.join(self.engine.root, "containers", rec["id"],
-                                   "config.json")) as f:
-                spec = json.load(f)
-        except (OSError, ValueError):
-            spec = None
+        spec = self._oci_spec(rec["id"])
         opts = json.loads(rec["options"])
         return {"sandboxID": _pod_of(rec), "pid": rec["pid"] or 0,
                 "removing": False, "snapshotKey": rec["id"], "snapshotter": "overlayfs",
