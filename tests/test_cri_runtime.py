@@ -676,3 +676,36 @@ def test_start_of_a_missing_program_fails_and_removes_clean(cri):
     c.remove(cid)
     assert _host_traces(cri) == before
     c.kill_pod(pod_id)
+
+
+def test_minimal_requests_as_critest_sends_them(cri):
+    """critest's pods have no hostname and no security context, its containers only a
+    metadata, an image, a command and a log path."""
+    c = cri.client
+    config = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name="PodSandbox-minimal", uid="uid-minimal",
+                                       namespace="ns-minimal"),
+        log_directory=os.path.join(cri.log_dir, "minimal"),
+        port_mappings=[pb.PortMapping(container_port=80)], labels={"set": "minimal"})
+    pod_id = c.run_pod(config)
+    cri.pods_made.append(pod_id)
+    assert c.pod_status(pod_id).status.state == pb.SANDBOX_READY
+    cid = c.create(pod_id, config, pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name="busybox-minimal"), image=pb.ImageSpec(image=IMAGE),
+        command=["sh", "-c", "echo hello World; sleep 1000"],
+        log_path="busybox-minimal.log", linux=pb.LinuxContainerConfig()))
+    c.start(cid)
+    assert c.wait_state(cid, pb.CONTAINER_RUNNING).state == pb.CONTAINER_RUNNING
+    r = c.exec_sync(cid, ["echo", "busybox"])
+    assert (r.stdout, r.stderr) == (b"busybox\n", b"")
+    name = c.exec_sync(cid, ["hostname"]).stdout.decode().strip()
+    assert name, "the pod has a host name all the same"
+    path = c.status(cid).status.log_path
+    assert path == os.path.join(config.log_directory, "busybox-minimal.log")
+    assert ("stdout", "F", "hello World") in _wait_log(path, "hello World")
+    c.stop_pod(pod_id)
+    assert c.status(cid).status.state == pb.CONTAINER_EXITED
+    c.remove_pod(pod_id)
+    with pytest.raises(grpc.RpcError) as e:
+        c.status(cid)
+    assert _code(e) == grpc.StatusCode.NOT_FOUND

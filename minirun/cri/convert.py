@@ -111,9 +111,6 @@ def pod_spec(config, runtime_handler: str = ""):
     pid = namespace_mode(ns.pid, {NS_POD: "pod", NS_CONTAINER: "container", NS_NODE: "node"},
                          "pod pid")
     ipc = namespace_mode(ns.ipc, {NS_POD: "pod", NS_NODE: "node"}, "pod ipc")
-    if not config.hostname and network != "node":
-        raise InvalidArgument("pod sandbox config has no hostname (only a pod on the node's "
-                              "network may leave it empty)")
     check_apparmor(sc, "pod")
     ports = []
     for p in config.port_mappings:
