@@ -593,11 +593,22 @@ def test_container_events_stream(cri):
     assert state_in(event(pb.CONTAINER_STOPPED_EVENT, cid), cid) == [pb.CONTAINER_EXITED]
     c.remove(cid)
     assert state_in(event(pb.CONTAINER_DELETED_EVENT, cid), cid) == []
-    stream.cancel()
     kinds = [e.container_event_type for e in seen if e.container_id == cid]
     assert kinds == [pb.CONTAINER_CREATED_EVENT, pb.CONTAINER_STARTED_EVENT,
                      pb.CONTAINER_STOPPED_EVENT, pb.CONTAINER_DELETED_EVENT]
-    c.kill_pod(pod_id)
+    # the pod's own, under its id (as containerd sends a sandbox's)
+    assert event(pb.CONTAINER_STARTED_EVENT, pod_id).pod_sandbox_status.state == \
+        pb.SANDBOX_READY
+    c.stop_pod(pod_id)
+    assert event(pb.CONTAINER_STOPPED_EVENT, pod_id).pod_sandbox_status.state == \
+        pb.SANDBOX_NOTREADY
+    c.stop_pod(pod_id)
+    c.remove_pod(pod_id)
+    assert not event(pb.CONTAINER_DELETED_EVENT, pod_id).HasField("pod_sandbox_status")
+    stream.cancel()
+    kinds = [e.container_event_type for e in seen if e.container_id == pod_id]
+    assert kinds == [pb.CONTAINER_CREATED_EVENT, pb.CONTAINER_STARTED_EVENT,
+                     pb.CONTAINER_STOPPED_EVENT, pb.CONTAINER_DELETED_EVENT]
 
 
 # --- the CRI process dies, the pods do not ------------------------------------------------------

@@ -145,17 +145,35 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
 
     # --- pods -----------------------------------------------------------------------------
 
+    # A pod's own events carry its id as the container's, as containerd sends them for
+    # sandboxes, so that kubelet's evented PLEG sees pods start and stop too.
+
     def RunPodSandbox(self, request, context):
         spec = convert.pod_spec(request.config, request.runtime_handler)
-        return pb.RunPodSandboxResponse(pod_sandbox_id=self.pods.run(spec))
+        pod_id = self.pods.run(spec)
+        self._pod_event(pod_id, "created")
+        self._pod_event(pod_id, "started")
+        return pb.RunPodSandboxResponse(pod_sandbox_id=pod_id)
 
     def StopPodSandbox(self, request, context):
-        self.pods.stop(_require(request.pod_sandbox_id, "pod_sandbox_id"))
+        pod_id = _require(request.pod_sandbox_id, "pod_sandbox_id")
+        try:
+            ready = self.pods.get(pod_id)["state"] == "ready"
+        except NotFound:
+            return pb.StopPodSandboxResponse()
+        stopped = self.pods.stop(pod_id)
+        if ready and stopped:
+            self._pod_event(stopped, "stopped")
         return pb.StopPodSandboxResponse()
 
     def RemovePodSandbox(self, request, context):
-        self.pods.remove(_require(request.pod_sandbox_id, "pod_sandbox_id"))
+        removed = self.pods.remove(_require(request.pod_sandbox_id, "pod_sandbox_id"))
+        if removed:
+            self._pod_event(removed, "deleted")
         return pb.RemovePodSandboxResponse()
+
+    def _pod_event(self, pod_id: str, kind: str) -> None:
+        self.engine.record_event(kind, pod_id, pod_id, sandbox=True)
 
     def PodSandboxStatus(self, request, context):
         rec = self.pods.get(_require(request.pod_sandbox_id, "pod_sandbox_id"))
@@ -489,7 +507,7 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
         statuses = []
         try:
             pod = self.pods.get(ev["pod"])
-        except NotFound:
+        except (NotFound, InvalidArgument):
             pod = None
         if pod is not None:
             pod_status = self._pod_status(pod)
