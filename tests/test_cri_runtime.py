@@ -720,3 +720,24 @@ def test_minimal_requests_as_critest_sends_them(cri):
     with pytest.raises(grpc.RpcError) as e:
         c.status(cid)
     assert _code(e) == grpc.StatusCode.NOT_FOUND
+
+
+def test_pods_on_the_cni_network_talk_to_each_other(cri):
+    c = cri.client
+    server_pod, server_cfg = cri.run_pod("server")
+    client_pod, client_cfg = cri.run_pod("client")
+    cri.container(server_pod, server_cfg, "srv",
+                  ["sh", "-c", "while :; do echo hello from server | nc -l -p 8080; done"])
+    cid = cri.container(client_pod, client_cfg, "cl", ["sleep", "1000"])
+    server_ip = c.pod_status(server_pod).status.network.ip
+    client_ip = c.pod_status(client_pod).status.network.ip
+    assert server_ip and client_ip and server_ip != client_ip
+    deadline = time.monotonic() + 10
+    while True:  # until nc listens
+        r = c.exec_sync(cid, ["sh", "-c", f"nc {server_ip} 8080 </dev/null"], timeout=5)
+        if r.stdout == b"hello from server\n" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert r.stdout == b"hello from server\n"
+    c.kill_pod(server_pod, grace=0)
+    c.kill_pod(client_pod, grace=0)
