@@ -630,6 +630,28 @@ def test_cri_killed_and_restarted_keeps_pods(cri):
     c.kill_pod(pod_id)
 
 
+def test_daemon_killed_keeps_pods(cri):
+    """The supervising daemon SIGKILLed under running pods: the keeper holds the
+    containers and brings a daemon back; the pods stay ready, their containers running,
+    and a stop afterwards is recorded."""
+    c = cri.client
+    pod_id, pod = cri.run_pod("daemonkill")
+    cid = cri.container(pod_id, pod, "s", ["sleep", "1000"])
+    daemon = cri.pid_of("daemon")
+    assert daemon
+    os.kill(daemon, signal.SIGKILL)
+    time.sleep(0.5)
+    assert [p.id for p in c.list_pods(id=pod_id, state=pb.PodSandboxStateValue(
+        state=pb.SANDBOX_READY))] == [pod_id]
+    assert c.status(cid).status.state == pb.CONTAINER_RUNNING
+    assert c.exec_sync(cid, ["echo", "alive"]).stdout == b"alive\n"
+    c.stop(cid, 0)
+    st = c.status(cid).status
+    assert st.state == pb.CONTAINER_EXITED and st.exit_code == 137
+    assert cri.pid_of("daemon") not in (None, daemon), "a new daemon took over"
+    c.kill_pod(pod_id)
+
+
 # --- many cycles leave the host as it was ------------------------------------------------------
 
 def _our_state(cri, pod_ids: list[str]) -> dict:
