@@ -135,6 +135,13 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
     def streaming(self, server) -> None:
         self._streaming = server
 
+    def close(self) -> None:
+        """The server calls it once it stopped serving: the streaming server ends."""
+        with self._streaming_lock:
+            server, self._streaming = self._streaming, None
+        if server is not None:
+            server.stop()
+
     def _images(self):
         store = getattr(self._local, "images", None)
         if store is None:
