@@ -474,6 +474,29 @@ def test_env_workdir_args_and_host_mounts(cri, tmp_path):
     c.kill_pod(pod_id)
 
 
+def test_streaming_urls(cri):
+    """Exec, Attach and PortForward answer single-use URLs of the streaming server that
+    `minirun cri` starts on the first such call (the protocols are test_cri_streaming's)."""
+    import urllib.request
+
+    c = cri.client
+    pod_id, pod = cri.run_pod("stream")
+    cid = cri.container(pod_id, pod, "s", ["sleep", "1000"])
+    urls = [c.call("Exec", pb.ExecRequest(container_id=cid, cmd=["true"], stdout=True)).url,
+            c.call("Attach", pb.AttachRequest(container_id=cid, stdout=True)).url,
+            c.call("PortForward", pb.PortForwardRequest(pod_sandbox_id=pod_id,
+                                                        port=[80])).url]
+    assert all(u.startswith("http://127.0.0.1:") for u in urls), urls
+    assert len(set(urls)) == 3
+    with pytest.raises(grpc.RpcError) as e:
+        c.call("Exec", pb.ExecRequest(container_id="f" * 64, cmd=["true"], stdout=True))
+    assert _code(e) == grpc.StatusCode.NOT_FOUND
+    # a plain GET is no upgrade: refused, but by the streaming server that holds the URL
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(urls[0], timeout=5)
+    c.kill_pod(pod_id, grace=0)
+
+
 # --- namespaces -------------------------------------------------------------------------------
 
 def test_shared_pid_pod(cri):
