@@ -27,6 +27,23 @@ KUBELET_READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
 NS = {"pod": pb.POD, "container": pb.CONTAINER, "node": pb.NODE, "target": pb.TARGET}
 
 
+def kubelet_resources() -> dict:
+    """What kubelet puts in a BestEffort container's LinuxContainerResources: the
+    smallest cpu shares, oom_score_adj 1000, and a 0 limit for each hugepage size the
+    host knows."""
+    sizes = []
+    try:
+        names = sorted(os.listdir("/sys/kernel/mm/hugepages"))
+    except OSError:
+        names = []
+    for name in names:  # hugepages-2048kB -> 2MB
+        kb = int(name[len("hugepages-"):-len("kB")])
+        size = f"{kb // 1024 ** 2}GB" if kb % 1024 ** 2 == 0 else (
+            f"{kb // 1024}MB" if kb % 1024 == 0 else f"{kb}KB")
+        sizes.append(pb.HugepageLimit(page_size=size, limit=0))
+    return {"cpu_shares": 2, "oom_score_adj": 1000, "hugepage_limits": sizes}
+
+
 class CriClient:
     def __init__(self, socket_path: str, timeout: float = 120.0) -> None:
         self.socket_path = socket_path
@@ -102,7 +119,8 @@ class CriClient:
             log_path=f"{name}/{attempt}.log" if log_path is None else log_path,
             tty=tty, stdin=stdin,
             linux=pb.LinuxContainerConfig(
-                resources=pb.LinuxContainerResources(**(resources or {})),
+                resources=pb.LinuxContainerResources(**{**kubelet_resources(),
+                                                        **(resources or {})}),
                 security_context=pb.LinuxContainerSecurityContext(**sc)))
 
     # --- calls ----------------------------------------------------------------------------

@@ -300,16 +300,33 @@ def test_devices():
 
 # --- resources ----------------------------------------------------------------------------
 
+def test_hugepage_limits_of_sizes_the_host_has_none_of_are_left_out(tmp_path):
+    for size, count in (("2048", "0"), ("1048576", "4")):
+        (tmp_path / f"hugepages-{size}kB").mkdir()
+        (tmp_path / f"hugepages-{size}kB" / "nr_hugepages").write_text(count + "\n")
+    assert convert.host_hugepages("1GB", str(tmp_path)) == 4
+    assert convert.host_hugepages("64KB", str(tmp_path)) == 0
+    res = pb.LinuxContainerResources(hugepage_limits=[
+        pb.HugepageLimit(page_size="2MB", limit=0), pb.HugepageLimit(page_size="1GB", limit=0)])
+    # none of 2MB to be had: nothing to deny; 1GB pages are reserved: 0 means none of them
+    assert convert.resources(res, str(tmp_path)) == {"hugepage_limits": {"1GB": 0}}
+    res.hugepage_limits[0].limit = 4 << 20
+    assert convert.resources(res, str(tmp_path))["hugepage_limits"] == {"2MB": 4 << 20,
+                                                                         "1GB": 0}
+    with pytest.raises(InvalidArgument, match="page size"):
+        convert.host_hugepages("2XB", str(tmp_path))
+
+
 def test_resources():
     res = pb.LinuxContainerResources(
         cpu_period=100000, cpu_quota=50000, cpu_shares=512, memory_limit_in_bytes=64 << 20,
         oom_score_adj=-997, cpuset_cpus="0", cpuset_mems="0",
-        hugepage_limits=[pb.HugepageLimit(page_size="2MB", limit=0)],
+        hugepage_limits=[pb.HugepageLimit(page_size="2MB", limit=1 << 21)],
         unified={"memory.high": "max"}, memory_swap_limit_in_bytes=64 << 20)
     assert convert.resources(res) == {
         "cpu_period": 100000, "cpu_quota": 50000, "cpu_shares": 512,
         "memory_bytes": 64 << 20, "memory_swap": 64 << 20, "oom_score_adj": -997,
-        "cpuset_cpus": "0", "cpuset_mems": "0", "hugepage_limits": {"2MB": 0},
+        "cpuset_cpus": "0", "cpuset_mems": "0", "hugepage_limits": {"2MB": 1 << 21},
         "unified": {"memory.high": "max"}}
     assert convert.resources(pb.LinuxContainerResources()) == {}
     o = opts(container(linux=pb.LinuxContainerConfig(resources=res)))

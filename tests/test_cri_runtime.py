@@ -550,7 +550,8 @@ def test_update_resources_and_reopen_log(cri):
     pod_id, pod = cri.run_pod("upd")
     loop = "while :; do echo tick; sleep 0.2; done"
     cid = cri.container(pod_id, pod, "u", ["sh", "-c", loop],
-                        resources={"memory_limit_in_bytes": 64 << 20, "cpu_shares": 512})
+                        resources={"memory_limit_in_bytes": 64 << 20, "cpu_shares": 512,
+                                   "oom_score_adj": -997})  # kubelet's Guaranteed score
     c.call("UpdateContainerResources", pb.UpdateContainerResourcesRequest(
         container_id=cid, linux=pb.LinuxContainerResources(memory_limit_in_bytes=96 << 20,
                                                            cpu_shares=256)))
@@ -558,6 +559,13 @@ def test_update_resources_and_reopen_log(cri):
     assert st.resources.linux.memory_limit_in_bytes == 96 << 20
     assert st.resources.linux.cpu_shares == 256
     pid = json.loads(c.status(cid, verbose=True).info["info"])["pid"]
+    with open(f"/proc/{pid}/oom_score_adj") as f:
+        score = int(f.read())
+    with open("/proc/self/status") as f:
+        bounding = int(next(ln.split()[1] for ln in f if ln.startswith("CapBnd:")), 16)
+    # lowering it needs CAP_SYS_RESOURCE: where the host withholds it, the container runs
+    # all the same (with a warning) at the score it inherited
+    assert score == -997 if bounding & (1 << 24) else score >= 0
     with open(f"/proc/{pid}/cgroup") as f:
         mem = next(line.split(":", 2)[2].strip() for line in f
                    if line.split(":")[1] == "memory")
@@ -641,6 +649,13 @@ def test_cri_killed_and_restarted_keeps_pods(cri):
     pod_id, pod = cri.run_pod("survivor")
     cid = cri.container(pod_id, pod, "s", ["sleep", "1000"])
     pid = json.loads(c.status(cid, verbose=True).info["info"])["pid"]
+    with open(f"/proc/{pid}/oom_score_adj") as f:
+        score = int(f.read())
+    with open("/proc/self/status") as f:
+        bounding = int(next(ln.split()[1] for ln in f if ln.startswith("CapBnd:")), 16)
+    # lowering it needs CAP_SYS_RESOURCE: where the host withholds it, the container runs
+    # all the same (with a warning) at the score it inherited
+    assert score == -997 if bounding & (1 << 24) else score >= 0
     cri.kill_cri(signal.SIGKILL)
     time.sleep(0.5)
     os.kill(pid, 0)  # still running

@@ -40,6 +40,7 @@ PROTOCOLS = {0: "tcp", 1: "udp", 2: "sctp"}
 PROPAGATIONS = {PROPAGATION_PRIVATE: "rprivate", PROPAGATION_HOST_TO_CONTAINER: "rslave",
                 PROPAGATION_BIDIRECTIONAL: "rshared"}
 APPARMOR_ENABLED = "/sys/module/apparmor/parameters/enabled"
+HUGEPAGES_DIR = "/sys/kernel/mm/hugepages"
 NAME_PREFIX = "k8s"
 
 
@@ -263,9 +264,30 @@ def check_apparmor(sc, what: str) -> None:
                           "supported")
 
 
-def resources(res) -> dict:
+def host_hugepages(page_size: str, hugepages_dir: str = HUGEPAGES_DIR) -> int:
+    """How many pages of that size (the API's "2MB", "1GB": base 1024) the host has
+    reserved; 0 for a size it does not have."""
+    units = {"KB": 1, "MB": 1024, "GB": 1024 ** 2}
+    number, unit = page_size[:-2], page_size[-2:].upper()
+    if not number.isdigit() or unit not in units:
+        raise InvalidArgument(f"hugepage limit: bad page size {page_size!r} (2MB, 1GB)")
+    try:
+        with open(os.path.join(hugepages_dir, f"hugepages-{int(number) * units[unit]}kB",
+                               "nr_hugepages")) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def resources(res, hugepages_dir: str = HUGEPAGES_DIR) -> dict:
     """LinuxContainerResources as the engine's resource options (RunOptions names); what
-    is 0 or empty is not specified and left out."""
+    is 0 or empty is not specified and left out.
+
+    kubelet sends a hugepage limit for every page size the host knows, 0 for those the
+    container did not ask for. A 0 limit for a size with no page reserved on the host
+    denies nothing that could be had: it is left out, so that a host without the hugetlb
+    cgroup controller (this VM's cgroup v1) still runs kubelet's containers; a 0 limit
+    where pages are reserved stays (and is refused where it cannot be enforced)."""
     out: dict = {}
     for field, key in (("cpu_period", "cpu_period"), ("cpu_quota", "cpu_quota"),
                        ("cpu_shares", "cpu_shares"), ("memory_limit_in_bytes", "memory_bytes"),
@@ -279,8 +301,10 @@ def resources(res) -> dict:
         if key in out and out[key] < 0 and not (key in ("cpu_quota", "memory_swap")
                                                 and out[key] == -1):
             raise InvalidArgument(f"resources: {key} {out[key]} is negative")
-    if res.hugepage_limits:
-        out["hugepage_limits"] = {h.page_size: h.limit for h in res.hugepage_limits}
+    hugepages = {h.page_size: h.limit for h in res.hugepage_limits
+                 if h.limit or host_hugepages(h.page_size, hugepages_dir)}
+    if hugepages:
+        out["hugepage_limits"] = hugepages
     if res.unified:
         out["unified"] = dict(res.unified)
     return out
