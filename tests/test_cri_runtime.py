@@ -343,6 +343,12 @@ def test_bad_requests_answer_and_leave_nothing(cri, tmp_path):
             profile_type=pb.SecurityProfile.Localhost, localhost_ref="p")}))
     refused(grpc.StatusCode.INVALID_ARGUMENT, c.create, pod_id, pod, c.container_config(
         pod, "x", IMAGE, command=["true"], security={"privileged": True}))
+    # the pod's record decides, not what the request claims of the pod
+    claims = pb.PodSandboxConfig()
+    claims.CopyFrom(pod)
+    claims.linux.security_context.privileged = True
+    refused(grpc.StatusCode.INVALID_ARGUMENT, c.create, pod_id, claims, c.container_config(
+        pod, "x", IMAGE, command=["true"], security={"privileged": True}))
     refused(grpc.StatusCode.INVALID_ARGUMENT, c.create, pod_id, pod, c.container_config(
         pod, "x", IMAGE, command=["true"], security={"capabilities": pb.Capability(
             add_capabilities=["NOT_A_CAP"])}))
@@ -355,6 +361,12 @@ def test_bad_requests_answer_and_leave_nothing(cri, tmp_path):
     no_meta_pod.ClearField("metadata")
     refused(grpc.StatusCode.INVALID_ARGUMENT, c.run_pod, no_meta_pod)
     refused(grpc.StatusCode.INVALID_ARGUMENT, c.run_pod, c.pod_config("y"), "no-such-handler")
+    # a request without the pod's config (crictl create can send a partial one)
+    cid = c.create(pod_id, pb.PodSandboxConfig(), c.container_config(
+        pod, "partial", IMAGE, command=["true"]))
+    st = c.status(cid).status
+    assert st.log_path == cri.log_of(pod, "partial") and st.metadata.name == "partial"
+    c.remove(cid)
     # the same metadata twice: refused, the first one stays
     cid = cri.container(pod_id, pod, "dup", ["sleep", "1000"])
     with pytest.raises(grpc.RpcError) as e:

@@ -260,15 +260,17 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
         pod = self.pods.get(pod_id)
         if pod["state"] != "ready":
             raise ContainerStateError(f"pod {pod['id'][:12]} is not ready")
-        sandbox = request.sandbox_config
-        if not sandbox.HasField("metadata"):
-            # kubelet always sends it; crictl and tests may not: the pod's own is the same
-            sandbox = pb.PodSandboxConfig()
-            sandbox.CopyFrom(request.sandbox_config)
-            sandbox.metadata.CopyFrom(self._pod_metadata(pod))
-            sandbox.log_directory = sandbox.log_directory or pod.get("log_directory") or ""
-            if not sandbox.linux.cgroup_parent:
-                sandbox.linux.cgroup_parent = pod.get("cgroup_parent") or ""
+        # kubelet sends the pod's config again, but the pod's record is the truth (a client
+        # may send a partial one, as crictl create can, or another pod's)
+        spec = pod["spec"]
+        sandbox = pb.PodSandboxConfig()
+        sandbox.CopyFrom(request.sandbox_config)
+        sandbox.metadata.CopyFrom(self._pod_metadata(pod))
+        sandbox.log_directory = spec.get("log_directory") or ""
+        sandbox.linux.cgroup_parent = spec.get("cgroup_parent") or ""
+        sandbox.linux.ClearField("sysctls")
+        sandbox.linux.sysctls.update(spec.get("sysctls") or {})
+        sandbox.linux.security_context.privileged = bool(spec.get("privileged"))
         image = self._images().get(config.image.image)  # NotFound: the image is not there
         ns_opts = config.linux.security_context.namespace_options
         target = None
