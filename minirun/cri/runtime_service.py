@@ -36,12 +36,8 @@ import time
 from ..errors import ContainerStateError, InvalidArgument, MiniRunError, NotFound
 from . import convert
 from .api import api_pb2 as pb
+from .info import InfoMixin
 
-try:
-    from .info import InfoMixin
-except ImportError:  # pragma: no cover - lands with the server
-    class InfoMixin:  # type: ignore[no-redef]
-        pass
 try:
     from .streaming import StreamingMixin
 except ImportError:
