@@ -164,7 +164,9 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
             ready = self.pods.get(pod_id)["state"] == "ready"
         except NotFound:
             return pb.StopPodSandboxResponse()
-        stopped = self.pods.stop(pod_id)
+        # the API: containers still running are forcibly terminated (containerd kills
+        # them at once too; kubelet has stopped them with their grace period before)
+        stopped = self.pods.stop(pod_id, timeout=0)
         if ready and stopped:
             self._pod_event(stopped, "stopped")
         return pb.StopPodSandboxResponse()
