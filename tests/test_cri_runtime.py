@@ -661,13 +661,6 @@ def test_cri_killed_and_restarted_keeps_pods(cri):
     pod_id, pod = cri.run_pod("survivor")
     cid = cri.container(pod_id, pod, "s", ["sleep", "1000"])
     pid = json.loads(c.status(cid, verbose=True).info["info"])["pid"]
-    with open(f"/proc/{pid}/oom_score_adj") as f:
-        score = int(f.read())
-    with open("/proc/self/status") as f:
-        bounding = int(next(ln.split()[1] for ln in f if ln.startswith("CapBnd:")), 16)
-    # lowering it needs CAP_SYS_RESOURCE: where the host withholds it, the container runs
-    # all the same (with a warning) at the score it inherited
-    assert score == -997 if bounding & (1 << 24) else score >= 0
     cri.kill_cri(signal.SIGKILL)
     time.sleep(0.5)
     os.kill(pid, 0)  # still running
