@@ -528,6 +528,28 @@ def test_shared_pid_pod(cri):
     c.kill_pod(pod_id)
 
 
+def test_target_pid_namespace(cri):
+    """An ephemeral (debug) container as kubelet makes it: pid TARGET of another
+    container of the pod, whose processes it then sees."""
+    c = cri.client
+    pod_id, pod = cri.run_pod("target")
+    a = cri.container(pod_id, pod, "a", ["sleep", "1001"])
+    dbg = c.container_config(pod, "debug", IMAGE, command=["sleep", "1002"], pid="target")
+    dbg.linux.security_context.namespace_options.target_id = a
+    b = c.create(pod_id, pod, dbg)
+    c.start(b)
+    seen = c.exec_sync(b, ["ps", "-o", "args"]).stdout.decode()
+    assert "sleep 1001" in seen and "sleep 1002" in seen
+    # one namespace: the target sees the debug container's process as well
+    assert "sleep 1002" in c.exec_sync(a, ["ps", "-o", "args"]).stdout.decode()
+    bad = c.container_config(pod, "debug2", IMAGE, command=["true"], pid="target")
+    bad.linux.security_context.namespace_options.target_id = "f" * 64
+    with pytest.raises(grpc.RpcError) as e:
+        c.create(pod_id, pod, bad)
+    assert _code(e) == grpc.StatusCode.NOT_FOUND
+    c.kill_pod(pod_id, grace=0)
+
+
 def test_container_pid_namespace_is_private(cri):
     c = cri.client
     pod_id, pod = cri.run_pod("privpid")
