@@ -280,8 +280,21 @@ def test_mounts_follow_symlinks_and_map_propagation(tmp_path):
          "options": ["rbind", "rshared", "rw"]}]
 
 
+def test_what_minirun_does_not_run_is_refused():
+    userns = pb.NamespaceOption(userns_options=pb.UserNamespace(
+        mode=pb.POD, uids=[pb.IDMapping(host_id=100000, container_id=0, length=65536)]))
+    with pytest.raises(InvalidArgument, match="user namespaces"):
+        opts(with_sc(namespace_options=userns))
+    host = pb.NamespaceOption(userns_options=pb.UserNamespace(mode=pb.NODE))
+    assert opts(with_sc(namespace_options=host)).network.startswith("ns:")
+    with pytest.raises(InvalidArgument, match="CDI"):
+        opts(container(CDI_devices=[pb.CDIDevice(name="vendor.com/gpu=0")]))
+
+
 def test_bad_mounts_are_invalid(tmp_path):
-    for m in (pb.Mount(container_path="/a"),
+    for m in (pb.Mount(container_path="/a", host_path=str(tmp_path),
+                       uidMappings=[pb.IDMapping(host_id=1, container_id=0, length=1)]),
+              pb.Mount(container_path="/a"),
               pb.Mount(container_path="/a", host_path=str(tmp_path), propagation=7),
               pb.Mount(container_path="/a", host_path=str(tmp_path), readonly=False,
                        recursive_read_only=True),
@@ -382,3 +395,9 @@ def test_pod_spec_bad_input():
     with pytest.raises(InvalidArgument, match="port"):
         convert.pod_spec(sandbox(port_mappings=[pb.PortMapping(container_port=0,
                                                                host_port=80)]))
+    with pytest.raises(InvalidArgument, match="user namespaces"):
+        convert.pod_spec(sandbox(linux=pb.LinuxPodSandboxConfig(
+            security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(userns_options=pb.UserNamespace(
+                    mode=pb.POD, gids=[pb.IDMapping(host_id=1, container_id=0,
+                                                    length=1)]))))))

@@ -95,6 +95,15 @@ def namespace_mode(mode: int, allowed: dict, what: str) -> str:
     return allowed[mode]
 
 
+def check_user_namespace(ns, what: str) -> None:
+    """kubelet asks for a pod user namespace (hostUsers: false) with mode POD and id
+    mappings; NODE, or no options at all, is the host's, which is all we run."""
+    if _has(ns, "userns_options") and ns.userns_options.mode != NS_NODE and (
+            ns.userns_options.uids or ns.userns_options.gids):
+        raise InvalidArgument(f"{what}: user namespaces (hostUsers: false) are not "
+                              "supported")
+
+
 def pod_spec(config, runtime_handler: str = ""):
     """PodSandboxConfig -> minirun.pods.PodSpec."""
     from ..pods import PodSpec
@@ -112,6 +121,7 @@ def pod_spec(config, runtime_handler: str = ""):
     pid = namespace_mode(ns.pid, {NS_POD: "pod", NS_CONTAINER: "container", NS_NODE: "node"},
                          "pod pid")
     ipc = namespace_mode(ns.ipc, {NS_POD: "pod", NS_NODE: "node"}, "pod ipc")
+    check_user_namespace(ns, "pod")
     check_apparmor(sc, "pod")
     ports = []
     for p in config.port_mappings:
@@ -322,6 +332,9 @@ def mounts(config_mounts) -> list[dict]:
         if m.propagation not in PROPAGATIONS:
             raise InvalidArgument(f"mount {m.container_path}: unknown propagation "
                                   f"{m.propagation}")
+        if list(getattr(m, "uidMappings", [])) or list(getattr(m, "gidMappings", [])):
+            raise InvalidArgument(f"mount {m.container_path}: id-mapped mounts are not "
+                                  "supported")
         if getattr(m, "recursive_read_only", False) and (
                 not m.readonly or m.propagation != PROPAGATION_PRIVATE):
             raise InvalidArgument(f"mount {m.container_path}: recursive read-only needs "
@@ -380,6 +393,10 @@ def run_options(config, sandbox_config, image_config: dict, pod: PodContext,
         raise InvalidArgument("a privileged container needs a privileged pod sandbox")
     check_apparmor(sc, "container")
     ns = sc.namespace_options
+    check_user_namespace(ns, "container")
+    if list(getattr(config, "CDI_devices", [])):
+        raise InvalidArgument("CDI devices are not supported (name the device nodes in "
+                              "devices instead)")
     if ns.network not in (NS_POD, NS_NODE):
         raise InvalidArgument(f"container network namespace mode {ns.network}: only POD or "
                               "NODE")
