@@ -339,8 +339,11 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
             raise InvalidArgument(f"timeout {request.timeout}: must not be negative")
         try:
             self.engine.stop(rec["id"], float(request.timeout))
-        except NotFound:
-            pass
+        except MiniRunError:
+            # a stop racing another (the pod's, the daemon's removal): what counts is
+            # that it is not running any more
+            if self.engine.get_status_only(rec["id"]) == "running":
+                raise
         return pb.StopContainerResponse()
 
     def RemoveContainer(self, request, context):
@@ -350,8 +353,9 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
             return pb.RemoveContainerResponse()
         try:
             self.engine.remove(rec["id"], force=True)
-        except NotFound:
-            pass
+        except MiniRunError:
+            if self.engine.get_status_only(rec["id"]) is not None:
+                raise  # still there: the removal really failed
         return pb.RemoveContainerResponse()
 
     def ListContainers(self, request, context):
