@@ -442,6 +442,10 @@ def test_exec_sync_timeout_and_output_cap(cri):
     assert r.stderr == b"done\n" and r.exit_code == 0
     assert 15 * 1024 * 1024 < len(r.stdout) < 16 * 1024 * 1024
     assert r.stdout.count(b"\0") == len(r.stdout)
+    # a child left in the background holds the output pipes: the call still returns
+    t = time.monotonic()
+    r = c.exec_sync(cid, ["sh", "-c", "sleep 60 & echo started"], timeout=30)
+    assert (r.stdout, r.exit_code) == (b"started\n", 0) and time.monotonic() - t < 10
     with pytest.raises(grpc.RpcError) as e:
         c.exec_sync(cid, ["/no/such/cmd"])
     assert _code(e) == grpc.StatusCode.UNKNOWN and "/no/such/cmd" in e.value.details()
