@@ -264,6 +264,15 @@ def test_pod_of_two_containers(cri):
     assert st.status.metadata.name == "talker" and st.status.metadata.attempt == 0
     assert st.status.labels["role"] == "talk" and dict(st.status.annotations) == {"a": "1"}
     assert st.status.image.image and st.status.image_ref
+    try:  # the same image as the ImageService names it
+        image = c.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=IMAGE)),
+                                     timeout=30).image
+        assert st.status.image_id == image.id
+        assert st.status.image.image in image.repo_tags
+        assert st.status.image_ref in list(image.repo_digests) + [image.id]
+    except grpc.RpcError as e:  # no ImageService in this tree yet
+        assert e.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert st.status.image_id.startswith("sha256:")
     assert st.status.log_path == cri.log_of(pod, "talker")
     info = json.loads(st.info["info"])
     assert info["pid"] > 0 and info["sandboxID"] == pod_id

@@ -438,13 +438,19 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
         except MiniRunError:
             image = None
         if image is not None:
-            tags = [n for n in image.names if "@" not in n]
-            digests = [n for n in image.names if "@" in n]
-            if image.manifest_digest:
-                digests += [f"{n.rsplit(':', 1)[0] if ':' in n.rsplit('/', 1)[-1] else n}"
-                            f"@{image.manifest_digest}" for n in tags]
+            from ..image.reference import parse_reference
+
+            tags, digests = [], set()
+            for ref_name in image.names:  # as ImageStatus lists them
+                parsed = parse_reference(ref_name)
+                if parsed.digest:
+                    digests.add(f"{parsed.name}@{parsed.digest}")
+                else:
+                    tags.append(str(parsed))
+                if image.manifest_digest:
+                    digests.add(f"{parsed.name}@{image.manifest_digest}")
             name = tags[0] if tags else name
-            ref = digests[0] if digests else image.id
+            ref = sorted(digests)[0] if digests else image.id
         return pb.ImageSpec(image=name), ref
 
     def _container_info(self, rec: dict) -> dict:
