@@ -450,7 +450,7 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
                 if image.manifest_digest:
                     digests.add(f"{parsed.name}@{image.manifest_digest}")
             name = tags[0] if tags else name
-            ref = sorted(digests)[0] if digests else image.id
+            ref = min(digests) if digests else image.id  # ImageStatus: sorted
         return pb.ImageSpec(image=name), ref
 
     def _container_info(self, rec: dict) -> dict:
