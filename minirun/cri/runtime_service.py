@@ -58,6 +58,8 @@ MAX_EXEC_SYNC_RESPONSE = 16 * 1024 * 1024 - 4096
 # in the background holds them) before we stop reading
 EXEC_DRAIN_SECONDS = 1.0
 EVENTS_POLL_SECONDS = 0.1
+# how long a timed-out ExecSync waits for minirun-oci to name the process to kill
+EXEC_PID_WAIT_SECONDS = 10.0
 START_ERROR_EXIT_CODE, START_ERROR_REASON = 128, "StartError"  # containerd's
 CONTAINER_STATES = {"created": pb.CONTAINER_CREATED, "running": pb.CONTAINER_RUNNING,
                     "exited": pb.CONTAINER_EXITED}
@@ -619,9 +621,7 @@ def exec_sync(engine, cid: str, cmd: list[str], timeout: float | None):
                     if drained_by is not None and now >= drained_by:
                         break
                     if deadline is not None and now >= deadline and proc.poll() is None:
-                        _kill_exec(pid_file)
-                        proc.kill()
-                        proc.wait()
+                        _kill_exec(pid_file, proc)
                         return None
                     for key, _ in sel.select(EVENTS_POLL_SECONDS):
                         data = os.read(key.fd, 65536)
@@ -636,9 +636,7 @@ def exec_sync(engine, cid: str, cmd: list[str], timeout: float | None):
                 try:
                     proc.wait(left)
                 except subprocess.TimeoutExpired:
-                    _kill_exec(pid_file)
-                    proc.kill()
-                    proc.wait()
+                    _kill_exec(pid_file, proc)
                     return None
             finally:
                 proc.stdout.close()
@@ -659,14 +657,24 @@ def _exec_dir(engine) -> str:
     return path
 
 
-def _kill_exec(pid_file: str) -> None:
-    """The exec'd process, by the pid minirun-oci wrote (its parent's death alone would
-    leave it running in the container)."""
+def _kill_exec(pid_file: str, proc: subprocess.Popen) -> None:
+    """The exec'd process killed, by the pid minirun-oci writes once it runs (its
+    parent's death alone would leave it running in the container), then minirun-oci.
+    A deadline that falls while minirun-oci is still setting the process up (a loaded
+    host) waits for that pid: killed before writing it, minirun-oci would leave the
+    process running, unknown (seen as a `sleep` outliving a 1 s ExecSync timeout)."""
     import signal
 
-    try:
-        with open(pid_file) as f:
-            pid = int(f.read().strip())
-        os.kill(pid, signal.SIGKILL)
-    except (OSError, ValueError):
-        pass
+    until = time.monotonic() + EXEC_PID_WAIT_SECONDS
+    while True:
+        try:
+            with open(pid_file) as f:
+                os.kill(int(f.read().strip()), signal.SIGKILL)
+            break
+        except (OSError, ValueError):
+            pass  # not written yet (or written in part)
+        if proc.poll() is not None or time.monotonic() > until:
+            break  # it could not start, or never will: nothing of it runs
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
