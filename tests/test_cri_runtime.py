@@ -445,6 +445,12 @@ def test_exec_sync_timeout_and_output_cap(cri):
     assert time.monotonic() - t < 10
     ps = c.exec_sync(cid, ["ps", "-o", "args"]).stdout.decode()
     assert "sleep 30" not in ps, "the timed-out command was killed"
+    # killed and reaped at once: no zombie left for a pgrep right after (critest's check)
+    with pytest.raises(grpc.RpcError) as e:
+        c.exec_sync(cid, ["top", "-b"], timeout=1)
+    assert _code(e) == grpc.StatusCode.DEADLINE_EXCEEDED
+    r = c.exec_sync(cid, ["sh", "-c", "pgrep top || true"])
+    assert r.stdout == b"", r.stdout
     # 20 MiB written: what fits in kubelet's 16 MiB message is kept, the command still
     # succeeds
     r = c.exec_sync(cid, ["sh", "-c", "head -c 20971520 /dev/zero; echo done >&2"])

@@ -676,5 +676,10 @@ def _kill_exec(pid_file: str, proc: subprocess.Popen) -> None:
         if proc.poll() is not None or time.monotonic() > until:
             break  # it could not start, or never will: nothing of it runs
         time.sleep(0.01)
-    proc.kill()
-    proc.wait()
+    try:
+        # minirun-oci, its parent, reaps it and exits: killed first, it would leave a
+        # zombie for the container's pid 1 to reap, still seen by a `pgrep` right after
+        proc.wait(EXEC_PID_WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
