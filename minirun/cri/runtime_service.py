@@ -324,12 +324,16 @@ class RuntimeService(InfoMixin, StreamingMixin, StatsMixin):
         engine = self.engine
         if engine.get_status_only(rec["id"]) != "created":
             return
+        # the memory limit can kill the init while it sets the container up, before the
+        # program runs: that is the limit's doing (OOMKilled, 137), not a start error
+        reason = engine.oom_reason(rec["id"]) or START_ERROR_REASON
+        code = 137 if reason == "OOMKilled" else START_ERROR_EXIT_CODE
         with engine.db:
             engine.db.execute("BEGIN")
-            engine._update(rec["id"], status="exited", exit_code=START_ERROR_EXIT_CODE,
-                           finished=time.time(), reason=START_ERROR_REASON)
-            engine.record_event("stopped", rec["id"], _pod_of(rec),
-                                exit_code=START_ERROR_EXIT_CODE, reason=START_ERROR_REASON)
+            engine._update(rec["id"], status="exited", exit_code=code, finished=time.time(),
+                           reason=reason)
+            engine.record_event("stopped", rec["id"], _pod_of(rec), exit_code=code,
+                                reason=reason)
         self._start_errors[rec["id"]] = str(error)
 
     def StopContainer(self, request, context):
