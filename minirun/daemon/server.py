@@ -42,6 +42,7 @@ import base64
 import heapq
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -777,6 +778,11 @@ class Daemon:
         elif kind == "pipe":
             self.on_pipe(key.fileobj, key.data[1], key.data[2])
         elif kind == "keeper":
+            # a keeper call earlier in this round (a client's start) may have read what
+            # made the socket ready (it queues the exits it meets): a blocking recv here
+            # would wait for the keeper forever, the daemon deaf to every client
+            if not select.select([self.keeper], [], [], 0)[0]:
+                return True
             msg, fds = proto.recv(self.keeper)
             for fd in fds:
                 os.close(fd)
