@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import threading
 import time
 
@@ -44,6 +43,7 @@ from ..image import registry
 from ..image.reference import parse_reference
 from ..image.store import ImageRecord, ImageStore
 from .api import api_pb2 as pb
+from .stats import tree_usage
 
 
 class ImageService:
@@ -133,7 +133,7 @@ class ImageService:
 
     def ImageFsInfo(self, request, context):
         store = self.store
-        used, inodes = disk_usage([store.blobs_dir, store.layers_dir])
+        used, inodes = tree_usage([store.blobs_dir, store.layers_dir])
         return pb.ImageFsInfoResponse(image_filesystems=[pb.FilesystemUsage(
             timestamp=time.time_ns(),
             fs_id=pb.FilesystemIdentifier(mountpoint=store.root),
@@ -194,37 +194,3 @@ def request_credentials(auth, default_registry: str) -> dict[str, registry.Crede
     return {target: registry.Credentials(username, password, "the PullImage request's auth",
                                          registry_token=auth.registry_token,
                                          identity_token=auth.identity_token)}
-
-
-def disk_usage(paths: list[str]) -> tuple[int, int]:
-    """(bytes allocated, inodes) under these directories, each inode counted once (the
-    layers' hard links) and never crossing into another file system."""
-    seen: set[tuple[int, int]] = set()
-    used = 0
-    for top in paths:
-        try:
-            top_dev = os.lstat(top).st_dev
-        except FileNotFoundError:
-            continue
-        stack = [top]
-        while stack:
-            path = stack.pop()
-            try:
-                entries = list(os.scandir(path))
-            except OSError:
-                continue
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if st.st_dev != top_dev:
-                    continue
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    continue
-                seen.add(key)
-                used += st.st_blocks * 512
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-    return used, len(seen)
