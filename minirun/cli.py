@@ -123,6 +123,9 @@ def _register_commands() -> None:
     from . import cli_network
 
     cli_network.register(cli)
+    from . import cli_cri
+
+    cli_cri.register(cli)
 
 
 _register_commands()

@@ -1,0 +1,1 @@
+"""The CRI face of minirun: a gRPC server kubelet talks to (see server.py)."""
