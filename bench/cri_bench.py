@@ -52,8 +52,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -65,7 +63,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)  # benchlib, when run by another path
 
-from benchlib import (  # noqa: E402
+from benchlib import (
     CHECKOUT,
     BenchError,
     add_iteration_args,
@@ -82,8 +80,8 @@ from benchlib import (  # noqa: E402
     summary,
     write_json,
 )
-from run_bench import remove_cgroup_tree  # noqa: E402
-from supervise_bench import memory_kib, minirun_supervisors, stop_pid  # noqa: E402
+from run_bench import remove_cgroup_tree
+from supervise_bench import memory_kib, minirun_supervisors, stop_pid
 
 if CHECKOUT not in sys.path:
     sys.path.insert(0, CHECKOUT)
@@ -243,7 +241,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                                          start_new_session=True)
         wait_for_socket(self.sock, self.proc, self.log, "containerd")
         result = subprocess.run([CTR, "-a", self.sock, "-n", "k8s.io", "images", "import",
-                                 archive], capture_output=True, text=True, timeout=120)
+                                 archive], check=False, capture_output=True, text=True,
+                                 timeout=120)
         if result.returncode != 0:
             raise BenchError(f"ctr images import failed: {result.stderr.strip()}")
         return self.sock
@@ -299,7 +298,7 @@ class MiniRunCRI:
     def start(self, archive: str) -> str:
         os.makedirs(self.dir, exist_ok=True)
         write_conflist(self.conf_dir, self.name, os.path.join(self.dir, "ipam"))
-        result = subprocess.run([self.minirun, "load", "-i", archive], env=self.env,
+        result = subprocess.run([self.minirun, "load", "-i", archive], env=self.env, check=False,
                                 capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise BenchError(f"minirun load failed: {result.stderr.strip()}")
@@ -594,6 +593,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except BenchError as e:
         print(f"cri_bench.py: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        import grpc
+
+        if not isinstance(e, grpc.RpcError):
+            raise
+        print(f"cri_bench.py: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
     finally:
         ignore_signals()
