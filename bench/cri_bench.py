@@ -75,6 +75,7 @@ from benchlib import (
     loadavg,
     log_stream,
     machine_and_checkout,
+    progress,
     remove_tree,
     rotated,
     summary,
@@ -566,8 +567,7 @@ def main(argv: list[str] | None = None) -> int:
                     times = samples[net][name] if i >= args.warmup else None
                     pod = clients[name].start_pod(net, times)
                     clients[name].remove_pod(pod)
-            print(f"  iteration {i + 1}/{total}", file=log, end="\r", flush=True)
-        print(file=log)
+            progress(i, total, log)
         result = {"iterations": args.iterations, "runtimes": args.runtimes, "latency": {},
                   "ratios": {}, "memory": {}}
         for net in args.networks:
