@@ -759,21 +759,26 @@ class RegistryClient:
                 self._sleep(attempt)
                 continue
             break
+        return self._token_from(resp, parts.netloc, what, refused=(401,))
+
+    def _token_from(self, resp: _Response, netloc: str, what: str,
+                    refused: tuple[int, ...]) -> str:
+        """The token in a token server's answer ("token", or OAuth2's "access_token")."""
         try:
-            if resp.status == 401:
+            if resp.status in refused:
                 raise self._denied(what)
             if resp.status != 200:
                 raise AuthenticationError(
-                    f"{what}: token server {parts.netloc} answered {resp.status} {resp.resp.reason}"
+                    f"{what}: token server {netloc} answered {resp.status} {resp.resp.reason}"
                 )
             body = parse_json(resp.read_limited(MAX_TOKEN_RESPONSE, "token response"),
-                              f"{what}: token server {parts.netloc}: its answer",
+                              f"{what}: token server {netloc}: its answer",
                               AuthenticationError)
         finally:
             resp.close()
         token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
-            raise AuthenticationError(f"{what}: token server {parts.netloc} sent no token")
+            raise AuthenticationError(f"{what}: token server {netloc} sent no token")
         return token
 
     def _fetch_oauth_token(self, realm: str, service: str | None, scope: str,
@@ -797,22 +802,8 @@ class RegistryClient:
                                             urllib.parse.urlencode(form).encode())
         except (OSError, http.client.HTTPException) as e:
             raise RegistryError(f"{what}: token server {parts.netloc}: {_describe(e)}") from None
-        try:
-            if resp.status in (400, 401, 403):
-                raise self._denied(what)
-            if resp.status != 200:
-                raise AuthenticationError(
-                    f"{what}: token server {parts.netloc} answered {resp.status} {resp.resp.reason}"
-                )
-            body = parse_json(resp.read_limited(MAX_TOKEN_RESPONSE, "token response"),
-                              f"{what}: token server {parts.netloc}: its answer",
-                              AuthenticationError)
-        finally:
-            resp.close()
-        token = (body.get("access_token") or body.get("token")) if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise AuthenticationError(f"{what}: token server {parts.netloc} sent no token")
-        return token
+        # OAuth2 answers a bad refresh token with 400 invalid_grant
+        return self._token_from(resp, parts.netloc, what, refused=(400, 401, 403))
 
     def _send_token_request(self, url: str, headers: dict[str, str], method: str = "GET",
                             body: bytes | None = None) -> _Response:
