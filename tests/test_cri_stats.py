@@ -16,7 +16,7 @@ import pytest
 from enginetest import engine  # noqa: F401 - the fixture
 
 from minirun.cri.api import api_pb2 as pb
-from minirun.cri.stats import StatsMixin
+from minirun.cri.stats import StatsMixin, network_usage
 from minirun.engine import Engine
 
 pytestmark = [
@@ -53,7 +53,7 @@ def pod_record(pod_id: str, network: str = "pod") -> dict:
     return {"id": pod_id, "name": "statpod", "uid": "uid-1", "namespace": "default",
             "attempt": 1, "labels": {"app": "stats"}, "annotations": {"a": "b"},
             "state": "ready", "spec": {"network": network}, "cgroup_parent": "",
-            "holder": ""}
+            "holder": "", "netns": ""}
 
 
 def cgroup_dir(pid: int, controller: str) -> str:
@@ -189,9 +189,13 @@ def test_nano_cores_from_two_samples(engine, running):  # noqa: F811
 def test_pod_stats_sum_its_containers_and_count_processes(engine, running):  # noqa: F811
     pod_id = "c0ffee" + "0" * 58
     worker, burner = running
-    pods = FakePods({pod_id: pod_record(pod_id)}, {pod_id: [worker, burner]})
+    pod = pod_record(pod_id)
+    pod["netns"] = f"/proc/{pid_of(engine, worker)}/ns/net"
+    pods = FakePods({pod_id: pod}, {pod_id: [worker, burner]})
     svc = Stats(engine, pods)
+    home = os.readlink("/proc/thread-self/ns/net")
     s = svc.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod_id), None).stats
+    assert os.readlink("/proc/thread-self/ns/net") == home  # the reader came back
     assert s.attributes.id == pod_id
     assert s.attributes.metadata.name == "statpod" and s.attributes.labels["app"] == "stats"
     linux = s.linux
@@ -210,9 +214,16 @@ def test_pod_stats_sum_its_containers_and_count_processes(engine, running):  # n
     assert linux.process.process_count.value == len(procs) == 4
     # the worker is on the bridge: eth0's counters as the container sees them
     assert linux.network.default_interface.name == "eth0"
-    inside = int(engine("exec", worker, "cat", "/sys/class/net/eth0/statistics/rx_bytes",
-                        check=True).stdout)
-    assert linux.network.default_interface.rx_bytes.value <= inside
+    assert [i.name for i in linux.network.interfaces] == []
+    # between two reads from inside the container
+    def inside() -> list[int]:
+        return [int(engine("exec", worker, "cat", f"/sys/class/net/eth0/statistics/{what}",
+                           check=True).stdout) for what in ("rx_bytes", "tx_bytes")]
+    before = inside()
+    net = network_usage(pod["netns"]).default_interface
+    after = inside()
+    assert before[0] <= net.rx_bytes.value <= after[0]
+    assert before[1] <= net.tx_bytes.value <= after[1]
     assert by_id[worker].memory.available_bytes.value > 0
     listed = svc.ListPodSandboxStats(pb.ListPodSandboxStatsRequest(), None).stats
     assert [p.attributes.id for p in listed] == [pod_id]

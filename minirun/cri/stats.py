@@ -17,9 +17,9 @@ A sample, per container and per pod:
 A pod: its cgroup_parent's cgroup (kubelet's pod cgroup: every container of the pod, and
 its pid holder, in one hierarchy) when the pod has one of its own; with the default parent
 (/minirun, shared by every pod) the sum of its containers. Process count from pids.current.
-Network: /proc/<pid>/net/dev of a process in the pod's netns (one of its running
-containers, or its pid holder); eth0 is the default interface, as CNI names it; none for a
-pod on the host's network, or one with nothing running in its netns yet.
+Network: net/dev read in the pod's pinned netns (the reading thread joins it and comes
+back); eth0 is the default interface, as CNI names it; none for a pod on the host's
+network.
 
 Lists cover running containers (containerd reports those with a task) and ready pods.
 """
@@ -146,22 +146,11 @@ class StatsMixin:
             self._fill_usage(linux, "p:" + pod["id"], sample)
             linux.process.timestamp = sample["timestamp"]
             linux.process.process_count.value = sample["pids"]
-        if pod["spec"].get("network") == "pod":
-            holder = self._holder_pid(pod)
-            pids = [r["pid"] for r in running if r["pid"]] + ([holder] if holder else [])
-            usage = network_usage(pids)
+        if pod["spec"].get("network") == "pod" and pod.get("netns"):
+            usage = network_usage(pod["netns"])
             if usage is not None:
                 linux.network.CopyFrom(usage)
         return stats
-
-    def _holder_pid(self, pod: dict) -> int | None:
-        if not pod.get("holder"):
-            return None
-        try:
-            rec = self.engine.get(pod["holder"])
-        except NotFound:
-            return None
-        return rec["pid"] if rec["status"] == "running" else None
 
     # --- samples -------------------------------------------------------------------------------
 
@@ -277,13 +266,29 @@ def cgroup_sample(cg) -> dict | None:
 
 # --- network and files ---------------------------------------------------------------------------
 
-def read_net_dev(pid: int) -> dict[str, dict[str, int]] | None:
-    """/proc/<pid>/net/dev: per interface rx/tx bytes and errors; None when unreadable."""
+def read_net_dev(netns: str) -> dict[str, dict[str, int]] | None:
+    """Per interface rx/tx bytes and errors in the netns at `netns`, from net/dev as this
+    thread sees it after joining that netns (and coming back, as minirun/network/netns.py
+    does); None when the netns is gone."""
+    from .. import sys as msys
+
     try:
-        with open(f"/proc/{pid}/net/dev") as f:
-            lines = f.read().splitlines()[2:]
+        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        msys.setns(target, msys.CLONE_NEWNET)
+        try:
+            with open("/proc/thread-self/net/dev") as f:
+                lines = f.read().splitlines()[2:]
+        finally:
+            msys.setns(home, msys.CLONE_NEWNET)
+    except msys.SysError:
+        return None
+    finally:
+        os.close(target)
+        os.close(home)
     out = {}
     for line in lines:
         name, _, rest = line.partition(":")
@@ -295,28 +300,26 @@ def read_net_dev(pid: int) -> dict[str, dict[str, int]] | None:
     return out
 
 
-def network_usage(pids: list[int]) -> pb.NetworkUsage | None:
-    """The interfaces of the netns the first readable pid is in (lo left out)."""
-    for pid in pids:
-        devs = read_net_dev(pid)
-        if devs is None:
+def network_usage(netns: str) -> pb.NetworkUsage | None:
+    """The interfaces of the pod's netns (lo left out); eth0 is the default one."""
+    devs = read_net_dev(netns)
+    if devs is None:
+        return None
+    usage = pb.NetworkUsage(timestamp=time.time_ns())
+    for name in sorted(devs):
+        if name == "lo":
             continue
-        usage = pb.NetworkUsage(timestamp=time.time_ns())
-        for name in sorted(devs):
-            if name == "lo":
-                continue
-            d = devs[name]
-            iface = pb.NetworkInterfaceUsage(
-                name=name, rx_bytes=pb.UInt64Value(value=d["rx_bytes"]),
-                rx_errors=pb.UInt64Value(value=d["rx_errors"]),
-                tx_bytes=pb.UInt64Value(value=d["tx_bytes"]),
-                tx_errors=pb.UInt64Value(value=d["tx_errors"]))
-            if name == DEFAULT_INTERFACE:
-                usage.default_interface.CopyFrom(iface)
-            else:
-                usage.interfaces.append(iface)
-        return usage
-    return None
+        d = devs[name]
+        iface = pb.NetworkInterfaceUsage(
+            name=name, rx_bytes=pb.UInt64Value(value=d["rx_bytes"]),
+            rx_errors=pb.UInt64Value(value=d["rx_errors"]),
+            tx_bytes=pb.UInt64Value(value=d["tx_bytes"]),
+            tx_errors=pb.UInt64Value(value=d["tx_errors"]))
+        if name == DEFAULT_INTERFACE:
+            usage.default_interface.CopyFrom(iface)
+        else:
+            usage.interfaces.append(iface)
+    return usage
 
 
 def tree_usage(paths: list[str]) -> tuple[int, int]:
