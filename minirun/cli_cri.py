@@ -66,13 +66,16 @@ def build_services(engine, config: CriConfig) -> tuple[object, object]:
 
 
 def write_default_cni() -> str | None:
-    """minirun.pods.DEFAULT_CONFLIST into the CNI conf dir when that has no network
-    config (a fresh host); a cluster's CNI (flannel, calico) replaces it. The path
-    written, or None."""
+    """minirun's pod network into the CNI conf dir when that has no network config (a
+    fresh host); a cluster's CNI (flannel, calico) replaces it. minirun.pods'
+    write_default_conflist() does it (a subnet no host route overlaps); with only its
+    DEFAULT_CONFLIST, that is written as it is. The path written, or None."""
     try:
-        from .pods import DEFAULT_CONFLIST
+        from . import pods
     except ImportError:
         return None
+    if hasattr(pods, "write_default_conflist"):
+        return pods.write_default_conflist()
     from .cri.info import cni_conf_dir, probe_cni
 
     if probe_cni()[0]:
@@ -82,10 +85,8 @@ def write_default_cni() -> str | None:
     conf_dir = cni_conf_dir()
     os.makedirs(conf_dir, exist_ok=True)
     path = os.path.join(conf_dir, "10-minirun-pods.conflist")
-    text = DEFAULT_CONFLIST if isinstance(DEFAULT_CONFLIST, str) else json.dumps(
-        DEFAULT_CONFLIST, indent=2)
     with open(path + ".tmp", "w") as f:
-        f.write(text)
+        json.dump(pods.DEFAULT_CONFLIST, f, indent=2)
     os.rename(path + ".tmp", path)
     return path
 

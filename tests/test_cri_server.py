@@ -65,6 +65,15 @@ class CriEnv(EngineEnv):
         self.cni_dir = os.path.join(top, "cni")
         os.makedirs(self.cni_dir)
         self.env["MINIRUN_CNI_CONF_DIR"] = self.cni_dir
+        # Status may check that the conflist's plugins exist (minirun.pods.cni_status):
+        # stand-ins, whatever this host has installed; Status never runs them
+        self.plugin_dir = os.path.join(top, "cni-bin")
+        os.makedirs(self.plugin_dir)
+        for name in ("bridge", "host-local"):
+            with open(os.path.join(self.plugin_dir, name), "w") as f:
+                f.write("#!/bin/sh\nexit 1\n")
+            os.chmod(os.path.join(self.plugin_dir, name), 0o755)
+        self.env["MINIRUN_CNI_PLUGIN_DIR"] = self.plugin_dir
         self.procs: list[subprocess.Popen] = []
 
     def start(self, *extra: str, umask: int = 0o022, env: dict | None = None,
@@ -75,7 +84,7 @@ class CriEnv(EngineEnv):
             args += ["--cri-socket", self.socket]
         proc = subprocess.Popen(args, env=dict(self.env, **(env or {})), cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: os.umask(umask))  # noqa: PLW1509
+                                umask=umask)  # no preexec_fn: this process has grpc threads
         self.procs.append(proc)
         if wait:
             wait_serving(self.socket, proc)
@@ -299,6 +308,11 @@ class Failing:
     def Version(self, request, context):
         return pb.VersionResponse(runtime_api_version=context.cri_api)
 
+    closed = 0
+
+    def close(self):
+        self.closed += 1
+
 
 @pytest.fixture
 def inproc(tmp_path):
@@ -311,6 +325,7 @@ def inproc(tmp_path):
         ch.close()
         server.stop(0)
     assert not os.path.exists(server.path)
+    assert server.impls["RuntimeService"].closed == 1  # the impl's close() at the end
 
 
 @pytest.mark.parametrize("cid,code", [
@@ -397,3 +412,53 @@ def test_every_rpc_of_the_proto_is_served_under_both_packages(inproc):
                     assert e.code() != grpc.StatusCode.UNIMPLEMENTED or \
                         e.details() == f"minirun does not implement RPC {m.name}", \
                         (package, m.name, e.details())
+
+
+# --- minirun cri's pieces ----------------------------------------------------------------
+
+
+def test_the_services_fall_back_only_when_their_module_is_missing(monkeypatch, tmp_path):
+    from minirun import cli_cri
+
+    fallback = object()
+    assert cli_cri.load_service("no_such_module", "X", fallback) is fallback
+    # a module that exists but fails to import is an error, not a silent fallback
+    pkg = tmp_path / "minirun_fake"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "broken.py").write_text("import minirun_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    real = importlib.import_module
+    monkeypatch.setattr(cli_cri.importlib, "import_module",
+                        lambda name: real(name.replace("minirun.cri.", "minirun_fake.")))
+    with pytest.raises(ModuleNotFoundError):
+        cli_cri.load_service("broken", "X", fallback)
+    # with neither module there: Version and friends, and no image rpcs
+    monkeypatch.setattr(cli_cri, "load_service", lambda module, name, fallback: fallback)
+    runtime, image = cli_cri.build_services(
+        engine=None, config=cli_cri.CriConfig(socket="/x"))
+    assert hasattr(runtime, "Version") and hasattr(runtime, "Status")
+    assert not hasattr(image, "PullImage")
+
+
+def test_the_default_conflist_is_written_only_into_an_empty_conf_dir(monkeypatch, tmp_path):
+    import types
+
+    from minirun import cli_cri
+
+    conf_dir = tmp_path / "net.d"
+    monkeypatch.setenv("MINIRUN_CNI_CONF_DIR", str(conf_dir))
+    monkeypatch.setitem(sys.modules, "minirun.pods",
+                        types.SimpleNamespace(DEFAULT_CONFLIST=CONFLIST))
+    path = cli_cri.write_default_cni()
+    assert path == str(conf_dir / "10-minirun-pods.conflist")
+    with open(path) as f:
+        assert json.load(f) == CONFLIST
+    assert os.listdir(conf_dir) == ["10-minirun-pods.conflist"]
+    # a config there (ours, or a cluster's CNI) is left alone
+    os.unlink(path)
+    (conf_dir / "05-cluster.conflist").write_text(json.dumps(dict(CONFLIST, name="cluster")))
+    assert cli_cri.write_default_cni() is None
+    assert os.listdir(conf_dir) == ["05-cluster.conflist"]

@@ -47,12 +47,21 @@ def probe_cni() -> tuple[bool, str]:
     return False, f"no network config found in {conf_dir}"
 
 
-def network_status() -> tuple[bool, str]:
+def network_status() -> tuple[bool, str, str]:
+    """(ready, reason, message) of NetworkReady: minirun.pods.cni_status() where that
+    exists (it also checks the plugins), else probe_cni()."""
     try:
         from ..pods import cni_status
     except ImportError:
-        return probe_cni()
-    return cni_status()
+        ready, why = probe_cni()
+    else:
+        status = cni_status()
+        if len(status) == 3:
+            return status
+        ready, why = status
+    if ready:
+        return True, "", ""
+    return False, "NetworkPluginNotReady", f"network plugin is not ready: {why}"
 
 
 class InfoMixin:
@@ -71,12 +80,11 @@ class InfoMixin:
             runtime_api_version=getattr(context, "cri_api", "v1"))
 
     def Status(self, request, context):
-        ready, why = network_status()
+        ready, reason, message = network_status()
         conditions = [
             pb.RuntimeCondition(type="RuntimeReady", status=True),
-            pb.RuntimeCondition(type="NetworkReady", status=ready,
-                                reason="" if ready else "NetworkPluginNotReady",
-                                message="" if ready else f"network plugin is not ready: {why}"),
+            pb.RuntimeCondition(type="NetworkReady", status=ready, reason=reason,
+                                message=message),
         ]
         info = {}
         if request.verbose:

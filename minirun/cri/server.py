@@ -24,7 +24,8 @@ The socket is made under umask 077 (never world-accessible, even for an instant)
 chmod 0600; `<socket>.lock` is flocked for the server's life, so a second server on the
 same socket refuses at once, and a socket file nobody serves (a killed server's) is
 removed before binding. SIGTERM/SIGINT stop it: calls in flight get `grace` seconds,
-then the socket goes.
+then the socket goes, then each impl's close() (if it has one: the streaming server's
+end) is called.
 """
 
 from __future__ import annotations
@@ -229,6 +230,13 @@ class CriServer:
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None
+            for impl in self.impls.values():
+                close = getattr(impl, "close", None)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception as e:  # noqa: BLE001 - the socket must still go
+                        log("error", f"cri: closing {type(impl).__name__}: {e}")
         try:
             if self._inode is not None and os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
