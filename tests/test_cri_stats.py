@@ -249,3 +249,99 @@ def test_unknown_container_is_not_found(engine):  # noqa: F811
         container_stats(svc, "f" * 64)
     with pytest.raises(InvalidArgument):
         container_stats(svc, "")
+
+
+# --- a real pod (minirun.pods) with its own cgroup parent ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_pod(engine):  # noqa: F811
+    """A pod on a CNI network (a bridge of this test) whose cgroup_parent is its own, with
+    two labelled containers in it; removed, with its cgroup parent, at the end."""
+    from test_pods import PodNet
+
+    from minirun.engine import RunOptions
+    from minirun.network import cni
+    from minirun.pods import Pods, PodSpec
+
+    net = PodNet(engine.top)
+    old = os.environ.get(cni.CONF_DIR_ENV)
+    os.environ[cni.CONF_DIR_ENV] = net.conf_dir
+    pods = Pods(Engine(engine.root, engine.run_root))
+    parent = f"/minirun/cri-stats-test/pod-{os.urandom(3).hex()}"
+    uid = os.urandom(8).hex()
+    pod_id = None
+    try:
+        pod_id = pods.run(PodSpec(name="statpod", uid=uid, labels={"app": "real"},
+                                  cgroup_parent=parent))
+        netns = pods.namespaces(pod_id)["network"]
+        cids = []
+        for name, cmd in (("web", ["sh", "-c", "sleep 1000 & sleep 1000 & wait"]),
+                          ("side", ["sleep", "1000"])):
+            cids.append(pods.engine.run_detached("busybox:latest", RunOptions(
+                command=cmd, detach=True, network=f"ns:{netns}", pod=pod_id,
+                cgroup_parent=parent, labels={"role": name},
+                name=f"k8s_{name}_statpod_default_{uid}_2")))
+        yield pods, pod_id, cids, parent
+    finally:
+        if pod_id is not None:
+            pods.remove(pod_id)
+        if old is None:
+            os.environ.pop(cni.CONF_DIR_ENV, None)
+        else:
+            os.environ[cni.CONF_DIR_ENV] = old
+        subprocess.run(["ip", "link", "del", net.bridge], capture_output=True, check=False)
+        for top in ("/sys/fs/cgroup", *(f"/sys/fs/cgroup/{c}" for c in os.listdir(
+                "/sys/fs/cgroup"))):
+            for d in (parent, os.path.dirname(parent)):
+                try:
+                    os.rmdir(top + d)
+                except OSError:
+                    pass
+
+
+def test_pod_stats_of_a_real_pod_read_its_cgroup_parent(engine, real_pod):  # noqa: F811
+    pods, pod_id, cids, parent = real_pod
+    svc = Stats(engine, pods)
+    s = svc.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod_id), None).stats
+    meta = s.attributes.metadata
+    assert (meta.name, meta.namespace, s.attributes.labels["app"]) == \
+        ("statpod", "default", "real")
+    linux = s.linux
+    # the pod's cgroup: both containers, 3 + 1 processes
+    pids_dir = next(d for d in (f"/sys/fs/cgroup/pids{parent}", f"/sys/fs/cgroup{parent}")
+                    if os.path.exists(os.path.join(d, "pids.current")))
+    assert linux.process.process_count.value == int(read(os.path.join(
+        pids_dir, "pids.current"))) == 4
+    assert sorted(c.attributes.id for c in linux.containers) == sorted(cids)
+    names = {c.attributes.metadata.name: c.attributes.metadata.attempt
+             for c in linux.containers}
+    assert names == {"web": 2, "side": 2}
+    assert linux.memory.usage_bytes.value >= sum(c.memory.usage_bytes.value
+                                                 for c in linux.containers) - (1 << 20)
+    # CNI gave the pod's netns an eth0
+    assert linux.network.default_interface.name == "eth0"
+
+
+def test_list_container_stats_filters(engine, real_pod):  # noqa: F811
+    pods, pod_id, cids, _ = real_pod
+    svc = Stats(engine, pods)
+
+    def ids(**f) -> list[str]:
+        req = pb.ListContainerStatsRequest()
+        for k, v in f.items():
+            if k == "label_selector":
+                req.filter.label_selector.update(v)
+            else:
+                setattr(req.filter, k, v)
+        return sorted(s.attributes.id for s in svc.ListContainerStats(req, None).stats)
+
+    # the CLI's containers of this engine (the module's others) are not CRI containers
+    assert ids() == sorted(cids)
+    assert ids(pod_sandbox_id=pod_id[:12]) == sorted(cids)
+    assert ids(pod_sandbox_id="0" * 12) == []
+    assert ids(id=cids[1][:10]) == [cids[1]]
+    assert ids(label_selector={"role": "web"}) == [cids[0]]
+    assert ids(label_selector={"role": "web"}, id=cids[1]) == []
+    listed = svc.ListPodSandboxStats(pb.ListPodSandboxStatsRequest(), None).stats
+    assert [p.attributes.id for p in listed] == [pod_id]
