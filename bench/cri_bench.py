@@ -358,7 +358,12 @@ class Client:
         self.channel.close()
 
     def version(self) -> str:
-        v = self.rt.Version(self.pb.VersionRequest(version="v1"), timeout=CALL_TIMEOUT)
+        import grpc
+
+        try:
+            v = self.rt.Version(self.pb.VersionRequest(version="v1"), timeout=CALL_TIMEOUT)
+        except grpc.RpcError as e:
+            raise BenchError(f"{self.runtime}: Version: {e.code().name}: {e.details()}") from None
         return f"{v.runtime_name} {v.runtime_version} (CRI {v.runtime_api_version})"
 
     def sandbox_config(self, network: str):
@@ -397,6 +402,15 @@ class Client:
     def start_pod(self, network: str, times: dict[str, list[float]] | None = None) -> str:
         """RunPodSandbox, CreateContainer, StartContainer; each call's seconds appended to
         `times`."""
+        import grpc
+
+        try:
+            return self._start_pod(network, times)
+        except grpc.RpcError as e:
+            raise BenchError(f"{self.runtime}, {network} network, pod {self.count}: "
+                             f"{e.code().name}: {e.details()}") from None
+
+    def _start_pod(self, network: str, times: dict[str, list[float]] | None) -> str:
         pb = self.pb
         sandbox = self.sandbox_config(network)
         os.makedirs(sandbox.log_directory, exist_ok=True)
@@ -593,13 +607,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except BenchError as e:
         print(f"cri_bench.py: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:
-        import grpc
-
-        if not isinstance(e, grpc.RpcError):
-            raise
-        print(f"cri_bench.py: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
     finally:
         ignore_signals()
