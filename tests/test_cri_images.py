@@ -451,3 +451,17 @@ def test_user_of_and_request_credentials():
     assert list(creds) == ["docker.io"]
     with pytest.raises(InvalidArgument, match="no ':'"):
         request_credentials(pb.AuthConfig(auth=base64.b64encode(b"user").decode()), "x")
+
+
+def test_image_fs_info_follows_pulls_and_removals(env, cri, images):
+    def used() -> tuple[int, int]:
+        (fs,) = images.ImageFsInfo(pb.ImageFsInfoRequest(), timeout=30).image_filesystems
+        return fs.used_bytes.value, fs.inodes_used.value
+
+    before = used()
+    assert used() == before
+    pull(images, f"{env.reg.host}/named:latest")
+    grown = used()
+    assert grown[0] > before[0] and grown[1] > before[1]
+    remove(images, env.named_config)
+    assert used() == before

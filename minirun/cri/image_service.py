@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import threading
 import time
 
@@ -45,12 +46,15 @@ from ..image.store import ImageRecord, ImageStore
 from .api import api_pb2 as pb
 from .stats import tree_usage
 
+USAGE_MAX_AGE = 60.0  # seconds an unchanged store's ImageFsInfo walk is reused
+
 
 class ImageService:
     def __init__(self, engine, config=None) -> None:
         self.engine = engine
         self.config = config
         self._local = threading.local()  # one store (one sqlite connection) per thread
+        self._usage: tuple[tuple, tuple[int, int]] | None = None  # ImageFsInfo's last walk
 
     @property
     def store(self) -> ImageStore:
@@ -133,7 +137,17 @@ class ImageService:
 
     def ImageFsInfo(self, request, context):
         store = self.store
-        used, inodes = tree_usage([store.blobs_dir, store.layers_dir])
+        dirs = [store.blobs_dir, store.layers_dir]
+        # kubelet asks every few seconds; a walk of a big store takes seconds. Blobs and
+        # layers are only ever added or deleted whole, which changes their dir's mtime (a
+        # change within the clock tick of the last walk shows within USAGE_MAX_AGE).
+        key = (*(os.stat(d).st_mtime_ns for d in dirs), int(time.monotonic() // USAGE_MAX_AGE))
+        cached = self._usage
+        if cached is not None and cached[0] == key:
+            used, inodes = cached[1]
+        else:
+            used, inodes = tree_usage(dirs)
+            self._usage = (key, (used, inodes))
         return pb.ImageFsInfoResponse(image_filesystems=[pb.FilesystemUsage(
             timestamp=time.time_ns(),
             fs_id=pb.FilesystemIdentifier(mountpoint=store.root),
