@@ -466,13 +466,15 @@ def memory_per_pod(runtime, client: Client, n: int, log) -> dict:
     """KiB per running pod, RSS and Pss: containerd's shims / n (containerd itself grows
     too, and that growth is added); minirun's growth of daemon + keeper + cri / n."""
     time.sleep(1.0)
-    before = memory_kib_sum(runtime.supervisor_pids())
+    supervisors = runtime.supervisor_pids()
+    before = memory_kib_sum(supervisors)
     pods = [client.start_pod("host") for _ in range(n)]
     time.sleep(2.0)  # let lazily started helpers settle
     after = memory_kib_sum(runtime.supervisor_pids())
     shims = runtime.shim_pids()
     shim = memory_kib_sum(shims)
-    print(f"  {runtime.name}: {n} pods: supervisors RSS {before[0]} -> {after[0]} KiB, "
+    print(f"  {runtime.name}: {n} pods: {len(supervisors)} supervisors RSS {before[0]} -> "
+          f"{after[0]} KiB, "
           f"{len(shims)} shims RSS {shim[0]} KiB Pss {shim[1]} KiB", file=log)
     for pod in pods:
         client.remove_pod(pod)

@@ -465,3 +465,15 @@ def test_image_fs_info_follows_pulls_and_removals(env, cri, images):
     assert grown[0] > before[0] and grown[1] > before[1]
     remove(images, env.named_config)
     assert used() == before
+
+
+def test_the_image_service_under_v1alpha2(cri, images):
+    """kubelets up to 1.25 call runtime.v1alpha2: the same answers (its messages are a
+    wire-compatible subset of v1's)."""
+    with grpc.insecure_channel(f"unix:{cri.socket}") as ch:
+        call = ch.unary_unary("/runtime.v1alpha2.ImageService/ImageStatus",
+                              request_serializer=pb.ImageStatusRequest.SerializeToString,
+                              response_deserializer=pb.ImageStatusResponse.FromString)
+        reply = call(pb.ImageStatusRequest(image=spec("busybox")), timeout=30)
+    assert reply.image == status(images, "busybox").image
+    assert reply.image.id.startswith("sha256:")
