@@ -35,6 +35,17 @@ class CriImagesEnv(EngineEnv):
                         REGISTRY_AUTH_FILE=auth_file(os.path.join(top, "auth.json"), {}))
         self.proc: subprocess.Popen | None = None
 
+    def import_busybox(self) -> None:
+        """busybox:latest from rootfs/build.sh's tarball, into the store before start()."""
+        from minirun.image.archive import import_rootfs
+        from minirun.image.store import ImageStore
+
+        tar = os.path.join(self.top, "busybox.tar")
+        subprocess.run([os.path.join(REPO, "rootfs", "build.sh"), "--tar", tar], check=True,
+                       stdout=subprocess.DEVNULL)
+        with ImageStore(self.root) as store:
+            import_rootfs(store, tar, "busybox:latest")
+
     def start(self) -> None:
         self.log = open(os.path.join(self.top, "cri.log"), "w+")  # noqa: SIM115
         self.proc = subprocess.Popen(

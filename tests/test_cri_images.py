@@ -93,14 +93,7 @@ def env(tmp_path_factory):
 def cri(tmp_path_factory):
     env = CriImagesEnv(str(tmp_path_factory.mktemp("cri-images")))
     try:
-        tar = os.path.join(env.top, "busybox.tar")
-        subprocess.run([os.path.join(REPO, "rootfs", "build.sh"), "--tar", tar], check=True,
-                       stdout=subprocess.DEVNULL)
-        from minirun.image.archive import import_rootfs
-        from minirun.image.store import ImageStore
-
-        with ImageStore(env.root) as store:
-            import_rootfs(store, tar, "busybox:latest")
+        env.import_busybox()
         env.start()
         yield env
     finally:
