@@ -470,3 +470,42 @@ def test_the_image_service_under_v1alpha2(cri, images):
         reply = call(pb.ImageStatusRequest(image=spec("busybox")), timeout=30)
     assert reply.image == status(images, "busybox").image
     assert reply.image.id.startswith("sha256:")
+
+
+def test_simultaneous_removals_all_succeed(env, cri, images):
+    """critest's case: five RemoveImage calls by id at once, each followed by ImageStatus;
+    every call succeeds and none sees the image after its removal returned; listing
+    meanwhile never fails."""
+    import threading
+
+    pull(images, f"{env.reg.host}/app:v1")
+    results: list = []
+    listing_errors: list = []
+    stop = threading.Event()
+
+    def remove_then_status() -> None:
+        try:
+            remove(images, env.app_config)
+            results.append(status(images, env.app_config).HasField("image"))
+        except grpc.RpcError as e:
+            results.append(e)
+
+    def keep_listing() -> None:
+        while not stop.is_set():
+            try:
+                listed(images)
+            except grpc.RpcError as e:
+                listing_errors.append(e)
+
+    lister = threading.Thread(target=keep_listing)
+    lister.start()
+    threads = [threading.Thread(target=remove_then_status) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    lister.join()
+    assert results == [False] * 5
+    assert listing_errors == []
+    assert env.app_config[7:] not in blobs(cri)

@@ -89,8 +89,17 @@ class ImageService:
             record = self.find(spec)
             records = [record] if record is not None else []
         else:
-            records = self.store.images()
+            records = self._all_images()
         return pb.ListImagesResponse(images=[to_cri_image(self.store, r) for r in records])
+
+    def _all_images(self) -> list[ImageRecord]:
+        for _ in range(3):
+            try:
+                return self.store.images()
+            except NotFound:
+                # an image removed between reading its record and its config: list again
+                continue
+        return self.store.images()
 
     def ImageStatus(self, request, context):
         record = self.find(request.image.image)
