@@ -117,8 +117,11 @@ class CriLog:
         self.f.flush()
 
     def close_stream(self, stream: str) -> None:
+        """The stream's end: output after its last newline is a partial line (P), as
+        containerd writes it, so a reader (kubelet, `minirun logs`) shows it without
+        the newline the container did not write."""
         if self.pending[stream]:
-            self._line(stream, "F", self.pending[stream], rfc3339nano())
+            self._line(stream, "P", self.pending[stream], rfc3339nano())
             self.pending[stream] = b""
             self.f.flush()
 
