@@ -999,6 +999,138 @@ def test_should_return_the_same_image_identifier_from_different_registries(s):
         remove_image(s.c, two)
 
 
+# === Image consistency (image_consistency.go) ==============================================
+
+
+def listed_by_tag(c: CriClient, name: str) -> bool:
+    return any(name in i.repo_tags for i in c.list_images(pb.ImageFilter()))
+
+
+def test_should_not_list_or_get_image_status_immediately_after_removal(s):
+    remove_image(s.c, TAGGED)
+    s.pull(TAGGED, pb.PodSandboxConfig())
+    remove_image(s.c, TAGGED)
+    assert not listed_by_tag(s.c, TAGGED)
+    assert s.c.image_status(TAGGED) is None
+
+
+def test_should_list_and_get_image_status_immediately_after_pulling(s):
+    remove_image(s.c, TAGGED)
+    s.pull(TAGGED, pb.PodSandboxConfig())
+    try:
+        assert listed_by_tag(s.c, TAGGED)
+        assert s.c.image_status(TAGGED) is not None
+    finally:
+        remove_image(s.c, TAGGED)
+
+
+def test_should_not_fail_on_simultaneous_removeimage_calls(s):
+    remove_image(s.c, TAGGED)
+    s.pull(TAGGED, pb.PodSandboxConfig())
+    image_id = s.c.image_status(TAGGED).id
+    results: list = []
+
+    def remove():
+        try:
+            s.c.remove_image(image_id)
+            err = None
+        except grpc.RpcError as e:
+            err = f"{e.code()}: {e.details()}"
+        results.append((err, s.c.image_status(image_id) is not None))
+
+    threads = [threading.Thread(target=remove) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(results) == 5
+    for err, found in results:
+        assert err is None, f"concurrent RemoveImage: {err}"
+        assert not found, "image should be missing as soon as RemoveImage returns"
+    assert s.c.image_status(image_id) is None
+
+
+# === Image volumes (image_volume.go) ========================================================
+
+IMAGE_VOLUME_PATH = "/mnt/image-volume"
+
+
+def image_volume_container(s: Suite, pod, image: str, readonly: bool = True,
+                           sub_path: str = "") -> tuple[str | None, grpc.RpcError | None]:
+    ref = s.pull(image, pb.PodSandboxConfig())
+    spec = pb.ImageSpec(image=ref, user_specified_image=image)
+    config = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name="image-volume-test-" + new_uuid(), attempt=ATTEMPT),
+        image=spec, command=PAUSE, mounts=[pb.Mount(
+            container_path=IMAGE_VOLUME_PATH, readonly=readonly, image=spec,
+            image_sub_path=sub_path)])
+    try:
+        return s.c.create_container(pod[0], config, pod[1]), None
+    except grpc.RpcError as e:
+        return None, e
+
+
+def skip_if_image_volume_unsupported(err, expect_error: bool) -> None:
+    if err is None:
+        return
+    if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+        pytest.skip("Image Volumes are not yet supported by the runtime (Unimplemented).")
+    if not expect_error:
+        raise AssertionError(f"failed to create container: {err.code()}: {err.details()}")
+
+
+def test_image_volume_should_return_image_digest_in_containerstatus_mounts(s, pod):
+    cid, err = image_volume_container(s, pod, TAGGED)
+    skip_if_image_volume_unsupported(err, False)
+    ref = s.c.image_status(TAGGED).id
+    for m in s.c.container_status(cid).status.mounts:
+        if m.container_path == IMAGE_VOLUME_PATH:
+            if not m.HasField("image") or not m.image.image_ref:
+                pytest.skip("Image Volume digest reporting (ImageSpec.image_ref) not supported")
+            assert m.image.image_ref == ref
+            return
+    pytest.skip("Image Volume mount not found in ContainerStatus")
+
+
+def test_image_volume_should_correctly_mount_image_and_enforce_read_only(s, pod):
+    cid, err = image_volume_container(s, pod, TAGGED)
+    skip_if_image_volume_unsupported(err, False)
+    s.start(cid)
+    r = s.c.exec_sync(cid, ["ls", "-A", IMAGE_VOLUME_PATH + "/bin/sh"], EXEC_TIMEOUT)
+    assert not r.failed, f"failed to find file in image volume: {r}"
+    r = s.c.exec_sync(cid, ["touch", IMAGE_VOLUME_PATH + "/test-write"], EXEC_TIMEOUT)
+    assert r.failed, f"writing to image volume should fail: {r}"
+    r = s.c.exec_sync(cid, [IMAGE_VOLUME_PATH + "/bin/ls", IMAGE_VOLUME_PATH], EXEC_TIMEOUT)
+    assert not r.failed, f"binary from the image volume (noexec?): {r}"
+
+
+def test_image_volume_should_reject_readonly_false(s, pod):
+    cid, err = image_volume_container(s, pod, TAGGED, readonly=False)
+    skip_if_image_volume_unsupported(err, True)
+    if err is None:
+        pytest.skip("Runtime accepted Image Volume with Readonly=false")
+
+
+def test_image_volume_should_succeed_with_a_valid_subpath(s, pod):
+    cid, err = image_volume_container(s, pod, CRI_TOOLS + "test-image-predefined-group:latest",
+                                      sub_path="etc")
+    skip_if_image_volume_unsupported(err, False)
+    s.start(cid)
+    if s.c.exec_sync(cid, ["ls", IMAGE_VOLUME_PATH], EXEC_TIMEOUT).failed:
+        pytest.skip("Image Volumes are not supported by the runtime (no mount point)")
+    if not s.c.exec_sync(cid, ["ls", IMAGE_VOLUME_PATH + "/etc/passwd"], EXEC_TIMEOUT).failed:
+        pytest.skip("Runtime mounted the full image root, ignoring the subPath field")
+    r = s.c.exec_sync(cid, ["ls", IMAGE_VOLUME_PATH + "/passwd"], EXEC_TIMEOUT)
+    assert not r.failed, r
+
+
+def test_image_volume_should_fail_when_subpath_does_not_exist(s, pod):
+    cid, err = image_volume_container(s, pod, TAGGED, sub_path="not-existing")
+    skip_if_image_volume_unsupported(err, True)
+    if err is None:
+        pytest.skip("Runtime accepted non-existing subPath without error")
+
+
 # === Idempotence (idempotence.go) ===========================================================
 
 
