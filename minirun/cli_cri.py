@@ -15,7 +15,6 @@ for any other reason is an error (a bug must not hide behind UNIMPLEMENTED).
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from dataclasses import dataclass
 
@@ -67,28 +66,11 @@ def build_services(engine, config: CriConfig) -> tuple[object, object]:
 
 def write_default_cni() -> str | None:
     """minirun's pod network into the CNI conf dir when that has no network config (a
-    fresh host); a cluster's CNI (flannel, calico) replaces it. minirun.pods'
-    write_default_conflist() does it (a subnet no host route overlaps); with only its
-    DEFAULT_CONFLIST, that is written as it is. The path written, or None."""
-    try:
-        from . import pods
-    except ImportError:
-        return None
-    if hasattr(pods, "write_default_conflist"):
-        return pods.write_default_conflist()
-    from .cri.info import cni_conf_dir, probe_cni
+    fresh host; a subnet no host route overlaps); a cluster's CNI (flannel, calico)
+    replaces it. The path written, or None."""
+    from .pods import write_default_conflist
 
-    if probe_cni()[0]:
-        return None
-    import json
-
-    conf_dir = cni_conf_dir()
-    os.makedirs(conf_dir, exist_ok=True)
-    path = os.path.join(conf_dir, "10-minirun-pods.conflist")
-    with open(path + ".tmp", "w") as f:
-        json.dump(pods.DEFAULT_CONFLIST, f, indent=2)
-    os.rename(path + ".tmp", path)
-    return path
+    return write_default_conflist()
 
 
 @click.command(name="cri")

@@ -39,6 +39,9 @@ MASKED_PATHS = ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys",
                 "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
                 "/sys/devices/virtual/powercap"]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+# the events table keeps the last EVENTS_KEEP, cut every EVENTS_PRUNE_EVERY inserts
+EVENTS_KEEP = 10000
+EVENTS_PRUNE_EVERY = 1000
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 # --userns auto: container ids 0..65535 map to one host range, the same for every
 # container (as docker's userns-remap; podman's auto gives each container its own).
@@ -85,6 +88,38 @@ class RunOptions:
     dns_option: list[str] = field(default_factory=list)
     add_host: list[str] = field(default_factory=list)
     log_opts: list[str] = field(default_factory=list)
+    # What the CRI needs (issue 11), with docker/podman names so the CLI can expose them;
+    # the defaults keep `run`'s behaviour. Checked in prepare() before anything is made.
+    pid: str = ""  # "" a new namespace | host | ns:PATH | container:NAME
+    ipc: str = ""  # as pid
+    uts: str = ""  # as pid
+    mounts: list[dict] = field(default_factory=list)  # OCI mounts, after the defaults
+    devices: list[dict] = field(default_factory=list)  # {"host", "container", "permissions"}
+    masked_paths: list[str] | None = None  # None: docker's defaults; []: none
+    readonly_paths: list[str] | None = None  # None: docker's defaults; []: none
+    group: str | None = None  # the process's gid, a number or a group of the image
+    group_add: list[str] = field(default_factory=list)  # more gids, numbers or names
+    oom_score_adj: int | None = None
+    no_new_privileges: bool = False  # as --security-opt no-new-privileges
+    apparmor: str = ""  # "", unconfined, runtime/default: this host has no AppArmor
+    cgroup_parent: str = ""  # absolute as given, relative under /minirun; "": /minirun
+    log_path: str = ""  # the CRI log file the daemon writes; "": containers/<id>/ctr.log
+    labels: dict = field(default_factory=dict)
+    annotations: dict = field(default_factory=dict)  # also config.json's annotations
+    pod: str = ""  # the id of the pod the container belongs to
+    pod_files: str = ""  # a directory with hostname, hosts, resolv.conf for /etc
+    sysctls: dict = field(default_factory=dict)
+    cpu_shares: int | None = None
+    cpu_quota: int | None = None
+    cpu_period: int | None = None
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
+    memory_bytes: int | None = None  # as --memory, in bytes; wins over it
+    memory_swap: int | None = None  # memory + swap, bytes; -1 unlimited
+    hugepage_limits: dict = field(default_factory=dict)  # page size ("2MB") -> bytes
+    unified: dict = field(default_factory=dict)  # cgroup v2 file -> value
+    ulimits: list = field(default_factory=list)  # "nofile=1024:2048" or {type, soft, hard}
+    stop_timeout: int | None = None  # seconds between the stop signal and SIGKILL
 
 
 def parse_size(text: str, what: str) -> int:
@@ -136,12 +171,14 @@ class SecurityOptions:
 
     no_new_privileges: bool = False
     seccomp: str | None = None  # "unconfined", a profile's path, or None: the default
+    # (also asked for by name: runtime/default, the CRI's RuntimeDefault)
 
 
 # strconv.ParseBool's words, as docker reads no-new-privileges=VALUE
 _BOOLS = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": True,
           "0": False, "f": False, "F": False, "false": False, "FALSE": False, "False": False}
-SECURITY_OPT_FORMS = ("no-new-privileges[=true|false], seccomp=unconfined|PROFILE, "
+SECURITY_OPT_FORMS = ("no-new-privileges[=true|false], "
+                      "seccomp=unconfined|runtime/default|PROFILE, "
                       "apparmor=unconfined or label=disable")
 
 
@@ -162,11 +199,9 @@ def parse_security_opts(opts: list[str]) -> SecurityOptions:
                 raise InvalidArgument(f"--security-opt {opt}: want true or false")
             out.no_new_privileges = _BOOLS[value]
         elif key == "seccomp" and value:
-            out.seccomp = value
+            out.seccomp = None if value == "runtime/default" else value
         elif key == "apparmor" and value:
-            if value != "unconfined":  # nothing to confine with, so only "unconfined" is true
-                raise InvalidArgument(f"--security-opt {opt}: minirun has no AppArmor "
-                                      "support; only apparmor=unconfined is accepted")
+            check_apparmor(value, f"--security-opt {opt}")
         elif key == "label" and value:
             if value != "disable":
                 raise InvalidArgument(f"--security-opt {opt}: minirun has no SELinux "
@@ -174,6 +209,14 @@ def parse_security_opts(opts: list[str]) -> SecurityOptions:
         else:
             raise InvalidArgument(f"unknown --security-opt {opt!r}: use {SECURITY_OPT_FORMS}")
     return out
+
+
+def check_apparmor(profile: str, what: str) -> None:
+    """Nothing to confine with, so only "unconfined" (and the runtime's default, which is
+    no profile here) is true; a named profile is refused rather than silently not applied."""
+    if profile not in ("", "unconfined", "runtime/default"):
+        raise InvalidArgument(f"{what}: minirun has no AppArmor support; only "
+                              "apparmor=unconfined is accepted")
 
 
 def parse_restart(text: str) -> tuple[str, int | None]:
@@ -222,6 +265,13 @@ def docker_profile_to_oci(profile: dict, caps: list[str]) -> dict:
     return out
 
 
+@dataclass
+class JoinedNetns:
+    """--network ns:PATH: a network namespace made and wired by someone else (a pod's)."""
+
+    netns: str
+
+
 class Engine:
     def __init__(self, root: str | None = None, run_root: str | None = None) -> None:
         self.root = root or os.environ.get("MINIRUN_ROOT", DEFAULT_ROOT)
@@ -248,7 +298,19 @@ class Engine:
                 image_id TEXT NOT NULL, command TEXT NOT NULL, created REAL NOT NULL,
                 status TEXT NOT NULL, exit_code INTEGER, started REAL, finished REAL,
                 pid INTEGER, options TEXT NOT NULL, restart_count INTEGER DEFAULT 0,
-                stop_signal TEXT DEFAULT '', user_stopped INTEGER DEFAULT 0)""")
+                stop_signal TEXT DEFAULT '', user_stopped INTEGER DEFAULT 0,
+                reason TEXT DEFAULT '')""")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(containers)")}
+            if "reason" not in columns:  # a database from before the column
+                try:
+                    db.execute("ALTER TABLE containers ADD COLUMN reason TEXT DEFAULT ''")
+                except sqlite3.OperationalError as e:  # another process added it just now
+                    if "duplicate column" not in str(e):
+                        raise
+            db.execute("""CREATE TABLE IF NOT EXISTS events (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, time_ns INTEGER NOT NULL,
+                type TEXT NOT NULL, container TEXT NOT NULL, pod TEXT, attrs TEXT)""")
+            db.execute("CREATE INDEX IF NOT EXISTS events_by_container ON events (container)")
             self._db = db
         return self._db
 
@@ -271,9 +333,34 @@ class Engine:
         except sqlite3.IntegrityError:
             raise AlreadyExists(f"the container name {name!r} is already in use") from None
 
-    def _update(self, cid: str, **fields) -> None:
+    def record_event(self, type_: str, container: str, pod: str | None = None,
+                     **attrs) -> int:
+        """An event (created, started, stopped, deleted) for GetContainerEvents and
+        `minirun events`: its sequence number. One INSERT, inside the caller's
+        transaction when there is one; every EVENTS_PRUNE_EVERY events the table is cut
+        to its last EVENTS_KEEP."""
+        seq = self.db.execute(
+            "INSERT INTO events (time_ns, type, container, pod, attrs) VALUES (?, ?, ?, ?, ?)",
+            (time.time_ns(), type_, container, pod,
+             json.dumps(attrs) if attrs else None)).lastrowid
+        if seq % EVENTS_PRUNE_EVERY == 0:
+            self.db.execute("DELETE FROM events WHERE seq <= ?", (seq - EVENTS_KEEP,))
+        return seq
+
+    def events_after(self, seq: int = 0, limit: int = 1000) -> list[dict]:
+        """The events after sequence number `seq`, oldest first: dicts with seq, time_ns,
+        type, container, pod and attrs (a dict)."""
+        rows = self.db.execute(
+            "SELECT seq, time_ns, type, container, pod, attrs FROM events WHERE seq > ?"
+            " ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
+        return [{"seq": r[0], "time_ns": r[1], "type": r[2], "container": r[3],
+                 "pod": r[4], "attrs": json.loads(r[5]) if r[5] else {}} for r in rows]
+
+    def _update(self, cid: str, **fields) -> int:
+        """Set fields of a record: 1 if it was there, else 0."""
         sets = ", ".join(f"{k} = ?" for k in fields)
-        self.db.execute(f"UPDATE containers SET {sets} WHERE id = ?", (*fields.values(), cid))
+        return self.db.execute(f"UPDATE containers SET {sets} WHERE id = ?",
+                               (*fields.values(), cid)).rowcount
 
     def records(self, all_containers: bool = True) -> list[dict]:
         self.db.row_factory = sqlite3.Row
@@ -288,6 +375,15 @@ class Engine:
         rec = find_record(self.db, "containers", "container", name_or_id)
         self._reconcile(rec)
         return rec
+
+    def log_path(self, cid: str, opts: dict | None = None) -> str:
+        """The container's log file: its log_path (a CRI log), else ctr.log in its
+        directory. `opts`: its options, when the caller has them."""
+        if opts is None:
+            row = self.db.execute("SELECT options FROM containers WHERE id = ?",
+                                  (cid,)).fetchone()
+            opts = json.loads(row[0]) if row else {}
+        return opts.get("log_path") or os.path.join(self.root, "containers", cid, "ctr.log")
 
     def get_status_only(self, cid: str) -> str | None:
         row = self.db.execute("SELECT status FROM containers WHERE id = ?", (cid,)).fetchone()
@@ -326,8 +422,22 @@ class Engine:
             rec["status"] = "exited"
             rec["exit_code"] = kept if kept is not None else (
                 rec["exit_code"] if rec["exit_code"] is not None else -1)
+            # the daemon records the stopped event once it has the container's last
+            # output; the reason is the same from here or from there
+            rec["reason"] = self.oom_reason(rec["id"])
             self._update(rec["id"], status="exited", exit_code=rec["exit_code"],
-                         finished=time.time())
+                         finished=time.time(), reason=rec["reason"])
+
+    def oom_reason(self, cid: str) -> str:
+        """"OOMKilled" if the kernel's OOM killer killed a process of the container (its
+        cgroup counts them until the runtime deletes it), else ""."""
+        from .container import Container
+
+        try:
+            cg = Container.load(self.oci_root, cid).cgroup()
+            return "OOMKilled" if cg.oom_kill_count() > 0 else ""
+        except (MiniRunError, OSError, ValueError):
+            return ""
 
     # --- create ------------------------------------------------------------------------------
 
@@ -355,6 +465,8 @@ class Engine:
         from .image.store import ImageStore
 
         security = parse_security_opts(opts.security_opt)
+        security.no_new_privileges = security.no_new_privileges or opts.no_new_privileges
+        checked = self._check_options(opts)
         store = ImageStore(self.root)
         image = store.get(image_ref)
         cid = os.urandom(32).hex()  # secrets would import hashlib and OpenSSL: 6 ms
@@ -369,20 +481,106 @@ class Engine:
             rootfs = store.snapshot(image, cid, idmap=idmap)
             bundle = os.path.join(self.root, "containers", cid)
             net = self._network(cid, name, config, opts)
-            cfg = self._oci_config(cid, config, args, rootfs, bundle, opts, security, net)
+            cfg = self._oci_config(cid, config, args, rootfs, bundle, opts, security, net,
+                                   checked)
             self._apply_userns(cfg, idmap, bundle, rootfs)
             with open(os.path.join(bundle, "config.json"), "w") as f:
                 f.write(json.dumps(cfg))  # dumps is C; dump the pure-Python encoder: 2 ms
-            self._update(cid, status="created", stop_signal=config.get("StopSignal") or "")
+            with self.db:  # one transaction: the record's state and its event
+                self.db.execute("BEGIN")
+                self._update(cid, status="created",
+                             stop_signal=config.get("StopSignal") or "")
+                self.record_event("created", cid, opts.pod or None)
         except BaseException:
             self._remove_everything(cid, store)
             raise
         return cid
 
+    def _check_options(self, opts: RunOptions) -> dict:
+        """What can be checked before anything is made, checked (one-line
+        InvalidArgument), and turned into what _oci_config needs: namespaces (kind ->
+        None for the host's, else the OCI entry), mounts, devices, rlimits, resources,
+        the cgroup parent, the oom score."""
+        from . import runopts
+
+        namespaces: dict = {}
+        for kind in ("pid", "ipc", "uts"):
+            how, what = runopts.split_ns_mode(kind, getattr(opts, kind))
+            if how == "host":
+                namespaces[kind] = None
+            elif how == "ns":
+                namespaces[kind] = {"type": kind, "path": what}
+            elif how == "container":
+                other = self.get(what)
+                if other["status"] != "running" or not other["pid"]:
+                    raise ContainerStateError(f"cannot join the {kind} namespace of "
+                                              f"{other['name']}: it is not running")
+                namespaces[kind] = {"type": kind, "path": f"/proc/{other['pid']}/ns/"
+                                                          f"{runopts.PROC_NS_NAMES[kind]}"}
+            else:
+                namespaces[kind] = {"type": kind}
+        if opts.hostname and (opts.uts == "host" or opts.uts.startswith("container:")):
+            raise InvalidArgument(f"--hostname conflicts with --uts {opts.uts}")
+        if (opts.network or "").startswith("ns:"):
+            runopts.namespace_path("network", opts.network[3:], "--network")
+        check_apparmor(opts.apparmor, f"apparmor profile {opts.apparmor!r}")
+        for what, mapping in (("labels", opts.labels), ("annotations", opts.annotations),
+                              ("sysctls", opts.sysctls)):
+            if not isinstance(mapping, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+                raise InvalidArgument(f"{what}: want a map of strings to strings")
+        types = {"mount"} | {k for k, v in namespaces.items() if v is not None}
+        if opts.network != "host":
+            types.add("network")
+        for key in opts.sysctls:
+            from .runtime import _check_sysctl
+
+            try:
+                _check_sysctl(key, types)
+            except MiniRunError as e:
+                raise InvalidArgument(f"--sysctl: {e}") from None
+        for what, paths in (("masked_paths", opts.masked_paths),
+                            ("readonly_paths", opts.readonly_paths)):
+            if paths is not None and not all(isinstance(p, str) and p.startswith("/")
+                                             for p in paths):
+                raise InvalidArgument(f"{what}: want absolute paths, got {paths!r}")
+        if opts.log_path and not os.path.isabs(opts.log_path):
+            raise InvalidArgument(f"log path {opts.log_path!r}: must be absolute")
+        if opts.pod_files and not os.path.isdir(opts.pod_files):
+            raise InvalidArgument(f"pod files {opts.pod_files}: not a directory")
+        oom = opts.oom_score_adj
+        if oom is not None and (isinstance(oom, bool) or not isinstance(oom, int) or
+                                not -1000 <= oom <= 1000):
+            raise InvalidArgument(f"--oom-score-adj {oom!r}: an integer from -1000 to 1000")
+        if opts.stop_timeout is not None and (not isinstance(opts.stop_timeout, int) or
+                                              opts.stop_timeout < 0):
+            raise InvalidArgument(f"--stop-timeout {opts.stop_timeout!r}: seconds, 0 or more")
+        nodes, rules = runopts.device_entries(opts.devices)
+        if opts.unified and not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            raise InvalidArgument("unified: cgroup v2 settings, and this host runs cgroup v1")
+        memory = opts.memory_bytes
+        if memory is None and opts.memory:
+            memory = parse_size(opts.memory, "--memory")
+        resources = runopts.resources_doc({
+            "cpu_shares": opts.cpu_shares, "cpu_quota": opts.cpu_quota,
+            "cpu_period": opts.cpu_period, "cpuset_cpus": opts.cpuset_cpus,
+            "cpuset_mems": opts.cpuset_mems, "memory_bytes": memory,
+            "memory_swap": opts.memory_swap, "hugepage_limits": opts.hugepage_limits,
+            "unified": opts.unified})
+        return {"namespaces": namespaces, "mounts": runopts.check_mounts(opts.mounts),
+                "devices": nodes, "device_rules": rules,
+                "rlimits": runopts.parse_ulimits(opts.ulimits), "resources": resources,
+                "cgroup_parent": runopts.cgroup_parent_path(opts.cgroup_parent)}
+
     def _network(self, cid: str, name: str, config: dict, opts: RunOptions):
         """The container's network: an Attachment (its own netns, wired, or holding only
-        lo for none), the record of the container whose netns it shares, or None (host)."""
+        lo for none), the record of the container whose netns it shares, a JoinedNetns
+        (ns:PATH: a netns someone else made and wired), or None (host)."""
         mode = opts.network or "bridge"
+        if mode.startswith("ns:"):
+            if opts.publish or opts.publish_all:
+                raise InvalidArgument("-p/-P need a bridge or CNI network, not ns:PATH")
+            return JoinedNetns(mode[3:])
         if mode in ("host", "none") or mode.startswith("container:"):
             if opts.publish or opts.publish_all:
                 raise InvalidArgument(f"-p/-P need a bridge or CNI network, not {mode}")
@@ -461,16 +659,7 @@ class Engine:
         if uid is None:
             raise InvalidArgument(f"unable to find user {user}: no matching entries in passwd file")
         if group:
-            if group.isdigit():
-                gid = int(group)
-            else:
-                for line in groups.splitlines():
-                    f = line.split(":")
-                    if len(f) >= 3 and f[0] == group:
-                        gid = int(f[2])
-                        break
-                else:
-                    raise InvalidArgument(f"unable to find group {group}")
+            gid = _group_id(group, groups)
         extra = []
         name = next((ln.split(":")[0] for ln in passwd.splitlines()
                      if ln.split(":")[2:3] == [str(uid)]), None)
@@ -481,29 +670,44 @@ class Engine:
         return {"uid": uid, "gid": gid or 0, "additionalGids": sorted(set(extra))}
 
     def _oci_config(self, cid: str, config: dict, args: list[str], rootfs: str, bundle: str,
-                    opts: RunOptions, security: SecurityOptions, net=None) -> dict:
+                    opts: RunOptions, security: SecurityOptions, net=None,
+                    checked: dict | None = None) -> dict:
         from .spec import UNSUPPORTED, default_spec
 
-        hostname = opts.hostname or cid[:12]
+        checked = checked if checked is not None else self._check_options(opts)
+        ns = checked["namespaces"]
         cfg = default_spec()
         cfg["root"] = {"path": rootfs, "readonly": opts.read_only}
-        cfg["hostname"] = hostname
-        user = self._user(opts.user or config.get("User") or "0", rootfs)
+        hostname = self._hostname(cid, opts, ns["uts"])
+        if opts.hostname or ns["uts"] == {"type": "uts"}:
+            cfg["hostname"] = hostname
+        else:  # the host's or a joined namespace's name stays as it is
+            del cfg["hostname"]
+        user = self._process_user(opts, config, rootfs)
         caps = self._caps(opts, user["uid"])
         process = cfg["process"]
         process.update(terminal=opts.tty, args=args, env=self._env(config, opts, hostname),
                        cwd=opts.workdir or config.get("WorkingDir") or "/", user=user,
-                       capabilities=caps, rlimits=[],
+                       capabilities=caps, rlimits=checked["rlimits"],
                        noNewPrivileges=security.no_new_privileges)
+        oom = self._oom_score_adj(opts.oom_score_adj)
+        if oom is not None:
+            process["oomScoreAdj"] = oom
         linux = cfg["linux"]
-        linux["maskedPaths"] = [] if opts.privileged else list(MASKED_PATHS)
-        linux["readonlyPaths"] = [] if opts.privileged else list(READONLY_PATHS)
-        linux["cgroupsPath"] = f"/minirun/{cid}"
-        res = {"devices": [{"allow": opts.privileged, "access": "rwm"}],
+        linux["maskedPaths"] = list(opts.masked_paths) if opts.masked_paths is not None \
+            else [] if opts.privileged else list(MASKED_PATHS)
+        linux["readonlyPaths"] = list(opts.readonly_paths) \
+            if opts.readonly_paths is not None \
+            else [] if opts.privileged else list(READONLY_PATHS)
+        linux["cgroupsPath"] = f"{checked['cgroup_parent'].rstrip('/')}/{cid}"
+        if checked["devices"]:
+            linux["devices"] = checked["devices"]
+        if opts.sysctls:
+            linux["sysctl"] = dict(opts.sysctls)
+        res = {"devices": [{"allow": opts.privileged, "access": "rwm"}] +
+               checked["device_rules"],
                "pids": {"limit": opts.pids_limit if opts.pids_limit is not None
                         else DEFAULT_PIDS_LIMIT}}
-        if opts.memory:
-            res["memory"] = {"limit": parse_size(opts.memory, "--memory")}
         if opts.cpus:
             try:
                 cpus = float(opts.cpus)
@@ -512,8 +716,14 @@ class Engine:
             if cpus <= 0:
                 raise InvalidArgument("--cpus must be positive")
             res["cpu"] = {"quota": int(cpus * 100000), "period": 100000}
+        for section, value in checked["resources"].items():
+            if isinstance(value, dict) and isinstance(res.get(section), dict):
+                res[section] = {**res[section], **value}
+            else:
+                res[section] = value
         linux["resources"] = res
-        namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+        namespaces = [ns[kind] for kind in ("pid", "ipc", "uts") if ns[kind] is not None]
+        namespaces.append({"type": "mount"})
         if isinstance(net, dict):  # container:NAME joins that container's netns
             namespaces.append({"type": "network", "path": self._netns_of(net)})
         elif net is not None:
@@ -523,9 +733,63 @@ class Engine:
             profile = self._seccomp(security.seccomp, caps["bounding"])
             if profile:
                 linux["seccomp"] = profile
-        cfg["mounts"] += self._extra_mounts(cid, bundle, hostname, opts, net)
-        cfg["annotations"] = {"io.minirun.id": cid}
+        mounts = checked["mounts"]
+        targets = {m["destination"].rstrip("/") for m in mounts}
+        if ns["ipc"] is None:  # the host's IPC namespace: its /dev/shm too, as docker
+            mounts = [{"destination": "/dev/shm", "type": "bind", "source": "/dev/shm",
+                       "options": ["rbind", "rprivate"]}] + mounts
+            targets.add("/dev/shm")
+        # a mount given for a default's destination replaces it (a pod's /dev/shm)
+        cfg["mounts"] = [m for m in cfg["mounts"] if m["destination"] not in targets]
+        cfg["mounts"] += [m for m in self._extra_mounts(cid, bundle, hostname, opts, net)
+                          if m["destination"] not in targets]
+        cfg["mounts"] += mounts
+        from .runopts import rootfs_propagation
+
+        propagation = rootfs_propagation(mounts)
+        if propagation:
+            linux["rootfsPropagation"] = propagation
+        cfg["annotations"] = {**opts.annotations, "io.minirun.id": cid}
         return cfg
+
+    def _hostname(self, cid: str, opts: RunOptions, uts: dict | None) -> str:
+        """The container's host name: --hostname, else in its own UTS namespace its
+        short id; in the host's the host's; in a joined one (a pod's) the pod's file."""
+        if opts.hostname:
+            return opts.hostname
+        if uts is None:
+            return os.uname().nodename
+        if uts != {"type": "uts"} and opts.pod_files:
+            try:
+                with open(os.path.join(opts.pod_files, "hostname")) as f:
+                    return f.read().strip() or cid[:12]
+            except FileNotFoundError:
+                pass
+        return cid[:12]
+
+    def _process_user(self, opts: RunOptions, config: dict, rootfs: str) -> dict:
+        """process.user: --user (else the image's), --group for its gid, --group-add."""
+        spec = opts.user or config.get("User") or "0"
+        if opts.group is not None and str(opts.group) != "":
+            spec = f"{spec.partition(':')[0]}:{opts.group}"
+        user = self._user(spec, rootfs)
+        if opts.group_add:
+            groups = _read_in_root(rootfs, "/etc/group")
+            extra = [_group_id(str(g), groups) for g in opts.group_add]
+            user["additionalGids"] = sorted(set(user["additionalGids"]) | set(extra))
+        return user
+
+    def _oom_score_adj(self, value: int | None) -> int | None:
+        """A negative score needs CAP_SYS_RESOURCE, which some hosts withhold even from
+        root (this VM, many CI runners): kubelet asks for -997 all the same, so the
+        value is dropped with a warning rather than fail the container."""
+        if value is not None and value < 0 and "CAP_SYS_RESOURCE" not in _bounding_set():
+            from .runlog import warn
+
+            warn(f"oom_score_adj {value} dropped: lowering the score needs "
+                 "CAP_SYS_RESOURCE, which this host withholds")
+            return None
+        return value
 
     def _caps(self, opts: RunOptions, uid: int) -> dict:
         from .spec import CAPABILITIES
@@ -570,7 +834,7 @@ class Engine:
     def _extra_mounts(self, cid: str, bundle: str, hostname: str,
                       opts: RunOptions, net=None) -> list[dict]:
         mounts = []
-        hosts = None if net is None or isinstance(net, dict) else \
+        hosts = None if net is None or isinstance(net, (dict, JoinedNetns)) else \
             self.networks.hosts_text(cid)
         if hosts is None:
             hosts = (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
@@ -587,7 +851,9 @@ class Engine:
         }
         for name, text in files.items():
             path = os.path.join(bundle, name)
-            if isinstance(net, dict) and name != "hostname":
+            if opts.pod_files and os.path.exists(os.path.join(opts.pod_files, name)):
+                path = os.path.join(opts.pod_files, name)  # the pod's, shared by its containers
+            elif isinstance(net, dict) and name != "hostname":
                 # docker: a container sharing another's network shares its hosts and DNS
                 path = os.path.join(self.root, "containers", net["id"], name)
             else:
@@ -711,6 +977,8 @@ class Engine:
         if opts.get("network") == "host":
             raise InvalidArgument(f"container {rec['name']} uses the host's network: "
                                   "use --network host")
+        if (opts.get("network") or "").startswith("ns:"):
+            return opts["network"][3:]
         if not rec["pid"]:
             raise ContainerStateError(f"container {rec['name']} has no network namespace")
         return f"/proc/{rec['pid']}/ns/net"
@@ -766,14 +1034,18 @@ class Engine:
         ctr.kill(self.oci_root, rec["id"], ctr.parse_signal(sig))
         return rec["id"]
 
-    def stop(self, name_or_id: str, timeout: float = 10.0) -> str:
+    def stop(self, name_or_id: str, timeout: float | None = None) -> str:
         """The stop signal (the image's StopSignal, else SIGTERM), then SIGKILL after
-        `timeout` seconds; returns once the container has exited."""
+        `timeout` seconds (None: its stop_timeout, else 10); returns once the container
+        has exited."""
         from . import container as ctr
 
         rec = self._stopped_by_user(self.get(name_or_id))
         if rec["status"] != "running":
             return rec["id"]
+        if timeout is None:
+            timeout = json.loads(rec["options"]).get("stop_timeout")
+            timeout = 10.0 if timeout is None else timeout
         try:
             ctr.kill(self.oci_root, rec["id"], ctr.parse_signal(rec["stop_signal"] or "TERM"))
         except (ContainerStateError, NotFound):
@@ -850,6 +1122,37 @@ class Engine:
                                       execproc.ExecOptions(detach=detach),
                                       terminal_proxy=tty and not detach)
 
+    def update_resources(self, name_or_id: str, resources: dict) -> dict:
+        """New limits for a running container, as `runc update`: `resources` by
+        RunOptions' names (cpu_shares, cpu_quota, cpu_period, cpuset_cpus, cpuset_mems,
+        memory_bytes, memory_swap, pids_limit, unified); None, "" or 0 leave one as it
+        is. The record's options follow. Returns the OCI linux.resources now in force."""
+        from . import ops, runopts
+
+        rec = self.get(name_or_id)
+        if rec["status"] != "running":
+            raise ContainerStateError(f"container {rec['name']} is not running")
+        doc = runopts.resources_doc(resources)
+        in_force = ops.update(self.oci_root, rec["id"], doc)
+        opts = json.loads(rec["options"])
+        opts.update({k: v for k, v in resources.items() if v not in (None, "", 0, {})})
+        self._update(rec["id"], options=json.dumps(opts))
+        return in_force
+
+    def reopen_log(self, name_or_id: str) -> None:
+        """The daemon closes the container's log file and opens it again at its path
+        (after kubelet renamed it away to rotate it)."""
+        from .daemon.server import request
+
+        rec = self.get(name_or_id)
+        if rec["status"] != "running":
+            raise ContainerStateError(f"container {rec['name']} is not running")
+        reply = request(self, {"op": "reopen_log", "id": rec["id"]})
+        if "error" in reply:
+            from .daemon.proto import reply_error
+
+            raise reply_error(reply)
+
     def top(self, name_or_id: str, ps_args: list[str]) -> list[str]:
         """The host's ps output, only the container's processes (as docker top)."""
         from . import ops
@@ -880,7 +1183,21 @@ class Engine:
         if self._has_endpoint(cid):
             self.networks.detach(cid)
         store.release(cid)
-        self.db.execute("DELETE FROM containers WHERE id = ?", (cid,))
+        with self.db:  # the daemon's exit handling is before or after, never between
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute("SELECT status, options, exit_code, reason FROM containers"
+                                  " WHERE id = ?", (cid,)).fetchone()
+            self.db.execute("DELETE FROM containers WHERE id = ?", (cid,))
+            if row is not None and row[0] != "creating":  # a created event was written
+                pod = json.loads(row[1]).get("pod") or None
+                last = self.db.execute(
+                    "SELECT type FROM events WHERE container = ? AND type IN"
+                    " ('started', 'stopped') ORDER BY seq DESC LIMIT 1", (cid,)).fetchone()
+                if last is not None and last[0] == "started":
+                    # removed before the daemon handled its exit: it will find no record
+                    self.record_event("stopped", cid, pod, reason=row[3] or "",
+                                      exit_code=137 if row[2] is None else row[2])
+                self.record_event("deleted", cid, pod)
 
     def _has_endpoint(self, cid: str) -> bool:
         """Without importing the network code (25 ms) for containers that have none."""
@@ -991,6 +1308,17 @@ def _is_zombie(pid: int | None) -> bool:
     except OSError:
         return False
     return data[data.rindex(b")") + 2:data.rindex(b")") + 3] == b"Z"
+
+
+def _group_id(group: str, groups: str) -> int:
+    """A gid, given as a number or as a name in the image's /etc/group text."""
+    if group.isdigit():
+        return int(group)
+    for line in groups.splitlines():
+        f = line.split(":")
+        if len(f) >= 3 and f[0] == group and f[2].isdigit():
+            return int(f[2])
+    raise InvalidArgument(f"unable to find group {group}")
 
 
 def _read_in_root(rootfs: str, path: str) -> str:

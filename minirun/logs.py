@@ -55,7 +55,7 @@ def log_files(path: str) -> list[str]:
 
 def follow_log(engine, cid: str, follow: bool = False, tail: int | None = None,
                since: str | None = None) -> Iterator[tuple[str, str, str]]:
-    path = os.path.join(engine.root, "containers", cid, "ctr.log")
+    path = engine.log_path(cid)
     cutoff = _since_cutoff(since)
     lines = []
     for p in log_files(path):

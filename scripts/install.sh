@@ -7,6 +7,9 @@
 # 2. the venv .venv in the checkout, with minirun installed editable plus test extras
 # 3. the default busybox rootfs (rootfs/build.sh) and image busybox:latest in /var/lib/minirun
 # 4. /usr/local/bin/minirun and /usr/local/bin/minirun-oci
+# 5. the default pod network for the CRI (/etc/cni/net.d/99-minirun-pods.conflist: bridge
+#    mrpods0, host-local on 10.89.0.0/16 or the next free /16, portmap), only when
+#    /etc/cni/net.d holds no network configuration (a cluster's own CNI replaces it)
 #
 # Both commands are small launchers generated into .venv/bin (the shebang needs the
 # absolute path of the venv). minirun-oci's skips `site`: pip's console script would load
@@ -136,6 +139,18 @@ import_default_image() {
     rm -rf --one-file-system -- "$tmp"
 }
 
+# The pods' CNI network on a fresh host; a conf dir that has any configuration is left
+# alone (MINIRUN_CNI_CONF_DIR chooses another dir, as for `minirun cri`).
+write_pod_network() {
+    local written
+    written=$("$VENV/bin/python" -c 'from minirun.pods import write_default_conflist as w; print(w() or "")')
+    if [ -n "$written" ]; then
+        say "wrote the default pod network $written"
+    else
+        say "pod network: a CNI configuration is already there"
+    fi
+}
+
 main() {
     local apt=1
     while [ $# -gt 0 ]; do
@@ -158,6 +173,7 @@ main() {
     "$CHECKOUT/rootfs/build.sh"
     import_default_image
     link_launchers
+    write_pod_network
     say "done: try 'minirun info'"
 }
 

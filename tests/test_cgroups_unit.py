@@ -688,3 +688,20 @@ def test_v2_create_destroy_and_mounts(tmp_path):
     # the levels it made under minirun's parent are pruned once empty
     assert not (tmp_path / "minirun").exists()
     cg.destroy()
+
+
+def test_pids_of_a_cgroup_removed_while_read_are_none(tmp_path, monkeypatch):
+    """A cgroup rmdir'ed between the open of cgroup.procs and its read gives ENODEV (the
+    daemon deleting an exited container while a stop kills it): nothing is left in it."""
+    put(str(tmp_path / "cg" / "cgroup.procs"), "12\n")
+    real_open = open
+
+    def dying(path, *args, **kw):
+        if str(path).endswith("cgroup.procs"):
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), path)
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr("builtins.open", dying)
+    assert base.Cgroup._pids_below(str(tmp_path / "cg")) == []
+    monkeypatch.setattr("builtins.open", real_open)
+    assert base.Cgroup._pids_below(str(tmp_path / "cg")) == [12]

@@ -444,19 +444,17 @@ def test_the_services_fall_back_only_when_their_module_is_missing(monkeypatch, t
 
 
 def test_the_default_conflist_is_written_only_into_an_empty_conf_dir(monkeypatch, tmp_path):
-    import types
-
     from minirun import cli_cri
 
     conf_dir = tmp_path / "net.d"
     monkeypatch.setenv("MINIRUN_CNI_CONF_DIR", str(conf_dir))
-    monkeypatch.setitem(sys.modules, "minirun.pods",
-                        types.SimpleNamespace(DEFAULT_CONFLIST=CONFLIST))
     path = cli_cri.write_default_cni()
-    assert path == str(conf_dir / "10-minirun-pods.conflist")
+    assert path == str(conf_dir / "99-minirun-pods.conflist")
     with open(path) as f:
-        assert json.load(f) == CONFLIST
-    assert os.listdir(conf_dir) == ["10-minirun-pods.conflist"]
+        written = json.load(f)
+    assert written["name"] == "minirun-pods"
+    assert [p["type"] for p in written["plugins"]] == ["bridge", "portmap"]
+    assert os.listdir(conf_dir) == ["99-minirun-pods.conflist"]
     # a config there (ours, or a cluster's CNI) is left alone
     os.unlink(path)
     (conf_dir / "05-cluster.conflist").write_text(json.dumps(dict(CONFLIST, name="cluster")))

@@ -19,5 +19,7 @@ def test_a_lone_carriage_return_stays_inside_its_line(tmp_path):
               "2026-11-25T21:00:00.000000002Z stdout P par\r"
               "tial \n"
               "2026-11-25T21:00:00.000000003Z stdout F end\n")
-    entries = list(follow_log(SimpleNamespace(root=str(tmp_path)), "c1"))
+    logs = SimpleNamespace(
+        log_path=lambda cid: os.path.join(str(tmp_path), "containers", cid, "ctr.log"))
+    entries = list(follow_log(logs, "c1"))
     assert [text for _, _, text in entries] == ["/ # \recho hi\r\n", "par\rtial end\n"]

@@ -328,8 +328,11 @@ class Cgroup(ABC):
                     out.extend(int(line) for line in f if line.strip())
                 with os.scandir(d) as it:
                     stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
-            except FileNotFoundError:
-                continue  # removed while we walked: nothing left in it
+            except OSError as e:
+                # removed while we walked (ENODEV: rmdir'ed between our open and read,
+                # as when the daemon deletes an exited container a stop is killing)
+                if e.errno not in (errno.ENOENT, errno.ENODEV):
+                    raise
         return out
 
     def _signal_pids(self, sig: int) -> list[int]:

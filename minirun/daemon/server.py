@@ -10,6 +10,9 @@
                  exit status; the client may send {"op": "close_stdin"} (its EOF) and
                  {"op": "kill", "signal"} (a signal for the container)
   CLI -> daemon  {"op": "run", ...}        a foreground run: daemon/foreground.py
+  CRI -> daemon  {"op": "reopen_log", "id"} <- {"ok": true} | {"error"}: the log file is
+                 closed and opened again at its path (kubelet rotates a CRI log by
+                 renaming it, then asks for this); an error if the container is not running
 
 Attach: the daemon reads the container's output (for the log) and copies it to every
 attached client; input does not pass through the daemon: the client gets a dup of the
@@ -18,7 +21,13 @@ writes to it itself. Detach keys are the client's business: it just goes away.
 
 Logs are in the CRI format kubelet writes and Filebeat / Fluent Bit read as they are:
 `<RFC3339Nano> <stdout|stderr> <P|F> <message>`, P for a partial line, rotated by the
-bytes of output they hold (--log-opt max-size, max-file).
+bytes of output they hold (--log-opt max-size, max-file). A container with a log_path
+(the CRI's) logs there and is not rotated by the daemon unless --log-opt asks: kubelet
+rotates it (rename, then reopen_log).
+
+At a container's exit, before the runtime deletes its cgroup, the cgroup's OOM kill
+count decides the record's `reason`: "OOMKilled" when the kernel's OOM killer killed one
+of its processes, else "".
 
 Order: one thread; an exit the keeper reports while the daemon waits for a reply of its
 own is queued and handled after that call returns (never inside it), and restarts are
@@ -132,6 +141,12 @@ class CriLog:
             self.f = open(self.path, "wb")  # noqa: SIM115 - one file: it starts again (as docker's)
         self.size = 0
 
+    def reopen(self) -> None:
+        """The file at `path` from now on: a new one if the old was renamed away."""
+        self.f.close()
+        self.f = open(self.path, "ab")  # noqa: SIM115
+        self.size = self._output_bytes()
+
     def close(self) -> None:
         for stream in self.pending:
             self.close_stream(stream)
@@ -211,7 +226,9 @@ class Daemon:
             elif self.engine.get_status_only(held["id"]) != "running":
                 # started for a daemon that died before it could record the start
                 self.engine._update(held["id"], status="running", pid=held["pid"],
-                                    started=time.time(), exit_code=None)
+                                    started=time.time(), exit_code=None, reason="")
+                self.engine.record_event("started", held["id"],
+                                         self.run_options(held["id"]).get("pod") or None)
         for cid in orphans:
             self.discard_orphan(cid)
         return adopted
@@ -273,13 +290,13 @@ class Daemon:
         """Read the container's output into its log; keep its input for attach. A pty
         master is both: its output is logged as stdout. False for a container whose
         files are gone (removed)."""
-        path = os.path.join(self.engine.root, "containers", cid, "ctr.log")
-        if not os.path.isdir(os.path.dirname(path)):
+        if not os.path.isdir(os.path.join(self.engine.root, "containers", cid)):
             for fd in fds:
                 os.close(fd)
             return False
+        opts = self.run_options(cid)
         if cid not in self.logs:
-            self.logs[cid] = CriLog(path, *log_options(self.run_options(cid)))
+            self.logs[cid] = self.open_log(cid, opts)
         readers = []
         input_fd = None
         for fd, stream in zip(fds, streams):
@@ -293,13 +310,27 @@ class Daemon:
         old = self.stdio.pop(cid, None)
         if old is not None:
             old.close_input()
-        self.stdio[cid] = Stdio("tty" in streams,
-                                bool(self.run_options(cid).get("interactive")), input_fd)
+        self.stdio[cid] = Stdio("tty" in streams, bool(opts.get("interactive")), input_fd)
         self.open_streams[cid] = len(readers)
         for fd, stream in readers:
             os.set_blocking(fd, False)  # for a pty master: also the keeper's, the clients'
             self.sel.register(fd, selectors.EVENT_READ, ("pipe", cid, stream))
         return True
+
+    def open_log(self, cid: str, opts: dict) -> CriLog:
+        path = self.engine.log_path(cid, opts)
+        max_size, max_file = log_options(opts)
+        if opts.get("log_path"):
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            if not opts.get("log_opts"):  # kubelet rotates it
+                max_size = 1 << 62
+        return CriLog(path, max_size, max_file)
+
+    def reopen_log(self, cid: str) -> None:
+        log = self.logs.get(cid)
+        if log is None or cid not in self.stdio:
+            raise ContainerStateError(f"container {cid[:12]} is not running")
+        log.reopen()
 
     def run_options(self, cid: str) -> dict:
         row = self.engine.db.execute("SELECT options FROM containers WHERE id = ?",
@@ -350,10 +381,17 @@ class Daemon:
             # before the record says exited: `stop` returns then, and a `start` right
             # after must find nothing left to release
             self.release_network(cid)
+        reason = self.engine.oom_reason(cid)
         # the record first: the status file the keeper wrote goes with `forget`
         if rec is not None:
-            self.engine._update(cid, status="exited", exit_code=status,
-                                finished=time.time(), pid=0)
+            db = self.engine.db
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                if self.engine._update(cid, status="exited", exit_code=status,
+                                       finished=time.time(), pid=0, reason=reason):
+                    self.engine.record_event("stopped", cid,
+                                             json.loads(rec["options"]).get("pod") or None,
+                                             exit_code=status, reason=reason)
         st = self.stdio.pop(cid, None)
         if st is not None:
             st.close_input()
@@ -494,8 +532,12 @@ class Daemon:
                                        "stdin": bool(opts.get("interactive"))})
         if "error" in reply:
             raise proto.reply_error(reply)
-        self.engine._update(cid, status="running", pid=reply["pid"], started=time.time(),
-                            exit_code=None)
+        db = self.engine.db
+        with db:
+            db.execute("BEGIN")
+            self.engine._update(cid, status="running", pid=reply["pid"],
+                                started=time.time(), exit_code=None, reason="")
+            self.engine.record_event("started", cid, opts.get("pod") or None)
         self.adopt(cid, fds, reply.get("streams", ["stdout", "stderr"]))
         if on_started is not None:
             on_started()
@@ -521,6 +563,9 @@ class Daemon:
                 proto.send(conn, {"ok": True, "pid": self.start(msg["id"])})
             elif msg.get("op") == "stop":
                 self.user_stop(msg["id"])
+                proto.send(conn, {"ok": True})
+            elif msg.get("op") == "reopen_log":
+                self.reopen_log(msg["id"])
                 proto.send(conn, {"ok": True})
             elif msg.get("op") == "attach":
                 self.attach(conn, msg["id"], bool(msg.get("stdin", True)))
