@@ -1733,6 +1733,39 @@ def test_runtime_should_support_portforward_in_host_network(s, spdy):
     assert out.startswith(b"HTTP/1.") and b" 200 " in out.split(b"\r\n", 1)[0], out[:200]
 
 
+# === critest -parallel N: several specs at once ============================================
+
+
+def test_parallel_pod_lifecycles(s):
+    """critest runs its specs in parallel with -parallel N: eight pods at once, each the
+    kubelet's sequence (run, create, start, exec, stop, remove)."""
+    errors: list[str] = []
+
+    def one(i: int) -> None:
+        try:
+            config = pb.PodSandboxConfig(metadata=s.metadata(f"parallel-{i}-" + new_uuid()),
+                                         linux=s.linux())
+            pod_id = s.c.run_pod(config)
+            cid = s.container(pod_id, config, f"parallel-{i}-", PAUSE)
+            s.start(cid)
+            r = s.c.exec_sync(cid, ["echo", str(i)], EXEC_TIMEOUT)
+            assert not r.failed and r.out == f"{i}\n", r
+            s.c.stop_pod(pod_id)
+            s.c.remove_pod(pod_id)
+            assert not any(p.id == pod_id for p in s.c.list_pods(pb.PodSandboxFilter(
+                id=pod_id)))
+        except (AssertionError, grpc.RpcError) as e:
+            errors.append(f"pod {i}: {e!r}"[:500])
+
+    s.ensure_image(BUSYBOX, None)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+
+
 # === Malformed requests (the issue: INVALID_ARGUMENT or NOT_FOUND, one clear message) ========
 
 
