@@ -1673,9 +1673,21 @@ def test_runtime_should_support_exec_with_tty_false_and_stdin_false(s, pod, spdy
 def test_runtime_should_support_exec_with_tty_true_and_stdin_true(s, pod, spdy):
     cid = s.default_container(*pod, "container-for-exec-test")
     s.start(cid)
-    out, err, status = spdy.exec_v4(exec_url(s, cid, stdout=True, tty=True, stdin=True),
-                                    stdin=b"", tty=True, stderr=False)
-    assert b"hello" in out and err == b"", (out, err, status)
+    # as client-go with critest's stdin pipe: stdin stays open until the session ended
+    conn = spdy.SpdyConnection(exec_url(s, cid, stdout=True, tty=True, stdin=True))
+    try:
+        error = conn.open_stream({"streamtype": "error"})
+        stdin = conn.open_stream({"streamtype": "stdin"})
+        stdout = conn.open_stream({"streamtype": "stdout"})
+        conn.open_stream({"streamtype": "resize"})
+        status = error.read_all(60)
+        stdout.fin.wait(10)
+        out = bytes(stdout.data)
+        with contextlib.suppress(OSError):  # the server may have closed the session
+            stdin.close()
+    finally:
+        conn.close()
+    assert b"hello" in out, (out, status)
 
 
 def test_runtime_should_support_attach(s, pod, spdy):
