@@ -1690,6 +1690,18 @@ def test_runtime_should_support_exec_with_tty_true_and_stdin_true(s, pod, spdy):
     assert b"hello" in out, (out, status)
 
 
+@pytest.mark.parametrize("protocol", ["v5.channel.k8s.io", "v4.channel.k8s.io"])
+def test_runtime_should_support_exec_over_websocket(s, pod, protocol):
+    """critest -websocket-exec (client-go's WebSocket executor, kubectl's since 1.30)."""
+    ws = pytest.importorskip("ws_client", reason="the WebSocket test client is not here")
+    cid = s.default_container(*pod, "container-for-exec-test")
+    s.start(cid)
+    url = exec_url(s, cid, stdout=True, stderr=True)
+    out, err, status, client = ws.exec_ws(url, protocols=(protocol,))
+    assert client.protocol == protocol
+    assert out == b"hello" and err == b"", (out, err, status)
+
+
 def test_runtime_should_support_attach(s, pod, spdy):
     cid = s.container(*pod, "container-for-attach-test", SHELL, stdin=True, stdin_once=True)
     s.start(cid)
