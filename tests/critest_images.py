@@ -141,12 +141,32 @@ class ImageBuilder:
         return desc, _digest(raw)
 
     def image(self, tag: str, config: dict, own: list | None = None) -> str:
-        """Write the image into the layout under `tag`; its manifest digest."""
+        """Write the image into the layout under `tag`; its manifest digest. A tag in
+        MULTI_ARCH gets an OCI image index (amd64 and arm64 entries, as the suite's real
+        images are manifest lists)."""
+        if tag in MULTI_ARCH:
+            entries = []
+            for arch in ("amd64", "arm64"):
+                manifest, digest = self._manifest(config, own, arch)
+                entries.append({"mediaType": manifest["mediaType"], "digest": digest,
+                                "size": len(json.dumps(manifest, sort_keys=True)),
+                                "platform": {"os": "linux", "architecture": arch}})
+            index = {"schemaVersion": 2,
+                     "mediaType": "application/vnd.oci.image.index.v1+json",
+                     "manifests": entries}
+            digest = self.layout.blob(json.dumps(index, sort_keys=True).encode())
+            self.layout.tag(tag, digest, index["mediaType"])
+            return digest
+        manifest, digest = self._manifest(config, own, "amd64")
+        self.layout.tag(tag, digest, manifest["mediaType"])
+        return digest
+
+    def _manifest(self, config: dict, own: list | None, arch: str) -> tuple[dict, str]:
         layers = list(self.layers)
         if own:
             layers.append(self._layer(_tar(own)))
         doc = {
-            "created": "2024-01-01T00:00:00Z", "architecture": "amd64", "os": "linux",
+            "created": "2024-01-01T00:00:00Z", "architecture": arch, "os": "linux",
             "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
                                "/sbin:/bin"], **config},
             "rootfs": {"type": "layers", "diff_ids": [diff for _, diff in layers]},
@@ -160,9 +180,11 @@ class ImageBuilder:
                        "digest": self.layout.blob(data), "size": len(data)},
             "layers": [desc for desc, _ in layers],
         }
-        digest = self.layout.blob(json.dumps(manifest, sort_keys=True).encode())
-        self.layout.tag(tag, digest, manifest["mediaType"])
-        return digest
+        return manifest, self.layout.blob(json.dumps(manifest, sort_keys=True).encode())
+
+
+# served as multi-platform indexes (the real busybox:1.29-2 is a manifest list)
+MULTI_ARCH = ("e2e-test-images/busybox:1.29-2", "k8s-staging-cri-tools/test-image-tag:all")
 
 
 def image_specs() -> dict[str, tuple[dict, list | None]]:
@@ -232,7 +254,8 @@ class LocalRegistry:
                 builder.image(path, config, own)
             for path in image_specs():
                 skopeo_copy(f"oci:{builder.layout.path}:{path}",
-                            f"docker://{self.registry.host}/{path}")
+                            f"docker://{self.registry.host}/{path}",
+                            *(["--all"] if path in MULTI_ARCH else []))
                 repo, _, tag = path.rpartition(":")
                 _, self.digests[path] = raw_manifest(self.registry, f"{repo}:{tag}")
         return self
