@@ -1480,6 +1480,24 @@ def test_should_support_nil_profile_which_is_unconfined(s):
     assert "0" in seccomp_status(s, cid)
 
 
+@pytest.mark.parametrize("path,want", [("runtime/default", "2"), ("docker/default", "2"),
+                                       ("unconfined", "0"), ("localhost", "chmod")],
+                         ids=["runtime-default", "docker-default", "unconfined", "localhost"])
+def test_deprecated_seccomp_profile_path(s, pod, profiles, path, want):
+    """The deprecated seccomp_profile_path field, as older critest versions and kubelets
+    (v1alpha2) send it: runtime/default, docker/default, unconfined, localhost/<path>."""
+    if path == "localhost":
+        path = "localhost/" + profiles["block-chmod.json"]
+    cid = sc_container(s, pod, "seccomp-profile-path-", PAUSE,
+                       pb.LinuxContainerSecurityContext(seccomp_profile_path=path))
+    s.start_running(cid)
+    if want == "chmod":
+        r = s.c.exec_sync(cid, ["chmod", "400", "/"], EXEC_TIMEOUT)
+        assert r.failed and "Operation not permitted" in r.err, r
+    else:
+        assert "Seccomp:\t" + want in seccomp_status(s, cid)
+
+
 def seccomp_container(s: Suite, pod, profile, caps, privileged: bool) -> str:
     config = pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name="container-with-block-hostname-seccomp-profile-test-"
