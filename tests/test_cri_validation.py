@@ -103,6 +103,23 @@ def registry(tmp_path_factory):
         reg.stop()
 
 
+ALL_PODS: set[str] = set()  # every pod id the tests ran
+
+
+def leftovers(pod_ids) -> list[str]:
+    """What removed pods left on the host: their pinned netns (minirun's naming) and
+    cgroups named after them anywhere below /minirun."""
+    left = [f"/run/netns/minirun-pod-{p[:12]}" for p in pod_ids
+            if os.path.exists(f"/run/netns/minirun-pod-{p[:12]}")]
+    for hier in ("memory", "pids", "cpu", "unified"):
+        base = os.path.join("/sys/fs/cgroup", hier, "minirun")
+        if os.path.isdir(base):
+            for dirpath, dirs, _ in os.walk(base):
+                left += [os.path.join(dirpath, d) for d in dirs
+                         if any(d.startswith(p) for p in pod_ids)]
+    return left
+
+
 @pytest.fixture(scope="module")
 def target(registry):
     top = tempfile.mkdtemp(prefix="critest-", dir="/tmp")
@@ -117,6 +134,8 @@ def target(registry):
             unmount_below(top)
             remove_cgroups(CGROUP_TOP)
             subprocess.run(["rm", "-rf", "--one-file-system", top])
+    # removing the pods through the CRI must have given everything back
+    assert not leftovers(ALL_PODS), leftovers(ALL_PODS)
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +174,7 @@ class Suite:
     def run_pod(self, config: pb.PodSandboxConfig) -> str:
         pod_id = self.c.run_pod(config)
         self.pods.append(pod_id)
+        ALL_PODS.add(pod_id)
         return pod_id
 
     def run_default_pod(self, prefix: str) -> str:
@@ -1788,6 +1808,7 @@ def test_parallel_pod_lifecycles(s):
             config = pb.PodSandboxConfig(metadata=s.metadata(f"parallel-{i}-" + new_uuid()),
                                          linux=s.linux())
             pod_id = s.c.run_pod(config)
+            ALL_PODS.add(pod_id)
             cid = s.container(pod_id, config, f"parallel-{i}-", PAUSE)
             s.start(cid)
             r = s.c.exec_sync(cid, ["echo", str(i)], EXEC_TIMEOUT)
