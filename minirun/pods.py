@@ -9,7 +9,7 @@ A pod is a record in engine.db's `pods` table and the namespaces its containers 
 - IPC and UTS: made once, the hostname set inside, pinned by bind-mounting their nsfs
   files under <run_root>/pods/<id>/ns/ (or the host's);
 - PID, when shared by the pod: a pid 1 must hold it, so a holder container (tini-static
-  as pid 1, busybox-static `sleep` its only child, in an empty read-only root) is run
+  as pid 1, named /pause, and busybox-static's `sleep` as /busybox.hold its only child, in an empty read-only root) is run
   through the daemon like any engine container; its record has `holder_of` (not `pod`)
   in its options, so it is not one of the pod's containers. Its cost, measured here by
   tests/test_pods.py: RSS 2.0 MB, PSS 1.35 MB for the two processes (tini 0.7 MB RSS,
@@ -627,7 +627,10 @@ class Pods:
                                    "(apt-get install tini busybox-static)")
         hid = os.urandom(32).hex()
         name = f"k8s_POD_{spec.name}_{spec.namespace}_{spec.uid}_{spec.attempt}"
-        args = ["/tini", "--", "/sleep", "inf"]
+        # busybox runs the applet named by argv[1] when its own name starts with
+        # "busybox": its comm is then busybox.hold, so a `pgrep sleep` in the pod (as
+        # critest runs after a timed-out exec) does not find the holder
+        args = ["/pause", "--", "/busybox.hold", "sleep", "inf"]
         opts = dict(RunOptions(command=args, name=name, detach=True).__dict__,
                     holder_of=rec["id"], network="none")
         try:
@@ -644,7 +647,7 @@ class Pods:
         bundle = os.path.join(self.engine.root, "containers", hid)
         rootfs = os.path.join(bundle, "rootfs")
         os.makedirs(rootfs, mode=0o755)
-        for name in ("tini", "sleep"):
+        for name in ("pause", "busybox.hold"):
             open(os.path.join(rootfs, name), "w").close()
         with open(os.path.join(bundle, "config.json"), "w") as f:
             f.write(json.dumps(self._holder_config(rec, spec, hid, rootfs, args)))
@@ -671,9 +674,9 @@ class Pods:
                         "args": args, "env": ["PATH=/"], "cwd": "/",
                         "capabilities": caps, "noNewPrivileges": True},
             "root": {"path": rootfs, "readonly": True},
-            "mounts": [{"destination": "/tini", "type": "bind", "source": TINI,
+            "mounts": [{"destination": "/pause", "type": "bind", "source": TINI,
                         "options": ["bind", "ro", "nosuid", "nodev"]},
-                       {"destination": "/sleep", "type": "bind", "source": BUSYBOX,
+                       {"destination": "/busybox.hold", "type": "bind", "source": BUSYBOX,
                         "options": ["bind", "ro", "nosuid", "nodev"]}],
             "linux": {"namespaces": namespaces,
                       "cgroupsPath": f"{parent}/{hid}",

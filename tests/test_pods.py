@@ -410,7 +410,7 @@ def test_a_holder_that_fails_undoes_the_pod(pods, net, monkeypatch, fault):
     containers_dir = os.path.join(pods.engine.root, "containers")
     assert not os.path.isdir(containers_dir) or not [
         d for d in os.listdir(containers_dir)
-        if os.path.exists(os.path.join(containers_dir, d, "rootfs", "tini"))]
+        if os.path.exists(os.path.join(containers_dir, d, "rootfs", "pause"))]
     assert_nothing_left(net, tried, pods)
 
 
@@ -549,12 +549,18 @@ def test_shared_pid_pod_has_a_holder_reaped_on_stop(pods, pod_ids, engine):  # n
     assert holder["status"] == "running"
     ns = pods.namespaces(pod_id)
     assert ns["pid"] == f"/proc/{holder['pid']}/ns/pid"
-    # inside the pod's pid namespace: tini is pid 1, sleep its child (once tini forked)
+    # inside the pod's pid namespace: tini (as /pause) is pid 1, busybox's sleep its child
+    # (once tini forked), whose name is not "sleep": `pgrep sleep` in the pod finds none
     deadline = time.monotonic() + 5
     while len(procs := _pids_in(os.readlink(ns["pid"]))) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     cmdlines = sorted(_cmdline(p) for p in procs)
-    assert cmdlines == ["/sleep inf", "/tini -- /sleep inf"]
+    assert cmdlines == ["/busybox.hold sleep inf", "/pause -- /busybox.hold sleep inf"]
+    comms = []
+    for p in procs:
+        with open(f"/proc/{p}/comm") as f:
+            comms.append(f.read().strip())
+    assert sorted(comms) == ["busybox.hold", "pause"]
     # it is in the pod's network, IPC and UTS namespaces
     for kind, name in (("network", "net"), ("ipc", "ipc"), ("uts", "uts")):
         assert os.readlink(f"/proc/{holder['pid']}/ns/{name}").endswith(
