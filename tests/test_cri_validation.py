@@ -689,6 +689,40 @@ def test_container_log_has_stdout_and_stderr_and_tty_as_stdout(s):
     assert "tty-out" in text and "tty-err" in text, msgs
 
 
+def test_container_log_tags_partial_and_long_lines(s):
+    """The CRI log's tag: F ends a line, P a part of one (output without a final newline,
+    or a line longer than the runtime's buffer, 16 KiB for containerd) that kubelet joins
+    with the next. Not a critest case: kubectl logs relies on it."""
+    pod_id, pod_config = s.pod_with_log_dir()
+    name = "container-log-tags-" + new_uuid()
+    cid = s.container(pod_id, pod_config, "", [
+        "sh", "-c", "echo whole; head -c 40000 /dev/zero | tr '\\0' x; echo; printf tail"],
+        name=name, log_path=name + ".log")
+    s.start(cid)
+    s.wait_state(cid, EXITED)
+    path = os.path.join(pod_config.log_directory, name + ".log")
+    # (the log complete at EXITED is test_runtime_should_support_starting_container_with_log's)
+    eventually(lambda: open(path).read().rstrip().endswith("tail"), timeout=10,
+               what="the last output in the log")
+    entries = []
+    with open(path) as f:
+        for line in f.read().splitlines():
+            m = CRI_LOG.match(line)
+            assert m, f"not a CRI log line: {line[:100]!r}"
+            entries.append((m.group(3), m.group(4) or ""))
+    assert entries[0] == ("F", "whole")
+    # joined as kubelet does: P parts up to the next F
+    lines, part = [], ""
+    for tag, text in entries[1:]:
+        part += text
+        if tag == "F":
+            lines.append(part)
+            part = ""
+    assert lines == ["x" * 40000], [len(x) for x in lines]
+    assert part == "tail", entries[-1]
+    assert entries[-1][0] == "P", entries[-1]
+
+
 def test_container_status_fields(s):
     """ContainerStatus as kubelet reads it: exit code, reason Completed / Error, times in ns,
     image and image_ref, labels, annotations (the issue's list)."""
