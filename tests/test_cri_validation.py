@@ -1829,6 +1829,56 @@ def test_runtime_should_support_portforward_in_host_network(s, spdy):
     assert out.startswith(b"HTTP/1.") and b" 200 " in out.split(b"\r\n", 1)[0], out[:200]
 
 
+# === runtime.v1alpha2 (kubelets up to 1.25, critest up to 1.25) ============================
+
+
+def v1alpha2(c: CriClient, service: str, method: str, request, response_class):
+    call = c.channel.unary_unary(f"/runtime.v1alpha2.{service}/{method}",
+                                 request_serializer=type(request).SerializeToString,
+                                 response_deserializer=response_class.FromString)
+    return call(request, timeout=120)
+
+
+def test_pod_lifecycle_through_v1alpha2(s):
+    """The kubelet's sequence under the runtime.v1alpha2 names (its messages are a
+    wire-compatible subset of v1's)."""
+    rs, ims = "RuntimeService", "ImageService"
+    config = pb.PodSandboxConfig(metadata=s.metadata("v1alpha2-" + new_uuid()),
+                                 linux=s.linux())
+    pod_id = v1alpha2(s.c, rs, "RunPodSandbox", pb.RunPodSandboxRequest(config=config),
+                      pb.RunPodSandboxResponse).pod_sandbox_id
+    s.pods.append(pod_id)
+    ALL_PODS.add(pod_id)
+    ref = v1alpha2(s.c, ims, "PullImage", pb.PullImageRequest(
+        image=pb.ImageSpec(image=BUSYBOX), sandbox_config=config), pb.PullImageResponse)
+    assert ref.image_ref
+    cid = v1alpha2(s.c, rs, "CreateContainer", pb.CreateContainerRequest(
+        pod_sandbox_id=pod_id, sandbox_config=config, config=pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name="v1alpha2-c", attempt=ATTEMPT),
+            image=pb.ImageSpec(image=BUSYBOX), command=PAUSE)),
+        pb.CreateContainerResponse).container_id
+    v1alpha2(s.c, rs, "StartContainer", pb.StartContainerRequest(container_id=cid),
+             pb.StartContainerResponse)
+    r = v1alpha2(s.c, rs, "ExecSync", pb.ExecSyncRequest(container_id=cid, cmd=ECHO_HELLO,
+                                                         timeout=30), pb.ExecSyncResponse)
+    assert (r.exit_code, r.stdout) == (0, b"hello")
+    st = v1alpha2(s.c, rs, "ContainerStatus", pb.ContainerStatusRequest(container_id=cid),
+                  pb.ContainerStatusResponse).status
+    assert st.state == RUNNING
+    listed = v1alpha2(s.c, rs, "ListContainers", pb.ListContainersRequest(
+        filter=pb.ContainerFilter(pod_sandbox_id=pod_id)), pb.ListContainersResponse)
+    assert [c.id for c in listed.containers] == [cid]
+    v1alpha2(s.c, rs, "StopContainer", pb.StopContainerRequest(container_id=cid, timeout=10),
+             pb.StopContainerResponse)
+    v1alpha2(s.c, rs, "RemoveContainer", pb.RemoveContainerRequest(container_id=cid),
+             pb.RemoveContainerResponse)
+    v1alpha2(s.c, rs, "StopPodSandbox", pb.StopPodSandboxRequest(pod_sandbox_id=pod_id),
+             pb.StopPodSandboxResponse)
+    assert v1alpha2(s.c, rs, "PodSandboxStatus", pb.PodSandboxStatusRequest(
+        pod_sandbox_id=pod_id), pb.PodSandboxStatusResponse).status.state == \
+        pb.SANDBOX_NOTREADY
+
+
 # === critest -parallel N: several specs at once ============================================
 
 
