@@ -419,6 +419,8 @@ class Engine:
                     kept = read_exit_status(self.run_root, rec["id"])
                 if kept is None and self.get_status_only(rec["id"]) == "exited":
                     return  # the daemon recorded it meanwhile
+            if self._daemon_alive() and self._await_daemon_exit(rec):
+                return
             rec["status"] = "exited"
             rec["exit_code"] = kept if kept is not None else (
                 rec["exit_code"] if rec["exit_code"] is not None else -1)
@@ -427,6 +429,37 @@ class Engine:
             rec["reason"] = self.oom_reason(rec["id"])
             self._update(rec["id"], status="exited", exit_code=rec["exit_code"],
                          finished=time.time(), reason=rec["reason"])
+
+    def _daemon_alive(self) -> bool:
+        """Another process, a daemon, serves this run root (its pid file names a live
+        `minirun daemon`); the daemon itself records exits and must not wait for them."""
+        try:
+            with open(os.path.join(self.run_root, "daemon.pid")) as f:
+                pid = int(f.read())
+            if pid == os.getpid():
+                return False
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return b"daemon" in f.read()
+        except (OSError, ValueError):
+            return False
+
+    def _await_daemon_exit(self, rec: dict, timeout: float = 2.0) -> bool:
+        """The daemon records an exit once it has drained the container's output into
+        its log: until then the container is not shown exited, so whoever sees it
+        exited (kubelet, critest, `logs` after `wait`) finds its whole log. True (and
+        rec updated from the record) once the daemon has written it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cur = self.db.execute("SELECT * FROM containers WHERE id = ?", (rec["id"],))
+            row = cur.fetchone()
+            if row is None:
+                return False
+            fresh = dict(zip([c[0] for c in cur.description], tuple(row)))
+            if fresh["status"] == "exited":
+                rec.update(fresh)
+                return True
+            time.sleep(0.01)
+        return False
 
     def oom_reason(self, cid: str) -> str:
         """"OOMKilled" if the kernel's OOM killer killed a process of the container (its

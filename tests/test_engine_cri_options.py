@@ -427,6 +427,22 @@ def test_log_path_and_reopen(eng, tmp_path):
         eng.remove(cid, force=True)
 
 
+def test_exited_only_once_the_log_is_whole(eng, tmp_path):
+    """Whoever sees the container exited (kubelet, critest: they read the log once,
+    right then) finds all its output in the log: a reader's reconcile waits for the
+    daemon, which records the exit after draining the pipes."""
+    for i in range(8):
+        log = tmp_path / f"{i}.log"
+        cid = start(eng, "sh", "-c", "echo out; echo err >&2", log_path=str(log))
+        try:
+            assert wait_for(lambda: eng.get(cid)["status"] == "exited", what="its exit")
+            lines = log.read_text().splitlines()
+            assert sorted(line.split(" ", 1)[1] for line in lines) == \
+                ["stderr F err", "stdout F out"], (i, lines)
+        finally:
+            eng.remove(cid, force=True)
+
+
 def test_oom_killed_is_recorded(eng):
     kw = {"memory_bytes": 16 << 20}
     with open("/proc/swaps") as f:
