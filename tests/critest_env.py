@@ -27,7 +27,6 @@ import sys
 import time
 
 import grpc
-
 from ocitest import REPO
 
 from minirun.cri.api import api_pb2 as pb
@@ -108,7 +107,7 @@ def unmount_below(top: str) -> list[str]:
             if point == top or point.startswith(top + "/"):
                 left.append(point)
     for point in sorted(left, key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], stderr=subprocess.DEVNULL)
+        subprocess.run(["umount", "-l", point], stderr=subprocess.DEVNULL, check=False)
     return left
 
 
@@ -157,7 +156,8 @@ class Target:
                               file=sys.stderr)
 
     def remove_link(self) -> None:
-        subprocess.run(["ip", "link", "del", NETS[self.name][0]], stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "link", "del", NETS[self.name][0]], stderr=subprocess.DEVNULL,
+                       check=False)
 
 
 class MinirunTarget(Target):
@@ -200,10 +200,10 @@ class MinirunTarget(Target):
         stop_pid(self.proc)
         cli = [sys.executable, "-m", "minirun.cli"]
         ps = subprocess.run([*cli, "ps", "-a", "-q"], env=self.env, cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
         for cid in ps.stdout.split():
             subprocess.run([*cli, "rm", "-f", cid], env=self.env, cwd=REPO,
-                           capture_output=True, timeout=120)
+                           capture_output=True, timeout=120, check=False)
         # the keeper first: it would start another daemon; the daemon exits with it
         for name in ("keeper", "daemon"):
             pid = self._pid(name)

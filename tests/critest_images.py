@@ -42,6 +42,7 @@ NONEWPRIVS = E2E + "nonewprivs:1.3"
 HOSTNET_NGINX = CRI_TOOLS + "hostnet-nginx-amd64"
 PAUSE = "registry.k8s.io/pause:3.6"  # containerd's sandbox image
 MIRRORED = ("registry.k8s.io", "gcr.io")
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 PGREP = """#!/bin/sh
 # pgrep NAME: pids whose command name is NAME (stand-in for the applet)
@@ -167,8 +168,7 @@ class ImageBuilder:
             layers.append(self._layer(_tar(own)))
         doc = {
             "created": "2024-01-01T00:00:00Z", "architecture": arch, "os": "linux",
-            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
-                               "/sbin:/bin"], **config},
+            "config": {"Env": [DEFAULT_PATH], **config},
             "rootfs": {"type": "layers", "diff_ids": [diff for _, diff in layers]},
             "history": [{"created_by": f"layer {i}"} for i in range(len(layers))],
         }

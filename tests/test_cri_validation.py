@@ -133,7 +133,7 @@ def target(registry):
         finally:
             unmount_below(top)
             remove_cgroups(CGROUP_TOP)
-            subprocess.run(["rm", "-rf", "--one-file-system", top])
+            subprocess.run(["rm", "-rf", "--one-file-system", top], check=False)
     # removing the pods through the CRI must have given everything back
     assert not leftovers(ALL_PODS), leftovers(ALL_PODS)
 
@@ -189,7 +189,7 @@ class Suite:
 
     def log_dir(self, pod_name: str) -> tuple[str, str]:
         host = tempfile.mkdtemp(prefix="podLogTest", dir="/tmp")
-        self.cleanups.append(lambda: subprocess.run(["rm", "-rf", "--one-file-system", host]))
+        self.cleanups.append(lambda: subprocess.run(["rm", "-rf", "--one-file-system", host], check=False))
         path = os.path.join(host, pod_name)
         os.makedirs(path, 0o777)
         return host, path
@@ -424,7 +424,9 @@ def test_runtime_should_support_listing_pods_by_state_and_label_selector(s):
     stopped = s.run_pod(pb.PodSandboxConfig(metadata=s.metadata("filter-stop-" + new_uuid()),
                                             labels={"critest": "stopped"}, linux=s.linux()))
     s.c.stop_pod(stopped)
-    ids = lambda f: {p.id for p in s.c.list_pods(f)}  # noqa: E731
+    def ids(f):
+        return {p.id for p in s.c.list_pods(f)}
+
     assert ready in ids(pb.PodSandboxFilter(state=pb.PodSandboxStateValue(
         state=pb.SANDBOX_READY)))
     assert stopped not in ids(pb.PodSandboxFilter(state=pb.PodSandboxStateValue(
@@ -519,7 +521,9 @@ def test_runtime_should_support_listing_containers_with_filters(s, pod):
     a = s.default_container(*pod, "filter-a-", labels={"critest": "a"})
     b = s.default_container(*pod, "filter-b-", labels={"critest": "b"})
     s.start_running(a)
-    ids = lambda **kw: {c.id for c in s.c.list_containers(pb.ContainerFilter(**kw))}  # noqa
+    def ids(**kw):
+        return {c.id for c in s.c.list_containers(pb.ContainerFilter(**kw))}
+
     assert ids(id=a) == {a}
     assert ids(id=a[:12]) == {a}
     assert ids(pod_sandbox_id=pod[0]) == {a, b}
@@ -608,7 +612,7 @@ def test_runtime_should_support_listing_stats_filtered_by_labels(s, pod):
 def host_path(s: Suite, pod_id: str) -> str:
     path = tempfile.mkdtemp(prefix="test" + pod_id, dir="/tmp")
     open(os.path.join(path, "testVolume.file"), "w").close()
-    s.cleanups.append(lambda: subprocess.run(["rm", "-rf", "--one-file-system", path]))
+    s.cleanups.append(lambda: subprocess.run(["rm", "-rf", "--one-file-system", path], check=False))
     return path
 
 
@@ -702,8 +706,11 @@ def test_container_log_tags_partial_and_long_lines(s):
     s.wait_state(cid, EXITED)
     path = os.path.join(pod_config.log_directory, name + ".log")
     # (the log complete at EXITED is test_runtime_should_support_starting_container_with_log's)
-    eventually(lambda: open(path).read().rstrip().endswith("tail"), timeout=10,
-               what="the last output in the log")
+    def complete():
+        with open(path) as f:
+            return f.read().rstrip().endswith("tail")
+
+    eventually(complete, timeout=10, what="the last output in the log")
     entries = []
     with open(path) as f:
         for line in f.read().splitlines():
@@ -768,7 +775,7 @@ def propagation_host_path(s: Suite, pod_id: str, propagation: int):
 
     def clear():
         unmount_below(top)
-        subprocess.run(["rm", "-rf", "--one-file-system", top])
+        subprocess.run(["rm", "-rf", "--one-file-system", top], check=False)
 
     s.cleanups.append(clear)
     return src, src_dir, point
@@ -835,7 +842,7 @@ def rro_host_path(s: Suite, pod_id: str) -> str:
 
     def clear():
         unmount_below(top)
-        subprocess.run(["rm", "-rf", "--one-file-system", top])
+        subprocess.run(["rm", "-rf", "--one-file-system", top], check=False)
 
     s.cleanups.append(clear)
     return top
@@ -1159,7 +1166,7 @@ def test_image_volume_should_correctly_mount_image_and_enforce_read_only(s, pod)
 
 
 def test_image_volume_should_reject_readonly_false(s, pod):
-    cid, err = image_volume_container(s, pod, TAGGED, readonly=False)
+    _, err = image_volume_container(s, pod, TAGGED, readonly=False)
     skip_if_image_volume_unsupported(err, True)
     if err is None:
         pytest.skip("Runtime accepted Image Volume with Readonly=false")
@@ -1179,7 +1186,7 @@ def test_image_volume_should_succeed_with_a_valid_subpath(s, pod):
 
 
 def test_image_volume_should_fail_when_subpath_does_not_exist(s, pod):
-    cid, err = image_volume_container(s, pod, TAGGED, sub_path="not-existing")
+    _, err = image_volume_container(s, pod, TAGGED, sub_path="not-existing")
     skip_if_image_volume_unsupported(err, True)
     if err is None:
         pytest.skip("Runtime accepted non-existing subPath without error")
@@ -1242,8 +1249,8 @@ def test_runtime_should_support_hostpid(s):
     pod = s.namespace_pod(ns, "NamespaceOption-PodSandbox-" + new_uuid())
     nginx = ns_container(s, *pod, "nginx-container-hostpid-" + new_uuid(), NGINX, ns)
     s.start_running(nginx)
-    pid = s.exec_ok(nginx, ["sh", "-c", "while [ ! -f /var/run/nginx.pid ]; do sleep 1; done "
-                                        "&& cat /var/run/nginx.pid"]).strip()
+    wait_pid = "while [ ! -f /var/run/nginx.pid ]; do sleep 1; done && cat /var/run/nginx.pid"
+    pid = s.exec_ok(nginx, ["sh", "-c", wait_pid]).strip()
     bb = ns_container(s, *pod, "container-with-HostPID-test-" + new_uuid(), BUSYBOX, ns,
                       ["sh", "-c", "sleep 1000"])
     s.start_running(bb)
@@ -1709,7 +1716,7 @@ def test_multiple_containers_should_support_container_log(s, multi):
     for cid, text in ((multi[1], "httpd"), (multi[2], DEFAULT_LOG)):
         path = s.c.container_status(cid).status.log_path
 
-        def has():
+        def has(path=path, text=text):
             with open(path, errors="replace") as f:
                 return text in f.read()
         eventually(has, what=f"{text!r} in {path}")
