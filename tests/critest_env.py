@@ -3,12 +3,12 @@ client it speaks to them with.
 
 Target (env MINIRUN_CRI_TARGET): "minirun" (default) or "containerd".
 - minirun: `minirun cri` on a socket in a temporary dir, with temporary --root/--run-root,
-  MINIRUN_CNI_CONF_DIR holding one conflist (bridge mrcvmr0 on 10.94.2.0/24, host-local
-  with its dataDir in the temp dir, portmap with snat) and MINIRUN_REGISTRIES_CONF mapping
-  registry.k8s.io and gcr.io to the local registry.
+  MINIRUN_CNI_CONF_DIR holding minirun's default conflist with its own bridge (mrcvmr0),
+  subnet (10.94.2.0/24) and host-local dataDir in the temp dir, and
+  MINIRUN_REGISTRIES_CONF mapping registry.k8s.io and gcr.io to the local registry.
 - containerd: Debian's containerd 1.6 with its CRI plugin and runc, everything (root,
-  state, sockets, CNI conf: bridge mrcvcd0 on 10.94.1.0/24) in a temporary dir, the same
-  registry mirrors; the sandbox image is the local pause stand-in.
+  state, sockets, the same conflist on bridge mrcvcd0, 10.94.1.0/24) in a temporary dir,
+  the same registry mirrors; the sandbox image is the local pause stand-in.
 Both are stopped by pid; containerd's shims (found by their -address, our socket) too.
 Pods are removed through the CRI before that, then cgroups under CGROUP_TOP, the bridge
 and the temporary dir (after unmounting what is below it).
@@ -47,18 +47,19 @@ def cni_bin_dir() -> str:
 
 
 def write_conflist(conf_dir: str, runtime: str, data_dir: str) -> None:
+    """minirun's default pod network (minirun.pods.DEFAULT_CONFLIST: bridge with
+    masquerade and hairpin, host-local, portmap with snat) with its own bridge, subnet and
+    IPAM dataDir, so that the suite runs the plugin chain a fresh host gets."""
+    from minirun.pods import DEFAULT_CONFLIST
+
     bridge, subnet = NETS[runtime]
     os.makedirs(conf_dir, exist_ok=True)
-    conf = {
-        "cniVersion": "1.0.0", "name": f"minirun-critest-{runtime}",
-        "plugins": [
-            {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
-             "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data_dir}},
-            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
-        ],
-    }
+    conf = json.loads(json.dumps(DEFAULT_CONFLIST))
+    conf["name"] = f"minirun-critest-{runtime}"
+    first = conf["plugins"][0]
+    first["bridge"] = bridge
+    first["ipam"]["ranges"] = [[{"subnet": subnet}]]
+    first["ipam"]["dataDir"] = data_dir
     with open(os.path.join(conf_dir, "10-critest.conflist"), "w") as f:
         json.dump(conf, f)
 
