@@ -1836,6 +1836,30 @@ def test_runtime_should_support_portforward_in_host_network(s, spdy):
     assert out.startswith(b"HTTP/1.") and b" 200 " in out.split(b"\r\n", 1)[0], out[:200]
 
 
+# === back to back pods, as critest's specs follow one another =============================
+
+
+def test_pod_cycles_exec_then_stop(s):
+    """critest's specs one after the other: a pod with a running and a created container
+    removed, then a pod whose container runs an exec right before StopPodSandbox (every
+    spec's AfterEach), twenty times. Each step must succeed."""
+    for i in range(20):
+        pod = s.pod_for_container()
+        a = s.default_container(*pod, f"cycle-a{i}-", labels={"critest": "a"})
+        s.default_container(*pod, f"cycle-b{i}-", labels={"critest": "b"})
+        s.start_running(a)
+        s.c.stop_pod(pod[0])
+        s.c.remove_pod(pod[0])
+        s.pods.remove(pod[0])
+        pod = s.pod_for_container()
+        cid = s.default_container(*pod, f"cycle-exec{i}-")
+        s.start(cid)
+        assert s.exec_ok(cid, ECHO_HELLO) == "hello"
+        s.c.stop_pod(pod[0])
+        s.c.remove_pod(pod[0])
+        s.pods.remove(pod[0])
+
+
 # === runtime.v1alpha2 (kubelets up to 1.25, critest up to 1.25) ============================
 
 
