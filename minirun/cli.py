@@ -22,21 +22,21 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="human-readable text or JSON",
-)
+@click.option("-f", "--format", "fmt", default="text", show_default=True,
+              help="text, json (minirun's document), or a Go template over docker's info "
+                   "fields ('{{.ServerVersion}}', '{{json .}}')")
 def info(fmt: str) -> None:
     """What this host supports: cgroups, namespaces, seccomp, overlayfs, ..."""
     from .info import collect
 
     host = collect()
     nets = _networks_info()
-    if fmt == "json":
+    if fmt not in ("text", "json"):
+        from .gotemplate import expand_escapes, parse
+
+        template = parse(expand_escapes(fmt))  # a bad template fails before the counts
+        click.echo(template.render(docker_info(host, nets)))
+    elif fmt == "json":
         import json
 
         click.echo(json.dumps(dict(host.to_dict(), networks=nets), indent=2))
@@ -49,6 +49,56 @@ def info(fmt: str) -> None:
             state = "up" if n["bridge_up"] else "down (made when a container joins)"
             click.echo(f"  {n['name']}: {n['subnet']} on {n['bridge']}, {state}, "
                        f"{n['containers']} container(s){', internal' if n['internal'] else ''}")
+
+
+def docker_info(host: HostInfo, nets: list[dict] | str) -> dict:
+    """`docker info`'s fields that mean something here, for --format templates; minirun's
+    own document under "Minirun"."""
+    import os
+    import platform
+
+    from .engine import Engine
+
+    counts = {"running": 0, "paused": 0, "stopped": 0}
+    images = 0
+    try:
+        engine = Engine()
+        for r in engine.records():
+            key = r["status"] if r["status"] in ("running", "paused") else "stopped"
+            counts[key] += 1
+        from .image.store import ImageStore
+
+        with ImageStore(engine.root) as store:
+            images = len(store.images())
+        root = engine.root
+    except Exception:  # noqa: BLE001 - info must not fail over the records
+        root = ""
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        mem = 0
+    try:
+        with open("/etc/os-release") as f:
+            release = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+        os_name = release.get("PRETTY_NAME", "").strip('"')
+    except OSError:
+        os_name = ""
+    return {
+        "Containers": sum(counts.values()), "ContainersRunning": counts["running"],
+        "ContainersPaused": counts["paused"], "ContainersStopped": counts["stopped"],
+        "Images": images, "Driver": "overlay2", "DockerRootDir": root,
+        "CgroupDriver": "cgroupfs",
+        "CgroupVersion": "2" if host.cgroup.mode == "v2" else "1",
+        "KernelVersion": host.kernel, "OperatingSystem": os_name, "OSType": "linux",
+        "Architecture": platform.machine(), "NCPU": os.cpu_count() or 0, "MemTotal": mem,
+        "Name": os.uname().nodename, "ServerVersion": host.version,
+        "DefaultRuntime": "minirun", "Runtimes": {"minirun": {"path": "minirun"}},
+        "SecurityOptions": [f"name={n}" for n in ("seccomp",)
+                            if host.features["seccomp"].available] +
+        (["name=userns"] if host.features["user_namespaces"].available else []),
+        "Minirun": dict(host.to_dict(), networks=nets),
+    }
 
 
 def _networks_info() -> list[dict] | str:
@@ -114,6 +164,9 @@ def _register_commands() -> None:
     from . import cli_container
 
     cli_container.register(cli)
+    from . import cli_format
+
+    cli_format.register(cli)
     from . import cli_pull
 
     cli_pull.register(cli)
@@ -131,6 +184,41 @@ def _register_commands() -> None:
 _register_commands()
 
 
+# docker (and podman) exit 125 on a usage error, with one line naming it and where help is
+EXIT_USAGE = 125
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+def usage_error_text(e: click.UsageError) -> str:
+    """A usage error as docker words it: `unknown flag: --bogus`, `unknown shorthand flag:
+    'x' in -x`, `invalid argument "x" for "-t, --time" flag: ...`, `"minirun run"
+    requires at least 1 argument`, then `See 'minirun run --help'.`"""
+    ctx = e.ctx
+    path = ctx.command_path if ctx is not None else "minirun"
+    if isinstance(e, click.NoSuchOption):
+        name = e.option_name
+        what = f"unknown flag: {name}" if name.startswith("--") or len(name) != 2 else \
+            f"unknown shorthand flag: {name[1]!r} in {name}"
+    elif isinstance(e, click.MissingParameter) and isinstance(e.param, click.Argument):
+        what = f'"{path}" requires at least 1 argument ({e.param.human_readable_name} ' \
+            "is missing)"
+    elif isinstance(e, click.BadParameter) and e.param is not None:
+        names = ", ".join(getattr(e.param, "opts", []) or [e.param.human_readable_name])
+        given = ctx.params.get(e.param.name) if ctx is not None else None
+        value = f'"{given}" ' if given is not None else ""
+        kind = "flag" if isinstance(e.param, click.Option) else "argument"
+        what = f"invalid argument {value}for \"{names}\" {kind}: {e.message}"
+    elif e.message.startswith("Option '") and e.message.endswith("requires an argument."):
+        what = f"flag needs an argument: {e.message.split(chr(39))[1]}"
+    elif e.message.startswith("No such command"):
+        name = e.message.split("'")[1] if "'" in e.message else e.message
+        what = f"{name!r} is not a {path} command"
+    else:
+        what = e.message[:1].lower() + e.message[1:]
+    what = what.replace("\n", " ").rstrip(".")
+    return f"{path.split()[0]}: {what}\nSee '{path} --help'."
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     try:
@@ -138,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     except MiniRunError as e:
         click.echo(f"minirun: error: {e}", err=True)
         return e.exit_code
+    except NO_ARGS_IS_HELP as e:  # a bare `minirun` or `minirun network`: its help, as docker
+        click.echo(e.ctx.get_help() if e.ctx is not None else str(e))
+        return 0
+    except click.UsageError as e:
+        click.echo(usage_error_text(e), err=True)
+        return EXIT_USAGE
     except click.ClickException as e:
         e.show()
         return e.exit_code

@@ -1,11 +1,9 @@
-"""`minirun run`, `ps`, `rm`, `inspect`, `container prune`: docker's flags, parsed here and
-handed to minirun.engine."""
+"""`minirun run`, `rm`, `stop`, `logs`, ...: docker's flags, parsed here and handed to
+minirun.engine (`ps`, `inspect` and the prunes are in minirun.cli_format)."""
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 
 import click
 
@@ -80,11 +78,16 @@ root_option = click.option("--root", envvar="MINIRUN_ROOT", default=None,
               help="log rotation (default max-size=20m, max-file=5: output bytes)")
 @click.option("--userns", default="host",
               help="host | auto (alias private: a new user namespace) | ns:PATH")
+@click.option("--pull", "pull_policy", default="missing", metavar="missing|always|never",
+              help="pull the image: when it is not here (default), always, or never")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(root, image, command, volumes, remove, **kw) -> None:
     """Run a command in a new container from IMAGE."""
     from .engine import RunOptions
+
+    pull_policy = kw.pop("pull_policy")
+    pull_image(root, image, pull_policy)
 
     opts = RunOptions(command=list(command), volumes=list(volumes), remove=remove,
                       env=list(kw.pop("env")), env_files=list(kw.pop("env_file")),
@@ -110,54 +113,18 @@ def run(root, image, command, volumes, remove, **kw) -> None:
         sys.exit(docker_exit_code(e))
     from .client import run_in_daemon
 
-    sys.exit(run_in_daemon(image, dict(opts.__dict__, root=root)))
+    sys.exit(run_in_daemon(image, dict(opts.__dict__, root=root, pull="never")))
 
 
-def _status_text(rec: dict) -> str:
-    if rec["status"] == "running":
-        return f"Up {_ago(rec['started'])}"
-    if rec["status"] == "exited":
-        return f"Exited ({rec['exit_code']}) {_ago(rec['finished'])} ago"
-    return rec["status"].capitalize()
+def pull_image(root: str | None, image: str, policy: str) -> None:
+    """--pull for run and create: a failed pull exits 125, as docker's."""
+    from .cli_pull import ensure_image
 
-
-def _ago(when: float | None) -> str:
-    if not when:
-        return ""
-    secs = int(time.time() - when)
-    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if secs >= size:
-            return f"{secs // size} {unit}"
-    return f"{secs} seconds"
-
-
-@click.command(name="ps")
-@root_option
-@click.option("-a", "--all", "all_", is_flag=True, help="also stopped containers")
-@click.option("-q", "--quiet", is_flag=True, help="ids only")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-def ps(root, all_, quiet, fmt) -> None:
-    """List containers."""
-    recs = _engine(root).records(all_containers=all_)
-    if quiet:
-        for r in recs:
-            click.echo(r["id"][:12])
-        return
-    if fmt == "json":
-        click.echo(json.dumps([{"Id": r["id"], "Names": [r["name"]], "Image": r["image"],
-                                "ImageID": r["image_id"], "Command": json.loads(r["command"]),
-                                "Created": int(r["created"]), "State": r["status"],
-                                "ExitCode": r["exit_code"], "Status": _status_text(r)}
-                               for r in recs]))
-        return
-    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")]
-    for r in recs:
-        cmd = " ".join(json.loads(r["command"]))
-        rows.append((r["id"][:12], r["image"], f'"{cmd[:20]}"', f"{_ago(r['created'])} ago",
-                     _status_text(r), r["name"]))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("   ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    try:
+        ensure_image(root, image, policy)
+    except MiniRunError as e:
+        click.echo(f"minirun: error: {e}", err=True)
+        sys.exit(EXIT_ENGINE)
 
 
 @click.command(name="rm")
@@ -168,38 +135,6 @@ def ps(root, all_, quiet, fmt) -> None:
 def rm(root, force, volumes, containers) -> None:
     """Remove containers."""
     _each(root, containers, lambda e, n: e.remove(n, force=force))
-
-
-@click.command(name="inspect")
-@root_option
-@click.argument("containers", nargs=-1, required=True)
-def inspect(root, containers) -> None:
-    """Low-level information on containers, as JSON."""
-    engine = _engine(root)
-    out = []
-    for name in containers:
-        r = engine.get(name)
-        host_config = json.loads(r["options"])
-        host_config["UsernsMode"] = host_config.get("userns") or "host"
-        out.append({"Id": r["id"], "Name": r["name"], "Image": r["image_id"],
-                    "Config": {"Image": r["image"], "Cmd": json.loads(r["command"])},
-                    "State": {"Status": r["status"], "ExitCode": r["exit_code"],
-                              "Pid": r["pid"] or 0},
-                    "RestartCount": r["restart_count"] or 0,
-                    "Created": r["created"], "HostConfig": host_config,
-                    "NetworkSettings": engine.network_settings(r)})
-    click.echo(json.dumps(out, indent=2))
-
-
-@click.command(name="prune")
-@root_option
-def container_prune(root) -> None:
-    """Remove all stopped containers."""
-    engine = _engine(root)
-    for r in engine.records():
-        if r["status"] != "running":
-            engine.remove(r["id"], force=True)
-            click.echo(r["id"])
 
 
 def _each(root, containers, action) -> None:
@@ -362,11 +297,10 @@ def daemon(root, run_root, wait) -> None:
 
 
 def register(group: click.Group) -> None:
-    for cmd in (run, ps, rm, inspect, stop, kill, start, restart, wait, logs, exec_, top,
+    for cmd in (run, rm, stop, kill, start, restart, wait, logs, exec_, top,
                 attach, daemon):
         group.add_command(cmd)
     container = click.Group(name="container", help="Manage containers.")
-    for cmd in (run, ps, rm, inspect, stop, kill, start, restart, wait, logs, exec_, top,
-                attach, container_prune):
-        container.add_command(cmd, name="ls" if cmd is ps else None)
+    for cmd in (run, rm, stop, kill, start, restart, wait, logs, exec_, top, attach):
+        container.add_command(cmd)
     group.add_command(container)

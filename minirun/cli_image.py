@@ -158,53 +158,93 @@ def _matches(filter_ref: str | None, name: str | None) -> bool:
 
 # --- commands -----------------------------------------------------------------------------------
 
+IMAGE_HEADERS = {"ID": "IMAGE ID", "Repository": "REPOSITORY", "Tag": "TAG",
+                 "Digest": "DIGEST", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT",
+                 "Size": "SIZE", "Containers": "CONTAINERS", "VirtualSize": "SIZE",
+                 "SharedSize": "SHARED SIZE", "UniqueSize": "UNIQUE SIZE"}
+IMAGE_FILTERS = ("dangling", "reference", "label", "before", "since")
+
+
+def _image_context(record: ImageRecord, repo: str, tag: str, no_trunc: bool) -> dict:
+    """docker's imageContext for one row (`--format` fields, `--format json` keys)."""
+    epoch = _created_epoch(record.created)
+    return {
+        "Containers": "N/A",
+        "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(epoch))
+        if epoch is not None else "",
+        "CreatedSince": _since(record.created),
+        "Digest": record.manifest_digest or "<none>",
+        "ID": record.id if no_trunc else record.short_id,
+        "Repository": repo,
+        "SharedSize": "N/A",
+        "Size": human_size(record.size),
+        "Tag": tag,
+        "UniqueSize": "N/A",
+        "VirtualSize": human_size(record.size),
+    }
+
+
+def _image_passes(store: ImageStore, record: ImageRecord, name: str | None, key: str,
+                  value: str) -> bool:
+    import fnmatch
+
+    if key == "dangling":
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise MiniRunError(f"invalid filter 'dangling={value}': true or false")
+        return (not record.names) == (value.lower() in ("true", "1"))
+    if key == "reference":
+        if name is None:
+            return False
+        repo, tag = _repo_tag(name)
+        return fnmatch.fnmatchcase(repo, value) or fnmatch.fnmatchcase(f"{repo}:{tag}", value)
+    if key == "label":
+        labels = (record.config.get("config") or {}).get("Labels") or {}
+        k, eq, v = value.partition("=")
+        return k in labels and (not eq or labels[k] == v)
+    other = _created_epoch(store.get(value).created) or 0
+    mine = _created_epoch(record.created) or 0
+    return mine < other if key == "before" else mine > other
+
+
 @click.command("images")
 @root_option
+@click.option("-a", "--all", "all_", is_flag=True, help="accepted (there are no "
+              "intermediate images)")
 @click.option("-q", "--quiet", is_flag=True, help="only image ids")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="a table, or one JSON object per line")
+@click.option("--format", "fmt", default=None, metavar="FORMAT",
+              help="table, json (one object per line), or a Go template")
 @click.option("--no-trunc", is_flag=True, help="full image ids")
+@click.option("--digests", is_flag=True, help="a DIGEST column")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="dangling=true|false, reference=PATTERN, label=K[=V], before=, since=")
 @click.argument("repository", required=False)
 @_host_errors
-def images(root: str | None, quiet: bool, fmt: str, no_trunc: bool,
-           repository: str | None) -> None:
+def images(root: str | None, all_: bool, quiet: bool, fmt: str | None, no_trunc: bool,
+           digests: bool, filters: tuple[str, ...], repository: str | None) -> None:
     """List images: REPOSITORY TAG IMAGE ID CREATED SIZE."""
+    from .cli_format import print_formatted
+    from .dockerview import parse_filters
+
+    wanted = parse_filters(filters, IMAGE_FILTERS)
     with _store(root) as store:
         records = store.images()
-    rows = [(r, repo, tag) for r, name, repo, tag in _image_rows(records)
-            if _matches(repository, name)]
-
-    def shown_id(record: ImageRecord) -> str:
-        return record.id if no_trunc else record.short_id
-
+        rows = [(r, repo, tag) for r, name, repo, tag in _image_rows(records)
+                if _matches(repository, name) and
+                all(any(_image_passes(store, r, name, key, v) for v in values)
+                    for key, values in wanted.items())]
     if quiet:
         seen = []
         for record, _, _ in rows:
-            if shown_id(record) not in seen:
-                seen.append(shown_id(record))
+            shown = record.id if no_trunc else record.short_id
+            if shown not in seen:
+                seen.append(shown)
         for image_id in seen:
             click.echo(image_id)
         return
-    if fmt == "json":
-        for record, repo, tag in rows:
-            epoch = _created_epoch(record.created)
-            click.echo(json.dumps({
-                "Containers": str(len(record.containers)),
-                "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(epoch))
-                if epoch is not None else "",
-                "CreatedSince": _since(record.created),
-                "Digest": record.manifest_digest or "<none>",
-                "ID": shown_id(record),
-                "Repository": repo,
-                "Size": human_size(record.size),
-                "Tag": tag,
-            }))
-        return
-    table = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]]
-    for record, repo, tag in rows:
-        table.append([repo, tag, shown_id(record), _since(record.created),
-                      human_size(record.size)])
-    click.echo(_table(table))
+    default = "{{.Repository}}\t{{.Tag}}\t" + ("{{.Digest}}\t" if digests else "") + \
+        "{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+    print_formatted(fmt, [_image_context(r, repo, tag, no_trunc) for r, repo, tag in rows],
+                    IMAGE_HEADERS, default)
 
 
 @click.command("load")
@@ -375,8 +415,9 @@ def prune(root: str | None, all_images: bool, force: bool) -> None:
     if not force:
         what = "all images without at least one container associated to them" if all_images \
             else "all dangling images"
-        if not click.confirm(f"WARNING! This will remove {what}.\nAre you sure you want to "
-                             "continue?", default=False):
+        from .cli_format import confirm_or_abort
+
+        if not confirm_or_abort(f"This will remove {what}.", force):
             return
     with _store(root) as store:
         result = store.prune(all_images=all_images)

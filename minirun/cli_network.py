@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -41,28 +40,36 @@ def create(root, subnet, gateway, internal, driver, name) -> None:
     click.echo(rec["id"])
 
 
+NETWORK_HEADERS = {"ID": "NETWORK ID", "Name": "NAME", "Driver": "DRIVER", "Scope": "SCOPE",
+                   "IPv6": "IPV6", "Internal": "INTERNAL", "Labels": "LABELS",
+                   "CreatedAt": "CREATED AT", "Subnet": "SUBNET", "Bridge": "BRIDGE",
+                   "Containers": "CONTAINERS"}
+# docker's columns, then minirun's: the subnet, the bridge and how many containers
+NETWORK_TABLE = "{{.ID}}\t{{.Name}}\t{{.Driver}}\t{{.Subnet}}\t{{.Bridge}}\t{{.Containers}}"
+
+
 @network.command(name="ls")
 @root_option
 @click.option("-q", "--quiet", is_flag=True, help="only names")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-def ls(root, quiet, fmt) -> None:
+@click.option("--format", "fmt", default=None, metavar="FORMAT",
+              help="table, json (one object per line), or a Go template")
+@click.option("--no-trunc", is_flag=True, help="full ids")
+def ls(root, quiet, fmt, no_trunc) -> None:
     """List networks."""
+    from .cli_format import print_formatted
+
     nets = _engine(root).networks
     rows = nets.list()
     if quiet:
         for r in rows:
             click.echo(r["name"])
         return
-    if fmt == "json":
-        click.echo(json.dumps([_describe(nets, r) for r in rows], indent=2))
-        return
-    lines = [("NETWORK ID", "NAME", "DRIVER", "SUBNET", "BRIDGE", "CONTAINERS")]
-    for r in rows:
-        lines.append((r["id"][:12], r["name"], r["driver"], r["subnet"], r["bridge"],
-                      str(len(nets.containers_on(r["name"])))))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    for line in lines:
-        click.echo("   ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+    items = [{"ID": r["id"] if no_trunc else r["id"][:12], "Name": r["name"],
+              "Driver": r["driver"], "Scope": "local", "IPv6": "false",
+              "Internal": "true" if r["internal"] else "false", "Labels": "",
+              "CreatedAt": "", "Subnet": r["subnet"], "Bridge": r["bridge"],
+              "Containers": str(len(nets.containers_on(r["name"])))} for r in rows]
+    print_formatted(fmt, items, NETWORK_HEADERS, NETWORK_TABLE)
 
 
 def _describe(nets, r: dict) -> dict:
@@ -77,15 +84,19 @@ def _describe(nets, r: dict) -> dict:
 
 @network.command(name="inspect")
 @root_option
+@click.option("-f", "--format", "fmt", default=None, metavar="TEMPLATE",
+              help="a Go template for each network, or json")
 @click.argument("names", nargs=-1, required=True)
-def inspect(root, names) -> None:
+def inspect(root, fmt, names) -> None:
     """Details of networks, as JSON."""
+    from .cli_format import print_inspected
+
     nets = _engine(root).networks
     try:
         out = [_describe(nets, nets.get(n)) for n in names]
     except MiniRunError as e:
         _fail(e)
-    click.echo(json.dumps(out, indent=2))
+    print_inspected(fmt, out)
 
 
 @network.command(name="rm")
@@ -106,16 +117,25 @@ def rm(root, names) -> None:
 
 @network.command(name="prune")
 @root_option
-def prune(root) -> None:
+@click.option("-f", "--force", is_flag=True, help="do not ask")
+@click.option("--filter", "filters", multiple=True, help="accepted; not applied")
+def prune(root, force, filters) -> None:
     """Remove unused user networks, and the leftovers of containers that no longer exist
     (their leases, links and netns, after a crash)."""
+    from .cli_format import confirm_or_abort
+
+    if not confirm_or_abort("This will remove all custom networks not used by at least one "
+                            "container.", force):
+        return
     engine = _engine(root)
     known = {r["id"] for r in engine.records()}
     cleaned, removed = engine.networks.prune(known)
     for cid in cleaned:
         click.echo(f"cleaned the network of {cid[:12]}", err=True)
-    for name in removed:
-        click.echo(name)
+    if removed:
+        click.echo("Deleted Networks:")
+        for name in removed:
+            click.echo(name)
 
 
 def register(group: click.Group) -> None:

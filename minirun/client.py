@@ -44,7 +44,7 @@ for _names, _field, _kind in (
         (("-P", "--publish-all"), "publish_all", "flag"), (("--dns",), "dns", "multi"),
         (("--dns-search",), "dns_search", "multi"), (("--dns-option",), "dns_option", "multi"),
         (("--add-host",), "add_host", "multi"), (("--userns",), "userns", "value"),
-        (("--log-opt",), "log_opts", "multi")):
+        (("--log-opt",), "log_opts", "multi"), (("--pull",), "pull", "value")):
     for _name in _names:
         RUN_OPTIONS[_name] = (_field, _kind)
 RUN_DEFAULTS = {"network": "bridge", "restart": "no", "userns": "host"}
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     verb = 2 if argv[:2] == ["container", "run"] else 1 if argv[:1] == ["run"] else 0
     parsed = parse_run(argv[verb:]) if verb else None
-    if parsed is None or parsed[1].get("detach") or parsed[1].get("restart", "no") != "no":
+    if parsed is None or parsed[1].get("detach") or parsed[1].get("restart", "no") != "no" \
+            or parsed[1].get("pull", "missing") not in ("missing", "never"):
         from .cli import main as cli_main
 
         return cli_main(argv)
@@ -143,14 +144,28 @@ def run_in_daemon(image: str, opts: dict) -> int:
         # stays queued for it (tty.setraw's default flush would drop it)
         saved = termios.tcgetattr(0)
         tty.setraw(0, termios.TCSANOW)
+    pull = opts.pop("pull", "missing")
     try:
-        return _run(root, run_root, image, opts)
+        try:
+            return _run(root, run_root, image, opts, may_pull=pull == "missing")
+        except ImageMissing:
+            # --pull missing (the default), found out by the daemon: pulling costs the
+            # image code's imports, which a run of a present image never pays
+            from .cli_pull import ensure_image
+            from .errors import MiniRunError
+
+            try:
+                ensure_image(root, image, pull)
+            except MiniRunError as e:
+                return _fail(str(e), EXIT_ENGINE)
+            return _run(root, run_root, image, opts, may_pull=False)
     finally:
         if saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
 
 
-def _run(root: str | None, run_root: str | None, image: str, opts: dict) -> int:
+def _run(root: str | None, run_root: str | None, image: str, opts: dict,
+         may_pull: bool = False) -> int:
     import signal
 
     from .daemon import proto
@@ -184,6 +199,10 @@ def _run(root: str | None, run_root: str | None, image: str, opts: dict) -> int:
     if reply is None:
         return _fail("the minirun daemon closed the connection", EXIT_ENGINE)
     if "error" in reply:
+        if may_pull and reply.get("kind") == "NotFound" and \
+                reply["error"].startswith("no such image"):
+            conn.close()
+            raise ImageMissing(image)
         return _fail(reply["error"], EXIT_BY_KIND.get(reply.get("kind"), EXIT_ENGINE))
     conn.settimeout(None)
     sock = conn
@@ -198,6 +217,10 @@ def _run(root: str | None, run_root: str | None, image: str, opts: dict) -> int:
                              keys).run()
     except Exception as e:  # noqa: BLE001 - MiniRunError: the daemon went away
         return _fail(str(e), EXIT_ENGINE)
+
+
+class ImageMissing(Exception):
+    """The daemon has no such image: run_in_daemon pulls it (--pull missing) and retries."""
 
 
 def _cwd() -> str | None:

@@ -999,8 +999,10 @@ class Engine:
         from .daemon.server import request
 
         reply = request(self, {"op": "start", "id": cid})
-        if "error" in reply:
-            raise MiniRunError(reply["error"])
+        if "error" in reply:  # its kind: a missing program is 127 to `run -d`, as docker's
+            from .daemon.proto import reply_error
+
+            raise reply_error(reply)
 
     def _netns_of(self, rec: dict) -> str:
         ep = self.networks.endpoint(rec["id"])

@@ -259,7 +259,8 @@ def test_rmi_is_refused_while_a_container_uses_the_image(session):
     assert proc.stdout.splitlines() == [f"Untagged: {session.image}",
                                         f"Deleted: {session.image_id}"]
     assert session.image_rows() == []
-    proc = session("run", "--rm", session.image)
+    # --pull never: by default (missing) run would pull it again, as docker does
+    proc = session("run", "--rm", "--pull", "never", session.image)
     assert proc.returncode == 125
     assert len(proc.stderr.strip().splitlines()) == 1
 

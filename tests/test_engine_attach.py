@@ -177,7 +177,8 @@ def test_tty_attach_detach_and_exit_status(engine):
             assert client.wait() == 3, client.out
         finally:
             client.close()
-        assert state(engine, "shell") == {"Status": "exited", "ExitCode": 3, "Pid": 0}
+        shell = state(engine, "shell")
+        assert (shell["Status"], shell["ExitCode"], shell["Pid"]) == ("exited", 3, 0)
         assert "Exited (3)" in engine("ps", "-a").stdout
     finally:
         engine("rm", "-f", "shell")

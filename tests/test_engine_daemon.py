@@ -105,8 +105,9 @@ def test_two_runs_with_one_name_at_once(engine):
     assert codes == [0, 125], [(r.returncode, r.stderr) for r in results]
     failed = [r for r in results if r.returncode][0]
     assert "already in use" in failed.stderr
-    listed = json.loads(engine("ps", "-a", "--format", "json").stdout)
-    assert len([c for c in listed if c["Names"] == ["only-one"]]) == 1
+    listed = [json.loads(line) for line in
+              engine("ps", "-a", "--format", "json").stdout.splitlines()]
+    assert len([c for c in listed if c["Names"] == "only-one"]) == 1
     engine("rm", "-f", "only-one")
 
 
@@ -124,8 +125,9 @@ def test_daemon_killed_with_20_containers(engine):
     from minirun.engine import Engine
     ensure_daemon(Engine(root=engine.root, run_root=engine.run_root))
     assert engine.pid_of("daemon") != daemon
-    listed = json.loads(engine("ps", "--format", "json").stdout)
-    running = {c["Names"][0] for c in listed if c["State"] == "running"}
+    listed = [json.loads(line) for line in
+              engine("ps", "--format", "json").stdout.splitlines()]
+    running = {c["Names"] for c in listed if c["State"] == "running"}
     assert set(names) <= running
     for name in names:
         assert engine("stop", name).returncode == 0

@@ -38,7 +38,7 @@ def test_a_pattern_character_never_matches_a_container(engine, like, pattern):  
     assert proc.returncode == 1
     assert one_line_error(proc) == f"minirun: error: no such container: {typed}"
     proc = engine("inspect", typed)
-    assert proc.returncode == 1 and "no such container" in proc.stderr
+    assert proc.returncode == 1 and f"Error: No such object: {typed}" in proc.stderr
     # still there: the pattern removed nothing
     assert json.loads(engine("inspect", "like", check=True).stdout)[0]["Id"] == like
 

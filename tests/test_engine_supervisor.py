@@ -120,7 +120,7 @@ def test_stop_during_restart_25_rounds(engine):
     try:
         with ThreadPoolExecutor(5) as pool:
             list(pool.map(round_, range(25)))
-        running = [c["Names"] for c in json.loads(engine("ps", "--format", "json").stdout)]
+        running = engine("ps", "--format", "{{.Names}}").stdout.split()
         assert not problems, (problems, engine.daemon_logs())
         assert running == []
         with open(os.path.join(engine.run_root, "daemon.log")) as f:
@@ -217,7 +217,7 @@ def test_three_concurrent_runs_after_a_kill_leave_one_daemon(engine):
         assert re.fullmatch(r"minirun: error: another minirun daemon \(pid \d+\) serves "
                             + re.escape(engine.run_root) + "\n", second.stderr), second.stderr
         assert len(daemons(engine)) == 1
-        running = {c["Names"][0] for c in json.loads(engine("ps", "--format", "json").stdout)}
+        running = set(engine("ps", "--format", "{{.Names}}").stdout.split())
         assert set(names) <= running
     finally:
         remove(engine, *names)
@@ -230,7 +230,7 @@ def test_run_detached_rm_leaves_nothing(engine):
     cid = proc.stdout.strip()
     try:
         assert wait_for(lambda: engine("inspect", "gone").returncode != 0, timeout=10)
-        assert "no such container" in engine("inspect", "gone").stderr
+        assert "No such object: gone" in engine("inspect", "gone").stderr
         assert cid not in engine("ps", "-a", "-q").stdout
         assert not os.path.exists(os.path.join(engine.root, "containers", cid))
         assert not os.path.exists(os.path.join(engine.run_root, "engine", cid))

@@ -272,6 +272,12 @@ def test_minirun_error_is_one_line_with_its_exit_code(capsys, monkeypatch):
     assert capsys.readouterr().err == "minirun: error: refused\n"
 
 
-def test_bad_format_is_a_usage_error(capsys):
-    assert cli.main(["info", "--format", "xml"]) == 2
-    assert "xml" in capsys.readouterr().err
+def test_a_bad_template_is_one_line_and_125(capsys):
+    assert cli.main(["info", "--format", "{{.KernelVersion"]) == 125
+    assert capsys.readouterr().err == ("minirun: error: template parsing error: template: :1: "
+                                       "unclosed action\n")
+
+
+def test_a_template_reads_dockers_fields(capsys):
+    assert cli.main(["info", "--format", "{{.KernelVersion}} {{.OSType}}"]) == 0
+    assert capsys.readouterr().out == f"{os.uname().release} linux\n"

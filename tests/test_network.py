@@ -318,7 +318,7 @@ def test_network_prune_cleans_an_endpoint_whose_container_record_is_gone(env, ho
     from minirun.image.store import ImageStore
     ImageStore(env.root).release(cid)
     assert f"mr{cid[:12]}" in os.listdir("/sys/class/net")
-    proc = env("network", "prune")
+    proc = env("network", "prune", "-f")
     assert proc.returncode == 0 and cid[:12] in proc.stderr
     diff = same_here(host_before, {bridge_of(env)[2:10], cid[:12]})
     assert not diff, f"after network prune: {diff}"
