@@ -31,6 +31,11 @@ class ContainerStateError(MiniRunError):
     """The operation does not fit the container's current state."""
 
 
+class Unsupported(MiniRunError):
+    """A well-formed request for something minirun does not implement (the CRI answers
+    UNIMPLEMENTED, so a client can tell it from a bad request and skip the feature)."""
+
+
 class KernelFeatureMissing(MiniRunError):
     """The host kernel lacks something the request needs."""
 

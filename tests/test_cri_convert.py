@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from minirun.cri import convert
-from minirun.errors import InvalidArgument
+from minirun.errors import InvalidArgument, Unsupported
 
 pb = pytest.importorskip("minirun.cri.api.api_pb2")
 
@@ -145,7 +145,7 @@ def test_users_and_groups():
     assert o.group_add == ["10", "20"]
     with pytest.raises(InvalidArgument, match="run_as_group"):
         opts(with_sc(run_as_group=pb.Int64Value(value=7)))
-    with pytest.raises(InvalidArgument, match="Strict"):
+    with pytest.raises(Unsupported, match="Strict"):
         opts(with_sc(run_as_user=pb.Int64Value(value=5), supplemental_groups=[10],
                      supplemental_groups_policy=pb.Strict))
 
@@ -283,22 +283,25 @@ def test_mounts_follow_symlinks_and_map_propagation(tmp_path):
 def test_what_minirun_does_not_run_is_refused():
     userns = pb.NamespaceOption(userns_options=pb.UserNamespace(
         mode=pb.POD, uids=[pb.IDMapping(host_id=100000, container_id=0, length=65536)]))
-    with pytest.raises(InvalidArgument, match="user namespaces"):
+    with pytest.raises(Unsupported, match="user namespaces"):
         opts(with_sc(namespace_options=userns))
     host = pb.NamespaceOption(userns_options=pb.UserNamespace(mode=pb.NODE))
     assert opts(with_sc(namespace_options=host)).network.startswith("ns:")
-    with pytest.raises(InvalidArgument, match="CDI"):
+    with pytest.raises(Unsupported, match="CDI"):
         opts(container(CDI_devices=[pb.CDIDevice(name="vendor.com/gpu=0")]))
 
 
 def test_bad_mounts_are_invalid(tmp_path):
+    # what minirun does not implement is UNIMPLEMENTED (critest skips those features)
     for m in (pb.Mount(container_path="/a", host_path=str(tmp_path),
                        uidMappings=[pb.IDMapping(host_id=1, container_id=0, length=1)]),
-              pb.Mount(container_path="/a"),
+              pb.Mount(container_path="/a", image=pb.ImageSpec(image="busybox"))):
+        with pytest.raises(Unsupported, match="mount"):
+            convert.mounts([m])
+    for m in (pb.Mount(container_path="/a"),
               pb.Mount(container_path="/a", host_path=str(tmp_path), propagation=7),
               pb.Mount(container_path="/a", host_path=str(tmp_path), readonly=False,
-                       recursive_read_only=True),
-              pb.Mount(container_path="/a", image=pb.ImageSpec(image="busybox"))):
+                       recursive_read_only=True)):
         with pytest.raises(InvalidArgument, match="mount"):
             convert.mounts([m])
 
@@ -395,7 +398,7 @@ def test_pod_spec_bad_input():
     with pytest.raises(InvalidArgument, match="port"):
         convert.pod_spec(sandbox(port_mappings=[pb.PortMapping(container_port=0,
                                                                host_port=80)]))
-    with pytest.raises(InvalidArgument, match="user namespaces"):
+    with pytest.raises(Unsupported, match="user namespaces"):
         convert.pod_spec(sandbox(linux=pb.LinuxPodSandboxConfig(
             security_context=pb.LinuxSandboxSecurityContext(
                 namespace_options=pb.NamespaceOption(userns_options=pb.UserNamespace(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 
 from ..engine import DEFAULT_CAPS, RunOptions
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, Unsupported
 
 # runtime.v1 enum values (facts of the API; kept here so this module needs no protobuf)
 NS_POD, NS_CONTAINER, NS_NODE, NS_TARGET = 0, 1, 2, 3
@@ -100,7 +100,7 @@ def check_user_namespace(ns, what: str) -> None:
     mappings; NODE, or no options at all, is the host's, which is all we run."""
     if _has(ns, "userns_options") and ns.userns_options.mode != NS_NODE and (
             ns.userns_options.uids or ns.userns_options.gids):
-        raise InvalidArgument(f"{what}: user namespaces (hostUsers: false) are not "
+        raise Unsupported(f"{what}: user namespaces (hostUsers: false) are not "
                               "supported")
 
 
@@ -326,14 +326,14 @@ def mounts(config_mounts) -> list[dict]:
     out = []
     for m in config_mounts:
         if _has(m, "image") and m.image.image:
-            raise InvalidArgument(f"mount {m.container_path}: image volumes are not supported")
+            raise Unsupported(f"mount {m.container_path}: image volumes are not supported")
         if not m.host_path:
             raise InvalidArgument(f"mount {m.container_path!r}: no host path")
         if m.propagation not in PROPAGATIONS:
             raise InvalidArgument(f"mount {m.container_path}: unknown propagation "
                                   f"{m.propagation}")
         if list(getattr(m, "uidMappings", [])) or list(getattr(m, "gidMappings", [])):
-            raise InvalidArgument(f"mount {m.container_path}: id-mapped mounts are not "
+            raise Unsupported(f"mount {m.container_path}: id-mapped mounts are not "
                                   "supported")
         if getattr(m, "recursive_read_only", False) and (
                 not m.readonly or m.propagation != PROPAGATION_PRIVATE):
@@ -395,7 +395,7 @@ def run_options(config, sandbox_config, image_config: dict, pod: PodContext,
     ns = sc.namespace_options
     check_user_namespace(ns, "container")
     if list(getattr(config, "CDI_devices", [])):
-        raise InvalidArgument("CDI devices are not supported (name the device nodes in "
+        raise Unsupported("CDI devices are not supported (name the device nodes in "
                               "devices instead)")
     if ns.network not in (NS_POD, NS_NODE):
         raise InvalidArgument(f"container network namespace mode {ns.network}: only POD or "
@@ -412,7 +412,7 @@ def run_options(config, sandbox_config, image_config: dict, pod: PodContext,
         capabilities(sc.capabilities, all_caps if all_caps is not None else _all_caps())
     if getattr(sc, "supplemental_groups_policy", 0) != SUPPLEMENTAL_GROUPS_MERGE:
         # the engine always adds the image's groups of the user: Strict would be a lie
-        raise InvalidArgument("supplemental_groups_policy Strict is not supported (Merge "
+        raise Unsupported("supplemental_groups_policy Strict is not supported (Merge "
                               "only)")
     seccomp = seccomp_choice(sc, privileged)
     security_opt = [] if seccomp is None else [f"seccomp={seccomp}"]

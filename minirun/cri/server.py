@@ -52,6 +52,7 @@ from ..errors import (
     MiniRunError,
     NotExecutable,
     NotFound,
+    Unsupported,
 )
 from .api import api_pb2 as pb
 
@@ -63,6 +64,7 @@ MAX_MESSAGE = 16 * 1024 * 1024
 STATUS_FOR_ERROR = (
     ((ExecutableNotFound, NotExecutable), grpc.StatusCode.UNKNOWN),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Unsupported, grpc.StatusCode.UNIMPLEMENTED),
     ((InvalidArgument, InvalidSpec), grpc.StatusCode.INVALID_ARGUMENT),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (ContainerStateError, grpc.StatusCode.FAILED_PRECONDITION),
