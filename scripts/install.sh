@@ -19,7 +19,7 @@ set -euo pipefail
 PACKAGES="python3 python3-venv busybox-static runc crun podman containerd skopeo umoci
 nftables iptables uidmap hyperfine qemu-system-x86 xz-utils iproute2 procps libseccomp2
 util-linux docker-registry apache2-utils tini golang-github-containers-common
-containernetworking-plugins iperf3 strace"
+containernetworking-plugins iperf3 strace gcc libc6-dev"
 
 CHECKOUT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=$CHECKOUT/.venv
