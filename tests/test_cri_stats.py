@@ -256,6 +256,18 @@ def test_unknown_container_is_not_found(engine):  # noqa: F811
 # --- a real pod (minirun.pods) with its own cgroup parent ------------------------------------
 
 
+def remove_cgroup_parent(parent: str) -> None:
+    """rmdir a test's pod cgroup parent and its own parent, in every hierarchy (empty by
+    then: the pod's containers are removed)."""
+    for top in ("/sys/fs/cgroup", *(f"/sys/fs/cgroup/{c}" for c in os.listdir(
+            "/sys/fs/cgroup"))):
+        for d in (parent, os.path.dirname(parent)):
+            try:
+                os.rmdir(top + d)
+            except OSError:
+                pass
+
+
 @pytest.fixture(scope="module")
 def real_pod(engine):  # noqa: F811
     """A pod on a CNI network (a bridge of this test) whose cgroup_parent is its own, with
@@ -293,13 +305,7 @@ def real_pod(engine):  # noqa: F811
         else:
             os.environ[cni.CONF_DIR_ENV] = old
         subprocess.run(["ip", "link", "del", net.bridge], capture_output=True, check=False)
-        for top in ("/sys/fs/cgroup", *(f"/sys/fs/cgroup/{c}" for c in os.listdir(
-                "/sys/fs/cgroup"))):
-            for d in (parent, os.path.dirname(parent)):
-                try:
-                    os.rmdir(top + d)
-                except OSError:
-                    pass
+        remove_cgroup_parent(parent)
 
 
 def test_pod_stats_of_a_real_pod_read_its_cgroup_parent(engine, real_pod):  # noqa: F811
@@ -378,13 +384,7 @@ def cri_pod(tmp_path_factory):
                 client.remove_pod(p.id)
             client.close()
         left = env.teardown()
-        for top in ("/sys/fs/cgroup", *(f"/sys/fs/cgroup/{c}" for c in os.listdir(
-                "/sys/fs/cgroup"))):
-            for d in (parent, os.path.dirname(parent)):
-                try:
-                    os.rmdir(top + d)
-                except OSError:
-                    pass
+        remove_cgroup_parent(parent)
         assert not left, f"mounts left under the roots: {left}"
 
 
