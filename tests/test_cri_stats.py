@@ -1,8 +1,9 @@
 """ContainerStats and PodSandboxStats (minirun/cri/stats.py) on engine containers, checked
 against their cgroup's own files (found from /proc/<pid>/cgroup of the container's
 process, not from minirun's records), du/find of the upper dir, and the container's own
-/sys/class/net counters read from inside it. The pod here is a plain record handed to the
-mixin (the shape minirun.pods gives); the gRPC path is covered once pods land.
+/sys/class/net counters read from inside it: first through the mixin directly (a plain pod
+record, then a real minirun.pods pod with its own cgroup parent), then through `minirun cri`
+over gRPC as kubelet and critest call it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import subprocess
 import time
 
+import grpc
 import pytest
 from enginetest import engine  # noqa: F401 - the fixture
 
@@ -254,6 +256,18 @@ def test_unknown_container_is_not_found(engine):  # noqa: F811
 # --- a real pod (minirun.pods) with its own cgroup parent ------------------------------------
 
 
+def remove_cgroup_parent(parent: str) -> None:
+    """rmdir a test's pod cgroup parent and its own parent, in every hierarchy (empty by
+    then: the pod's containers are removed)."""
+    for top in ("/sys/fs/cgroup", *(f"/sys/fs/cgroup/{c}" for c in os.listdir(
+            "/sys/fs/cgroup"))):
+        for d in (parent, os.path.dirname(parent)):
+            try:
+                os.rmdir(top + d)
+            except OSError:
+                pass
+
+
 @pytest.fixture(scope="module")
 def real_pod(engine):  # noqa: F811
     """A pod on a CNI network (a bridge of this test) whose cgroup_parent is its own, with
@@ -291,13 +305,7 @@ def real_pod(engine):  # noqa: F811
         else:
             os.environ[cni.CONF_DIR_ENV] = old
         subprocess.run(["ip", "link", "del", net.bridge], capture_output=True, check=False)
-        for top in ("/sys/fs/cgroup", *(f"/sys/fs/cgroup/{c}" for c in os.listdir(
-                "/sys/fs/cgroup"))):
-            for d in (parent, os.path.dirname(parent)):
-                try:
-                    os.rmdir(top + d)
-                except OSError:
-                    pass
+        remove_cgroup_parent(parent)
 
 
 def test_pod_stats_of_a_real_pod_read_its_cgroup_parent(engine, real_pod):  # noqa: F811
@@ -345,3 +353,63 @@ def test_list_container_stats_filters(engine, real_pod):  # noqa: F811
     assert ids(label_selector={"role": "web"}, id=cids[1]) == []
     listed = svc.ListPodSandboxStats(pb.ListPodSandboxStatsRequest(), None).stats
     assert [p.attributes.id for p in listed] == [pod_id]
+
+
+# --- through gRPC: minirun cri's RuntimeService ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cri_pod(tmp_path_factory):
+    """`minirun cri` and one host-network pod with one running container, whose cgroup
+    parent is this test's; everything removed at the end."""
+    from cri_client import CriClient
+    from crienv import CriImagesEnv
+
+    env = CriImagesEnv(str(tmp_path_factory.mktemp("cri-stats")))
+    parent = f"/minirun/cri-stats-grpc/pod-{os.urandom(3).hex()}"
+    client = None
+    try:
+        env.import_busybox()
+        env.start()
+        client = CriClient(env.socket)
+        pod = client.pod_config("grpcstats", network="node", hostname="",
+                                labels={"app": "grpc"}, cgroup_parent=parent,
+                                log_directory=os.path.join(env.top, "podlogs"))
+        pod_id, (cid,) = client.start_pod(pod, [client.container_config(
+            pod, "sleeper", "busybox:latest", command=["sleep", "1000"])])
+        yield client, pod_id, cid
+    finally:
+        if client is not None:
+            for p in client.list_pods():
+                client.remove_pod(p.id)
+            client.close()
+        left = env.teardown()
+        remove_cgroup_parent(parent)
+        assert not left, f"mounts left under the roots: {left}"
+
+
+def test_stats_through_grpc(cri_pod):
+    client, pod_id, cid = cri_pod
+    listed = client.call("ListContainerStats", pb.ListContainerStatsRequest(
+        filter=pb.ContainerStatsFilter(pod_sandbox_id=pod_id))).stats
+    assert [s.attributes.id for s in listed] == [cid]
+    (s,) = listed
+    assert s.attributes.metadata.name == "sleeper"
+    assert s.cpu.usage_core_nano_seconds.value > 0
+    assert 0 < s.memory.working_set_bytes.value <= s.memory.usage_bytes.value
+    assert s.writable_layer.fs_id.mountpoint
+    one = client.call("ContainerStats", pb.ContainerStatsRequest(container_id=cid)).stats
+    assert one.attributes == s.attributes
+    pods = client.call("ListPodSandboxStats", pb.ListPodSandboxStatsRequest(
+        filter=pb.PodSandboxStatsFilter(label_selector={"app": "grpc"}))).stats
+    assert [p.attributes.id for p in pods] == [pod_id]
+    linux = pods[0].linux
+    assert linux.process.process_count.value == 1  # the sleep: no pause process here
+    assert [c.attributes.id for c in linux.containers] == [cid]
+    assert not linux.HasField("network")  # the node's network
+    with pytest.raises(grpc.RpcError) as e:
+        client.call("ContainerStats", pb.ContainerStatsRequest(container_id="f" * 64))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as e:
+        client.call("PodSandboxStats", pb.PodSandboxStatsRequest(pod_sandbox_id="f" * 64))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
