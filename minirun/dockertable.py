@@ -79,7 +79,7 @@ RUN_FLAGS: list[tuple[tuple[str, ...], str]] = [
     (("-c", "--cpu-shares"), ""), (("--cpus",), ""), (("--cpuset-cpus",), ""),
     (("--cpuset-mems",), OCI_ONLY),
     (("-d", "--detach"), ""),
-    (("--detach-keys",), "not implemented on `run` (`attach --detach-keys` is); ctrl-p ctrl-q"),
+    (("--detach-keys",), "not on `run`: ctrl-p ctrl-q detaches; `attach --detach-keys` takes others"),
     (("--device",), ""), (("--device-cgroup-rule",), NOT_IMPLEMENTED),
     (("--device-read-bps",), OCI_ONLY), (("--device-read-iops",), OCI_ONLY),
     (("--device-write-bps",), OCI_ONLY), (("--device-write-iops",), OCI_ONLY),
