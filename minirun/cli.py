@@ -179,6 +179,9 @@ def _register_commands() -> None:
     from . import cli_cri
 
     cli_cri.register(cli)
+    from . import cli_demo
+
+    cli_demo.register(cli)
 
 
 _register_commands()
