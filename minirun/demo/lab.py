@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -52,6 +53,7 @@ class Lab:
             self.env["MINIRUN_RUN_ROOT"] = run_root
         self.result: Result | None = None
         self.containers: list[str] = []
+        self.tempdirs: list[str] = []
         self._serial = 0
 
     # --- what scenarios call -------------------------------------------------------------
@@ -108,6 +110,15 @@ class Lab:
         if container in self.containers:
             self.containers.remove(container)
 
+    def tempdir(self) -> str:
+        """A host directory for this scenario (files to bind-mount); removed at the end."""
+        import tempfile
+
+        path = tempfile.mkdtemp(prefix="minirun-demo-")
+        os.chmod(path, 0o755)
+        self.tempdirs.append(path)
+        return path
+
     def observe(self, key: str, value) -> None:
         self.result.observed[key] = value
         self.out(f"  -> {key}: {value}")
@@ -163,6 +174,9 @@ class Lab:
                 for c in list(self.containers):
                     self.minirun("rm", "-f", c, quiet=True)
                 self.containers = []
+            for path in self.tempdirs:  # only files, never a mount: the containers are gone
+                shutil.rmtree(path, ignore_errors=True)
+            self.tempdirs = []
         if result.verdict != "cannot run" and not all(x["held"] for x in result.lessons):
             result.verdict = "not held"
             result.reason = "; ".join(x["lesson"] for x in result.lessons if not x["held"])
