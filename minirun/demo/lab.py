@@ -86,8 +86,12 @@ class Lab:
         the command), in the foreground; without --rm when not remove (the name is in
         self.last_name)."""
         self.last_name = self.name(name)
-        return self.minirun("run", *(["--rm"] if remove else []), "--pull", "never",
+        remove = remove and not self.keep  # --keep: every container stays for a look
+        proc = self.minirun("run", *(["--rm"] if remove else []), "--pull", "never",
                             "--name", self.last_name, *args, timeout=timeout, quiet=quiet)
+        if remove and proc.returncode != 124:  # gone with --rm unless it timed out
+            self.containers.remove(self.last_name)
+        return proc
 
     def start(self, *args: str, name: str = "c") -> str:
         """`minirun run -d --name N ARGS`; returns the name. CannotRun if it fails."""
