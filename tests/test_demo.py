@@ -209,3 +209,14 @@ def test_no_image_cannot_run(tmp_path):
         assert r["verdict"] == "cannot run" and "busybox" in r["reason"]
     finally:
         env.teardown()
+
+
+def test_limits(scenario):
+    r = scenario("limits")
+    held(r)
+    obs = r["observed"]
+    assert obs["pids_current[limited]"] <= 32 < obs["pids_current[unlimited]"]
+    assert obs["forks_refused[limited]"] > 0
+    assert obs["exit_status[limited]"] == 137 and obs["oom_killed[limited]"] is True
+    assert obs["exit_status[unlimited]"] == 0
+    assert 0.35 <= obs["cpu_share[limited]"] <= 0.6 < obs["cpu_share[unlimited]"]
