@@ -220,3 +220,12 @@ def test_limits(scenario):
     assert obs["exit_status[limited]"] == 137 and obs["oom_killed[limited]"] is True
     assert obs["exit_status[unlimited]"] == 0
     assert 0.35 <= obs["cpu_share[limited]"] <= 0.6 < obs["cpu_share[unlimited]"]
+
+
+def test_userns(scenario):
+    r = scenario("userns")
+    held(r)
+    obs = r["observed"]
+    assert obs["host_owner[host]"] == 0 and obs["read_root_only[host]"] is True
+    assert obs["uid_inside[auto]"] == "0" and obs["host_owner[auto]"] > 0
+    assert obs["read_root_only[auto]"] is False
