@@ -229,3 +229,14 @@ def test_userns(scenario):
     assert obs["host_owner[host]"] == 0 and obs["read_root_only[host]"] is True
     assert obs["uid_inside[auto]"] == "0" and obs["host_owner[auto]"] > 0
     assert obs["read_root_only[auto]"] is False
+
+
+def test_filesystem(scenario):
+    r = scenario("filesystem")
+    held(r)
+    obs = r["observed"]
+    assert obs["ls_root[jail]"] == ["bin", "escape"]
+    assert "jail" in obs["ls_root[escaped]"]  # out of the jail, into the container's root
+    assert not set(obs["host_only_entries"]) & set(obs["ls_root[from_top]"])
+    assert obs["masked[default]"] and obs["proc_sys[default]"] == "ro"
+    assert obs["masked[privileged]"] == [] and obs["proc_sys[privileged]"] != "ro"

