@@ -11,14 +11,37 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
-from enginetest import EngineEnv, engine  # noqa: F401
-from ocitest import needs_root
+from enginetest import EngineEnv
+from ocitest import REPO, needs_root
 
 pytestmark = [needs_root, pytest.mark.root]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """enginetest's engine, under a directory others may search: with --userns auto the
+    container's root (an unprivileged host uid) must reach its rootfs, and pytest's
+    temporary directories are 0700."""
+    top = tempfile.mkdtemp(prefix="mrlab-engine-")
+    os.chmod(top, 0o755)
+    env = EngineEnv(top)
+    env.env.pop("MINIRUN_USERNS_RANGE", None)
+    try:
+        tar = os.path.join(top, "busybox.tar")
+        subprocess.run([os.path.join(REPO, "rootfs", "build.sh"), "--tar", tar], check=True,
+                       stdout=subprocess.DEVNULL)
+        from minirun.image.archive import import_rootfs
+        from minirun.image.store import ImageStore
+        import_rootfs(ImageStore(env.root), tar, "busybox:latest")
+        yield env
+    finally:
+        left = env.teardown()
+    assert not left, f"mounts left under the engine roots: {left}"
 
 
 def last_seq(env: EngineEnv) -> int:
@@ -76,7 +99,7 @@ def run_demo(env: EngineEnv, *args: str, timeout: float = 180) -> tuple[int, dic
 
 
 @pytest.fixture
-def scenario(engine):  # noqa: F811
+def scenario(engine):
     """Runs one scenario and checks the host clean afterwards (also when it failed)."""
     seq, tempdirs = last_seq(engine), demo_tempdirs()
     ran = []
@@ -99,7 +122,7 @@ def held(result: dict) -> None:
     assert result["lessons"] and all(x["held"] for x in result["lessons"])
 
 
-def test_list_is_one_line_per_scenario(engine):  # noqa: F811
+def test_list_is_one_line_per_scenario(engine):
     from minirun.demo import SCENARIOS
 
     proc = engine("demo")
@@ -108,7 +131,7 @@ def test_list_is_one_line_per_scenario(engine):  # noqa: F811
     assert [line.split()[0] for line in lines] == list(SCENARIOS)
 
 
-def test_unknown_scenario_is_one_line(engine):  # noqa: F811
+def test_unknown_scenario_is_one_line(engine):
     proc = engine("demo", "nosuch")
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "nosuch" in proc.stderr
@@ -166,7 +189,7 @@ def test_zombies(scenario):
     assert obs["stop_seconds[no_init]"] >= 3 > obs["stop_seconds[init]"] + 1
 
 
-def test_keep_leaves_the_containers(engine):  # noqa: F811
+def test_keep_leaves_the_containers(engine):
     seq, tempdirs = last_seq(engine), demo_tempdirs()
     try:
         code, doc = run_demo(engine, "pidns", "--keep")
@@ -180,7 +203,7 @@ def test_keep_leaves_the_containers(engine):  # noqa: F811
     assert_host_clean(engine, seq, tempdirs)
 
 
-def test_interrupted_demo_cleans_up(engine):  # noqa: F811
+def test_interrupted_demo_cleans_up(engine):
     seq, tempdirs = last_seq(engine), demo_tempdirs()
     proc = subprocess.Popen([sys.executable, "-m", "minirun.cli", "demo", "zombies"],
                             env=engine.env, stdout=subprocess.DEVNULL,
