@@ -263,3 +263,17 @@ def test_filesystem(scenario):
     assert not set(obs["host_only_entries"]) & set(obs["ls_root[from_top]"])
     assert obs["masked[default]"] and obs["proc_sys[default]"] == "ro"
     assert obs["masked[privileged]"] == [] and obs["proc_sys[privileged]"] != "ro"
+
+
+def test_osfeatures(scenario):
+    with open("/proc/sys/vm/swappiness") as f:
+        swappiness = f.read().strip()
+    r = scenario("osfeatures")
+    held(r)
+    obs = r["observed"]
+    assert obs["container_init"] == "sh"
+    assert "Operation not permitted" in obs["rmmod_default"]
+    assert obs["rmmod_privileged"] and "Operation not permitted" not in obs["rmmod_privileged"]
+    assert obs["swappiness_inside"] == swappiness
+    with open("/proc/sys/vm/swappiness") as f:
+        assert f.read().strip() == swappiness
