@@ -277,3 +277,9 @@ def test_osfeatures(scenario):
     assert obs["swappiness_inside"] == swappiness
     with open("/proc/sys/vm/swappiness") as f:
         assert f.read().strip() == swappiness
+
+
+def test_orchestration(scenario):
+    r = scenario("orchestration")
+    held(r)
+    assert r["observed"]["restart_count"] >= 2
