@@ -66,6 +66,7 @@ def assert_host_clean(env: EngineEnv, seq: int, tempdirs_before: set[str]) -> No
     ids = containers_since(env, seq)
     assert ids, "the demo made no container"
     assert env("ps", "-a", "-q").stdout.split() == []
+    assert not [n for n in env("network", "ls", "-q").stdout.split() if n.startswith("demo-")]
     for cid in ids:
         left = glob.glob(f"/sys/fs/cgroup/*/minirun/{cid}") + \
             glob.glob(f"/sys/fs/cgroup/minirun/{cid}")
@@ -283,3 +284,12 @@ def test_orchestration(scenario):
     r = scenario("orchestration")
     held(r)
     assert r["observed"]["restart_count"] >= 2
+
+
+def test_network(scenario):
+    r = scenario("network")
+    held(r)
+    obs = r["observed"]
+    assert obs["bridge_ping_status"] == 0 and obs["cross_network_ping_status"] != 0
+    assert obs["links[none]"] == ["lo"]
+    assert "lo" in obs["links[host]"] and len(obs["links[host]"]) > 1

@@ -25,7 +25,8 @@ EXIT_HELD, EXIT_NOT_HELD, EXIT_CANNOT_RUN = 0, 1, 3
 
 # in course order: each module has NAME, TITLE (one line), EXPLAIN and run(lab)
 SCENARIOS = ("kernel", "pidns", "caps", "seccomp", "zombies", "limits", "userns",
-             "filesystem", "osfeatures", "orchestration")
+             "filesystem", "osfeatures", "network",
+             "orchestration")
 
 
 class CannotRun(Exception):

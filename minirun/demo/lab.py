@@ -51,9 +51,15 @@ class Lab:
             self.env["MINIRUN_ROOT"] = root
         if run_root:
             self.env["MINIRUN_RUN_ROOT"] = run_root
+        # the commands run this minirun, not one the working directory happens to hold:
+        # -P keeps the cwd off sys.path, PYTHONPATH names this package's tree first
+        top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            [top] + [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p])
         self.result: Result | None = None
         self.containers: list[str] = []
         self.tempdirs: list[str] = []
+        self.networks: list[str] = []
         self._serial = 0
 
     # --- what scenarios call -------------------------------------------------------------
@@ -65,7 +71,7 @@ class Lab:
                 ) -> subprocess.CompletedProcess:
         """`minirun ARGS` in a subprocess, as a learner would type it (the --root and
         --run-root of the lab go in the environment)."""
-        return self._run([sys.executable, "-m", "minirun.cli", *args], "$ minirun",
+        return self._run([sys.executable, "-P", "-m", "minirun.cli", *args], "$ minirun",
                          list(args), timeout, quiet)
 
     def host(self, *argv: str, timeout: float = 30, quiet: bool = False
@@ -142,6 +148,17 @@ class Lab:
         if container in self.containers:
             self.containers.remove(container)
 
+    def network(self, what: str) -> str:
+        """`minirun network create` a network for this run; removed at the end."""
+        self._serial += 1
+        name = f"demo-{what}-{os.getpid()}-{self._serial}"
+        proc = self.minirun("network", "create", name, quiet=True)
+        if proc.returncode != 0:
+            raise CannotRun(f"minirun network create failed: {proc.stderr.strip()}")
+        self.networks.append(name)
+        self.out(f"  (created network {name})")
+        return name
+
     def tempdir(self) -> str:
         """A host directory for this scenario (files to bind-mount); removed at the end."""
         import tempfile
@@ -201,11 +218,14 @@ class Lab:
             result.verdict, result.reason = "cannot run", str(e)
         finally:
             if self.keep:
-                result.kept = list(self.containers)
+                result.kept = list(self.containers) + list(self.networks)
             else:
                 for c in list(self.containers):
                     self.minirun("rm", "-f", c, quiet=True)
                 self.containers = []
+                for net in self.networks:  # after their containers
+                    self.minirun("network", "rm", net, quiet=True)
+                self.networks = []
             for path in self.tempdirs:  # only files, never a mount: the containers are gone
                 shutil.rmtree(path, ignore_errors=True)
             self.tempdirs = []
