@@ -26,8 +26,9 @@ def demo(root, run_root, as_json, keep, explain, name) -> None:
     from .demo import SCENARIOS, load
 
     if name is None:
+        width = max(len(n) for n in SCENARIOS)
         for n in SCENARIOS:
-            click.echo(f"{n:<10} {load(n).TITLE}")
+            click.echo(f"{n:<{width}}  {load(n).TITLE}")
             if explain:
                 click.echo(load(n).EXPLAIN)
         return
@@ -59,7 +60,7 @@ def demo(root, run_root, as_json, keep, explain, name) -> None:
                                "exit_status": exit_status(results)}, indent=2))
     elif len(results) > 1:
         for r in results:
-            click.echo(f"{r.name:<10} {r.verdict.upper()}" + (f": {r.reason}" if r.reason
+            click.echo(f"{r.name:<13} {r.verdict.upper()}" + (f": {r.reason}" if r.reason
                                                                else ""))
     sys.exit(exit_status(results))
 
