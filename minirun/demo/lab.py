@@ -118,30 +118,14 @@ class Lab:
             raise CannotRun(f"no pid for {container}: {proc.stderr.strip()}") from None
 
     def cgroup_dir(self, pid: int, controller: str = "pids") -> str:
-        """The directory of a host process's cgroup that holds `controller`'s files: the
-        v1 hierarchy with it if there is one (hybrid hosts), else the v2 one. Read from
-        /proc/<pid>/cgroup and /proc/self/mountinfo, not from minirun's records."""
+        """The directory of a host process's cgroup holding `controller`'s files, found
+        from /proc (minirun.isolation.cgroup_dir); CannotRun where there is none."""
+        from ..isolation import CgroupNotFound, cgroup_dir
+
         try:
-            with open(f"/proc/{pid}/cgroup") as f:
-                lines = [line.rstrip("\n").split(":", 2) for line in f]
-            with open("/proc/self/mountinfo") as f:
-                mounts = [line.split() for line in f]
-        except OSError as e:
-            raise CannotRun(f"cannot read the cgroup of pid {pid}: {e}") from None
-        for hid, ctrls, path in lines:
-            if hid != "0" and controller in ctrls.split(","):
-                for m in mounts:
-                    sep = m.index("-")
-                    if m[sep + 1] == "cgroup" and controller in m[sep + 3].split(","):
-                        return _under(m[4], m[3], path)
-        for hid, _, path in lines:
-            if hid == "0":
-                for m in mounts:
-                    if m[m.index("-") + 1] == "cgroup2":
-                        directory = _under(m[4], m[3], path)
-                        if controller == "pids" or _has_controller(directory, controller):
-                            return directory
-        raise CannotRun(f"no {controller} cgroup for the container on this host")
+            return cgroup_dir(pid, controller)
+        except (CgroupNotFound, OSError) as e:
+            raise CannotRun(str(e)) from None
 
     def remove(self, container: str) -> None:
         self.minirun("rm", "-f", container, quiet=True)
@@ -241,19 +225,6 @@ class Lab:
             self.out(f"    kept: {' '.join(result.kept)} (remove with minirun rm -f)")
         self.out("")
         return result
-
-
-def _under(mount_point: str, mount_root: str, path: str) -> str:
-    rel = path[len(mount_root):] if mount_root != "/" and path.startswith(mount_root) else path
-    return mount_point.rstrip("/") + rel
-
-
-def _has_controller(directory: str, controller: str) -> bool:
-    try:
-        with open(os.path.join(directory, "cgroup.controllers")) as f:
-            return controller in f.read().split()
-    except OSError:
-        return False
 
 
 def _text(data) -> str:
