@@ -135,7 +135,8 @@ def report(pid: int, others: dict[str, int] | None = None, own_files: str = "") 
         if mine == _ns("self", kind):
             namespaces[kind] = "host"
         else:
-            shared = sorted(n for n, p in (others or {}).items() if p != pid and _ns(p, kind) == mine)
+            shared = sorted(n for n, p in (others or {}).items()
+                            if p != pid and _ns(p, kind) == mine)
             namespaces[kind] = f"shared with {', '.join(shared)}" if shared else "private"
     status = _status(pid)
     caps = {"effective": cap_names(status.get("CapEff", "0")),

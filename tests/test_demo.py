@@ -15,7 +15,6 @@ import tempfile
 import time
 
 import pytest
-
 from enginetest import EngineEnv
 from ocitest import REPO, needs_root
 
@@ -144,7 +143,8 @@ def test_run_does_not_import_the_demo():
             "try: c.main(['run', '--help'])\n"
             "except SystemExit: pass\n"
             "print(sorted(m for m in sys.modules if m.startswith('minirun.demo')))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stderr
 
 
@@ -293,3 +293,12 @@ def test_network(scenario):
     assert obs["bridge_ping_status"] == 0 and obs["cross_network_ping_status"] != 0
     assert obs["links[none]"] == ["lo"]
     assert "lo" in obs["links[host]"] and len(obs["links[host]"]) > 1
+
+
+def test_exit_status_is_the_worst():
+    from minirun.demo.lab import Result, exit_status
+
+    held_, not_held, cannot = Result("a"), Result("b", "not held"), Result("c", "cannot run")
+    assert exit_status([held_]) == 0
+    assert exit_status([held_, cannot]) == 3
+    assert exit_status([cannot, not_held, held_]) == 1

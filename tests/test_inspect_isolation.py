@@ -7,7 +7,6 @@ import json
 import os
 
 import pytest
-
 from ocitest import needs_root
 from test_demo import engine  # noqa: F401 - the engine under a searchable directory
 
@@ -20,7 +19,7 @@ def status_of(pid: int) -> dict:
 
 
 def caps_in(mask_hex: str) -> int:
-    return bin(int(mask_hex, 16)).count("1")
+    return int(mask_hex, 16).bit_count()
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from . import EXIT_CANNOT_RUN, EXIT_HELD, EXIT_NOT_HELD, CannotRun, load
 
@@ -170,7 +170,7 @@ class Lab:
             self.out(f"{prompt} {shlex.join(shown)}")
         try:
             proc = subprocess.run(argv, env=self.env, capture_output=True, text=True,
-                                  timeout=timeout)
+                                  timeout=timeout, check=False)
         except subprocess.TimeoutExpired as e:
             proc = subprocess.CompletedProcess(argv, 124, _text(e.stdout),
                                                _text(e.stderr) + f"timed out after {timeout}s")

@@ -22,8 +22,8 @@ program, which then dies at once.
 
 # three short-lived orphans, then pid 1 becomes a program that never calls wait(2)
 ORPHANS = 3
-COMMAND = ("sh", "-c", f'for i in $(seq {ORPHANS}); do sh -c "sleep 1 &"; done; '
-           "exec sleep 300")
+COMMAND = ("sh", "-c", (f'for i in $(seq {ORPHANS}); do sh -c "sleep 1 &"; done; '
+                        "exec sleep 300"))
 STOP_TIMEOUT = 3
 
 
