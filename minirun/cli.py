@@ -179,6 +179,12 @@ def _register_commands() -> None:
     from . import cli_cri
 
     cli_cri.register(cli)
+    from . import cli_volume
+
+    cli_volume.register(cli)
+    from . import cli_more
+
+    cli_more.register(cli)
     from . import cli_demo
 
     cli_demo.register(cli)

@@ -186,17 +186,11 @@ def inspect_object(engine: Any, name: str, type_: str | None) -> dict:
 
 
 def inspect_volume(engine: Any, name: str) -> dict:
-    """A named volume (made by `-v NAME:/dst`) as docker's volume inspect shows it."""
-    import os
+    """A named volume (made by `-v NAME:/dst` or `volume create`) as docker's volume
+    inspect shows it."""
+    from .cli_volume import volume_info
 
-    from .dockerview import rfc3339
-
-    path = os.path.join(engine.root, "volumes", name)
-    if "/" in name or not os.path.isdir(os.path.join(path, "_data")):
-        raise NotFound(f"no such volume: {name}")
-    return {"CreatedAt": rfc3339(os.stat(path).st_mtime), "Driver": "local", "Labels": None,
-            "Mountpoint": os.path.join(path, "_data"), "Name": name, "Options": None,
-            "Scope": "local"}
+    return volume_info(engine.root, name)
 
 
 # --- prune ----------------------------------------------------------------------------------

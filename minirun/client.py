@@ -34,8 +34,7 @@ for _names, _field, _kind in (
         (("-e", "--env"), "env", "multi"), (("--env-file",), "env_files", "multi"),
         (("-w", "--workdir"), "workdir", "value"), (("-u", "--user"), "user", "value"),
         (("-v", "--volume"), "volumes", "multi"), (("--tmpfs",), "tmpfs", "multi"),
-        (("-h", "--hostname"), "hostname", "value"), (("-m", "--memory"), "memory", "value"),
-        (("--cpus",), "cpus", "value"), (("--pids-limit",), "pids_limit", "int"),
+        (("-h", "--hostname"), "hostname", "value"), (("--pids-limit",), "pids_limit", "int"),
         (("--read-only",), "read_only", "flag"), (("--cap-add",), "cap_add", "multi"),
         (("--cap-drop",), "cap_drop", "multi"), (("--privileged",), "privileged", "flag"),
         (("--security-opt",), "security_opt", "multi"), (("--init",), "init", "flag"),
@@ -47,6 +46,14 @@ for _names, _field, _kind in (
         (("--log-opt",), "log_opts", "multi"), (("--pull",), "pull", "value")):
     for _name in _names:
         RUN_OPTIONS[_name] = (_field, _kind)
+# flags docker reads in ways of their own (runflags: sizes, labels, --mount, ...): a run
+# that has one goes to the click CLI, which turns them into RunOptions fields
+for _name in ("-m", "--memory", "--memory-swap", "--memory-reservation", "--oom-kill-disable",
+              "--cpus", "-c", "--cpu-shares", "--cpuset-cpus", "--device", "--ulimit",
+              "--shm-size", "--stop-signal", "--stop-timeout", "--sysctl", "--group-add",
+              "--platform", "--pid", "--ipc", "--uts", "--cgroup-parent", "--oom-score-adj",
+              "-l", "--label", "--label-file", "--mount"):
+    RUN_OPTIONS[_name] = ("", "click")
 RUN_DEFAULTS = {"network": "bridge", "restart": "no", "userns": "host"}
 # signals the client passes on to the container (docker's --sig-proxy)
 FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
@@ -74,7 +81,7 @@ def parse_run(args: list[str]) -> tuple[str, dict] | None:
         else:
             names = [f"-{c}" for c in arg[1:]]  # -it
         for n, name in enumerate(names):
-            if name not in RUN_OPTIONS:
+            if name not in RUN_OPTIONS or RUN_OPTIONS[name][1] == "click":
                 return None
             field, kind = RUN_OPTIONS[name]
             if kind == "flag":

@@ -139,8 +139,13 @@ def ps_context(engine: Any, rec: dict, no_trunc: bool = False, size: bool = Fals
 
 def upper_size(engine: Any, cid: str) -> int:
     """Bytes of the container's own files (its overlay upper dir)."""
+    return tree_size(os.path.join(engine.root, "containers", cid, "upper"))
+
+
+def tree_size(path: str) -> int:
+    """Bytes of the files below `path` (symlinks counted as links, never followed)."""
     total = 0
-    for top, _dirs, files in os.walk(os.path.join(engine.root, "containers", cid, "upper")):
+    for top, _dirs, files in os.walk(path):
         for name in files:
             try:
                 total += os.lstat(os.path.join(top, name)).st_size

@@ -120,6 +120,11 @@ class RunOptions:
     unified: dict = field(default_factory=dict)  # cgroup v2 file -> value
     ulimits: list = field(default_factory=list)  # "nofile=1024:2048" or {type, soft, hard}
     stop_timeout: int | None = None  # seconds between the stop signal and SIGKILL
+    # docker's run flags (issue 12)
+    memory_reservation: int | None = None  # bytes, a soft limit
+    oom_kill_disable: bool = False
+    shm_size: int | None = None  # /dev/shm's size, bytes (default 64m)
+    stop_signal: str = ""  # "": the image's StopSignal, else SIGTERM
 
 
 def parse_size(text: str, what: str) -> int:
@@ -333,6 +338,23 @@ class Engine:
         except sqlite3.IntegrityError:
             raise AlreadyExists(f"the container name {name!r} is already in use") from None
 
+    def _insert_named(self, cid: str, name: str | None, image: str, image_id: str,
+                      command: list[str], opts: RunOptions) -> str:
+        """_insert with `name`, or without one a docker-style adjective_surname, another
+        one (then with a digit, as docker's retries) while it is taken; the name."""
+        from .names import random_name
+
+        candidates = [name] if name is not None else \
+            [random_name(attempt) for attempt in range(20)] + [f"minirun_{cid[:12]}"]
+        for i, candidate in enumerate(candidates):
+            try:
+                self._insert(cid, candidate, image, image_id, command, opts)
+                return candidate
+            except AlreadyExists:
+                if i == len(candidates) - 1:
+                    raise
+        raise AssertionError("unreachable")
+
     def record_event(self, type_: str, container: str, pod: str | None = None,
                      **attrs) -> int:
         """An event (created, started, stopped, deleted) for GetContainerEvents and
@@ -503,13 +525,17 @@ class Engine:
         store = ImageStore(self.root)
         image = store.get(image_ref)
         cid = os.urandom(32).hex()  # secrets would import hashlib and OpenSSL: 6 ms
-        name = opts.name or f"minirun_{cid[:12]}"
-        if not set(name) <= NAME_CHARS or not name[0].isalnum():
+        name = opts.name
+        if name is not None and (not set(name) <= NAME_CHARS or not name[:1].isalnum()):
             raise InvalidArgument(f"invalid container name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]")
         config = image.config.get("config") or {}
         args = self._command(config, opts)
         idmap = self._userns_idmap(opts)
-        self._insert(cid, name, image_ref, image.id, args, opts)
+        if opts.volumes:
+            from .runflags import name_anonymous_volumes
+
+            opts.volumes = name_anonymous_volumes(opts.volumes)
+        name = self._insert_named(cid, name, image_ref, image.id, args, opts)
         try:
             rootfs = store.snapshot(image, cid, idmap=idmap)
             bundle = os.path.join(self.root, "containers", cid)
@@ -522,7 +548,7 @@ class Engine:
             with self.db:  # one transaction: the record's state and its event
                 self.db.execute("BEGIN")
                 self._update(cid, status="created",
-                             stop_signal=config.get("StopSignal") or "")
+                             stop_signal=opts.stop_signal or config.get("StopSignal") or "")
                 self.record_event("created", cid, opts.pod or None)
         except BaseException:
             self._remove_everything(cid, store)
@@ -599,6 +625,7 @@ class Engine:
             "cpu_period": opts.cpu_period, "cpuset_cpus": opts.cpuset_cpus,
             "cpuset_mems": opts.cpuset_mems, "memory_bytes": memory,
             "memory_swap": opts.memory_swap, "hugepage_limits": opts.hugepage_limits,
+            "memory_reservation": opts.memory_reservation,
             "unified": opts.unified})
         return {"namespaces": namespaces, "mounts": runopts.check_mounts(opts.mounts),
                 "devices": nodes, "device_rules": rules,
@@ -720,7 +747,7 @@ class Engine:
         caps = self._caps(opts, user["uid"])
         process = cfg["process"]
         process.update(terminal=opts.tty, args=args, env=self._env(config, opts, hostname),
-                       cwd=opts.workdir or config.get("WorkingDir") or "/", user=user,
+                       cwd=_workdir(opts.workdir, config.get("WorkingDir")), user=user,
                        capabilities=caps, rlimits=checked["rlimits"],
                        noNewPrivileges=security.no_new_privileges)
         oom = self._oom_score_adj(opts.oom_score_adj)
@@ -754,6 +781,13 @@ class Engine:
                 res[section] = {**res[section], **value}
             else:
                 res[section] = value
+        if opts.oom_kill_disable:
+            if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+                from .runlog import warn
+
+                warn("--oom-kill-disable ignored: cgroup v2 has no such setting (as docker)")
+            else:
+                res.setdefault("memory", {})["disableOOMKiller"] = True
         linux["resources"] = res
         namespaces = [ns[kind] for kind in ("pid", "ipc", "uts") if ns[kind] is not None]
         namespaces.append({"type": "mount"})
@@ -777,9 +811,21 @@ class Engine:
         cfg["mounts"] += [m for m in self._extra_mounts(cid, bundle, hostname, opts, net)
                           if m["destination"] not in targets]
         cfg["mounts"] += mounts
+        if opts.shm_size:
+            for m in cfg["mounts"]:
+                if m["destination"] == "/dev/shm" and m["type"] == "tmpfs":
+                    m["options"] = [o for o in m["options"] if not o.startswith("size=")] \
+                        + [f"size={opts.shm_size}"]
+        for m in cfg["mounts"]:
+            if m.pop("chown", False):  # -v ...:U
+                if opts.userns not in ("", "host"):
+                    raise InvalidArgument(f"-v {m['source']}:{m['destination']}:U: not with "
+                                          f"--userns {opts.userns} (the owner would be the "
+                                          "container's id, not its host id)")
+                _chown_tree(m["source"], user["uid"], user["gid"])
         from .runopts import rootfs_propagation
 
-        propagation = rootfs_propagation(mounts)
+        propagation = rootfs_propagation([m for m in cfg["mounts"] if m.get("options")])
         if propagation:
             linux["rootfsPropagation"] = propagation
         cfg["annotations"] = {**opts.annotations, "io.minirun.id": cid}
@@ -909,13 +955,16 @@ class Engine:
         return mounts
 
     def _volume(self, spec: str) -> dict:
+        """-v SOURCE:/DEST[:MODES] (a host path or a named volume); the modes as docker
+        reads them without SELinux (runflags.parse_volume_modes)."""
+        from .runflags import parse_volume_modes
+
         parts = spec.split(":")
         if len(parts) not in (2, 3) or not parts[1].startswith("/"):
-            raise InvalidArgument(f"-v {spec!r}: expected SOURCE:/DEST[:ro|rw]")
+            raise InvalidArgument(f"-v {spec!r}: expected SOURCE:/DEST[:OPTIONS]")
         source, dest = parts[0], parts[1]
-        mode = parts[2] if len(parts) == 3 else "rw"
-        if mode not in ("ro", "rw"):
-            raise InvalidArgument(f"-v {spec!r}: mode must be ro or rw")
+        mode, propagation, chown = parse_volume_modes(spec, parts[2] if len(parts) == 3
+                                                      else "")
         if not source.startswith("/"):
             if not source or not set(source) <= NAME_CHARS:
                 raise InvalidArgument(f"-v {spec!r}: invalid volume name {source!r}")
@@ -923,8 +972,18 @@ class Engine:
             os.makedirs(source, mode=0o755, exist_ok=True)
         elif not os.path.exists(source):
             raise InvalidArgument(f"-v {spec!r}: {source} does not exist")
-        return {"destination": dest, "type": "bind", "source": source,
-                "options": ["rbind", mode, "rprivate"]}
+        elif chown and os.path.realpath(source) == "/":
+            raise InvalidArgument(f"-v {spec!r}: U would chown the host's / ")
+        if propagation not in (None, "rprivate", "private"):
+            from . import mountinfo
+            from .runopts import check_source_propagation
+
+            check_source_propagation(dest, source, propagation, mountinfo.read())
+        mount = {"destination": dest, "type": "bind", "source": source,
+                 "options": ["rbind", mode, propagation or "rprivate"]}
+        if chown:
+            mount["chown"] = True
+        return mount
 
     # --- user namespaces -------------------------------------------------------------------
 
@@ -1193,6 +1252,8 @@ class Engine:
         from . import ops
 
         rec = self.get(name_or_id)
+        if rec["status"] != "running":
+            raise ContainerStateError(f"container {rec['name']} is not running")
         pids = ops.container_pids(self.oci_root, rec["id"])
         return ops.filter_ps_output(ops.run_ps(ps_args or ["-ef"]), pids)
 
@@ -1332,6 +1393,28 @@ def _bounding_set() -> list[str]:
     with open("/proc/self/status") as f:
         mask = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
     return [name for name, num in CAPABILITIES.items() if mask & (1 << num)]
+
+
+def _workdir(workdir: str | None, image_dir: str | None) -> str:
+    """--workdir, a relative one under the image's WorkingDir (as docker); else the
+    image's, else /."""
+    base = image_dir or "/"
+    if not workdir:
+        return base
+    return os.path.normpath(os.path.join(base, workdir))
+
+
+def _chown_tree(top: str, uid: int, gid: int) -> None:
+    """-v SRC:DST:U: SRC and what is below it to the container's user, never following
+    a symlink (one is chowned itself) nor crossing into another mount."""
+    dev = os.lstat(top).st_dev
+    os.lchown(top, uid, gid)
+    for parent, dirs, files in os.walk(top):
+        for name in files + dirs:
+            path = os.path.join(parent, name)
+            if os.lstat(path).st_dev == dev:
+                os.lchown(path, uid, gid)
+        dirs[:] = [d for d in dirs if os.lstat(os.path.join(parent, d)).st_dev == dev]
 
 
 def _is_zombie(pid: int | None) -> bool:

@@ -241,6 +241,7 @@ def _spawn(c: Container, cg, cg_dirs, process: dict, caps, rlimits, ns_fds, cons
         os._exit(code)
     child_sock.close()
     pid = 0
+    ready = False
     listener = None
     try:
         while True:
@@ -259,12 +260,16 @@ def _spawn(c: Container, cg, cg_dirs, process: dict, caps, rlimits, ns_fds, cons
             elif "seccompFd" in msg:
                 listener = passed
             elif msg.get("ready"):
-                trace("exec: process ready")
-                return pid
+                # the process's "ready" may overtake its parent's "pid" (that one was
+                # descheduled right after its fork): both are needed
+                ready = True
             if listener is not None and pid:  # as runc: this pid, the container's state
                 passed, listener = listener, None
                 hand_to_agent(c.data["config"]["linux"]["seccomp"], pid,
                               c.spec_state(c.status()), passed)
+            if ready and pid:
+                trace("exec: process ready")
+                return pid
     except BaseException:
         if first:
             _kill_and_wait(first)

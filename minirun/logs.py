@@ -33,16 +33,19 @@ def _since_cutoff(since: str | None) -> str | None:
 
 def _entries(lines) -> Iterator[tuple[str, str, str]]:
     """Join partial lines: (stream, timestamp, text with its newline)."""
-    partial: dict[str, str] = {}
+    partial: dict[str, tuple[str, str]] = {}
     for line in lines:
         parsed = parse_line(line)
         if parsed is None:
             continue
         stamp, stream, tag, msg = parsed
         if tag == "P":
-            partial[stream] = partial.get(stream, "") + msg
+            partial[stream] = (partial.get(stream, ("", ""))[0] + msg, stamp)
             continue
-        yield stream, stamp, partial.pop(stream, "") + msg + "\n"
+        yield stream, stamp, partial.pop(stream, ("", ""))[0] + msg + "\n"
+    # the end of the output: what the container wrote after its last newline
+    for stream, (text, stamp) in partial.items():
+        yield stream, stamp, text
 
 
 def log_files(path: str) -> list[str]:

@@ -233,6 +233,7 @@ RESOURCE_FIELDS = {
     "cpu_period": ("cpu", "period"), "cpuset_cpus": ("cpu", "cpus"),
     "cpuset_mems": ("cpu", "mems"), "memory_bytes": ("memory", "limit"),
     "memory_swap": ("memory", "swap"), "pids_limit": ("pids", "limit"),
+    "memory_reservation": ("memory", "reservation"),
 }
 
 

@@ -232,6 +232,7 @@ class Layout:
         compression: str = "gzip",
         arch: str = "amd64",
         layer_blobs: list[tuple[bytes, str]] | None = None,
+        config: dict | None = None,
     ) -> Image:
         """An image from layers given as {path: content} (or as ready blobs with their
         media type); returns its descriptor data without tagging it."""
@@ -256,15 +257,15 @@ class Layout:
                 ).stdout
             diff_ids.append(sha256(raw))
             descs.append({"mediaType": media, "digest": self.blob(blob), "size": len(blob)})
-        config = {
+        image_config = {
             "created": "2024-01-01T00:00:00Z",
             "architecture": arch,
             "os": "linux",
-            "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin:/usr/bin"]},
+            "config": config or {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin:/usr/bin"]},
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
             "history": [{"created_by": f"layer {i}"} for i in range(len(descs))],
         }
-        config_data = json.dumps(config, sort_keys=True).encode()
+        config_data = json.dumps(image_config, sort_keys=True).encode()
         manifest = {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -464,6 +465,7 @@ class TokenServer(_LocalServer):
         self.issuer = issuer
         self.anonymous = anonymous
         self.denied: set[str] = set()  # repositories whose tokens grant nothing
+        self.refresh_tokens: dict[str, str] = {}  # OAuth2 refresh token -> user (POST)
         self.seen: list[dict] = []  # one per token request: user, scope, service
         self.port = free_port()
         self.realm = f"http://127.0.0.1:{self.port}/token"
@@ -509,13 +511,28 @@ class TokenServer(_LocalServer):
                 server.seen.append({"user": user, "scope": scopes, "service": query.get("service")})
                 if user is None and not server.anonymous:
                     return self._reply(401, {"details": "credentials required"})
+                self._reply(200, {"token": self._grant(user, scopes), "expires_in": 300})
+
+            def do_POST(self) -> None:
+                # docker's OAuth2 flow: grant_type=refresh_token with an identity token
+                length = int(self.headers.get("Content-Length") or 0)
+                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+                scopes = " ".join(form.get("scope", [])).split()
+                user = server.refresh_tokens.get((form.get("refresh_token") or [""])[0])
+                server.seen.append({"user": user, "scope": scopes, "service": form.get("service"),
+                                    "grant_type": form.get("grant_type")})
+                if form.get("grant_type") != ["refresh_token"] or user is None:
+                    return self._reply(401, {"error": "invalid_grant"})
+                self._reply(200, {"access_token": self._grant(user, scopes), "expires_in": 300})
+
+            def _grant(self, user: str | None, scopes: list[str]) -> str:
                 now = int(time.time())
                 access = []
                 for scope in scopes:
                     kind, name, actions = scope.split(":", 2)
                     granted = [] if name in server.denied else actions.split(",")
                     access.append({"type": kind, "name": name, "actions": granted})
-                token = server.sign(
+                return server.sign(
                     {
                         "iss": server.issuer,
                         "sub": user or "",
@@ -527,7 +544,6 @@ class TokenServer(_LocalServer):
                         "access": access,
                     }
                 )
-                self._reply(200, {"token": token, "expires_in": 300})
 
             def _reply(self, status: int, body: dict) -> None:
                 data = json.dumps(body).encode()
@@ -564,7 +580,8 @@ def _tls_refusing(handler: type) -> type:
 class FaultProxy(_LocalServer):
     """Forwards every request to a real registry, except that a rule may answer for it:
     rules are (method, path regex, action, count) with action one of "503", "reset" (cut
-    the body halfway), "corrupt" (flip one byte of the body), "drop-digest-header"."""
+    the body halfway), "corrupt" (flip one byte of the body), "drop-digest-header",
+    "delay:<seconds>" (answer that much later)."""
 
     def __init__(self, upstream: Registry) -> None:
         self.upstream = upstream
@@ -598,6 +615,8 @@ class FaultProxy(_LocalServer):
             def _forward(self) -> None:
                 action = proxy._take(self.command, self.path)
                 proxy.log.append((self.command, self.path, action or "forward"))
+                if action and action.startswith("delay:"):
+                    time.sleep(float(action.split(":", 1)[1]))
                 if action == "503":
                     body = b'{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}'
                     self.send_response(503)

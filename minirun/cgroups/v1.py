@@ -313,7 +313,14 @@ class CgroupV1(Cgroup):
                 pass  # best effort: the loop below catches late forks anyway
         self._signal_pids(signal.SIGKILL)
         if frozen:
-            self._set_freezer(directory, "THAWED")
+            try:
+                self._set_freezer(directory, "THAWED")
+            except MiniRunError:
+                # killed, its tasks can be gone and the cgroup removed (the daemon's
+                # delete of the exited container) before the thaw: nothing left to thaw
+                # (a CRI StopPodSandbox failed UNKNOWN with ENOENT here)
+                if os.path.isdir(directory):
+                    raise
         self._kill_until_empty(first_pass_done=True)
 
     # Limits

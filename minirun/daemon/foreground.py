@@ -46,8 +46,8 @@ def handle_run(daemon, conn, msg: dict) -> None:
         opts = RunOptions(**msg["opts"])
     except TypeError as e:
         raise MiniRunError(f"bad run request: {e}") from None
-    if opts.detach or opts.restart != "no":
-        raise MiniRunError("a foreground run has no --restart and no -d")
+    if opts.detach:
+        raise MiniRunError("a foreground run has no -d")
     check_run_options(opts)
     with callers_view(msg.get("env"), msg.get("cwd")):
         cid = engine.prepare(msg["image"], opts)

@@ -42,6 +42,7 @@ import base64
 import heapq
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -117,8 +118,11 @@ class CriLog:
         self.f.flush()
 
     def close_stream(self, stream: str) -> None:
+        """The stream's end: output after its last newline is a partial line (P), as
+        containerd writes it, so a reader (kubelet, `minirun logs`) shows it without
+        the newline the container did not write."""
         if self.pending[stream]:
-            self._line(stream, "F", self.pending[stream], rfc3339nano())
+            self._line(stream, "P", self.pending[stream], rfc3339nano())
             self.pending[stream] = b""
             self.f.flush()
 
@@ -774,6 +778,11 @@ class Daemon:
         elif kind == "pipe":
             self.on_pipe(key.fileobj, key.data[1], key.data[2])
         elif kind == "keeper":
+            # a keeper call earlier in this round (a client's start) may have read what
+            # made the socket ready (it queues the exits it meets): a blocking recv here
+            # would wait for the keeper forever, the daemon deaf to every client
+            if not select.select([self.keeper], [], [], 0)[0]:
+                return True
             msg, fds = proto.recv(self.keeper)
             for fd in fds:
                 os.close(fd)

@@ -93,6 +93,10 @@ class AuthenticationError(RegistryError):
     """The registry wants credentials that are missing or were refused."""
 
 
+class DeadlineExceeded(RegistryError):
+    """The caller's deadline passed before the pull finished (the CRI's PullImage)."""
+
+
 # --- configuration -----------------------------------------------------------------------
 
 
@@ -182,6 +186,10 @@ class Credentials:
     username: str
     password: str
     source: str  # the file they came from, for error messages
+    # docker's AuthConfig tokens (the CRI's PullImage passes them): a bearer token sent to
+    # the registry as is, and an OAuth2 refresh token traded at the token server
+    registry_token: str = ""
+    identity_token: str = ""
 
 
 def default_auth_files() -> list[str]:
@@ -475,6 +483,7 @@ class RegistryClient:
         timeout: float = 30.0,
         retries: int = 3,
         backoff: float = 0.5,
+        deadline: float | None = None,
     ) -> None:
         self.registry = registry
         self.api_host = DOCKER_HUB_API if registry == DOCKER_HUB else registry
@@ -485,8 +494,11 @@ class RegistryClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.deadline = deadline  # time.monotonic() by which the pull must be done
         self._scheme: str | None = None
         self._authorization: str | None = None
+        if credentials is not None and credentials.registry_token:
+            self._authorization = "Bearer " + credentials.registry_token
         self.requests = 0  # how many HTTP requests were sent, for callers' statistics
 
     # Transport ---------------------------------------------------------------------
@@ -505,8 +517,18 @@ class RegistryClient:
                 context = ssl._create_unverified_context()
             else:
                 context = ssl.create_default_context()
-            return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=context)
-        return http.client.HTTPConnection(netloc, timeout=self.timeout)
+            return http.client.HTTPSConnection(netloc, timeout=self._timeout(), context=context)
+        return http.client.HTTPConnection(netloc, timeout=self._timeout())
+
+    def check_deadline(self, what: str) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceeded(f"{what}: deadline exceeded")
+
+    def _timeout(self) -> float:
+        """The socket timeout: never past the deadline."""
+        if self.deadline is None:
+            return self.timeout
+        return max(0.001, min(self.timeout, self.deadline - time.monotonic()))
 
     def _base_url(self) -> str:
         """'https://host' or, for an insecure registry that does not speak TLS, 'http://host'."""
@@ -577,6 +599,7 @@ class RegistryClient:
         auth_attempts = 0
         attempt = 0
         while True:
+            self.check_deadline(what)
             url = self._base_url() + path
             send = dict(base_headers)
             if self._authorization:
@@ -604,6 +627,7 @@ class RegistryClient:
                     "speaks http, add it to the insecure registries"
                 ) from None
             except (ConnectionError, TimeoutError, http.client.HTTPException) as e:
+                self.check_deadline(what)
                 if attempt >= self.retries:
                     raise RegistryError(
                         f"{what}: {self.registry} failed after {attempt + 1} attempts: "
@@ -641,6 +665,8 @@ class RegistryClient:
         delay = self.backoff * (2**attempt)
         if retry_after and retry_after.isdigit():
             delay = max(delay, min(float(retry_after), 30.0))
+        if self.deadline is not None:
+            delay = min(delay, max(0.0, self.deadline - time.monotonic()))
         time.sleep(delay)
 
     # Authentication ------------------------------------------------------------------
@@ -653,9 +679,12 @@ class RegistryClient:
                 "exist or needs other credentials"
             )
         if self.credentials:
+            c = self.credentials
+            whose = ("the registry token" if c.registry_token else
+                     "the identity token" if c.identity_token and not c.username else
+                     f"the credentials of user {c.username!r}")
             return AuthenticationError(
-                f"{what}: {self.registry} refused the credentials of user "
-                f"{self.credentials.username!r} (from {self.credentials.source})"
+                f"{what}: {self.registry} refused {whose} (from {c.source})"
             )
         return AuthenticationError(
             f"{what}: {self.registry} requires authentication and no credentials were found "
@@ -664,8 +693,11 @@ class RegistryClient:
 
     def _answer_challenge(self, header: str, what: str) -> None:
         scheme, params = parse_challenge(header)
+        if self.credentials is not None and self.credentials.registry_token:
+            raise self._denied(what)  # it was sent and refused; nothing else to try
         if scheme == "basic":
-            if not self.credentials:
+            if not self.credentials or self.credentials.identity_token and \
+                    not self.credentials.username:
                 raise self._denied(what)
             if self._authorization and self._authorization.startswith("Basic "):
                 raise self._denied(what)
@@ -691,6 +723,8 @@ class RegistryClient:
         url = urllib.parse.urlunsplit(
             (parts.scheme, parts.netloc, parts.path or "/", urllib.parse.urlencode(query), "")
         )
+        if self.credentials and self.credentials.identity_token:
+            return self._fetch_oauth_token(realm, service, scope, what)
         headers = {"User-Agent": _user_agent()}
         if self.credentials:
             if parts.scheme != "https" and not self._host_is_insecure(parts.netloc):
@@ -725,31 +759,62 @@ class RegistryClient:
                 self._sleep(attempt)
                 continue
             break
+        return self._token_from(resp, parts.netloc, what, refused=(401,))
+
+    def _token_from(self, resp: _Response, netloc: str, what: str,
+                    refused: tuple[int, ...]) -> str:
+        """The token in a token server's answer ("token", or OAuth2's "access_token")."""
         try:
-            if resp.status == 401:
+            if resp.status in refused:
                 raise self._denied(what)
             if resp.status != 200:
                 raise AuthenticationError(
-                    f"{what}: token server {parts.netloc} answered {resp.status} {resp.resp.reason}"
+                    f"{what}: token server {netloc} answered {resp.status} {resp.resp.reason}"
                 )
             body = parse_json(resp.read_limited(MAX_TOKEN_RESPONSE, "token response"),
-                              f"{what}: token server {parts.netloc}: its answer",
+                              f"{what}: token server {netloc}: its answer",
                               AuthenticationError)
         finally:
             resp.close()
         token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
-            raise AuthenticationError(f"{what}: token server {parts.netloc} sent no token")
+            raise AuthenticationError(f"{what}: token server {netloc} sent no token")
         return token
 
-    def _send_token_request(self, url: str, headers: dict[str, str]) -> _Response:
+    def _fetch_oauth_token(self, realm: str, service: str | None, scope: str,
+                           what: str) -> str:
+        """Docker's OAuth2 flow for an identity token: POST <realm> with
+        grant_type=refresh_token; the answer's access_token is the bearer token."""
+        parts = urllib.parse.urlsplit(realm)
+        if parts.scheme != "https" and not self._host_is_insecure(parts.netloc):
+            raise AuthenticationError(
+                f"{what}: refusing to send an identity token to {realm} over plain http"
+            )
+        form = [("grant_type", "refresh_token"), ("client_id", "minirun"),
+                ("refresh_token", self.credentials.identity_token)]
+        if service:
+            form.append(("service", service))
+        form.append(("scope", scope))
+        headers = {"User-Agent": _user_agent(),
+                   "Content-Type": "application/x-www-form-urlencoded"}
+        try:
+            resp = self._send_token_request(realm, headers, "POST",
+                                            urllib.parse.urlencode(form).encode())
+        except (OSError, http.client.HTTPException) as e:
+            raise RegistryError(f"{what}: token server {parts.netloc}: {_describe(e)}") from None
+        # OAuth2 answers a bad refresh token with 400 invalid_grant
+        return self._token_from(resp, parts.netloc, what, refused=(400, 401, 403))
+
+    def _send_token_request(self, url: str, headers: dict[str, str], method: str = "GET",
+                            body: bytes | None = None) -> _Response:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme == "http" and not self._host_is_insecure(parts.netloc):
             raise AuthenticationError(f"refusing plain http to token server {parts.netloc}")
         conn = self._connect(parts.scheme, parts.netloc)
         self.requests += 1
+        path = f"{parts.path}?{parts.query}" if parts.query else (parts.path or "/")
         try:
-            conn.request("GET", f"{parts.path}?{parts.query}", headers=headers)
+            conn.request(method, path, body=body, headers=headers)
             return _Response(conn, conn.getresponse(), url)
         except BaseException:
             conn.close()
@@ -807,7 +872,7 @@ class RegistryClient:
                     )
                 if progress:
                     progress.start(digest, size)
-                reader = _ProgressReader(resp, progress, size)
+                reader = _ProgressReader(resp, progress, size, self, what)
                 limit = size if size is not None else max_size
                 try:
                     return store.put_blob(reader, expected_digest=digest, max_size=limit)
@@ -817,6 +882,7 @@ class RegistryClient:
                     http.client.HTTPException,
                     ssl.SSLEOFError,
                 ) as e:
+                    self.check_deadline(what)
                     if attempt >= self.retries:
                         raise RegistryError(
                             f"{what}: transfer failed after {attempt + 1} attempts: {_describe(e)}"
@@ -834,13 +900,18 @@ class _ProgressReader:
     ends early into IncompleteRead (http.client returns a short read there), so that a cut
     transfer is retried instead of failing its digest check."""
 
-    def __init__(self, resp: _Response, progress: Progress | None, size: int | None) -> None:
+    def __init__(self, resp: _Response, progress: Progress | None, size: int | None,
+                 client: RegistryClient | None = None, what: str = "") -> None:
         self.resp = resp
         self.progress = progress
         self.expected = size
         self.got = 0
+        self.client = client
+        self.what = what
 
     def read(self, n: int = -1) -> bytes:
+        if self.client is not None:
+            self.client.check_deadline(self.what)
         data = self.resp.read(n if n and n > 0 else 1 << 20)
         if data:
             self.got += len(data)
@@ -1008,13 +1079,19 @@ def pull(
     retries: int = 3,
     backoff: float = 0.5,
     stats: PullStats | None = None,
+    credentials: dict[str, Credentials] | None = None,
+    deadline: float | None = None,
 ) -> ImageRecord:
     """Pull NAME[:TAG|@DIGEST] into the store, unpack its layers and return its record.
     Mirrors configured for the registry are tried first, in order. A pull that fails
     deletes the blobs and layers it wrote (never those the store already had).
 
     The record's manifest digest is the one the reference resolved to (an index's for a
-    multi-platform image, as docker's repo digests), so `NAME@<that digest>` finds it."""
+    multi-platform image, as docker's repo digests), so `NAME@<that digest>` finds it.
+
+    `credentials` maps a registry (host[:port]) to credentials that win over the auth
+    files (the CRI's PullImage brings its own). With a `deadline` (time.monotonic()), a
+    pull still going then stops with DeadlineExceeded and deletes what it wrote."""
     from .reference import Reference, parse_reference
 
     ref = reference if isinstance(reference, Reference) else parse_reference(reference)
@@ -1039,10 +1116,12 @@ def pull(
                 ref.repository,
                 insecure=endpoint in insecure or _host_of(endpoint) in insecure,
                 insecure_hosts=insecure,
-                credentials=load_credentials(endpoint, ref.repository, auth_file),
+                credentials=(credentials or {}).get(endpoint)
+                or load_credentials(endpoint, ref.repository, auth_file),
                 timeout=timeout,
                 retries=retries,
                 backoff=backoff,
+                deadline=deadline,
             )
             puller = _Puller(store, ref, client, progress, stats, new_blobs)
             try:
@@ -1051,7 +1130,7 @@ def pull(
                 with store.lease():
                     return _pull_from(puller, want, new_chains)
             except (RegistryError, NotFound) as e:
-                if endpoint == registry:
+                if endpoint == registry or isinstance(e, DeadlineExceeded):
                     raise
                 # A mirror that lacks the image or is down: fall through to the next, as
                 # docker does.

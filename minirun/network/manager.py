@@ -393,6 +393,9 @@ class Networks:
             else:
                 other = taken.get((p["proto"], p["host_port"]))
                 if other and (not other[0] or not p["host_ip"] or other[0] == p["host_ip"]):
+                    if other[1] == cid:  # its own -p twice: not another container's
+                        raise InvalidArgument(f"-p: host port {p['host_port']}/{p['proto']}"
+                                              " is given twice")
                     raise MiniRunError(f"port {p['host_port']}/{p['proto']} is already "
                                        f"published by container {other[1][:12]}")
                 _check_host_port(p["host_ip"], p["host_port"], p["proto"])

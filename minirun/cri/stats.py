@@ -1,0 +1,353 @@
+"""ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: what kubelet's
+CRI stats provider reads (`kubectl top`, eviction, the summary API), from cgroups v1 or v2
+through minirun/cgroups (the drivers' stats(), as `minirun-oci events --stats` reports).
+
+A sample, per container and per pod:
+  cpu      usage_core_nano_seconds: cpuacct.usage (v1) / cpu.stat usage_usec (v2);
+           usage_nano_cores: the rate between this sample and the one before of the same
+           container or pod, kept in memory (unset on the first sample, as kubelet then
+           computes it from its own)
+  memory   usage_bytes: usage_in_bytes / memory.current; working_set_bytes: usage minus
+           inactive file pages (cAdvisor's and kubelet's definition); rss_bytes: total_rss
+           (v1) / anon (v2); page_faults and major_page_faults from memory.stat;
+           available_bytes: limit - working set, only with a limit
+  swap     swap usage (memsw - usage on v1, memory.swap.current on v2) when accounted
+  writable_layer   bytes and inodes of the container's overlay upper dir, fs_id the image
+           store's root (the mountpoint ImageFsInfo names)
+A pod: its cgroup_parent's cgroup (kubelet's pod cgroup: every container of the pod, and
+its pid holder, in one hierarchy) when the pod has one of its own; with the default parent
+(/minirun, shared by every pod) the sum of its containers. Process count from pids.current.
+Network: net/dev read in the pod's pinned netns (the reading thread joins it and comes
+back); eth0 is the default interface, as CNI names it; none for a pod on the host's
+network.
+
+Lists cover running containers (containerd reports those with a task) and ready pods.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+from ..cgroups import open_cgroup
+from ..errors import InvalidArgument, MiniRunError, NotFound
+from .api import api_pb2 as pb
+
+DEFAULT_CGROUP_PARENT = "/minirun"
+DEFAULT_INTERFACE = "eth0"
+# a memory limit at or above this is "no limit" (v1 writes 2**63 rounded to pages, v2 max)
+NO_LIMIT = 1 << 62
+
+
+class StatsMixin:
+    """Needs self.engine (minirun.engine.Engine) and self.pods (minirun.pods.Pods)."""
+
+    _cpu_lock = threading.Lock()
+
+    def _cpu_samples(self) -> dict[str, tuple[int, int]]:
+        """The last cpu sample of each container ("c:<id>") and pod ("p:<id>"):
+        (timestamp ns, cpu ns); the mixin has no __init__ of its own."""
+        return self.__dict__.setdefault("_cpu_sample_map", {})
+
+    # --- rpcs ------------------------------------------------------------------------------
+
+    def ContainerStats(self, request, context):
+        if not request.container_id:
+            raise InvalidArgument("no container id given")
+        rec = self.engine.get(request.container_id)
+        return pb.ContainerStatsResponse(stats=self._container_stats(rec))
+
+    def ListContainerStats(self, request, context):
+        from .convert import labels_match
+
+        f = request.filter
+        out = []
+        for rec in self.engine.records(all_containers=False):
+            opts = json.loads(rec["options"])
+            pod_id = opts.get("pod") or ""
+            if not pod_id:
+                continue  # not a CRI container (the CLI's, or a pod's pid holder)
+            if f.id and not rec["id"].startswith(f.id):
+                continue
+            if f.pod_sandbox_id and not pod_id.startswith(f.pod_sandbox_id):
+                continue
+            if not labels_match(opts.get("labels") or {}, f.label_selector):
+                continue
+            out.append(self._container_stats(rec, opts))
+        self._forget_samples({s.attributes.id for s in out}, prefix="c:")
+        return pb.ListContainerStatsResponse(stats=out)
+
+    def PodSandboxStats(self, request, context):
+        pod = self.pods.get(request.pod_sandbox_id)
+        return pb.PodSandboxStatsResponse(stats=self._pod_stats(pod))
+
+    def ListPodSandboxStats(self, request, context):
+        from .convert import labels_match
+
+        f = request.filter
+        out = []
+        for pod in self.pods.list():
+            if pod["state"] != "ready":
+                continue
+            if f.id and not pod["id"].startswith(f.id):
+                continue
+            if not labels_match(pod["labels"], f.label_selector):
+                continue
+            out.append(self._pod_stats(pod))
+        self._forget_samples({s.attributes.id for s in out}, prefix="p:")
+        return pb.ListPodSandboxStatsResponse(stats=out)
+
+    # --- containers --------------------------------------------------------------------------
+
+    def _container_stats(self, rec: dict, opts: dict | None = None) -> pb.ContainerStats:
+        from .convert import parse_container_name
+
+        opts = opts if opts is not None else json.loads(rec["options"])
+        name, attempt = parse_container_name(rec["name"]) or (rec["name"], 0)
+        stats = pb.ContainerStats(attributes=pb.ContainerAttributes(
+            id=rec["id"], metadata=pb.ContainerMetadata(name=name, attempt=attempt),
+            labels=opts.get("labels") or {}, annotations=opts.get("annotations") or {}))
+        sample = container_sample(self.engine, rec) if rec["status"] == "running" else None
+        if sample is not None:
+            self._fill_usage(stats, "c:" + rec["id"], sample)
+        stats.writable_layer.CopyFrom(self._writable_layer(rec["id"]))
+        return stats
+
+    def _writable_layer(self, cid: str) -> pb.FilesystemUsage:
+        root = os.path.abspath(self.engine.root)
+        used, inodes = tree_usage([os.path.join(root, "containers", cid, "upper")])
+        return pb.FilesystemUsage(timestamp=time.time_ns(),
+                                  fs_id=pb.FilesystemIdentifier(mountpoint=root),
+                                  used_bytes=pb.UInt64Value(value=used),
+                                  inodes_used=pb.UInt64Value(value=inodes))
+
+    # --- pods --------------------------------------------------------------------------------
+
+    def _pod_stats(self, pod: dict) -> pb.PodSandboxStats:
+        stats = pb.PodSandboxStats(attributes=pb.PodSandboxAttributes(
+            id=pod["id"], metadata=pb.PodSandboxMetadata(
+                name=pod["name"], uid=pod["uid"], namespace=pod["namespace"],
+                attempt=pod["attempt"]),
+            labels=pod["labels"], annotations=pod["annotations"]))
+        linux = stats.linux
+        running = []
+        for cid in self.pods.containers(pod["id"]):
+            try:
+                rec = self.engine.get(cid)
+            except NotFound:
+                continue  # removed meanwhile
+            if rec["status"] == "running":
+                running.append(rec)
+                linux.containers.append(self._container_stats(rec))
+        sample = pod_sample(pod, running, self.engine)
+        if sample is not None:
+            self._fill_usage(linux, "p:" + pod["id"], sample)
+            linux.process.timestamp = sample["timestamp"]
+            linux.process.process_count.value = sample["pids"]
+        if pod["spec"].get("network") == "pod" and pod.get("netns"):
+            usage = network_usage(pod["netns"])
+            if usage is not None:
+                linux.network.CopyFrom(usage)
+        return stats
+
+    # --- samples -------------------------------------------------------------------------------
+
+    def _fill_usage(self, msg, key: str, sample: dict) -> None:
+        """cpu and memory (and swap, where the message has it) of `msg` from a sample."""
+        ts = sample["timestamp"]
+        msg.cpu.timestamp = ts
+        msg.cpu.usage_core_nano_seconds.value = sample["cpu_ns"]
+        cores = self._nano_cores(key, ts, sample["cpu_ns"])
+        if cores is not None:
+            msg.cpu.usage_nano_cores.value = cores
+        mem = msg.memory
+        mem.timestamp = ts
+        mem.working_set_bytes.value = sample["working_set"]
+        mem.usage_bytes.value = sample["usage"]
+        mem.rss_bytes.value = sample["rss"]
+        mem.page_faults.value = sample["pgfault"]
+        mem.major_page_faults.value = sample["pgmajfault"]
+        if sample["limit"] is not None:
+            mem.available_bytes.value = max(0, sample["limit"] - sample["working_set"])
+        if sample.get("swap") is not None and "swap" in msg.DESCRIPTOR.fields_by_name:
+            msg.swap.timestamp = ts
+            msg.swap.swap_usage_bytes.value = sample["swap"]
+            if sample.get("swap_limit") is not None:
+                msg.swap.swap_available_bytes.value = max(0, sample["swap_limit"] - sample["swap"])
+
+    def _nano_cores(self, key: str, ts: int, cpu_ns: int) -> int | None:
+        """CPU ns per second since the previous sample of `key`; None for the first."""
+        with self._cpu_lock:
+            samples = self._cpu_samples()
+            prev = samples.get(key)
+            samples[key] = (ts, cpu_ns)
+        if prev is None or ts <= prev[0] or cpu_ns < prev[1]:
+            return None
+        return (cpu_ns - prev[1]) * 1_000_000_000 // (ts - prev[0])
+
+    def _forget_samples(self, keep: set[str], prefix: str) -> None:
+        """Drop the samples of containers or pods a full list no longer shows."""
+        with self._cpu_lock:
+            samples = self._cpu_samples()
+            for key in [k for k in samples if k.startswith(prefix)]:
+                if key[len(prefix):] not in keep:
+                    del samples[key]
+
+
+# --- reading cgroups -----------------------------------------------------------------------------
+
+def container_sample(engine, rec: dict) -> dict | None:
+    """The sample of a running engine container's cgroup; None when it is gone."""
+    from ..container import Container
+
+    try:
+        cg = Container.load(engine.oci_root, rec["id"]).cgroup()
+    except MiniRunError:
+        return None
+    return cgroup_sample(cg)
+
+
+def pod_sample(pod: dict, running: list[dict], engine) -> dict | None:
+    parent = pod.get("cgroup_parent") or DEFAULT_CGROUP_PARENT
+    if parent.rstrip("/") != DEFAULT_CGROUP_PARENT:
+        sample = cgroup_sample(open_cgroup(parent))
+        if sample is not None:
+            return sample
+    samples = [s for s in (container_sample(engine, r) for r in running) if s is not None]
+    if not samples:
+        return None
+    total = {key: sum(s[key] for s in samples)
+             for key in ("cpu_ns", "usage", "working_set", "rss", "pgfault", "pgmajfault",
+                         "pids")}
+    total.update(timestamp=max(s["timestamp"] for s in samples), limit=None, swap=None)
+    return total
+
+
+def cgroup_sample(cg) -> dict | None:
+    """cpu, memory and pids numbers of a cgroup from its driver's stats(); None when the
+    cgroup does not exist."""
+    try:
+        if not cg.exists():
+            return None
+        stats = cg.stats()
+    except (OSError, MiniRunError):
+        return None
+    ts = time.time_ns()
+    memory = stats.get("memory") or {}
+    raw = memory.get("raw") or {}
+    usage_entry = memory.get("usage") or {}
+    usage = usage_entry.get("usage", 0)
+    limit = usage_entry.get("limit")
+    v1 = "total_rss" in raw or "total_cache" in raw
+    swap = swap_limit = None
+    swap_entry = memory.get("swap")
+    if swap_entry:
+        # both drivers report swap as memory+swap (v1's memsw; runc adds them up on v2)
+        swap = max(0, swap_entry.get("usage", 0) - usage)
+        if swap_entry.get("limit", NO_LIMIT) < NO_LIMIT and limit is not None \
+                and limit < NO_LIMIT:
+            swap_limit = max(0, swap_entry["limit"] - limit)
+    return {
+        "timestamp": ts,
+        "cpu_ns": ((stats.get("cpu") or {}).get("usage") or {}).get("total", 0),
+        "usage": usage,
+        "working_set": memory.get("working_set", usage),
+        "rss": raw.get("total_rss", raw.get("rss", 0)) if v1 else raw.get("anon", 0),
+        "pgfault": raw.get("total_pgfault", raw.get("pgfault", 0)),
+        "pgmajfault": raw.get("total_pgmajfault", raw.get("pgmajfault", 0)),
+        "limit": limit if limit is not None and 0 < limit < NO_LIMIT else None,
+        "swap": swap,
+        "swap_limit": swap_limit,
+        "pids": (stats.get("pids") or {}).get("current", 0),
+    }
+
+
+# --- network and files ---------------------------------------------------------------------------
+
+def read_net_dev(netns: str) -> dict[str, dict[str, int]] | None:
+    """Per interface rx/tx bytes and errors in the netns at `netns`, from net/dev as this
+    thread sees it after joining that netns (and coming back, as minirun/network/netns.py
+    does); None when the netns is gone."""
+    from .. import sys as msys
+
+    try:
+        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        msys.setns(target, msys.CLONE_NEWNET)
+        try:
+            with open("/proc/thread-self/net/dev") as f:
+                lines = f.read().splitlines()[2:]
+        finally:
+            msys.setns(home, msys.CLONE_NEWNET)
+    except msys.SysError:
+        return None
+    finally:
+        os.close(target)
+        os.close(home)
+    out = {}
+    for line in lines:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if len(fields) < 16:
+            continue
+        out[name.strip()] = {"rx_bytes": int(fields[0]), "rx_errors": int(fields[2]),
+                             "tx_bytes": int(fields[8]), "tx_errors": int(fields[10])}
+    return out
+
+
+def network_usage(netns: str) -> pb.NetworkUsage | None:
+    """The interfaces of the pod's netns (lo left out); eth0 is the default one."""
+    devs = read_net_dev(netns)
+    if devs is None:
+        return None
+    usage = pb.NetworkUsage(timestamp=time.time_ns())
+    for name in sorted(devs):
+        if name == "lo":
+            continue
+        d = devs[name]
+        iface = pb.NetworkInterfaceUsage(
+            name=name, rx_bytes=pb.UInt64Value(value=d["rx_bytes"]),
+            rx_errors=pb.UInt64Value(value=d["rx_errors"]),
+            tx_bytes=pb.UInt64Value(value=d["tx_bytes"]),
+            tx_errors=pb.UInt64Value(value=d["tx_errors"]))
+        if name == DEFAULT_INTERFACE:
+            usage.default_interface.CopyFrom(iface)
+        else:
+            usage.interfaces.append(iface)
+    return usage
+
+
+def tree_usage(paths: list[str]) -> tuple[int, int]:
+    """(bytes allocated, inodes) under these directories, each inode counted once (hard
+    links) and never crossing into another file system."""
+    seen: set[tuple[int, int]] = set()
+    used = 0
+    for top in paths:
+        try:
+            top_dev = os.lstat(top).st_dev
+        except FileNotFoundError:
+            continue
+        stack = [top]
+        while stack:
+            try:
+                entries = list(os.scandir(stack.pop()))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if st.st_dev != top_dev or key in seen:
+                    continue
+                seen.add(key)
+                used += st.st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return used, len(seen)
