@@ -4,9 +4,11 @@ the scenario made."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -187,6 +189,32 @@ class Lab:
             raise CannotRun(f"cannot run the {IMAGE} image here: {proc.stderr.strip()} "
                             f"(import it: rootfs/build.sh --tar F && minirun import F {IMAGE})")
 
+    def _cleanup(self, result: Result) -> None:
+        """Remove what the scenario made (containers, then networks, then files), or
+        with --keep list the containers and networks left."""
+        if self.keep:
+            result.kept = list(self.containers) + list(self.networks)
+        else:
+            for c in list(self.containers):
+                self.minirun("rm", "-f", c, quiet=True)
+            # an interrupted `run -d` may have asked the daemon for a container that it
+            # finishes making after the rm above: look again, for a second or so
+            for _ in range(4):
+                listed = self.minirun("ps", "-a", "--format", "{{.Names}}", quiet=True)
+                late = [c for c in listed.stdout.split() if c in self.containers]
+                if not late:
+                    break
+                for c in late:
+                    self.minirun("rm", "-f", c, quiet=True)
+                time.sleep(0.3)
+            self.containers = []
+            for net in self.networks:  # after their containers
+                self.minirun("network", "rm", net, quiet=True)
+            self.networks = []
+        for path in self.tempdirs:  # only files, never a mount: the containers are gone
+            shutil.rmtree(path, ignore_errors=True)
+        self.tempdirs = []
+
     def run_scenario(self, name: str) -> Result:
         module = load(name)
         self.result = result = Result(name)
@@ -201,18 +229,8 @@ class Lab:
         except CannotRun as e:
             result.verdict, result.reason = "cannot run", str(e)
         finally:
-            if self.keep:
-                result.kept = list(self.containers) + list(self.networks)
-            else:
-                for c in list(self.containers):
-                    self.minirun("rm", "-f", c, quiet=True)
-                self.containers = []
-                for net in self.networks:  # after their containers
-                    self.minirun("network", "rm", net, quiet=True)
-                self.networks = []
-            for path in self.tempdirs:  # only files, never a mount: the containers are gone
-                shutil.rmtree(path, ignore_errors=True)
-            self.tempdirs = []
+            with _signals_held():  # a second Ctrl-C must not stop the cleanup half-way
+                self._cleanup(result)
         if result.verdict != "cannot run" and not all(x["held"] for x in result.lessons):
             result.verdict = "not held"
             result.reason = "; ".join(x["lesson"] for x in result.lessons if not x["held"])
@@ -225,6 +243,22 @@ class Lab:
             self.out(f"    kept: {' '.join(result.kept)} (remove with minirun rm -f)")
         self.out("")
         return result
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM ignored meanwhile (in the main thread; elsewhere a no-op)."""
+    try:
+        saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
+                                                                      signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _text(data) -> str:

@@ -43,6 +43,10 @@ def run(lab) -> None:
         lab.observe(f"zombies[{key}]", zombies)
         lab.say(f"`minirun stop -t {STOP_TIMEOUT}`: SIGTERM, then SIGKILL after "
                 f"{STOP_TIMEOUT} s")
+        state = lab.minirun("inspect", "-f", "{{.State.Status}}", name, quiet=True)
+        if state.stdout.strip() != "running":
+            raise CannotRun(f"{name} is {state.stdout.strip() or 'gone'} before the stop: "
+                            f"its pid 1 should still be sleeping")
         started = time.monotonic()
         proc = lab.minirun("stop", "-t", str(STOP_TIMEOUT), name)
         seconds = round(time.monotonic() - started, 2)
