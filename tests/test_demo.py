@@ -207,18 +207,19 @@ def test_keep_leaves_the_containers(engine):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_demo_cleans_up(engine, sig, tmp_path):
     seq, tempdirs = last_seq(engine), demo_tempdirs()
-    out = open(tmp_path / "out", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "minirun.cli", "demo", "zombies"],
-                            env=engine.env, stdout=out,
-                            stderr=subprocess.PIPE, text=True)
+    narration = tmp_path / "out"
+    with narration.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "minirun.cli", "demo", "zombies"],
+                                env=engine.env, stdout=out, stderr=subprocess.PIPE,
+                                text=True)
     try:
         deadline = time.monotonic() + 60
         # the demo's own narration says when its first container runs (no `minirun ps`
         # meanwhile: the test should not add its own commands to the engine's load)
-        while "(started " not in (out.seek(0) or out.read()):
+        while "(started " not in narration.read_text():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the demo ended first: {proc.wait()}: "
-                                     f"{proc.stderr.read()} {out.seek(0) or out.read()}")
+                                     f"{proc.stderr.read()} {narration.read_text()}")
             time.sleep(0.1)
         proc.send_signal(sig)
         assert proc.wait(timeout=60) == 130
