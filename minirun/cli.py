@@ -185,6 +185,9 @@ def _register_commands() -> None:
     from . import cli_more
 
     cli_more.register(cli)
+    from . import cli_demo
+
+    cli_demo.register(cli)
 
 
 _register_commands()

@@ -5,6 +5,7 @@ prompt. The documents come from minirun.dockerview; the templates from minirun.g
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -85,10 +86,15 @@ INSPECT_TYPES = ("container", "image", "network", "volume")
 @click.option("--type", "type_", type=click.Choice(INSPECT_TYPES), default=None,
               help="only objects of this type")
 @click.option("-s", "--size", is_flag=True, help="accepted for docker compatibility")
+@click.option("--isolation", is_flag=True,
+              help="what isolates each running container, read from the kernel "
+                   "(text; -f json for JSON)")
 @click.argument("names", nargs=-1, required=True, metavar="NAME|ID...")
-def inspect(root, fmt, type_, size, names) -> None:
+def inspect(root, fmt, type_, size, isolation, names) -> None:
     """Low-level information on containers, images, networks (docker's JSON)."""
     engine = _engine(root)
+    if isolation:
+        sys.exit(inspect_isolation(engine, names, fmt))
     docs, missing = [], []
     for name in names:
         try:
@@ -101,6 +107,37 @@ def inspect(root, fmt, type_, size, names) -> None:
                    f"Error: No such {type_}: {name}", err=True)
     if missing:
         sys.exit(1)
+
+
+def inspect_isolation(engine: Any, names: tuple[str, ...], fmt: str | None) -> int:
+    """`inspect --isolation`: minirun.isolation's report of each running container."""
+    from .isolation import format_report, report
+
+    running = {r["name"]: r["pid"] for r in engine.records()
+               if r["status"] == "running" and r.get("pid")}
+    docs, status = [], 0
+    for name in names:
+        try:
+            rec = engine.get(name)
+        except NotFound:
+            click.echo(f"Error: No such container: {name}", err=True)
+            status = 1
+            continue
+        if rec["status"] != "running" or not rec.get("pid"):
+            click.echo(f"Error: container {rec['name']} is not running", err=True)
+            status = 1
+            continue
+        try:
+            docs.append((rec["name"], report(rec["pid"], running, own_files=os.path.join(
+                engine.root, "containers", ""))))
+        except OSError as e:
+            click.echo(f"Error: container {rec['name']}: {e}", err=True)
+            status = 1
+    if fmt is not None and fmt.strip() == "json":
+        click.echo(json.dumps([dict(d, name=n) for n, d in docs], indent=4))
+    elif docs:
+        click.echo("\n\n".join(format_report(n, d) for n, d in docs))
+    return status
 
 
 def print_inspected(fmt: str | None, docs: list[dict]) -> None:
