@@ -12,6 +12,10 @@ import os
 
 import pytest
 
+# before any test module imports grpc: its fork handlers would restart its threads in
+# every child this process forks (minirun/cri/__init__.py says why that breaks them)
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 IN_V2_GUEST = os.environ.get("MINIRUN_IN_V2_GUEST") == "1"
 
 _V2_GUEST_SUMMARY = pytest.StashKey[list[str]]()

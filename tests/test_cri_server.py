@@ -328,6 +328,26 @@ def inproc(tmp_path):
     assert server.impls["RuntimeService"].closed == 1  # the impl's close() at the end
 
 
+def test_a_child_of_a_serving_process_is_single_threaded(inproc):
+    """With grpc's fork support on, its threads start again in every forked child, and
+    the kernel then refuses the child a new user namespace (EINVAL): minirun.cri turns
+    it off before grpc's first import."""
+    _, ch = inproc
+    pb_grpc.RuntimeServiceStub(ch).Version(pb.VersionRequest(), timeout=10)
+    assert os.environ.get("GRPC_ENABLE_FORK_SUPPORT") == "0"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, str(len(os.listdir("/proc/self/task"))).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    with os.fdopen(r) as f:
+        assert f.read() == "1"
+
+
 @pytest.mark.parametrize("cid,code", [
     ("notfound", grpc.StatusCode.NOT_FOUND), ("invalid", grpc.StatusCode.INVALID_ARGUMENT),
     ("exists", grpc.StatusCode.ALREADY_EXISTS),
