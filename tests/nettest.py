@@ -40,8 +40,10 @@ def host_network_state() -> dict:
     netns = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
     with open("/proc/self/mountinfo") as f:
         nsfs = sorted(line.split()[4] for line in f if " - nsfs " in line)
-    ruleset = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True,
-                             check=True).stdout
+    # stateless (-s): without the packet counters, which the traffic of anything else on
+    # the host moves (the CNI portmap plugin's chains count every local packet)
+    ruleset = subprocess.run(["nft", "-s", "list", "ruleset"], capture_output=True,
+                             text=True, check=True).stdout
     return {"links": sorted(links, key=str), "addresses": addrs, "routes": sorted(routes, key=str),
             "sysctls": sysctls, "netns": netns, "nsfs mounts": nsfs, "nftables": ruleset}
 
