@@ -158,6 +158,68 @@ def cni_bin_dir() -> str:
                      "(apt-get install containernetworking-plugins)")
 
 
+def containerd_config(d: str, sock: str, conf_dir: str, sandbox_image: str,
+                      extra_cri: str = "") -> str:
+    """config.toml of a containerd 1.6 with everything in directory d: its CRI plugin
+    with runc (cgroupfs), no SELinux or AppArmor, CNI from conf_dir; extra_cri is
+    appended inside the CRI plugin's table (tests/critest_env.py adds registry mirrors)."""
+    cri = 'plugins."io.containerd.grpc.v1.cri"'
+    return f"""version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+                    "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper",
+                    "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{d}/opt"
+  [{cri}]
+    sandbox_image = "{sandbox_image}"
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    enable_selinux = false
+    disable_apparmor = true
+    restrict_oom_score_adj = true
+    [{cri}.containerd]
+      snapshotter = "overlayfs"
+      default_runtime_name = "runc"
+      [{cri}.containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [{cri}.containerd.runtimes.runc.options]
+          BinaryName = "{RUNC}"
+          SystemdCgroup = false
+    [{cri}.cni]
+      bin_dir = "{cni_bin_dir()}"
+      conf_dir = "{conf_dir}"
+      max_conf_num = 1
+{extra_cri}"""
+
+
+def shim_pids(sock: str) -> list[int]:
+    """containerd-shim-runc-v2 processes serving the containerd on `sock` (the socket is
+    on their command line)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and sock.encode() in argv:
+            pids.append(int(entry))
+    return pids
+
+
 # --- the runtimes ----------------------------------------------------------------------------
 
 def wait_for_socket(path: str, proc: subprocess.Popen, log: str, what: str,
@@ -191,44 +253,7 @@ class Containerd:
         self.proc: subprocess.Popen | None = None
 
     def config(self) -> str:
-        d = self.dir
-        return f"""version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-                    "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper",
-                    "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{self.sock}"
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-[plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "{d}/opt"
-  [plugins."io.containerd.grpc.v1.cri"]
-    sandbox_image = "{PAUSE_IMAGE}"
-    stream_server_address = "127.0.0.1"
-    stream_server_port = "0"
-    enable_selinux = false
-    disable_apparmor = true
-    restrict_oom_score_adj = true
-    [plugins."io.containerd.grpc.v1.cri".containerd]
-      snapshotter = "overlayfs"
-      default_runtime_name = "runc"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-        runtime_type = "io.containerd.runc.v2"
-        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-          BinaryName = "{RUNC}"
-          SystemdCgroup = false
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "{cni_bin_dir()}"
-      conf_dir = "{self.conf_dir}"
-      max_conf_num = 1
-"""
+        return containerd_config(self.dir, self.sock, self.conf_dir, PAUSE_IMAGE)
 
     def start(self, archive: str) -> str:
         os.makedirs(self.dir, exist_ok=True)
@@ -252,21 +277,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         return [self.proc.pid] if self.proc and self.proc.poll() is None else []
 
     def shim_pids(self) -> list[int]:
-        """containerd-shim-runc-v2 processes serving this containerd (its socket is on
-        their command line)."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(b"containerd-shim-runc-v2") \
-                    and self.sock.encode() in argv:
-                pids.append(int(entry))
-        return pids
+        return shim_pids(self.sock)
 
     def stop(self) -> list[str]:
         problems = []

@@ -29,21 +29,16 @@ import time
 import grpc
 from ocitest import REPO
 
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import cri_bench  # containerd's temp-root config, as the bench writes it
+
 from minirun.cri.api import api_pb2 as pb
 from minirun.cri.api import api_pb2_grpc as pb_grpc
 
 CONTAINERD = "/usr/bin/containerd"
-RUNC = "/usr/sbin/runc"
 CGROUP_TOP = "/minirun/critest"
 NETS = {"containerd": ("mrcvcd0", "10.94.1.0/24"), "minirun": ("mrcvmr0", "10.94.2.0/24")}
 CALL_TIMEOUT = 120.0
-
-
-def cni_bin_dir() -> str:
-    for d in ("/opt/cni/bin", "/usr/lib/cni"):
-        if os.path.exists(os.path.join(d, "bridge")):
-            return d
-    raise RuntimeError("no CNI plugins in /opt/cni/bin or /usr/lib/cni")
 
 
 def write_conflist(conf_dir: str, runtime: str, data_dir: str) -> None:
@@ -229,51 +224,14 @@ class ContainerdTarget(Target):
         write_conflist(self.conf_dir, self.name, os.path.join(self.dir, "ipam"))
 
     def config(self) -> str:
-        d = self.dir
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         mirrors = "".join(
             f'      [{cri}.registry.mirrors."{host}"]\n'
             f'        endpoint = ["http://{self.registry_host}"]\n'
             for host in ("registry.k8s.io", "gcr.io"))
-        return f"""version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-                    "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper",
-                    "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{self.sock}"
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-[plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "{d}/opt"
-  [{cri}]
-    sandbox_image = "registry.k8s.io/pause:3.6"
-    stream_server_address = "127.0.0.1"
-    stream_server_port = "0"
-    enable_selinux = false
-    disable_apparmor = true
-    restrict_oom_score_adj = true
-    [{cri}.containerd]
-      snapshotter = "overlayfs"
-      default_runtime_name = "runc"
-      [{cri}.containerd.runtimes.runc]
-        runtime_type = "io.containerd.runc.v2"
-        [{cri}.containerd.runtimes.runc.options]
-          BinaryName = "{RUNC}"
-          SystemdCgroup = false
-    [{cri}.cni]
-      bin_dir = "{cni_bin_dir()}"
-      conf_dir = "{self.conf_dir}"
-      max_conf_num = 1
-    [{cri}.registry]
-      [{cri}.registry.mirrors]
-{mirrors}"""
+        return cri_bench.containerd_config(
+            self.dir, self.sock, self.conf_dir, "registry.k8s.io/pause:3.6",
+            extra_cri=f"    [{cri}.registry]\n      [{cri}.registry.mirrors]\n{mirrors}")
 
     def start(self) -> None:
         cfg = os.path.join(self.dir, "config.toml")
@@ -286,19 +244,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         wait_serving(self.sock, self.proc, self.log)
 
     def shims(self) -> list[int]:
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(b"containerd-shim-runc-v2") and \
-                    self.sock.encode() in argv:
-                pids.append(int(entry))
-        return pids
+        return cri_bench.shim_pids(self.sock)
 
     def stop(self) -> None:
         self.remove_pods()
