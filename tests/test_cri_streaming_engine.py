@@ -422,39 +422,3 @@ def test_kubectl_big_input_to_a_slow_reader(apiserver, version):
                 "sleep 2; md5sum", input=data)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0].decode() == hashlib.md5(data).hexdigest()
-
-
-# --- ExecSync's exec -------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def backend(engine):  # noqa: F811
-    from minirun.cri.stream_engine import EngineBackend
-
-    return EngineBackend(Engine(engine.root, engine.run_root))
-
-
-def test_exec_sync_collects_the_output(backend, box):
-    r = backend.exec_sync(box, ["sh", "-c", "echo out; echo err >&2; exit 4"], timeout=30)
-    assert (r.exit_code, r.stdout, r.stderr, r.timed_out) == (4, b"out\n", b"err\n", False)
-
-
-def test_exec_sync_caps_the_output(backend, box):
-    r = backend.exec_sync(box, ["sh", "-c", "head -c 5000000 /dev/zero"], limit=1000)
-    assert r.exit_code == 0 and r.stdout == b"\0" * 1000
-
-
-def test_exec_sync_timeout_kills_the_process(backend, box):
-    t0 = time.monotonic()
-    r = backend.exec_sync(box, ["sleep", "779"], timeout=1)
-    assert r.timed_out and r.exit_code == 137
-    assert time.monotonic() - t0 < 5
-    assert not sleepers("779")
-
-
-def test_exec_sync_from_many_threads(backend, box):
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda i: backend.exec_sync(box, ["echo", str(i)]),
-                                range(16)))
-    assert [r.stdout for r in results] == [b"%d\n" % i for i in range(16)]

@@ -33,12 +33,9 @@ import sys
 import tempfile
 import termios
 import threading
-import time
-from dataclasses import dataclass
 
 from ..errors import ContainerStateError, MiniRunError, NotFound
 
-MAX_SYNC_OUTPUT = 16 << 20  # bytes of each stream ExecSync keeps (containerd's cap)
 FIRST_SIZE_WAIT = 1.0  # seconds to wait for the client's first terminal size
 CONSOLE_WAIT = 30.0
 
@@ -67,22 +64,9 @@ class EngineBackend:
     # --- exec ----------------------------------------------------------------------------
 
     def exec(self, container_id, cmd, tty, stdin, stdout, stderr, resize) -> int:
-        return self._run(container_id, cmd, tty, stdin, stdout, stderr, resize)[0]
+        return self._run(container_id, cmd, tty, stdin, stdout, stderr, resize)
 
-    def exec_sync(self, container_id: str, cmd: list[str], timeout: float | None = None,
-                  limit: int = MAX_SYNC_OUTPUT) -> ExecResult:
-        """ExecSync's exec: output collected (at most `limit` bytes of each stream, the
-        rest read and dropped); past `timeout` seconds the process is killed. Callable
-        from any thread, unlike Engine.exec (execproc waits with signal handlers, which
-        only the main thread may install)."""
-        out, err = _Capped(limit), _Capped(limit)
-        deadline = time.monotonic() + timeout if timeout else None
-        code, timed_out = self._run(container_id, cmd, False, None, out, err, None,
-                                    deadline)
-        return ExecResult(code, bytes(out.data), bytes(err.data), timed_out)
-
-    def _run(self, container_id, cmd, tty, stdin, stdout, stderr, resize,
-             deadline: float | None = None) -> tuple[int, bool]:
+    def _run(self, container_id, cmd, tty, stdin, stdout, stderr, resize) -> int:
         from .. import execproc
         from ..container import Container
 
@@ -107,16 +91,14 @@ class EngineBackend:
                     "--log", log, "--log-format", "json", "exec", "-p", pfile,
                     "--pid-file", pid_file]
             if tty:
-                code, timed_out = self._exec_tty(argv, rec["id"], tmp, stdin, stdout,
-                                                 resize)
+                code = self._exec_tty(argv, rec["id"], tmp, stdin, stdout, resize)
             else:
-                code, timed_out = self._exec_pipes(argv + [rec["id"]], stdin, stdout,
-                                                   stderr, deadline)
+                code = self._exec_pipes(argv + [rec["id"]], stdin, stdout, stderr)
             if code == 255:  # runc's status for a process that could not be started
                 _raise_logged_error(log)
-            return code, timed_out
+            return code
 
-    def _exec_pipes(self, argv, stdin, stdout, stderr, deadline) -> tuple[int, bool]:
+    def _exec_pipes(self, argv, stdin, stdout, stderr) -> int:
         pipe = subprocess.PIPE
         in_r, in_w = os.pipe() if stdin else (subprocess.DEVNULL, -1)
         try:
@@ -138,15 +120,15 @@ class EngineBackend:
                 t = threading.Thread(target=_drain, args=(src.fileno(), dst), daemon=True)
                 t.start()
                 pumps.append(t)
-        code, timed_out = _wait(proc, (stdout, stderr), deadline)
+        code = _wait(proc, (stdout, stderr))
         for t in pumps:
             t.join()
         for f in (proc.stdout, proc.stderr):
             if f is not None:
                 f.close()
-        return 128 - code if code < 0 else code, timed_out
+        return 128 - code if code < 0 else code
 
-    def _exec_tty(self, argv, cid, tmp, stdin, stdout, resize) -> tuple[int, bool]:
+    def _exec_tty(self, argv, cid, tmp, stdin, stdout, resize) -> int:
         path = os.path.join(tmp, "console.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(path)
@@ -170,9 +152,9 @@ class EngineBackend:
             if resize is not None:
                 threading.Thread(target=_apply_sizes, args=(resize, os.dup(master)),
                                  daemon=True).start()
-            code, timed_out = _wait(proc, (stdout,))
+            code = _wait(proc, (stdout,))
             out.join(5)  # the pty ends once no process holds its other side
-            return 128 - code if code < 0 else code, timed_out
+            return 128 - code if code < 0 else code
         finally:
             listener.close()
             proc.stderr.close()
@@ -262,23 +244,19 @@ def _raise_logged_error(log: str) -> None:
         raise MiniRunError(f"exec failed: {errors[-1]}")
 
 
-def _wait(proc: subprocess.Popen, writers, deadline: float | None = None
-          ) -> tuple[int, bool]:
-    """(minirun-oci's status, the process's; whether the deadline killed it). If the
-    client goes away first the process is killed, as containerd kills an exec whose
-    stream ended (its pid from --pid-file: a SIGKILL cannot be forwarded through
-    minirun-oci)."""
+def _wait(proc: subprocess.Popen, writers) -> int:
+    """minirun-oci's status (the process's). If the client goes away first the process
+    is killed, as containerd kills an exec whose stream ended (its pid from --pid-file: a
+    SIGKILL cannot be forwarded through minirun-oci)."""
     writers = [w for w in writers if w is not None]
-    timed_out = False
     while True:
         try:
-            return proc.wait(timeout=0.1), timed_out
+            return proc.wait(timeout=0.1)
         except subprocess.TimeoutExpired:
             pass
-        gone = writers and all(getattr(w, "closed", False) for w in writers)
-        late = deadline is not None and time.monotonic() >= deadline
-        if (gone or late) and _kill_exec(proc):
-            writers, deadline, timed_out = [], None, timed_out or bool(late)
+        if writers and all(getattr(w, "closed", False) for w in writers) and \
+                _kill_exec(proc):
+            writers = []
 
 
 def _kill_exec(proc: subprocess.Popen) -> bool:
@@ -294,28 +272,6 @@ def _kill_exec(proc: subprocess.Popen) -> bool:
     except ProcessLookupError:
         pass
     return True
-
-
-@dataclass
-class ExecResult:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
-    timed_out: bool
-
-
-class _Capped:
-    """A writer that keeps the first `limit` bytes."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> int:
-        room = self.limit - len(self.data)
-        if room > 0:
-            self.data += data[:room]
-        return len(data)
 
 
 def connect_in_netns(netns: str | None, port: int, timeout: float = 10.0) -> socket.socket:
