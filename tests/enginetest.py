@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-
 from ocitest import REPO
 
 
@@ -73,16 +72,38 @@ class EngineEnv:
         return left
 
 
+def engine_with_busybox(top: str):
+    """An EngineEnv in top with busybox:latest imported; torn down (and checked: no mount
+    left) when the generator is closed. For fixtures to `yield from`."""
+    env = EngineEnv(top)
+    try:
+        tar = os.path.join(top, "busybox.tar")
+        subprocess.run([os.path.join(REPO, "rootfs", "build.sh"), "--tar", tar], check=True,
+                       stdout=subprocess.DEVNULL)
+        from minirun.image.archive import import_rootfs
+        from minirun.image.store import ImageStore
+        import_rootfs(ImageStore(env.root), tar, "busybox:latest")
+        yield env
+    finally:
+        left = env.teardown()
+    assert not left, f"mounts left under the engine roots: {left}"
+
+
+def searchable_engine(prefix: str):
+    """engine_with_busybox under a 0755 directory others may search: with --userns auto
+    the container's root (an unprivileged host uid) must reach its rootfs, and pytest's
+    temporary directories are 0700. MINIRUN_USERNS_RANGE is not set for it."""
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(top, 0o755)
+    gen = engine_with_busybox(top)
+    env = next(gen)
+    env.env.pop("MINIRUN_USERNS_RANGE", None)
+    yield env
+    yield from gen
+
+
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    top = str(tmp_path_factory.mktemp("engine"))
-    env = EngineEnv(top)
-    tar = os.path.join(top, "busybox.tar")
-    subprocess.run([os.path.join(REPO, "rootfs", "build.sh"), "--tar", tar], check=True,
-                   stdout=subprocess.DEVNULL)
-    from minirun.image.archive import import_rootfs
-    from minirun.image.store import ImageStore
-    import_rootfs(ImageStore(env.root), tar, "busybox:latest")
-    yield env
-    left = env.teardown()
-    assert not left, f"mounts left under the engine roots: {left}"
+    yield from engine_with_busybox(str(tmp_path_factory.mktemp("engine")))

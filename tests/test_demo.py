@@ -11,36 +11,19 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
-from enginetest import EngineEnv
-from ocitest import REPO, needs_root
+from enginetest import EngineEnv, searchable_engine
+from ocitest import needs_root
 
 pytestmark = [needs_root, pytest.mark.root]
 
 
 @pytest.fixture(scope="module")
 def engine():
-    """enginetest's engine, under a directory others may search: with --userns auto the
-    container's root (an unprivileged host uid) must reach its rootfs, and pytest's
-    temporary directories are 0700."""
-    top = tempfile.mkdtemp(prefix="mrlab-engine-")
-    os.chmod(top, 0o755)
-    env = EngineEnv(top)
-    env.env.pop("MINIRUN_USERNS_RANGE", None)
-    try:
-        tar = os.path.join(top, "busybox.tar")
-        subprocess.run([os.path.join(REPO, "rootfs", "build.sh"), "--tar", tar], check=True,
-                       stdout=subprocess.DEVNULL)
-        from minirun.image.archive import import_rootfs
-        from minirun.image.store import ImageStore
-        import_rootfs(ImageStore(env.root), tar, "busybox:latest")
-        yield env
-    finally:
-        left = env.teardown()
-    assert not left, f"mounts left under the engine roots: {left}"
+    """enginetest's engine, under a directory others may search (--userns auto)."""
+    yield from searchable_engine("mrlab-engine-")
 
 
 def last_seq(env: EngineEnv) -> int:

@@ -9,8 +9,8 @@ import sys
 import tempfile
 
 import pytest
-from enginetest import EngineEnv, engine  # noqa: F401
-from ocitest import REPO, needs_root, wait_for
+from enginetest import EngineEnv, engine, searchable_engine  # noqa: F401
+from ocitest import needs_root, wait_for
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -19,24 +19,8 @@ DEFAULT_START = 100000
 
 @pytest.fixture(scope="module")
 def uengine():
-    """An engine as enginetest's, under a directory others may search: the container's
-    root (host uid 100000) must reach its rootfs, and pytest's own temporary directories
-    are 0700."""
-    top = tempfile.mkdtemp(prefix="minirun-userns-engine-")
-    os.chmod(top, 0o755)
-    env = EngineEnv(top)
-    env.env.pop("MINIRUN_USERNS_RANGE", None)
-    try:
-        tar = os.path.join(top, "busybox.tar")
-        subprocess.run([os.path.join(REPO, "rootfs", "build.sh"), "--tar", tar], check=True,
-                       stdout=subprocess.DEVNULL)
-        from minirun.image.archive import import_rootfs
-        from minirun.image.store import ImageStore
-        import_rootfs(ImageStore(env.root), tar, "busybox:latest")
-        yield env
-    finally:
-        left = env.teardown()
-    assert not left, f"mounts left under the engine roots: {left}"
+    """enginetest's engine, under a directory others may search (--userns auto)."""
+    yield from searchable_engine("minirun-userns-engine-")
 
 
 def mounts_under(top: str) -> list[str]:
