@@ -39,12 +39,12 @@ import time
 
 import grpc
 
+from ..cgstats import tree_usage
 from ..errors import InvalidArgument, NotFound
 from ..image import registry
 from ..image.reference import parse_reference
 from ..image.store import ImageRecord, ImageStore
 from .api import api_pb2 as pb
-from .stats import tree_usage
 
 USAGE_MAX_AGE = 60.0  # seconds an unchanged store's ImageFsInfo walk is reused
 

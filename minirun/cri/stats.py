@@ -32,13 +32,12 @@ import threading
 import time
 
 from ..cgroups import open_cgroup
-from ..errors import InvalidArgument, MiniRunError, NotFound
+from ..cgstats import cgroup_sample, container_sample, read_net_dev, tree_usage
+from ..errors import InvalidArgument, NotFound
 from .api import api_pb2 as pb
 
 DEFAULT_CGROUP_PARENT = "/minirun"
 DEFAULT_INTERFACE = "eth0"
-# a memory limit at or above this is "no limit" (v1 writes 2**63 rounded to pages, v2 max)
-NO_LIMIT = 1 << 62
 
 
 class StatsMixin:
@@ -198,17 +197,6 @@ class StatsMixin:
 
 # --- reading cgroups -----------------------------------------------------------------------------
 
-def container_sample(engine, rec: dict) -> dict | None:
-    """The sample of a running engine container's cgroup; None when it is gone."""
-    from ..container import Container
-
-    try:
-        cg = Container.load(engine.oci_root, rec["id"]).cgroup()
-    except MiniRunError:
-        return None
-    return cgroup_sample(cg)
-
-
 def pod_sample(pod: dict, running: list[dict], engine) -> dict | None:
     parent = pod.get("cgroup_parent") or DEFAULT_CGROUP_PARENT
     if parent.rstrip("/") != DEFAULT_CGROUP_PARENT:
@@ -223,81 +211,6 @@ def pod_sample(pod: dict, running: list[dict], engine) -> dict | None:
                          "pids")}
     total.update(timestamp=max(s["timestamp"] for s in samples), limit=None, swap=None)
     return total
-
-
-def cgroup_sample(cg) -> dict | None:
-    """cpu, memory and pids numbers of a cgroup from its driver's stats(); None when the
-    cgroup does not exist."""
-    try:
-        if not cg.exists():
-            return None
-        stats = cg.stats()
-    except (OSError, MiniRunError):
-        return None
-    ts = time.time_ns()
-    memory = stats.get("memory") or {}
-    raw = memory.get("raw") or {}
-    usage_entry = memory.get("usage") or {}
-    usage = usage_entry.get("usage", 0)
-    limit = usage_entry.get("limit")
-    v1 = "total_rss" in raw or "total_cache" in raw
-    swap = swap_limit = None
-    swap_entry = memory.get("swap")
-    if swap_entry:
-        # both drivers report swap as memory+swap (v1's memsw; runc adds them up on v2)
-        swap = max(0, swap_entry.get("usage", 0) - usage)
-        if swap_entry.get("limit", NO_LIMIT) < NO_LIMIT and limit is not None \
-                and limit < NO_LIMIT:
-            swap_limit = max(0, swap_entry["limit"] - limit)
-    return {
-        "timestamp": ts,
-        "cpu_ns": ((stats.get("cpu") or {}).get("usage") or {}).get("total", 0),
-        "usage": usage,
-        "working_set": memory.get("working_set", usage),
-        "rss": raw.get("total_rss", raw.get("rss", 0)) if v1 else raw.get("anon", 0),
-        "pgfault": raw.get("total_pgfault", raw.get("pgfault", 0)),
-        "pgmajfault": raw.get("total_pgmajfault", raw.get("pgmajfault", 0)),
-        "limit": limit if limit is not None and 0 < limit < NO_LIMIT else None,
-        "swap": swap,
-        "swap_limit": swap_limit,
-        "pids": (stats.get("pids") or {}).get("current", 0),
-    }
-
-
-# --- network and files ---------------------------------------------------------------------------
-
-def read_net_dev(netns: str) -> dict[str, dict[str, int]] | None:
-    """Per interface rx/tx bytes and errors in the netns at `netns`, from net/dev as this
-    thread sees it after joining that netns (and coming back, as minirun/network/netns.py
-    does); None when the netns is gone."""
-    from .. import sys as msys
-
-    try:
-        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        msys.setns(target, msys.CLONE_NEWNET)
-        try:
-            with open("/proc/thread-self/net/dev") as f:
-                lines = f.read().splitlines()[2:]
-        finally:
-            msys.setns(home, msys.CLONE_NEWNET)
-    except msys.SysError:
-        return None
-    finally:
-        os.close(target)
-        os.close(home)
-    out = {}
-    for line in lines:
-        name, _, rest = line.partition(":")
-        fields = rest.split()
-        if len(fields) < 16:
-            continue
-        out[name.strip()] = {"rx_bytes": int(fields[0]), "rx_errors": int(fields[2]),
-                             "tx_bytes": int(fields[8]), "tx_errors": int(fields[10])}
-    return out
 
 
 def network_usage(netns: str) -> pb.NetworkUsage | None:
@@ -320,34 +233,3 @@ def network_usage(netns: str) -> pb.NetworkUsage | None:
         else:
             usage.interfaces.append(iface)
     return usage
-
-
-def tree_usage(paths: list[str]) -> tuple[int, int]:
-    """(bytes allocated, inodes) under these directories, each inode counted once (hard
-    links) and never crossing into another file system."""
-    seen: set[tuple[int, int]] = set()
-    used = 0
-    for top in paths:
-        try:
-            top_dev = os.lstat(top).st_dev
-        except FileNotFoundError:
-            continue
-        stack = [top]
-        while stack:
-            try:
-                entries = list(os.scandir(stack.pop()))
-            except OSError:
-                continue
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                key = (st.st_dev, st.st_ino)
-                if st.st_dev != top_dev or key in seen:
-                    continue
-                seen.add(key)
-                used += st.st_blocks * 512
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-    return used, len(seen)
