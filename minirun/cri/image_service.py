@@ -39,11 +39,11 @@ import time
 
 import grpc
 
-from ..cgstats import tree_usage
 from ..errors import InvalidArgument, NotFound
 from ..image import registry
 from ..image.reference import parse_reference
 from ..image.store import ImageRecord, ImageStore
+from ..monitor.cgstats import tree_usage
 from .api import api_pb2 as pb
 
 USAGE_MAX_AGE = 60.0  # seconds an unchanged store's ImageFsInfo walk is reused

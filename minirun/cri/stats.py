@@ -32,8 +32,8 @@ import threading
 import time
 
 from ..cgroups import open_cgroup
-from ..cgstats import cgroup_sample, container_sample, read_net_dev, tree_usage
 from ..errors import InvalidArgument, NotFound
+from ..monitor.cgstats import cgroup_sample, container_sample, read_net_dev, tree_usage
 from .api import api_pb2 as pb
 
 DEFAULT_CGROUP_PARENT = "/minirun"

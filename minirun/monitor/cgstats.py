@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 
-from .errors import MiniRunError
+from ..errors import MiniRunError
 
 # a memory limit at or above this is "no limit" (v1 writes 2**63 rounded to pages, v2 max)
 NO_LIMIT = 1 << 62
@@ -28,7 +28,7 @@ NO_LIMIT = 1 << 62
 
 def container_sample(engine, rec: dict) -> dict | None:
     """The sample of a running engine container's cgroup; None when it is gone."""
-    from .container import Container
+    from ..container import Container
 
     try:
         cg = Container.load(engine.oci_root, rec["id"]).cgroup()
@@ -88,7 +88,7 @@ def read_net_dev(netns: str) -> dict[str, dict[str, int]] | None:
     """Per interface rx/tx bytes and errors in the netns at `netns`, from net/dev as this
     thread sees it after joining that netns (and coming back, as minirun/network/netns.py
     does); None when the netns is gone."""
-    from . import sys as msys
+    from .. import sys as msys
 
     try:
         target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
