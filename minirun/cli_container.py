@@ -350,13 +350,24 @@ def top(root, container, ps_args) -> None:
 @click.option("--wait", is_flag=True,
               help="if another daemon serves this run root, take over when it ends "
                    "(for a service manager) instead of exiting")
-def daemon(root, run_root, wait) -> None:
+@click.option("--metrics", "metrics_addr", envvar="MINIRUN_METRICS", default=None,
+              metavar="HOST:PORT",
+              help="serve Prometheus metrics on this address (default: the root's "
+                   "daemon.json metrics-addr, else none)")
+def daemon(root, run_root, wait, metrics_addr) -> None:
     """Supervise detached containers (started on first need by run -d)."""
     from .daemon.server import Daemon
     from .engine import Engine
+    from .monitor.metrics import configured_address, parse_address
 
     try:
-        Daemon(Engine(root=root, run_root=run_root)).serve(wait=wait)
+        if metrics_addr:
+            parse_address(metrics_addr)  # a bad address: refused before anything is made
+        engine = Engine(root=root, run_root=run_root)
+        metrics_addr = configured_address(metrics_addr, engine.root)
+        if metrics_addr:
+            parse_address(metrics_addr)
+        Daemon(engine, metrics_addr).serve(wait=wait)
     except MiniRunError as e:
         click.echo(f"minirun: error: {e}", err=True)
         sys.exit(1)

@@ -183,8 +183,9 @@ class AttachedClient:
 
 
 class Daemon:
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, metrics_addr: str | None = None) -> None:
         self.engine = engine
+        self.metrics_addr = metrics_addr  # serve Prometheus metrics there (monitor/metrics.py)
         self.run_root = engine.run_root
         self.sock_path = os.path.join(self.run_root, "minirun.sock")
         self.keeper_path = os.path.join(self.run_root, "keeper.sock")
@@ -210,7 +211,8 @@ class Daemon:
             self.keeper = wait_for_socket(self.keeper_path)
         self.keeper.settimeout(None)
         # the keeper starts another daemon like this one if this one dies
-        proto.send(self.keeper, {"op": "hello", "respawn": daemon_argv(self.engine),
+        proto.send(self.keeper, {"op": "hello",
+                                 "respawn": daemon_argv(self.engine, self.metrics_addr),
                                  "log": os.path.join(self.run_root, "daemon.log")})
         adopted = 0
         orphans = []
@@ -697,6 +699,7 @@ class Daemon:
         from .keeper import lock_holder, take_lock
 
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        new_run_root = not os.path.isdir(self.run_root)
         os.makedirs(self.run_root, mode=0o711, exist_ok=True)
         # the lock, not the pid file, decides: a second daemon must not take the socket
         # (listen unlinks it) nor start a second keeper
@@ -708,6 +711,7 @@ class Daemon:
             log_line(f"waiting for the daemon ({lock_holder(self.run_root, 'daemon')}) "
                      "to end")
             take_lock(lock, wait=True)
+        metrics_sock = self.bind_metrics(lock if new_run_root else None)
         try:
             with open(os.path.join(self.run_root, "daemon.pid")) as f:
                 previous = int(f.read())
@@ -715,11 +719,18 @@ class Daemon:
             previous = None
         with open(os.path.join(self.run_root, "daemon.pid"), "w") as f:
             f.write(str(os.getpid()))
+        from ..monitor.metrics import count_daemon_start
+
+        count_daemon_start(self.run_root)
         adopted = self.connect_keeper()
         signal.signal(signal.SIGTERM, self.on_sigterm)
         listener = proto.listen(self.sock_path)
         self.sel.register(listener, selectors.EVENT_READ, ("listen",))
         self.sel.register(self.keeper, selectors.EVENT_READ, ("keeper",))
+        if metrics_sock is not None:
+            from ..monitor.metrics import MetricsServer
+
+            MetricsServer(self.engine, metrics_sock, self.sel)
         self.recover_networks()
         self.resume_restarts()
         self.take_over()
@@ -741,6 +752,22 @@ class Daemon:
                         return
                 except Exception as e:  # noqa: BLE001 - one container's trouble
                     log_line(f"error: {type(e).__name__}: {e}")
+
+    def bind_metrics(self, made_lock: str | None):
+        """The metrics endpoint's socket, bound before anything is started or written; on
+        failure the run root this call made (made_lock: its lock file) goes again."""
+        if not self.metrics_addr:
+            return None
+        from ..monitor.metrics import bind, check_client_library
+
+        try:
+            check_client_library()
+            return bind(self.metrics_addr)
+        except MiniRunError:
+            if made_lock is not None:
+                os.unlink(made_lock)
+                os.rmdir(self.run_root)
+            raise
 
     def on_sigterm(self, *_) -> None:
         """A clean exit: the keeper is told not to start another daemon. The message
@@ -777,6 +804,8 @@ class Daemon:
             self.on_attached(key.fileobj, events)
         elif kind == "pipe":
             self.on_pipe(key.fileobj, key.data[1], key.data[2])
+        elif kind == "metrics":
+            key.data[1](key.fileobj, events)
         elif kind == "keeper":
             # a keeper call earlier in this round (a client's start) may have read what
             # made the socket ready (it queues the exits it meets): a blocking recv here
@@ -821,9 +850,9 @@ def wait_for_socket(path: str, timeout: float = 15.0):
             time.sleep(0.05)
 
 
-def daemon_argv(engine) -> list[str]:
+def daemon_argv(engine, metrics_addr: str | None = None) -> list[str]:
     return [sys.executable, "-m", "minirun.cli", "daemon", "--root", engine.root,
-            "--run-root", engine.run_root]
+            "--run-root", engine.run_root] + (["--metrics", metrics_addr] if metrics_addr else [])
 
 
 def revive(engine) -> None:

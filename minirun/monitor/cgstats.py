@@ -13,6 +13,7 @@ A sample (cgroup_sample) is a dict:
   swap, swap_limit   swap usage and limit when accounted (else None)
   pids         pids.current
   blkio_read, blkio_write   bytes read and written (io_service_bytes / io.stat)
+  blkio_devices   the same per device: {(major, minor): (read, write)}
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def cgroup_sample(cg) -> dict | None:
         "pids": (stats.get("pids") or {}).get("current", 0),
         "blkio_read": _blkio_total(stats, "read"),
         "blkio_write": _blkio_total(stats, "write"),
+        "blkio_devices": _blkio_devices(stats),
     }
 
 
@@ -82,6 +84,17 @@ def _blkio_total(stats: dict, op: str) -> int:
     """Bytes read or written by the cgroup, summed over its devices."""
     entries = (stats.get("blkio") or {}).get("ioServiceBytesRecursive") or ()
     return sum(e.get("value", 0) for e in entries if str(e.get("op", "")).lower() == op)
+
+
+def _blkio_devices(stats: dict) -> dict[tuple[int, int], tuple[int, int]]:
+    """(bytes read, bytes written) by the cgroup per (major, minor) device."""
+    out: dict[tuple[int, int], list[int]] = {}
+    for e in (stats.get("blkio") or {}).get("ioServiceBytesRecursive") or ():
+        op = str(e.get("op", "")).lower()
+        if op in ("read", "write"):
+            counts = out.setdefault((e["major"], e["minor"]), [0, 0])
+            counts[op == "write"] += e.get("value", 0)
+    return {dev: (r, w) for dev, (r, w) in out.items()}
 
 
 def read_net_dev(netns: str) -> dict[str, dict[str, int]] | None:
