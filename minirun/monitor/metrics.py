@@ -9,15 +9,18 @@ starts on this root, so a daemon started on demand by `run -d` or brought back b
 keeper serves metrics too). No address: no endpoint, and prometheus_client is never
 imported. ADDR is HOST:PORT, [IPV6]:PORT for IPv6.
 
-Served from the daemon's own epoll loop, not from a thread: the daemon forks (exec
-probes, user namespaces for idmapped snapshots in image/store.py, the keeper and its
-workers are exec'd but the daemon's own forks are not) and a forked child of a
-multithreaded process inherits whatever lock another thread held at the fork; a child
-that must unshare(CLONE_NEWUSER) or setns into a user namespace needs a single-threaded
-caller, and cgroups' fork_into_cgroup refuses threaded callers too. A scrape is one short
-request answered at once, so the loop serves it between two other events; a client that
-connects and sends nothing holds a connection, not the loop (at most MAX_CONNECTIONS
-are kept: a new one closes the oldest).
+Served from the daemon's own epoll loop, not from a thread. The daemon forks without
+exec: a foreground run's engine.prepare with --userns forks the image store's user
+namespace helpers (image/store.py: the child unshares CLONE_NEWUSER or joins a user
+namespace, Python code after fork), and health checks run exec from it (execproc forks);
+a fork of a multithreaded process inherits any lock another thread held at that moment,
+and cgroups' fork into the cgroup (clone3 CLONE_INTO_CGROUP, 5-25 ms less per exec) is
+only taken single-threaded (cgroups/base.py). The daemon is also one thread by design:
+requests, exits and restarts each run to their end (daemon/server.py). A scrape is one
+short request answered at once: the loop is busy for its length (bench/README.md:
+~150 ms for 50 containers on a loaded 2-cpu VM) and serves the rest after it. A client
+that connects and sends nothing holds a connection, not the loop (at most
+MAX_CONNECTIONS are kept: a new one closes the oldest).
 
 Everything is read at scrape time (no background sampling): the running containers'
 cgroups (minirun/monitor/cgstats.py), their netns's net/dev, the records, and the events
