@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,18 +24,14 @@ from datetime import datetime
 
 import pytest
 from enginetest import engine_with_busybox
+from nettest import free_port
 from ocitest import needs_root
+from ocitest import wait_for as poll
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [needs_root, pytest.mark.root]
 
 MIB = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -136,13 +131,9 @@ def net_dev(pid: int) -> dict[str, tuple[int, int]]:
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    got = poll(predicate, timeout, 0.1)
+    assert got, f"timed out waiting for {what}"
+    return got
 
 
 def disk_of(path: str) -> str:

@@ -77,6 +77,31 @@ MAX_REQUEST = 8192
 START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 STATES = ("created", "running", "paused", "exited")
 CONTAINER_LABELS = ("id", "name", "image", "pod", "namespace", "container")
+# (key, type, name without _total, cAdvisor's help text, labels besides CONTAINER_LABELS)
+CONTAINER_FAMILIES = (
+    ("cpu", "counter", "container_cpu_usage_seconds",
+     "Cumulative cpu time consumed in seconds.", ("cpu",)),
+    ("usage", "gauge", "container_memory_usage_bytes",
+     ("Current memory usage in bytes, including all memory regardless of when it was "
+      "accessed"), ()),
+    ("ws", "gauge", "container_memory_working_set_bytes", "Current working set in bytes.", ()),
+    ("limit", "gauge", "container_spec_memory_limit_bytes",
+     "Memory limit for the container.", ()),
+    ("rx", "counter", "container_network_receive_bytes", "Cumulative count of bytes received",
+     ("interface",)),
+    ("tx", "counter", "container_network_transmit_bytes",
+     "Cumulative count of bytes transmitted", ("interface",)),
+    ("reads", "counter", "container_fs_reads_bytes", "Cumulative count of bytes read",
+     ("device",)),
+    ("writes", "counter", "container_fs_writes_bytes", "Cumulative count of bytes written",
+     ("device",)),
+    ("procs", "gauge", "container_processes",
+     "Number of processes running inside the container.", ()),
+    ("oom", "counter", "container_oom_events",
+     "Count of out of memory events observed for the container", ()),
+    ("start", "gauge", "container_start_time_seconds",
+     "Start time of the container since unix epoch in seconds.", ()),
+)
 
 
 # --- configuration -------------------------------------------------------------------------
@@ -293,41 +318,9 @@ class EngineCollector:
             HistogramMetricFamily,
         )
 
-        labels = list(CONTAINER_LABELS)
-        fams = {
-            "cpu": CounterMetricFamily("container_cpu_usage_seconds",
-                                       "Cumulative cpu time consumed in seconds.",
-                                       labels=labels + ["cpu"]),
-            "usage": GaugeMetricFamily("container_memory_usage_bytes",
-                                       "Current memory usage in bytes, including all "
-                                       "memory regardless of when it was accessed",
-                                       labels=labels),
-            "ws": GaugeMetricFamily("container_memory_working_set_bytes",
-                                    "Current working set in bytes.", labels=labels),
-            "limit": GaugeMetricFamily("container_spec_memory_limit_bytes",
-                                       "Memory limit for the container.", labels=labels),
-            "rx": CounterMetricFamily("container_network_receive_bytes",
-                                      "Cumulative count of bytes received",
-                                      labels=labels + ["interface"]),
-            "tx": CounterMetricFamily("container_network_transmit_bytes",
-                                      "Cumulative count of bytes transmitted",
-                                      labels=labels + ["interface"]),
-            "reads": CounterMetricFamily("container_fs_reads_bytes",
-                                         "Cumulative count of bytes read",
-                                         labels=labels + ["device"]),
-            "writes": CounterMetricFamily("container_fs_writes_bytes",
-                                          "Cumulative count of bytes written",
-                                          labels=labels + ["device"]),
-            "procs": GaugeMetricFamily("container_processes",
-                                       "Number of processes running inside the container.",
-                                       labels=labels),
-            "oom": CounterMetricFamily("container_oom_events",
-                                       "Count of out of memory events observed for the "
-                                       "container", labels=labels),
-            "start": GaugeMetricFamily("container_start_time_seconds",
-                                       "Start time of the container since unix epoch in "
-                                       "seconds.", labels=labels),
-        }
+        fams = {key: (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+                    name, help_text, labels=[*CONTAINER_LABELS, *extra])
+                for key, kind, name, help_text, extra in CONTAINER_FAMILIES}
         rows = self.engine.db.execute(
             "SELECT id, name, image, status, started, pid, options FROM containers").fetchall()
         pods = self._pods()
