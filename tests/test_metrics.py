@@ -460,3 +460,27 @@ def test_a_port_in_use_is_one_line_and_leaves_nothing():
     finally:
         holder.close()
         shutil.rmtree(top)
+
+
+@pytest.mark.parametrize("how", ["env", "daemon.json"])
+def test_the_other_ways_to_give_the_address_are_checked_too(how):
+    top = tempfile.mkdtemp(prefix="minirun-metrics-")
+    try:
+        env = dict(os.environ)
+        env.pop("MINIRUN_METRICS", None)
+        if how == "env":
+            env["MINIRUN_METRICS"] = "127.0.0.1:http"
+        else:
+            os.makedirs(f"{top}/lib")
+            with open(f"{top}/lib/daemon.json", "w") as f:
+                f.write('{"metrics-addr": 9323}')
+        proc = subprocess.run(
+            [sys.executable, "-m", "minirun.cli", "daemon", "--root", f"{top}/lib",
+             "--run-root", f"{top}/run"],
+            capture_output=True, text=True, timeout=60, check=False, env=env)
+        assert proc.returncode == 1
+        assert proc.stderr.count("\n") == 1, proc.stderr
+        assert ("127.0.0.1:http" if how == "env" else "daemon.json: metrics-addr") in proc.stderr
+        assert not os.path.exists(f"{top}/run")
+    finally:
+        shutil.rmtree(top)
