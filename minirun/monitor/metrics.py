@@ -327,7 +327,7 @@ class EngineCollector:
         states = dict.fromkeys(STATES, 0)
         for cid, name, image, status, started, pid, options in rows:
             states[status] = states.get(status, 0) + 1
-            if status == "running":
+            if status in ("running", "paused"):  # a frozen cgroup is there to read too
                 self._container(fams, cid, name, image, started, pid, json.loads(options), pods)
         yield from fams.values()
 
