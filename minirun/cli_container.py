@@ -350,11 +350,15 @@ def top(root, container, ps_args) -> None:
 @click.option("--wait", is_flag=True,
               help="if another daemon serves this run root, take over when it ends "
                    "(for a service manager) instead of exiting")
-def daemon(root, run_root, wait) -> None:
+@click.option("--log-format", "log_format", envvar="MINIRUN_LOG_FORMAT", default="json",
+              show_default=True, type=click.Choice(["json", "text"]),
+              help="its own log (daemon.log): JSON lines with ECS field names, or text")
+def daemon(root, run_root, wait, log_format) -> None:
     """Supervise detached containers (started on first need by run -d)."""
-    from .daemon.server import Daemon
+    from .daemon.server import Daemon, set_log_format
     from .engine import Engine
 
+    set_log_format(log_format)
     try:
         Daemon(Engine(root=root, run_root=run_root)).serve(wait=wait)
     except MiniRunError as e:
