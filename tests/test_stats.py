@@ -5,6 +5,7 @@ asserted: CPU % only above zero for a busy loop, sizes as lower bounds."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import sys
 import time
 
 import pytest
+from cgrouptest import loop_device  # noqa: F401 - a fixture
 from enginetest import engine  # noqa: F401 - the module's fixture
 from ocitest import needs_root
 
@@ -153,21 +155,6 @@ def test_net_io_from_the_container_netns(engine):  # noqa: F811
         remove(engine, "pinger", "hostnet")
 
 
-@pytest.fixture
-def loop_device(tmp_path):
-    """A loop device over a 16 MiB file of this test's own (this VM's disk does not
-    appear in the v1 blkio counters at all; loop devices do)."""
-    backing = tmp_path / "disk.img"
-    with open(backing, "wb") as f:
-        f.truncate(16 << 20)
-    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True,
-                         text=True, check=True).stdout.strip()
-    try:
-        yield dev
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
-
-
 def blkio_kernel(cid: str, op: str) -> int:
     total = 0
     with open(f"/sys/fs/cgroup/blkio/minirun/{cid}/blkio.throttle.io_service_bytes_recursive") as f:
@@ -201,12 +188,24 @@ def test_block_io_of_direct_writes_and_reads(engine, loop_device):  # noqa: F811
         remove(engine, "writer")
 
 
-def test_streaming_without_a_tty_prints_frames(engine):  # noqa: F811
-    run_d(engine, "streamed", "busybox", "sleep", "600")
-    proc = subprocess.Popen([sys.executable, "-m", "minirun.cli", "stats", "streamed"],
+@contextlib.contextmanager
+def streaming(engine, name: str):  # noqa: F811
+    """`minirun stats NAME` streaming into a pipe; killed if still there at the end."""
+    proc = subprocess.Popen([sys.executable, "-m", "minirun.cli", "stats", name],
                             env=engine.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        remove(engine, name)
+
+
+def test_streaming_without_a_tty_prints_frames(engine):  # noqa: F811
+    run_d(engine, "streamed", "busybox", "sleep", "600")
+    with streaming(engine, "streamed") as proc:
         headers = 0
         deadline = time.monotonic() + 60
         while headers < 3:
@@ -218,26 +217,14 @@ def test_streaming_without_a_tty_prints_frames(engine):  # noqa: F811
                 assert line.split()[1] == "streamed"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        remove(engine, "streamed")
 
 
 def test_streaming_ends_when_the_named_container_goes(engine):  # noqa: F811
     run_d(engine, "brief", "busybox", "sleep", "600")
-    proc = subprocess.Popen([sys.executable, "-m", "minirun.cli", "stats", "brief"],
-                            env=engine.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
+    with streaming(engine, "brief") as proc:
         assert proc.stdout.readline().startswith("CONTAINER ID")
         remove(engine, "brief")
         assert proc.wait(timeout=30) == 0, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_streaming_on_a_terminal_redraws_in_place(engine):  # noqa: F811
