@@ -354,12 +354,16 @@ def top(root, container, ps_args) -> None:
               metavar="HOST:PORT",
               help="serve Prometheus metrics on this address (default: the root's "
                    "daemon.json metrics-addr, else none)")
-def daemon(root, run_root, wait, metrics_addr) -> None:
+@click.option("--log-format", "log_format", envvar="MINIRUN_LOG_FORMAT", default="json",
+              show_default=True, type=click.Choice(["json", "text"]),
+              help="its own log (daemon.log): JSON lines with ECS field names, or text")
+def daemon(root, run_root, wait, metrics_addr, log_format) -> None:
     """Supervise detached containers (started on first need by run -d)."""
-    from .daemon.server import Daemon
+    from .daemon.server import Daemon, set_log_format
     from .engine import Engine
     from .monitor.metrics import configured_address, parse_address
 
+    set_log_format(log_format)
     try:
         if metrics_addr:
             parse_address(metrics_addr)  # a bad address: refused before anything is made

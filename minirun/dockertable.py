@@ -41,7 +41,8 @@ VERBS: list[tuple[tuple[str, ...], str]] = [
     (("wait",), ""), (("top",), ""), (("inspect",), ""), (("port",), ""), (("rename",), ""),
     (("update",), ""), (("pause", "unpause"), ""), (("cp",), ""), (("diff",), ""),
     (("export",), ""), (("commit",), ""),
-    (("stats",), NOT_IMPLEMENTED), (("events",), NOT_IMPLEMENTED),
+    (("stats",), ""),
+    (("events",), NOT_IMPLEMENTED),
     (("images",), ""), (("pull",), ""), (("push",), "not implemented: no registry upload"),
     (("rmi",), ""), (("tag",), ""), (("history",), ""), (("save",), ""), (("load",), ""),
     (("import",), ""), (("image inspect",), ""), (("image prune",), ""),
@@ -145,6 +146,10 @@ FLAGS: list[tuple[tuple[str, ...], list[tuple[tuple[str, ...], str]]]] = [
         (("-a", "--all"), ""), (("-f", "--filter"), ""), (("--format",), ""),
         (("-n", "--last"), ""), (("-l", "--latest"), ""), (("--no-trunc",), ""),
         (("-q", "--quiet"), ""), (("-s", "--size"), ""),
+    ]),
+    (("stats",), [
+        (("-a", "--all"), ""), (("--format",), ""), (("--no-stream",), ""),
+        (("--no-trunc",), ""),
     ]),
     (("logs",), [
         (("--details",), "no log attributes to show"), (("-f", "--follow"), ""),

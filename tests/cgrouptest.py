@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
+
+import pytest
 
 # Children run as `python -c` helpers so the checks happen from inside the cgroup.
 MEMHOG = """
@@ -76,3 +79,19 @@ def wipe(tops: list[str], timeout: float = 10) -> None:
                     break
                 except OSError:
                     time.sleep(0.05)
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A 16 MiB loop device over a file of the test's own, to throttle or to count I/O on
+    (this VM does not let even root open /dev/vda, and its I/O is not in the v1 blkio
+    counters at all)."""
+    backing = tmp_path / "disk.img"
+    with open(backing, "wb") as f:
+        f.truncate(16 << 20)
+    device = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=True)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from cgrouptest import FORKER, MEMHOG, read, wipe
+from cgrouptest import FORKER, MEMHOG, loop_device, read, wipe  # noqa: F401
 
 from minirun.cgroups.v1 import CgroupV1, find_hierarchies
 from minirun.errors import KernelFeatureMissing
@@ -231,20 +231,6 @@ def test_pids_limit_makes_fork_fail(cg, spawn):
     assert cgfile(cg, "pids", "pids.max") == "max"
 
 
-@pytest.fixture
-def loop_device(tmp_path):
-    """A 16 MiB loop device to throttle (this VM does not let even root open /dev/vda)."""
-    backing = tmp_path / "disk.img"
-    with open(backing, "wb") as f:
-        f.truncate(16 * MiB)
-    device = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True,
-                            capture_output=True, text=True).stdout.strip()
-    try:
-        yield device
-    finally:
-        subprocess.run(["losetup", "--detach", device], check=True)
-
-
 def test_blkio_weight_or_its_documented_refusal(cg):
     """blkio.weight (CFQ) and blkio.bfq.weight (BFQ) exist only while some device uses one
     of those schedulers: probe, and where neither does, check the one-line refusal."""
@@ -262,7 +248,7 @@ def test_blkio_weight_or_its_documented_refusal(cg):
         assert cgfile(cg, "blkio", weight_file) == "500"
 
 
-def test_blkio_read_throttle(cg, spawn, loop_device):
+def test_blkio_read_throttle(cg, spawn, loop_device):  # noqa: F811
     number = read(f"/sys/block/{os.path.basename(loop_device)}/dev").strip()
     major, minor = map(int, number.split(":"))
     cg.apply({"blockIO": {

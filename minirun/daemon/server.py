@@ -29,6 +29,13 @@ At a container's exit, before the runtime deletes its cgroup, the cgroup's OOM k
 count decides the record's `reason`: "OOMKilled" when the kernel's OOM killer killed one
 of its processes, else "".
 
+The daemon's own log (daemon.log in the run root, its stderr) is JSON lines with Elastic
+Common Schema names by default, laid out as the ecs-logging libraries write them
+(`@timestamp`, `log.level`, `message`, `ecs.version` at the top, dotted; `container.id`,
+`container.name`, `container.image.name`, `event.action`, `process.pid` nested where they
+apply), so Filebeat's ndjson parser ships it as it is; `--log-format text` (or
+MINIRUN_LOG_FORMAT=text for a daemon started on demand) writes a line for people instead.
+
 Order: one thread; an exit the keeper reports while the daemon waits for a reply of its
 own is queued and handled after that call returns (never inside it), and restarts are
 timers of the main loop (docker's back-off), so requests, exits and restarts each run to
@@ -68,6 +75,8 @@ PARTIAL_AT = 16 * 1024
 # (the log still has everything) rather than let it stall the daemon
 ATTACH_QUEUE_MAX = 8 * 1024 * 1024
 STOPPED = "you cannot attach to a stopped container, start it first"
+LOG_FORMATS = ("json", "text")
+ECS_VERSION = "1.6.0"  # the version the ecs-logging libraries write
 
 
 def rfc3339nano(ns: int | None = None) -> str:
@@ -129,7 +138,9 @@ class CriLog:
     def _line(self, stream: str, tag: str, msg: bytes, stamp: str) -> None:
         self.f.write(f"{stamp} {stream} {tag} ".encode() + msg + b"\n")
         self.size += len(msg) + 1
-        if self.size >= self.max_size:
+        # never after a P line: a reader of one file (Filebeat's harvester) joins a P to
+        # the line after it in that file, and a rotated file gets none
+        if self.size >= self.max_size and tag == "F":
             self.rotate()
 
     def rotate(self) -> None:
@@ -252,10 +263,19 @@ class Daemon:
         except NotFound:
             pass
         except MiniRunError as e:
-            log_line(f"the orphan {cid[:12]} was not removed: {e}")
+            log_line(f"the orphan {cid[:12]} was not removed: {e}", "error",
+                     {"id": cid}, "destroy")
             return
         self.keeper_call({"op": "forget", "id": cid})
-        log_line(f"removed the container {cid[:12]}, started after its removal")
+        log_line(f"removed the container {cid[:12]}, started after its removal",
+                 container={"id": cid}, action="destroy")
+
+    def ecs_container(self, cid: str) -> dict:
+        """The ECS container fields of a container, for its log lines: its id alone when
+        its record is gone."""
+        row = self.engine.db.execute("SELECT id, name, image FROM containers WHERE id = ?",
+                                     (cid,)).fetchone()
+        return ecs_container_of(dict(zip(("id", "name", "image"), row))) if row else {"id": cid}
 
     def take_over(self) -> None:
         """Just before the main loop: the keeper stops reading the pipes and hands over
@@ -398,6 +418,10 @@ class Daemon:
                     self.engine.record_event("stopped", cid,
                                              json.loads(rec["options"]).get("pod") or None,
                                              exit_code=status, reason=reason)
+        if rec is not None:
+            log_line(f"{rec['name']} exited with code {status}" +
+                     (f" ({reason})" if reason else ""), container=ecs_container_of(rec),
+                     action="oom" if reason == "OOMKilled" else "die")
         st = self.stdio.pop(cid, None)
         if st is not None:
             st.close_input()
@@ -426,7 +450,8 @@ class Daemon:
             if self.engine._has_endpoint(cid):
                 self.engine.networks.release(cid)
         except Exception as e:  # noqa: BLE001 - one container's trouble
-            log_line(f"release of the network of {cid[:12]} failed: {e}")
+            log_line(f"release of the network of {cid[:12]} failed: {e}", "error",
+                     self.ecs_container(cid), "disconnect")
 
     def remove(self, cid: str) -> None:
         """`run -d --rm`: everything goes once it has exited (files, snapshot, network
@@ -436,7 +461,8 @@ class Daemon:
         try:
             self.engine._remove_everything(cid, ImageStore(self.engine.root))
         except Exception as e:  # noqa: BLE001 - one container's trouble
-            log_line(f"removal of {cid[:12]} (--rm) failed: {e}")
+            log_line(f"removal of {cid[:12]} (--rm) failed: {e}", "error",
+                     self.ecs_container(cid), "destroy")
 
     def schedule_restart(self, cid: str, rec: dict) -> None:
         """docker's back-off: the first restart after 100 ms, each one in a row after
@@ -472,7 +498,8 @@ class Daemon:
             try:
                 self.restart(cid)
             except Exception as e:  # noqa: BLE001 - one container's trouble
-                log_line(f"restart of {cid[:12]} failed: {type(e).__name__}: {e}")
+                log_line(f"restart of {cid[:12]} failed: {type(e).__name__}: {e}", "error",
+                         self.ecs_container(cid), "restart")
         return None
 
     def restart(self, cid: str) -> None:
@@ -503,7 +530,8 @@ class Daemon:
             try:
                 self.on_exit(cid, status)
             except Exception as e:  # noqa: BLE001 - one container's trouble
-                log_line(f"error: handling the exit of {cid[:12]}: {type(e).__name__}: {e}")
+                log_line(f"error: handling the exit of {cid[:12]}: {type(e).__name__}: {e}",
+                         "error", self.ecs_container(cid), "die")
 
     def resume_restarts(self) -> None:
         """Containers whose restart was pending when the last daemon died: their exit
@@ -523,7 +551,7 @@ class Daemon:
                         self.engine.should_restart(rec, rec["exit_code"] or 0):
                     self.schedule_restart(cid, rec)
         except Exception as e:  # noqa: BLE001 - never a reason not to serve
-            log_line(f"pending restarts not resumed: {type(e).__name__}: {e}")
+            log_line(f"pending restarts not resumed: {type(e).__name__}: {e}", "error")
 
     def start(self, cid: str, on_started=None) -> int:
         """Start the container in the keeper; a -t container gets a new pty, a -i one
@@ -544,6 +572,8 @@ class Daemon:
             self.engine._update(cid, status="running", pid=reply["pid"],
                                 started=time.time(), exit_code=None, reason="")
             self.engine.record_event("started", cid, opts.get("pod") or None)
+        log_line(f"started {cid[:12]} (pid {reply['pid']})", container=self.ecs_container(cid),
+                 action="start")
         self.adopt(cid, fds, reply.get("streams", ["stdout", "stderr"]))
         if on_started is not None:
             on_started()
@@ -621,7 +651,8 @@ class Daemon:
         client.queue.append(msg)
         client.queued += len(msg)
         if client.queued > ATTACH_QUEUE_MAX:
-            log_line(f"attach to {client.cid[:12]}: the client reads too slowly; dropped it")
+            log_line(f"attach to {client.cid[:12]}: the client reads too slowly; dropped it",
+                     "warning", self.ecs_container(client.cid), "attach")
             self.detach(client)
             return
         self.sel.modify(client.conn, selectors.EVENT_READ | selectors.EVENT_WRITE,
@@ -673,7 +704,8 @@ class Daemon:
             try:
                 ctr.kill(self.engine.oci_root, cid, signum)
             except MiniRunError as e:
-                log_line(f"kill {signum} of {cid[:12]}: {e}")
+                log_line(f"kill {signum} of {cid[:12]}: {e}", "warning",
+                         self.ecs_container(cid), "kill")
 
     def close_stdin(self, cid: str) -> None:
         """An attached client's EOF: every write end of the pipe goes (the client has
@@ -751,7 +783,7 @@ class Daemon:
                     if self.dispatch(key, events, listener) is False:
                         return
                 except Exception as e:  # noqa: BLE001 - one container's trouble
-                    log_line(f"error: {type(e).__name__}: {e}")
+                    log_line(f"error: {type(e).__name__}: {e}", "error")
 
     def bind_metrics(self, made_lock: str | None):
         """The metrics endpoint's socket, bound before anything is started or written; on
@@ -788,9 +820,10 @@ class Daemon:
         try:
             known = {r["id"] for r in self.engine.records()}
             for cid in self.engine.networks.recover(known):
-                log_line(f"cleaned the network of the vanished container {cid[:12]}")
+                log_line(f"cleaned the network of the vanished container {cid[:12]}",
+                         container={"id": cid}, action="disconnect")
         except Exception as e:  # noqa: BLE001 - never a reason not to serve
-            log_line(f"network recovery failed: {e}")
+            log_line(f"network recovery failed: {e}", "error")
 
     def dispatch(self, key, events: int, listener) -> bool:
         """Handle one ready key; False when the daemon must stop (the keeper is gone)."""
@@ -816,19 +849,57 @@ class Daemon:
             for fd in fds:
                 os.close(fd)
             if msg is None:
-                log_line("the keeper went away; exiting")
+                log_line("the keeper went away; exiting", "warning")
                 return False
             if "event" in msg:
                 self.exits.append((msg["id"], msg["status"]))
         return True
 
 
-def log_line(msg: str) -> None:
-    """The daemon's own log: JSON lines with Elastic Common Schema names."""
-    import json
+_log_format: str | None = None  # the daemon's --log-format; None: MINIRUN_LOG_FORMAT or json
 
-    sys.stderr.write(json.dumps({"@timestamp": rfc3339nano(), "log.level": "info",
-                                 "message": msg, "process.pid": os.getpid()}) + "\n")
+
+def set_log_format(fmt: str | None) -> None:
+    global _log_format
+    _log_format = fmt
+
+
+def log_format() -> str:
+    """json or text: the daemon's --log-format, else MINIRUN_LOG_FORMAT, else json."""
+    fmt = _log_format or os.environ.get("MINIRUN_LOG_FORMAT") or "json"
+    if fmt not in LOG_FORMATS:
+        raise MiniRunError(f"MINIRUN_LOG_FORMAT={fmt!r}: want json or text")
+    return fmt
+
+
+def ecs_container_of(rec: dict) -> dict:
+    return {"id": rec["id"], "name": rec.get("name"), "image": rec.get("image")}
+
+
+def log_line(msg: str, level: str = "info", container: dict | None = None,
+             action: str | None = None) -> None:
+    """A line of the daemon's own log (see the module's docstring). `container`: id, and
+    name and image where known; `action`: docker's name of what happened (start, die,
+    destroy, ...)."""
+    if _log_format == "text":
+        who = ""
+        if container:
+            who = f" container={container.get('name') or container['id'][:12]}"
+        sys.stderr.write(f"{rfc3339nano()} {level}{who} {msg}\n")
+    else:
+        doc: dict = {"@timestamp": rfc3339nano(), "log.level": level, "message": msg,
+                     "ecs.version": ECS_VERSION}
+        if container:
+            fields = {"id": container["id"]}
+            if container.get("name"):
+                fields["name"] = container["name"]
+            if container.get("image"):
+                fields["image"] = {"name": container["image"]}
+            doc["container"] = fields
+        if action:
+            doc["event"] = {"action": action}
+        doc["process"] = {"pid": os.getpid()}
+        sys.stderr.write(json.dumps(doc) + "\n")
     sys.stderr.flush()
 
 
@@ -851,8 +922,11 @@ def wait_for_socket(path: str, timeout: float = 15.0):
 
 
 def daemon_argv(engine, metrics_addr: str | None = None) -> list[str]:
+    """How a daemon is started: on demand, and by the keeper when one dies (with this
+    daemon's log format and metrics address, so the one after it does the same)."""
     return [sys.executable, "-m", "minirun.cli", "daemon", "--root", engine.root,
-            "--run-root", engine.run_root] + (["--metrics", metrics_addr] if metrics_addr else [])
+            "--run-root", engine.run_root, "--log-format", log_format()] + \
+        (["--metrics", metrics_addr] if metrics_addr else [])
 
 
 def revive(engine) -> None:

@@ -14,6 +14,13 @@ A sample (cgroup_sample) is a dict:
   pids         pids.current
   blkio_read, blkio_write   bytes read and written (io_service_bytes / io.stat)
   blkio_devices   the same per device: {(major, minor): (read, write)}
+and, for the Docker Engine API's stats document (minirun/monitor/stats.py):
+  version      the cgroup version, 1 or 2
+  cpu          the driver's cpu stats (usage total/kernel/user, percpu on v1, throttling)
+  memory       the driver's memory stats: usage {usage, max, limit, failcnt}, raw
+               (memory.stat as read)
+  pids_limit   pids.max, 0 when unlimited
+  blkio        io service bytes and ios per device and op, as the driver reports them
 """
 
 from __future__ import annotations
@@ -77,6 +84,11 @@ def cgroup_sample(cg) -> dict | None:
         "blkio_read": _blkio_total(stats, "read"),
         "blkio_write": _blkio_total(stats, "write"),
         "blkio_devices": _blkio_devices(stats),
+        "version": getattr(cg, "version", 0),
+        "cpu": stats.get("cpu") or {},
+        "memory": memory,
+        "pids_limit": (stats.get("pids") or {}).get("limit", 0),
+        "blkio": stats.get("blkio") or {},
     }
 
 
@@ -98,9 +110,9 @@ def _blkio_devices(stats: dict) -> dict[tuple[int, int], tuple[int, int]]:
 
 
 def read_net_dev(netns: str) -> dict[str, dict[str, int]] | None:
-    """Per interface rx/tx bytes and errors in the netns at `netns`, from net/dev as this
-    thread sees it after joining that netns (and coming back, as minirun/network/netns.py
-    does); None when the netns is gone."""
+    """Per interface rx/tx bytes, packets, errors and drops in the netns at `netns`, from
+    net/dev as this thread sees it after joining that netns (and coming back, as
+    minirun/network/netns.py does); None when the netns is gone."""
     from .. import sys as msys
 
     try:
@@ -126,9 +138,18 @@ def read_net_dev(netns: str) -> dict[str, dict[str, int]] | None:
         fields = rest.split()
         if len(fields) < 16:
             continue
-        out[name.strip()] = {"rx_bytes": int(fields[0]), "rx_errors": int(fields[2]),
-                             "tx_bytes": int(fields[8]), "tx_errors": int(fields[10])}
+        out[name.strip()] = parse_net_dev_fields(fields)
     return out
+
+
+def parse_net_dev_fields(fields: list[str]) -> dict[str, int]:
+    """One interface's counters from the 16 numbers of its net/dev line (rx: bytes
+    packets errs drop fifo frame compressed multicast, then tx: bytes packets errs drop
+    fifo colls carrier compressed), under the Docker API's names."""
+    return {"rx_bytes": int(fields[0]), "rx_packets": int(fields[1]),
+            "rx_errors": int(fields[2]), "rx_dropped": int(fields[3]),
+            "tx_bytes": int(fields[8]), "tx_packets": int(fields[9]),
+            "tx_errors": int(fields[10]), "tx_dropped": int(fields[11])}
 
 
 def tree_usage(paths: list[str]) -> tuple[int, int]:
