@@ -121,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     verb = 2 if argv[:2] == ["container", "run"] else 1 if argv[:1] == ["run"] else 0
     parsed = parse_run(argv[verb:]) if verb else None
-    if os.environ.get("MINIRUN_TRACE") == "1" or (parsed and parsed[1].get("trace")):
-        start_trace("run" if verb else next((a for a in argv if not a.startswith("-")), ""))
+    if parsed and parsed[1].get("trace") or \
+            os.environ.get("MINIRUN_TRACE") == "1" and parsed is not None:
+        start_trace("run")  # the click CLI's main starts it for the rest
     try:
         if parsed is None or parsed[1].get("detach") or \
                 parsed[1].get("restart", "no") != "no" or \
@@ -134,9 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         opts.pop("trace", None)
         return run_in_daemon(image, opts)
     finally:
-        tracing = sys.modules.get("minirun.monitor.trace")
-        if tracing is not None:
-            tracing.finish()  # the waterfall, after the container's own output
+        finish_trace()
+
+
+def finish_trace() -> None:
+    """The waterfall (after the container's own output) and the OTLP export, if tracing."""
+    tracing = sys.modules.get("minirun.monitor.trace")
+    if tracing is not None:
+        tracing.finish()
 
 
 def start_trace(verb: str) -> None:

@@ -18,6 +18,9 @@ timeout so that a stuck child is an error, never a hang.
   I -> P  {"ready": true}            I is set up and waits on the fifo
   * -> P  {"error": "..."}           setup failed; P cleans up
 
+When tracing (minirun/monitor/trace.py), {"pid"} and {"ready"} also carry
+"trace": the spans C and I finished, which P adopts.
+
 Everything the children need is imported at module load: after pivot_root the host's
 files are gone, and the children never re-execute the runtime or the interpreter
 (CVE-2019-5736).
@@ -228,9 +231,9 @@ def _create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> C
     if (cfg.get("linux") or {}).get("seccomp"):
         # Checked and compiled to BPF here, before anything exists: the init only loads
         # it. Imported here so that configs without a profile do not pay for the module.
-        from . import seccomp
-
         with spans.span("seccomp compile"):
+            from . import seccomp
+
             seccomp_filter = seccomp.compile_profile(cfg["linux"]["seccomp"],
                                                      opts.seccomp_cache)
         if seccomp_filter is not None:

@@ -2,12 +2,13 @@
 
 Off by default; on with `minirun run --trace`, or MINIRUN_TRACE=1 for any verb of
 `minirun` and `minirun-oci`. Off, each instrumented step costs one call that reads the
-module flag ON (measured: bench/README.md, "Tracing"); nothing is allocated.
+module flag ON, 0.1 to 0.25 us (bench/trace_cost.py); nothing is allocated.
 
 A span is [name, start_ns, end_ns, id, parent_id, attrs]: times on CLOCK_MONOTONIC,
 which every process on the host shares, so a step that begins in one process and ends in
-a forked child (the fork, the init's fork) needs no conversion. The wall clock is read
-once (ANCHOR) to place the spans in time for OTLP. Ids are "<pid>.<n>", unique among the
+a forked child (the fork, the init's fork) needs no conversion (a joined time namespace
+with offsets would shift the init's; minirun refuses linux.timeOffsets). The wall clock
+is read once (ANCHOR) to place the spans in time for OTLP. Ids are "<pid>.<n>", unique among the
 processes of one start (the container's init is pid 1 in its namespace, no other is);
 the exporter maps them to OTLP's 8-byte ids.
 
@@ -44,6 +45,8 @@ _pid = os.getpid() if ON else 0
 _ids = 0
 _remote_parent: str | None = None  # the parent of this process's outermost spans
 _root: list | None = None
+# a process traced for long (a server started with MINIRUN_TRACE=1) keeps at most these
+MAX_SPANS = 10_000
 
 
 def enable(remote_parent: str | None = None) -> None:
@@ -98,7 +101,8 @@ def end(span: list | None, **attrs) -> None:
         span[5] = {**span[5], **attrs}
     if span in _open:
         _open.remove(span)
-    _done.append(span)
+    if len(_done) < MAX_SPANS:
+        _done.append(span)
 
 
 def forget(span: list | None) -> None:
@@ -196,9 +200,11 @@ def end_root(**attrs) -> None:
 def finish(stream=None) -> list[list]:
     """At the verb's end: the waterfall on stderr and, when an endpoint is set, OTLP.
     Returns the spans (empty when tracing is off)."""
+    global _root
     if not ON or _root is None:
         return []
     end_root()
+    _root = None
     spans = take()
     write = stream.write if stream is not None else _write_stderr
     write(waterfall(spans))
@@ -206,7 +212,10 @@ def finish(stream=None) -> list[list]:
             os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         from .otlp import export
 
-        export(spans, ANCHOR)
+        try:
+            export(spans, ANCHOR)
+        except Exception as e:  # noqa: BLE001 - the export never fails the verb
+            _write_stderr(f"minirun: trace: OTLP export failed: {type(e).__name__}: {e}\n")
     return spans
 
 
