@@ -134,6 +134,33 @@ def test_oci_run_create_start_with_minirun_trace(oci, rootfs):
     assert oci("delete", cid).stderr == ""
 
 
+def test_a_pull_on_the_way_is_a_step(engine, tmp_path):
+    """A run of an image not here yet: the pull is the client's step before the prepare."""
+    from registry import Layout, Registry, skopeo_copy
+
+    tar = os.path.join(engine.top, "busybox.tar")  # what the engine fixture imported
+    with open(tar, "rb") as f:
+        blob = gzip.compress(f.read(), mtime=0)
+    layout = Layout(str(tmp_path / "layout"))
+    layout.tag_image("busybox", layout.image(
+        [], layer_blobs=[(blob, "application/vnd.oci.image.layer.v1.tar+gzip")]))
+    reg = Registry(str(tmp_path), str(tmp_path / "storage")).start()
+    try:
+        skopeo_copy(f"oci:{layout.path}:busybox", f"docker://{reg.host}/traced:1",
+                    "--preserve-digests")
+        proc = client(engine, "run", "--rm", "--trace", "--network", "none",
+                      f"{reg.host}/traced:1", "true")
+    finally:
+        reg.stop()
+        engine("rmi", f"{reg.host}/traced:1")
+    assert proc.returncode == 0, proc.stderr
+    waterfall = proc.stderr[proc.stderr.index("minirun run "):]
+    rows = parse_waterfall(waterfall)
+    assert [(d, n) for d, n, _ in rows[:3]] == [(0, "minirun run"), (1, "pull"),
+                                                 (1, "prepare")]
+    check_durations(rows)
+
+
 def test_the_run_path_does_not_import_opentelemetry(engine):
     """Traced, without an endpoint: the waterfall, and no OpenTelemetry import."""
     proc = client(engine, "run", "--rm", "--trace", "--network", "none", "busybox", "true",
