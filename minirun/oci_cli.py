@@ -6,6 +6,10 @@ and this command is on every start driven by podman or containerd.
 
 Exit codes: 0 success; 1 any runtime error (as runc); 2 bad usage; `run` in the
 foreground exits with the container's status (128+N when killed by signal N).
+
+MINIRUN_TRACE=1: when the verb ends, the waterfall of its steps on stderr (and over OTLP
+with OTEL_EXPORTER_OTLP_ENDPOINT: minirun/monitor/trace.py); --debug prints each step's
+time as it happens.
 """
 
 from __future__ import annotations
