@@ -3,6 +3,7 @@ modules it calls."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -233,6 +234,18 @@ def usage_error_text(e: click.UsageError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
+    from .client import finish_trace, start_trace
+
+    argv = sys.argv[1:] if argv is None else argv
+    if os.environ.get("MINIRUN_TRACE") == "1":
+        start_trace(next((a for a in argv if not a.startswith("-")), ""))
+    try:
+        return _main(argv)
+    finally:
+        finish_trace()
+
+
+def _main(argv: list[str]) -> int:
     try:
         result = cli.main(args=argv, prog_name="minirun", standalone_mode=False)
     except MiniRunError as e:

@@ -143,9 +143,15 @@ def build_run_options(image, command, volumes, remove, kw):
 @click.command(context_settings={"allow_interspersed_args": False,
                                  "help_option_names": ["--help"]})  # -h is --hostname
 @run_options
+@click.option("--trace", is_flag=True,
+              help="where the start's time went, on stderr at the end (also MINIRUN_TRACE=1)")
 def run(root, image, command, volumes, remove, **kw) -> None:
     """Run a command in a new container from IMAGE."""
     policy = kw.pop("pull_policy")
+    if kw.pop("trace"):
+        from .client import start_trace
+
+        start_trace("run")
     try:
         opts = build_run_options(image, command, volumes, remove, kw)
         from .engine import check_run_options
@@ -157,7 +163,11 @@ def run(root, image, command, volumes, remove, **kw) -> None:
     pull_image(root, image, policy)
     try:
         if opts.detach:
-            click.echo(_engine(root, revive=False).run_detached(image, opts))
+            cid = _engine(root, revive=False).run_detached(image, opts)
+            from .client import end_trace
+
+            end_trace(cid, image)
+            click.echo(cid)
             return
     except MiniRunError as e:
         click.echo(f"minirun: error: {e}", err=True)

@@ -8,6 +8,7 @@ import sys
 import click
 
 from .errors import InvalidArgument, MiniRunError, NotFound
+from .monitor import trace as spans
 
 
 @click.command()
@@ -139,6 +140,11 @@ def ensure_image(root: str | None, image: str, policy: str = "missing") -> None:
 
 def pull_with_docker_lines(store, image: str, announce: bool = False) -> None:
     """Pull IMAGE into `store` printing what docker prints to stderr."""
+    with spans.span("pull", **{"container.image.name": image}):
+        _pull_with_docker_lines(store, image, announce)
+
+
+def _pull_with_docker_lines(store, image: str, announce: bool) -> None:
     from .image import registry
     from .image.reference import parse_reference
 

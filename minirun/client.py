@@ -43,7 +43,8 @@ for _names, _field, _kind in (
         (("-P", "--publish-all"), "publish_all", "flag"), (("--dns",), "dns", "multi"),
         (("--dns-search",), "dns_search", "multi"), (("--dns-option",), "dns_option", "multi"),
         (("--add-host",), "add_host", "multi"), (("--userns",), "userns", "value"),
-        (("--log-opt",), "log_opts", "multi"), (("--pull",), "pull", "value")):
+        (("--log-opt",), "log_opts", "multi"), (("--pull",), "pull", "value"),
+        (("--trace",), "trace", "flag")):
     for _name in _names:
         RUN_OPTIONS[_name] = (_field, _kind)
 # flags docker reads in ways of their own (runflags: sizes, labels, --mount, ...): a run
@@ -120,13 +121,49 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     verb = 2 if argv[:2] == ["container", "run"] else 1 if argv[:1] == ["run"] else 0
     parsed = parse_run(argv[verb:]) if verb else None
-    if parsed is None or parsed[1].get("detach") or parsed[1].get("restart", "no") != "no" \
-            or parsed[1].get("pull", "missing") not in ("missing", "never"):
-        from .cli import main as cli_main
+    if parsed and parsed[1].get("trace") or \
+            os.environ.get("MINIRUN_TRACE") == "1" and parsed is not None:
+        start_trace("run")  # the click CLI's main starts it for the rest
+    try:
+        if parsed is None or parsed[1].get("detach") or \
+                parsed[1].get("restart", "no") != "no" or \
+                parsed[1].get("pull", "missing") not in ("missing", "never"):
+            from .cli import main as cli_main
 
-        return cli_main(argv)
-    image, opts = parsed
-    return run_in_daemon(image, opts)
+            return cli_main(argv)
+        image, opts = parsed
+        opts.pop("trace", None)
+        return run_in_daemon(image, opts)
+    finally:
+        finish_trace()
+
+
+def finish_trace() -> None:
+    """The waterfall (after the container's own output) and the OTLP export, if tracing."""
+    tracing = sys.modules.get("minirun.monitor.trace")
+    if tracing is not None:
+        tracing.finish()
+
+
+def start_trace(verb: str) -> None:
+    """--trace or MINIRUN_TRACE=1: the verb's spans, printed (and sent over OTLP) at its
+    end (minirun/monitor/trace.py; imported only then)."""
+    from .monitor import trace as spans
+
+    spans.enable()
+    spans.start_root(f"minirun {verb}".strip())
+
+
+def end_trace(cid: str, image: str) -> None:
+    """The run's span ends when its container has started (not when it exits)."""
+    tracing = sys.modules.get("minirun.monitor.trace")
+    if tracing is not None and tracing.ON:
+        tracing.end_root(**{"container.id": cid, "container.image.name": image})
+
+
+def _trace_parent() -> str | None:
+    tracing = sys.modules.get("minirun.monitor.trace")
+    return tracing.parent_id() if tracing is not None and tracing.ON else None
 
 
 def main_and_exit() -> None:
@@ -197,7 +234,8 @@ def _run(root: str | None, run_root: str | None, image: str, opts: dict,
         # or seccomp profile and MINIRUN_* settings mean is the caller's, not the daemon's
         proto.send(conn, {"op": "run", "root": root, "image": image, "opts": opts,
                           "env": dict(os.environ), "cwd": _cwd(),
-                          "console_size": _terminal_size() if opts.get("tty") else None})
+                          "console_size": _terminal_size() if opts.get("tty") else None,
+                          "trace": _trace_parent()})
         reply, fds = proto.recv(conn)
     except OSError as e:
         return _fail(f"the minirun daemon: {e.strerror or e}", EXIT_ENGINE)
@@ -211,6 +249,11 @@ def _run(root: str | None, run_root: str | None, image: str, opts: dict,
             conn.close()
             raise ImageMissing(image)
         return _fail(reply["error"], EXIT_BY_KIND.get(reply.get("kind"), EXIT_ENGINE))
+    if "trace" in reply:
+        from .monitor import trace as spans
+
+        spans.adopt(reply["trace"])
+        end_trace(reply.get("id", ""), image)
     conn.settimeout(None)
     sock = conn
     for signum in early:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from .errors import (AlreadyExists, ContainerStateError, InvalidArgument, MiniRunError,
                      NotFound)
+from .monitor import trace as spans
 
 DEFAULT_ROOT = "/var/lib/minirun"
 DEFAULT_RUN_ROOT = "/run/minirun"
@@ -517,13 +518,21 @@ class Engine:
 
     def prepare(self, image_ref: str, opts: RunOptions) -> str:
         """The record, the overlay snapshot and config.json of a new container."""
+        with spans.span("prepare", **{"container.image.name": image_ref}) as span:
+            cid = self._prepare(image_ref, opts)
+            if span is not None:
+                span[5]["container.id"] = cid
+            return cid
+
+    def _prepare(self, image_ref: str, opts: RunOptions) -> str:
         from .image.store import ImageStore
 
         security = parse_security_opts(opts.security_opt)
         security.no_new_privileges = security.no_new_privileges or opts.no_new_privileges
         checked = self._check_options(opts)
         store = ImageStore(self.root)
-        image = store.get(image_ref)
+        with spans.span("image resolve"):
+            image = store.get(image_ref)
         cid = os.urandom(32).hex()  # secrets would import hashlib and OpenSSL: 6 ms
         name = opts.name
         if name is not None and (not set(name) <= NAME_CHARS or not name[:1].isalnum()):
@@ -537,14 +546,18 @@ class Engine:
             opts.volumes = name_anonymous_volumes(opts.volumes)
         name = self._insert_named(cid, name, image_ref, image.id, args, opts)
         try:
-            rootfs = store.snapshot(image, cid, idmap=idmap)
+            with spans.span("snapshot"):
+                rootfs = store.snapshot(image, cid, idmap=idmap)
             bundle = os.path.join(self.root, "containers", cid)
-            net = self._network(cid, name, config, opts)
+            with spans.span("network", network=opts.network or "bridge"):
+                net = self._network(cid, name, config, opts)
+            config_span = spans.begin("config")
             cfg = self._oci_config(cid, config, args, rootfs, bundle, opts, security, net,
                                    checked)
             self._apply_userns(cfg, idmap, bundle, rootfs)
             with open(os.path.join(bundle, "config.json"), "w") as f:
                 f.write(json.dumps(cfg))  # dumps is C; dump the pure-Python encoder: 2 ms
+            spans.end(config_span)
             with self.db:  # one transaction: the record's state and its event
                 self.db.execute("BEGIN")
                 self._update(cid, status="created",
@@ -1057,7 +1070,9 @@ class Engine:
     def _start_in_daemon(self, cid: str) -> None:
         from .daemon.server import request
 
-        reply = request(self, {"op": "start", "id": cid})
+        reply = request(self, {"op": "start", "id": cid, "trace": spans.parent_id()}
+                        if spans.ON else {"op": "start", "id": cid})
+        spans.adopt(reply.get("trace"))
         if "error" in reply:  # its kind: a missing program is 127 to `run -d`, as docker's
             from .daemon.proto import reply_error
 

@@ -6,6 +6,10 @@ and this command is on every start driven by podman or containerd.
 
 Exit codes: 0 success; 1 any runtime error (as runc); 2 bad usage; `run` in the
 foreground exits with the container's status (128+N when killed by signal N).
+
+MINIRUN_TRACE=1: when the verb ends, the waterfall of its steps on stderr (and over OTLP
+with OTEL_EXPORTER_OTLP_ENDPOINT: minirun/monitor/trace.py); --debug prints each step's
+time as it happens.
 """
 
 from __future__ import annotations
@@ -193,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.help or not args.verb:
         print(USAGE, file=sys.stdout if args.help else sys.stderr)
         return 0 if args.help else 2
+    if os.environ.get("MINIRUN_TRACE") == "1":  # the verb's waterfall when it ends
+        from .monitor import trace as spans
+
+        cid = getattr(args, "id", None)
+        spans.start_root(f"minirun-oci {args.verb}", **({"container.id": cid} if cid else {}))
     try:
         if args.systemd_cgroup:
             raise InvalidArgument("--systemd-cgroup is not supported: minirun manages cgroupfs "
@@ -207,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         return 255 if args.verb == "exec" else e.exit_code
     except KeyboardInterrupt:
         return 130
+    finally:
+        spans = sys.modules.get("minirun.monitor.trace")
+        if spans is not None:
+            spans.finish()
 
 
 def _dispatch(args) -> int | None:
@@ -237,7 +250,11 @@ def _dispatch(args) -> int | None:
         container.enable_trace()
     root = _root(args)
     if verb in ("create", "run", "exec"):
+        spans = sys.modules.get("minirun.monitor.trace")
+        imports = spans.begin("import runtime") if spans else None
         from . import runtime
+
+        runtime.spans.end(imports)
 
         if verb == "create":
             runtime.create(root, args.id, args.bundle, _create_opts(args))
@@ -302,6 +319,7 @@ def _run(runtime, root: str, args) -> int:
         if proxy:
             proxy.receive_master()
         runtime.start(root, args.id)
+        runtime.spans.end_root()  # the waterfall is the start's; printed at the exit
         runtime.trace("run: started")
         if proxy:
             status = proxy.run_until_exit(c.pid)

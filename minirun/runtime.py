@@ -18,6 +18,9 @@ timeout so that a stuck child is an error, never a hang.
   I -> P  {"ready": true}            I is set up and waits on the fifo
   * -> P  {"error": "..."}           setup failed; P cleans up
 
+When tracing (minirun/monitor/trace.py), {"pid"} and {"ready"} also carry
+"trace": the spans C and I finished, which P adopts.
+
 Everything the children need is imported at module load: after pivot_root the host's
 files are gone, and the children never re-execute the runtime or the interpreter
 (CVE-2019-5736).
@@ -74,6 +77,7 @@ from .errors import (AlreadyExists, ContainerStateError, ExecutableNotFound, Hoo
                      NotExecutable, NotFound)
 from .mounts import (RootfsBuilder, close_fds, count_mounts_at, is_bind, make_in_root,
                      open_bind_sources, setup_console_mount)
+from .monitor import trace as spans
 from .namespaces import NamespacePlan, write_id_maps
 from . import security
 from . import spec as _spec
@@ -195,11 +199,17 @@ def _check_sysctl(key: str, types: set) -> None:
 
 def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Container:
     """Create a container and leave its init blocked before execve. Returns its state."""
+    with spans.span("create", **{"container.id": container_id}):
+        return _create(root, container_id, bundle, opts)
+
+
+def _create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Container:
     validate_id(container_id)
     bundle = os.path.abspath(bundle)
     trace("create: begin")
-    cfg = _spec.load_config(bundle)
-    _check_supported(cfg)
+    with spans.span("config load"):
+        cfg = _spec.load_config(bundle)
+        _check_supported(cfg)
     trace("create: config loaded")
     if not cfg.get("process"):
         raise InvalidSpec("config.json: process is required to create a container")
@@ -221,9 +231,11 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
     if (cfg.get("linux") or {}).get("seccomp"):
         # Checked and compiled to BPF here, before anything exists: the init only loads
         # it. Imported here so that configs without a profile do not pay for the module.
-        from . import seccomp
+        with spans.span("seccomp compile"):
+            from . import seccomp
 
-        seccomp_filter = seccomp.compile_profile(cfg["linux"]["seccomp"], opts.seccomp_cache)
+            seccomp_filter = seccomp.compile_profile(cfg["linux"]["seccomp"],
+                                                     opts.seccomp_cache)
         if seccomp_filter is not None:
             # As runc's debug log: names libseccomp does not know here are skipped.
             trace(f"create: seccomp compiled, {len(seccomp_filter)} BPF instructions, "
@@ -235,6 +247,7 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
     c = Container(root, container_id)
     if os.path.exists(c.dir):
         raise AlreadyExists(f"container with id {container_id!r} already exists")
+    cgroup_span = spans.begin("cgroup")
     target = open_cgroup(resolve_path(linux.get("cgroupsPath"), container_id),
                          rootless=rootless)
     preexisting = _check_target_cgroup(target)
@@ -274,6 +287,7 @@ def create(root: str, container_id: str, bundle: str, opts: CreateOptions) -> Co
         if not rootless:
             resources.setdefault("devices", [])
         cg.apply(resources)
+        spans.end(cgroup_span)
         trace("create: cgroup ready")
         plan = NamespacePlan(linux.get("namespaces") or [])
         os.mkfifo(c.fifo, 0o600)
@@ -338,8 +352,10 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     _sys.prctl(_sys.PR_SET_CHILD_SUBREAPER, 1, name="prctl(PR_SET_CHILD_SUBREAPER)")
     linux = cfg.get("linux") or {}
+    fork = spans.begin("fork")
     pid = cg.fork()  # C starts in the cgroup2 hierarchy, if any, without a move
     if pid == 0:
+        spans.child(fork)
         parent_sock.close()
         code = 1
         try:
@@ -349,6 +365,7 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
         except BaseException as e:
             _report_error(child_sock, e)
         os._exit(code)
+    spans.forget(fork)
     child_sock.close()
     init_pid = 0
     listener = None
@@ -375,6 +392,7 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
                 finally:
                     close_fds(fds)
             elif "pid" in msg:
+                spans.adopt(msg.get("trace"))
                 init_pid = msg["pid"]
                 c.data["pid"] = init_pid
                 c.data["start_time"] = proc_start_time(init_pid)
@@ -389,6 +407,7 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
             elif "seccompFd" in msg:
                 listener = passed
             elif msg.get("ready"):
+                spans.adopt(msg.get("trace"))
                 trace("create: init ready")
                 return init_pid
             if listener is not None and init_pid:  # the fd may come before C's word on I's pid
@@ -467,8 +486,10 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
     _sys.prctl(_sys.PR_SET_DUMPABLE, 0, name="prctl(PR_SET_DUMPABLE)")
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL, name="prctl(PR_SET_PDEATHSIG)")
     if not c.data.get("rootless") or cg.exists():
-        cg.add_pid(0)
+        with spans.span("cgroup join"):
+            cg.add_pid(0)
     trace("child: in cgroup")
+    namespaces = spans.begin("namespaces")
     plan.join_all()
     # Opened while we are still the host's root (a user namespace would lock us out of
     # the state dir); read-write so that the open does not block and `start` can tell
@@ -498,14 +519,17 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
             # As runc (its "loopback" network for a netns it makes): lo is up, so that
             # services on 127.0.0.1 work in a container that has no other interface.
             _sys.link_up("lo")
+    spans.end(namespaces)
     trace("child: namespaces entered")
     source_fds = {}
     if _wants_bind_source_fds(cfg, plan, c):
         _send(sock, {"mount_sources": True})
         msg, fds = _recv_fds(sock)
         source_fds = dict(zip(msg["sources"], fds))
+    fork = spans.begin("fork init")
     pid = os.fork()
     if pid == 0:
+        spans.child(fork)
         code = 1
         try:
             _init(c, cfg, rootfs, bundle, cg, plan, caps, rlimits, console, opts, sock,
@@ -513,8 +537,9 @@ def _first_child(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits,
         except BaseException as e:
             _report_error(sock, seccomp_filter.blame(e) if seccomp_filter else e)
         os._exit(code)
+    spans.forget(fork)
     close_fds(source_fds)
-    _send(sock, {"pid": pid})
+    _send(sock, {"pid": pid, "trace": spans.take()} if spans.ON else {"pid": pid})
 
 
 def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, console, opts,
@@ -535,7 +560,8 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     if not opts.no_new_keyring:
         _sys.join_session_keyring(f"_ses.{c.id}")
     trace("init: forked")
-    builder.prepare()
+    with spans.span("mounts"):
+        builder.prepare()
     trace("init: mounts done")
     if hooks.get("prestart") or hooks.get("createRuntime"):
         _send(sock, {"hooks": "createRuntime"})
@@ -544,6 +570,7 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
         # in the container's mount namespace, before pivot_root, from the rootfs: runc's
         # init is there when it runs them
         run_hooks(hooks, ("createContainer",), c.hook_state("created"), cwd=rootfs)
+    pivot = spans.begin("pivot_root")
     builder.pivot(no_pivot=opts.no_pivot)
     # As runc: a missing cwd is made before the root turns read-only, and sysctls are
     # written before readonlyPaths (the default spec's included) make /proc/sys read-only.
@@ -557,6 +584,7 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     if console is not None:
         console.close()
     builder.finish()
+    spans.end(pivot)
     trace("init: pivoted, paths masked")
 
     if plan.has("uts"):
@@ -568,12 +596,13 @@ def _init(c, cfg, rootfs, bundle, cg, plan: NamespacePlan, caps, rlimits, consol
     if linux.get("personality"):
         _sys.personality(linux["personality"]["domain"])
     # The seccomp filter is loaded in there, and from then on each step is named for it.
-    exe, env, user = prepare_process(process, caps, rlimits, seccomp_filter, sock)
+    with spans.span("process"):
+        exe, env, user = prepare_process(process, caps, rlimits, seccomp_filter, sock)
     step = _step_recorder(seccomp_filter)
 
     trace("init: ready")
     step("sendto (the ready message)")
-    _send(sock, {"ready": True})
+    _send(sock, {"ready": True, "trace": spans.take()} if spans.ON else {"ready": True})
     step("close")
     sock.close()
     # Blocks until `start` writes to the fifo (or forever, like runc, if nobody does).
@@ -622,7 +651,8 @@ def _step_recorder(seccomp_filter):
 def load_seccomp(seccomp_filter, sock: socket.socket) -> None:
     """Load the filter; a notifying one's listener fd goes to P at once, since any call
     the filter sends to the agent waits until the agent has it."""
-    listener = seccomp_filter.install()
+    with spans.span("seccomp"):
+        listener = seccomp_filter.install()
     if listener is None:
         return
     seccomp_filter.step("sendmsg (the seccomp listener fd)")

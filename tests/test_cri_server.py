@@ -273,13 +273,16 @@ def test_stop_and_restart_keeps_serving(cri):
                                   ["minirun.client", "run", "--help"],
                                   ["minirun.oci_cli", "--help"]])
 def test_the_run_path_does_not_import_grpc(argv):
+    """Nor OpenTelemetry (run --trace's exporter), even with an endpoint configured: it
+    is imported only when tracing is on (tests/test_trace.py)."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", *argv], cwd=REPO,
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env=dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9"))
     assert proc.returncode == 0, proc.stderr
     imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
                 if line.startswith("import time:")]
     assert "click" in imported or "minirun" in imported  # the witness works
-    assert not [m for m in imported if m.split(".")[0] in ("grpc", "google")]
+    assert not [m for m in imported if m.split(".")[0] in ("grpc", "google", "opentelemetry")]
 
 
 # --- CriServer in this process: the wrapper ------------------------------------------------

@@ -1,9 +1,10 @@
 """A foreground `minirun run` in the daemon (the client is minirun/client.py).
 
-  CLI -> daemon  {"op": "run", "root", "image", "opts", "console_size"}
+  CLI -> daemon  {"op": "run", "root", "image", "opts", "console_size", "trace"}
                  opts: RunOptions' fields; console_size: [rows, cols] of the client's
-                 terminal, for a -t container
-                 <- {"ok": true, "id", "tty", "stdin"} + [pty master | stdin pipe]
+                 terminal, for a -t container; trace (run --trace): the client's span
+                 id, for the spans of the prepare and start (minirun/monitor/trace.py)
+                 <- {"ok": true, "id", "tty", "stdin", "trace"} + [pty master | stdin pipe]
                     | {"error", "kind"}  (kind: the MiniRunError class, for 125/126/127)
                  then as an attach (server.py): the output as stream messages until the
                  exit status; the client may send {"op": "close_stdin"} and
@@ -30,10 +31,16 @@ import contextlib
 import os
 
 from ..errors import MiniRunError
+from ..monitor import trace as spans
 
 
 def handle_run(daemon, conn, msg: dict) -> None:
     """Make, start and attach: the reply goes out once the container is started."""
+    with spans.serving(msg.get("trace")):
+        _handle_run(daemon, conn, msg)
+
+
+def _handle_run(daemon, conn, msg: dict) -> None:
     from ..engine import RunOptions, check_run_options
     from ..image.store import ImageStore
 
@@ -106,8 +113,10 @@ def attach_starter(daemon, conn, cid: str) -> None:
     st = daemon.stdio[cid]
     stdin = st.interactive and st.input_fd is not None
     fds = [st.input_fd] if stdin or st.tty else []
+    reply = {"ok": True, "id": cid, "tty": st.tty, "stdin": stdin}
+    if spans.ON:
+        reply["trace"] = spans.take()
     try:
-        daemon.add_client(conn, cid, {"ok": True, "id": cid, "tty": st.tty, "stdin": stdin},
-                          fds)
+        daemon.add_client(conn, cid, reply, fds)
     except OSError:
         pass  # the client died while we made the container: it runs on, as if detached

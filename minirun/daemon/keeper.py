@@ -2,8 +2,10 @@
 the stdin pipe of a -i container, the pty master of a -t one), and the one place exit
 statuses are learnt (see minirun/daemon/__init__.py).
 
-  daemon -> keeper  {"op": "start", "id", "oci_root", "bundle", "tty", "stdin"}
-                    <- {"ok": true, "pid", "status", "streams"} + fds | {"error"}
+  daemon -> keeper  {"op": "start", "id", "oci_root", "bundle", "tty", "stdin", "trace"?}
+                    <- {"ok": true, "pid", "status", "streams", "trace"?} + fds | {"error"}
+                    trace: the daemon's span id; the reply then has the spans of the
+                    create and start (minirun/monitor/trace.py)
   daemon -> keeper  {"op": "hello", "respawn": argv, "log": path}
                     <- {"held": {"id", "pid", "status", "streams"}} + fds, one per
                        container, then {"done"}
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import json
 import os
 import selectors
 import signal
@@ -90,6 +93,7 @@ class Held:
         self.status: int | None = None
         self.backlog: list[tuple[int, str, bytes]] = []  # read while no daemon was there
         self.backlog_bytes = 0
+        self.spans: list | None = None  # its start's, when the daemon asked (trace)
 
     def close(self, name: str | None = None) -> None:
         for stream in [name] if name else list(self.streams):
@@ -309,12 +313,15 @@ class Keeper:
                 self.starting = msg["id"]
                 try:
                     held = self.start(msg["id"], msg["oci_root"], msg["bundle"],
-                                      tty=bool(msg.get("tty")), stdin=bool(msg.get("stdin")))
+                                      tty=bool(msg.get("tty")), stdin=bool(msg.get("stdin")),
+                                      trace=msg.get("trace"))
                 finally:
                     self.starting = None
-                proto.send(conn, {"ok": True, "pid": held.pid, "status": held.status,
-                                  "streams": list(held.streams)},
-                           list(held.streams.values()))
+                reply = {"ok": True, "pid": held.pid, "status": held.status,
+                         "streams": list(held.streams)}
+                if held.spans:
+                    reply["trace"], held.spans = held.spans, None
+                proto.send(conn, reply, list(held.streams.values()))
             elif op == "close_stdin":
                 held = self.held.get(msg["id"])
                 if held:
@@ -348,7 +355,7 @@ class Keeper:
         held.backlog, held.backlog_bytes = [], 0
 
     def start(self, cid: str, oci_root: str, bundle: str, tty: bool = False,
-              stdin: bool = False) -> Held:
+              stdin: bool = False, trace: str | None = None) -> Held:
         """Create and start the container in a worker whose container init then becomes
         our child (we are a subreaper); its output goes to pipes we keep, or to a pty
         whose master we keep."""
@@ -373,7 +380,7 @@ class Keeper:
         res_r, res_w = os.pipe2(os.O_CLOEXEC)
         worker = os.fork()
         if worker == 0:
-            self._worker(cid, oci_root, bundle, ours, theirs, console, res_r, res_w)
+            self._worker(cid, oci_root, bundle, ours, theirs, console, res_r, res_w, trace)
         for fd in [*theirs.values(), res_w]:
             os.close(fd)
         if console is not None:
@@ -402,6 +409,8 @@ class Keeper:
         except FileNotFoundError:
             pass
         held = Held(cid, pid, ours)
+        if trace and "\n" in text:
+            held.spans = json.loads(text.partition("\n")[2])
         self.held[cid] = held
         self.by_pid[pid] = cid
         if self.buffering:
@@ -414,9 +423,12 @@ class Keeper:
 
     @staticmethod
     def _worker(cid: str, oci_root: str, bundle: str, ours: dict[str, int],
-                theirs: dict[int, int], console, res_r: int, res_w: int) -> None:
+                theirs: dict[int, int], console, res_r: int, res_w: int,
+                trace: str | None = None) -> None:
         """The forked worker: its stdio (the init inherits it) are the container's
-        pipes, /dev/null for what is not kept; with a tty the init replaces them."""
+        pipes, /dev/null for what is not kept; with a tty the init replaces them. With
+        `trace` its spans follow its result, a line of JSON (a few KiB: the pipe holds
+        them while we wait for its exit)."""
         code = 1
         try:
             for fd in [*ours.values(), res_r]:
@@ -426,12 +438,18 @@ class Keeper:
                 os.dup2(theirs.get(fd, null), fd)
             from .. import container, runtime
             from ..layout import seccomp_cache_dir
+            from ..monitor import trace as spans
 
+            if trace:
+                spans.enable(trace)
             opts = runtime.CreateOptions(console_fd=console[1] if console else None,
                                          seccomp_cache=seccomp_cache_dir(bundle))
             c = runtime.create(oci_root, cid, bundle, opts)
             container.start(oci_root, cid)
-            os.write(res_w, f"ok {c.pid}".encode())
+            result = f"ok {c.pid}"
+            if trace:
+                result += "\n" + json.dumps(spans.take())
+            os.write(res_w, result.encode())
             code = 0
         except BaseException as e:  # noqa: BLE001
             os.write(res_w, f"error {type(e).__name__} {e}".encode())

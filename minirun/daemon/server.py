@@ -1,7 +1,9 @@
 """`minirun daemon`: serves the CLI, writes container logs, records exits, restarts.
 
   CLI -> daemon  {"op": "ping"}            <- {"ok": true, "pid"}
-  CLI -> daemon  {"op": "start", "id"}     <- {"ok": true, "pid"} | {"error"}
+  CLI -> daemon  {"op": "start", "id", "trace"?}  <- {"ok": true, "pid", "trace"?} | {"error"}
+                 trace: the caller's span id (minirun/monitor/trace.py); the reply
+                 then has the start's spans
   CLI -> daemon  {"op": "stop", "id"}      <- {"ok": true}: the user stops or removes
                  it: no restart policy applies from now on, a pending restart is off
   CLI -> daemon  {"op": "attach", "id", "stdin"}
@@ -58,6 +60,7 @@ import sys
 import time
 
 from ..errors import ContainerStateError, MiniRunError
+from ..monitor import trace as spans
 from . import foreground, proto
 
 # the bytes of output (not of the file: the CRI prefix is not counted) a log file holds
@@ -560,10 +563,13 @@ class Daemon:
         self.cancel_restart(cid)
         bundle = os.path.join(self.engine.root, "containers", cid)
         opts = self.run_options(cid)
-        reply, fds = self.keeper_call({"op": "start", "id": cid,
-                                       "oci_root": self.engine.oci_root, "bundle": bundle,
-                                       "tty": bool(opts.get("tty")),
-                                       "stdin": bool(opts.get("interactive"))})
+        start = spans.begin("start", **{"container.id": cid})
+        msg = {"op": "start", "id": cid, "oci_root": self.engine.oci_root, "bundle": bundle,
+               "tty": bool(opts.get("tty")), "stdin": bool(opts.get("interactive"))}
+        if spans.ON:
+            msg["trace"] = spans.parent_id()
+        reply, fds = self.keeper_call(msg)
+        spans.adopt(reply.get("trace"))
         if "error" in reply:
             raise proto.reply_error(reply)
         db = self.engine.db
@@ -572,6 +578,7 @@ class Daemon:
             self.engine._update(cid, status="running", pid=reply["pid"],
                                 started=time.time(), exit_code=None, reason="")
             self.engine.record_event("started", cid, opts.get("pod") or None)
+        spans.end(start)
         log_line(f"started {cid[:12]} (pid {reply['pid']})", container=self.ecs_container(cid),
                  action="start")
         self.adopt(cid, fds, reply.get("streams", ["stdout", "stderr"]))
@@ -596,7 +603,11 @@ class Daemon:
             if msg.get("op") == "ping":
                 proto.send(conn, {"ok": True, "pid": os.getpid()})
             elif msg.get("op") == "start":
-                proto.send(conn, {"ok": True, "pid": self.start(msg["id"])})
+                with spans.serving(msg.get("trace")):
+                    reply = {"ok": True, "pid": self.start(msg["id"])}
+                    if spans.ON:
+                        reply["trace"] = spans.take()
+                proto.send(conn, reply)
             elif msg.get("op") == "stop":
                 self.user_stop(msg["id"])
                 proto.send(conn, {"ok": True})
@@ -905,9 +916,11 @@ def log_line(msg: str, level: str = "info", container: dict | None = None,
 
 def spawn_detached(argv: list[str], log_path: str) -> None:
     """Start a long-lived process outside our session, its output in log_path."""
+    # without MINIRUN_TRACE: a daemon traces the requests that ask (spans.serving)
+    env = {k: v for k, v in os.environ.items() if k != "MINIRUN_TRACE"}
     with open(log_path, "ab") as log, open(os.devnull, "rb") as null:
         subprocess.Popen(argv, stdin=null, stdout=log, stderr=log, start_new_session=True,
-                         close_fds=True, cwd="/")
+                         close_fds=True, cwd="/", env=env)
 
 
 def wait_for_socket(path: str, timeout: float = 15.0):

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from ..errors import AlreadyExists, InvalidArgument, MiniRunError, NotFound
 from ..lookup import find_record
+from ..monitor import trace as spans
 from . import netns, nft
 from .netlink import Netlink, NetlinkError, ipv4_routes
 
@@ -333,7 +334,8 @@ class Networks:
         return Attachment(path, NO_NETWORK)
 
     def _make_lo_only_netns(self, cid: str) -> None:
-        _, nsfd, inside = netns.create(f"minirun-{cid[:12]}")
+        with spans.span("netns"):
+            _, nsfd, inside = netns.create(f"minirun-{cid[:12]}")
         os.close(nsfd)
         inside.close()
 
@@ -408,7 +410,9 @@ class Networks:
 
     def _wire(self, cid: str, rec: dict, ip: str) -> None:
         net = ipaddress.IPv4Network(rec["subnet"])
-        path, nsfd, inside = netns.create(f"minirun-{cid[:12]}")
+        with spans.span("netns"):
+            path, nsfd, inside = netns.create(f"minirun-{cid[:12]}")
+        wiring = spans.begin("veth")
         try:
             with Netlink() as host:
                 mtu = _host_mtu()
@@ -430,6 +434,7 @@ class Networks:
         finally:
             os.close(nsfd)
             inside.close()
+            spans.end(wiring)
 
     def _attach_cni(self, cid: str, network: str, name: str, hostname: str,
                     ports: list[dict], hosts: list) -> Attachment:
