@@ -17,10 +17,12 @@ import click
 @click.option("--host-wide/--scoped", default=None,
               help="judge every host-wide object minirun names (default with the default "
                    "roots) or only those whose ids the roots in effect have known")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="seconds a new record or cgroup is left alone (a create under way)")
 @click.option("--no-host-checks", is_flag=True,
               help="skip the kernel, cgroup layout and ip_forward checks")
 def doctor(do_fix: bool, as_json: bool, oci_root: str | None, host_wide: bool | None,
-           no_host_checks: bool) -> None:
+           grace: float, no_host_checks: bool) -> None:
     """Find what crashed runs left on the host (mounts, cgroups, links, netns, nftables
     rules, leases, records, processes, stale files) and what is wrong with the host.
     Exit status: 0 nothing found or all fixed, 1 findings left, 2 the audit failed."""
@@ -28,7 +30,7 @@ def doctor(do_fix: bool, as_json: bool, oci_root: str | None, host_wide: bool | 
 
     try:
         audit = doc.audit(oci_state_root=oci_root, host_wide=host_wide,
-                          check_host=not no_host_checks)
+                          check_host=not no_host_checks, grace=grace)
     except Exception as e:  # noqa: BLE001 - the audit failing is its own exit status
         click.echo(f"minirun: doctor: the audit failed: {type(e).__name__}: {e}", err=True)
         sys.exit(doc.EXIT_ERROR)

@@ -136,7 +136,8 @@ class Root:
         return " ".join(parts) + " " if parts else ""
 
     def sql_command(self, sql: str) -> str:
-        return f"sqlite3 {shlex.quote(self.db_path)} {shlex.quote(sql)}"
+        # the ids are hex and the statements have no double quote: readable as typed
+        return f'sqlite3 {shlex.quote(self.db_path)} "{sql}"'
 
     def owns_id(self, ident: str) -> bool:
         """An id (or a 12-character prefix of one, as in link and netns names) this root
@@ -322,8 +323,10 @@ def under(path: str, top: str) -> bool:
 
 class Audit:
     def __init__(self, roots: list[Root], oci_state_root: str | None, host_wide: bool,
-                 paths: HostPaths | None = None, check_host: bool = True) -> None:
+                 paths: HostPaths | None = None, check_host: bool = True,
+                 grace: float = GRACE_SECONDS) -> None:
         self.roots = roots
+        self.grace = grace
         self.oci_state_root = oci_state_root
         self.host_wide = host_wide
         self.paths = paths or HostPaths()
@@ -378,7 +381,7 @@ class Audit:
         """Whether a host-wide object named by `ident` (an id or a 12-character prefix)
         that no root in effect claims is ours to call a leftover."""
         if self.host_wide:
-            return born is None or self.now - born > GRACE_SECONDS
+            return born is None or self.now - born > self.grace
         return any(r.owns_id(ident) for r in self.roots)
 
     def root_of(self, ident: str) -> Root:
@@ -520,7 +523,7 @@ class Audit:
     def settling(self, r: Root, cid: str) -> bool:
         """A record made moments ago, whose container another process may still be making."""
         rec = r.records.get(cid) or {}
-        return self.now - (rec.get("created") or 0) < GRACE_SECONDS
+        return self.now - (rec.get("created") or 0) < self.grace
 
     def check_netns(self) -> None:
         live = self.live_endpoints()
@@ -542,6 +545,8 @@ class Audit:
                          f"{r.records[cid]['name']}, which is not running (its exit did not "
                          "release it)", fix, lambda path=path: _remove_netns(path))
                 continue
+            if self.unleased(path, m.group(1), fix, lambda path=path: _remove_netns(path)):
+                continue
             if POD_NETNS_RE.match(name) and not self.host_wide:
                 if not self.judged(m.group(1)):
                     continue
@@ -549,6 +554,26 @@ class Audit:
                 continue
             self.add("netns", path, "network namespace of a container or pod with no record",
                      fix, lambda path=path: _remove_netns(path))
+
+    def unleased(self, what: str, id12: str, fix: str, action) -> bool:
+        """A netns or veth named for a container that has a record but no endpoint row (a
+        lost lease): True when it is that container's (and reported here). While the
+        container runs it is in use: only a human should act (its address may be handed
+        out again)."""
+        for r in self.roots:
+            for cid, rec in r.records.items():
+                if not cid.startswith(id12) or cid in r.endpoints:
+                    continue
+                if self.running(r, cid) or self.settling(r, cid):
+                    self.add("lease", what, f"container {rec['name']} runs with network objects "
+                             "but no endpoint row: its address may be handed out again",
+                             f"{r.env_prefix()}minirun rm -f {rec['name']}")
+                else:
+                    self.add("netns" if "/" in what else "link", what,
+                             f"network object of container {rec['name']}, which is not "
+                             "running and has no endpoint row", fix, action)
+                return True
+        return False
 
     def check_links(self) -> None:
         live = self.live_endpoints()
@@ -579,8 +604,11 @@ class Audit:
                     continue
                 why = (f"veth of container {r.records[cid]['name']}, which is not running "
                        "(its exit did not release it)")
+            elif self.unleased(name, name[2:], f"ip link delete {name}",
+                               lambda name=name: _delete_link(name)):
+                continue
             elif self.judged(name[2:]):
-                why = "veth half of a container with no endpoint row"
+                why = "veth half of a container with no record"
             else:
                 continue
             master = _link_target(os.path.join(base, "master"))
@@ -901,7 +929,8 @@ def is_default(r: Root) -> bool:
 
 def audit(root: str | None = None, run_root: str | None = None,
           oci_state_root: str | None = None, host_wide: bool | None = None,
-          check_host: bool = True, paths: HostPaths | None = None) -> Audit:
+          check_host: bool = True, paths: HostPaths | None = None,
+          grace: float = GRACE_SECONDS) -> Audit:
     """Run every check; the Audit holds the findings (not fixed yet)."""
     r = roots_in_effect(root, run_root)
     if host_wide is None:
@@ -915,7 +944,7 @@ def audit(root: str | None = None, run_root: str | None = None,
         for other_root, other_run_root in sorted(served_roots((paths or HostPaths()).proc)):
             if os.path.realpath(other_run_root) != os.path.realpath(r.run_root):
                 roots.append(load_root(other_root, other_run_root))
-    a = Audit(roots, oci_state_root, host_wide, paths, check_host)
+    a = Audit(roots, oci_state_root, host_wide, paths, check_host, grace)
     a.run()
     return a
 
