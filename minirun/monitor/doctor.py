@@ -394,13 +394,15 @@ class Audit:
 
     def check_processes(self) -> None:
         claimed = self.claimed_cgroups()
+        dirs = minirun_cgroups(cgroup_mounts(self.mounts))
         orphans: dict[str, list[int]] = {}
         for pid, paths in cgroup_members(self.paths.proc).items():
             if any(self.cgroup_claimed(p, claimed) for p in paths):
                 continue
             path = min(paths)
             ident = path[len(CGROUP_PARENT) + 1:].split("/")[0]
-            if self.judged(ident):
+            born = min((_ctime(d) or self.now for d in dirs.get(path, [])), default=None)
+            if self.judged(ident, born):
                 orphans.setdefault(path, []).append(pid)
         for path, pids in sorted(orphans.items()):
             pids.sort()
@@ -547,10 +549,7 @@ class Audit:
                 continue
             if self.unleased(path, m.group(1), fix, lambda path=path: _remove_netns(path)):
                 continue
-            if POD_NETNS_RE.match(name) and not self.host_wide:
-                if not self.judged(m.group(1)):
-                    continue
-            elif not self.judged(m.group(1), _ctime(path)):
+            if not self.judged(m.group(1), _ctime(path)):
                 continue
             self.add("netns", path, "network namespace of a container or pod with no record",
                      fix, lambda path=path: _remove_netns(path))
