@@ -269,3 +269,42 @@ def test_stale_pid_files_and_sockets_but_not_while_the_locks_are_held(engine):  
     assert rc == 0 and all(f["fixed"] for f in doc["findings"])
     assert not any(os.path.lexists(p) for p in stale)
     env("run", "--rm", "busybox", "true", check=True)  # and minirun starts afresh
+
+
+HALF_START = """
+import sys
+from minirun.engine import Engine, RunOptions
+cid, c = Engine().create("busybox", RunOptions(command=["sleep", "1000"], name="stuck",
+                                               network="none"))
+print(cid, c.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_an_init_created_by_the_keeper_and_never_started(engine):  # noqa: F811
+    """What the keeper's worker does for a start is create, then start. A process with
+    the keeper's command line creates a container and is SIGKILLed before the start: the
+    init is left in the container's cgroup, still showing the keeper's command line (it
+    has not called execve), waiting on its fifo. Doctor says what it is."""
+    env = engine
+    helper = subprocess.Popen([sys.executable, "-c", HALF_START, "-m", "minirun.daemon.keeper",
+                               env.run_root], env=env.env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        cid, pid = helper.stdout.readline().split()
+    finally:
+        helper.kill()
+        helper.wait()
+    pid = int(pid)
+    start = proc_start_time(pid)
+    assert int(pid) in cgroup_procs(cid)
+    rc, doc = doctor(env)
+    assert rc == 1
+    [stuck] = [f for f in doc["findings"] if f"pid {pid} " in f["what"]]
+    assert stuck["what"] == f"minirun keeper pid {pid} in cgroup /minirun/{cid}"
+    assert "the init of container stuck" in stuck["why"] and not stuck["safe"]
+    run_by_hand(env, stuck)
+    rc, doc = doctor(env)
+    assert (rc, doc["findings"]) == (0, []), doc
+    assert proc_start_time(pid) != start
+    assert not os.path.exists(os.path.join(PIDS_CGROUP, cid))

@@ -128,10 +128,16 @@ def test_scoped_audit_judges_only_what_its_root_has_known(host):
 
 def test_supervisors_whose_root_is_gone_or_that_sit_in_a_container_cgroup(host):
     r, paths, t = host
-    # scoped: only the daemon serving this root (it sits in a container's cgroup)
-    procs = [f.what for f in audit(host).findings if f.kind == "process"
+    # scoped: only the daemon serving this root: a fork of it (the pid file names
+    # another) in a container's cgroup
+    procs = [f for f in audit(host).findings if f.kind == "process"
              and f.what.startswith("minirun ")]
-    assert procs == [f"minirun daemon pid 500 in cgroup /minirun/{CLAIMED}"]
+    assert [(f.what, f.fix) for f in procs] == [
+        (f"minirun daemon pid 500 in cgroup /minirun/{CLAIMED}", "kill -9 500")]
+    assert "never reached execve" in procs[0].why
+    write(os.path.join(r.run_root, "daemon.pid"), "500")
+    [itself] = [f for f in audit(host).findings if f.what.startswith("minirun ")]
+    assert "the daemon itself sits in a container's cgroup" in itself.why
     # host-wide: the keeper whose run root is gone too, and nothing about pid 600 (its
     # run root, from its environment, exists)
     os.makedirs(os.path.join(t, "other-run"))
@@ -143,6 +149,27 @@ def test_supervisors_whose_root_is_gone_or_that_sit_in_a_container_cgroup(host):
                                              (doc.DEFAULT_ROOT, os.path.join(t, "other-run"))}
 
 
+def test_an_init_the_keeper_made_and_never_started(host):
+    """Until execve, a container's init runs the code (and shows the command line) of
+    the process that forked it: the keeper's worker. One whose start never came waits
+    on its fifo for ever, in its container's cgroup."""
+    r, paths, _ = host
+    made = "9" * 64
+    fake_pid(paths.proc, 700, f"/minirun/{made}",
+             ["python3", "-m", "minirun.daemon.keeper", r.run_root], 7777)
+    r.records[made] = {"id": made, "name": "stuck", "status": "created", "pid": 700,
+                       "created": time.time() - 100}
+    r.states[made] = {"pid": 700, "start_time": 7777, "cgroup_path": f"/minirun/{made}"}
+    write(os.path.join(r.oci_root, made, "state.json"), "{}")
+    write(os.path.join(r.root, "containers", made, "config.json"), "{}")
+    [stuck] = [f for f in audit(host).findings if "pid 700" in f.what]
+    assert stuck.what == f"minirun keeper pid 700 in cgroup /minirun/{made}"
+    assert "the init of container stuck" in stuck.why and "never started" in stuck.why
+    assert stuck.fix.endswith("minirun rm -f stuck") and not stuck.safe
+    # the same a moment after its create: a start under way
+    assert not [f for f in audit(host, grace=3600).findings if "pid 700" in f.what]
+
+
 def test_host_wide_audit_judges_unclaimed_objects_after_the_grace_period(host):
     a = audit(host, host_wide=True, grace=0)
     assert set(whats(a, "cgroup")) == {f"/minirun/{ORPHAN}", f"/minirun/{FOREIGN}",
@@ -151,7 +178,8 @@ def test_host_wide_audit_judges_unclaimed_objects_after_the_grace_period(host):
     # a cgroup made a moment ago may be a create under way in another process
     young = audit(host, host_wide=True, grace=3600)
     assert whats(young, "cgroup") == []
-    assert not any(f.kind == "process" and "kill -9" in f.fix for f in young.findings)
+    assert not any(f.kind == "process" and "kill -9" in f.fix and
+                   not f.what.startswith("minirun ") for f in young.findings)
 
 
 def test_fix_removes_cgroups_children_first_in_every_hierarchy(host):

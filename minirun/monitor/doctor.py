@@ -455,10 +455,43 @@ class Audit:
                 self.add("process", f"minirun {what} pid {pid} (run root {run_root})",
                          f"a {what} whose run root is gone serves nothing", f"kill {pid}")
             if inside:
-                self.add("process", f"minirun {what} pid {pid} in cgroup {inside[0]}",
-                         f"a {what} sits inside a container's cgroup: the container's limits "
-                         "and its kill-all apply to it (report this: the cause is unknown)",
-                         f"kill {pid}  # the next minirun command starts another")
+                self.supervisor_in_cgroup(what, run_root, pid, inside[0])
+
+    def supervisor_in_cgroup(self, what: str, run_root: str, pid: int, path: str) -> None:
+        """A process with the daemon's or the keeper's command line in a container's
+        cgroup. The keeper forks a worker per start, which forks the container's first
+        child, which forks the init: until the init calls execve, all of them show the
+        keeper's command line. So it is either the keeper itself (its pid file says so),
+        or a container's init that was created and never started (the start that made
+        it died between the two: the init waits on its exec fifo for ever), or another
+        fork that never reached execve."""
+        try:
+            with open(os.path.join(run_root, f"{what}.pid")) as f:
+                recorded = int(f.read())
+        except (OSError, ValueError):
+            recorded = None
+        where = f"minirun {what} pid {pid} in cgroup {path}"
+        if pid == recorded:
+            self.add("process", where, f"the {what} itself sits in a container's cgroup: the "
+                     "container's limits and its kill-all apply to it",
+                     f"kill {pid}  # the next minirun command starts another")
+            return
+        for r in self.roots:
+            for cid, st in r.states.items():
+                if st.get("pid") != pid or cid not in r.records:
+                    continue
+                born = _ctime(os.path.join(r.oci_root, cid, "state.json"))
+                if born is None or self.now - born < self.grace:
+                    return  # a start under way
+                name = r.records[cid]["name"]
+                self.add("process", where, f"the init of container {name}, made by the "
+                         f"{what} and never started (the start died between create and "
+                         "start): it still runs minirun's code, waiting on its exec fifo",
+                         f"{r.env_prefix()}minirun rm -f {name}")
+                return
+        if self.cgroup_claimed(path, self.claimed_cgroups()):
+            self.add("process", where, f"a fork of the {what} that never reached execve (a "
+                     "container's first child or init whose parent died)", f"kill -9 {pid}")
 
     # the engine's runtime state, snapshots, pod pins
 
