@@ -45,7 +45,7 @@ def host(tmp_path):
     root, run_root = os.path.join(t, "lib"), os.path.join(t, "run")
     pids_cg, unified = os.path.join(cg, "pids"), os.path.join(cg, "unified")
     for hierarchy in (pids_cg, unified):
-        for path in (CLAIMED, ORPHAN, FOREIGN, f"pod/{NEW}"):
+        for path in (f"{CLAIMED}/inner", ORPHAN, FOREIGN, f"pod/{NEW}"):
             os.makedirs(os.path.join(hierarchy, "minirun", path))
     merged = os.path.join(root, "containers", ORPHAN, "merged")
     pin = os.path.join(run_root, "pods", POD, "ns", "ipc")
@@ -61,6 +61,7 @@ def host(tmp_path):
     ]) + "\n"
     write(os.path.join(t, "mountinfo"), mountinfo)
     fake_pid(proc, 100, f"/minirun/{CLAIMED}", ["sleep", "1000"], 1111)
+    fake_pid(proc, 101, f"/minirun/{CLAIMED}/inner", ["sleep", "1000"], 1112)
     fake_pid(proc, 200, f"/minirun/{ORPHAN}", ["sleep", "1000"], 2222)
     fake_pid(proc, 201, f"/minirun/{ORPHAN}", ["sh"], 2223)
     fake_pid(proc, 300, f"/minirun/{FOREIGN}", ["sleep", "1000"], 3333)
@@ -124,6 +125,10 @@ def test_scoped_audit_judges_only_what_its_root_has_known(host):
     assert not any(CLAIMED in f.what or FOREIGN in f.what for f in a.findings
                    if f.kind != "process")
     assert not any(FOREIGN[:12] in f.what for f in a.findings)
+    # a container's own sub-cgroup and its process are the container's
+    assert not any("101" in f.fix or "inner" in f.what for f in a.findings)
+    assert not any("101" in f.fix or "inner" in f.what
+                   for f in audit(host, host_wide=True).findings)
 
 
 def test_supervisors_whose_root_is_gone_or_that_sit_in_a_container_cgroup(host):
@@ -172,8 +177,9 @@ def test_an_init_the_keeper_made_and_never_started(host):
 
 def test_host_wide_audit_judges_unclaimed_objects_after_the_grace_period(host):
     a = audit(host, host_wide=True, grace=0)
-    assert set(whats(a, "cgroup")) == {f"/minirun/{ORPHAN}", f"/minirun/{FOREIGN}",
-                                       f"/minirun/pod/{NEW}", "/minirun/pod"}
+    # one finding for a tree: its removal takes the children first
+    assert whats(a, "cgroup") == [f"/minirun/{ORPHAN}", f"/minirun/{FOREIGN}",
+                                  "/minirun/pod"]
     assert any("300" in f.fix for f in a.findings if f.kind == "process")
     # a cgroup made a moment ago may be a create under way in another process
     young = audit(host, host_wide=True, grace=3600)
@@ -188,7 +194,7 @@ def test_fix_removes_cgroups_children_first_in_every_hierarchy(host):
     cgroups = [f for f in a.findings if f.kind == "cgroup"]
     pod = next(f for f in cgroups if f.what == "/minirun/pod")
     assert all(f.safe for f in cgroups)
-    doc.fix([pod])  # its child's finding not run: the parent's removes it first
+    doc.fix([pod])
     assert pod.fixed, pod.error
     for hierarchy in ("pids", "unified"):
         assert not os.path.exists(os.path.join(t, "cg", hierarchy, "minirun", "pod"))

@@ -370,12 +370,13 @@ class Audit:
         return out
 
     def cgroup_claimed(self, path: str, claimed: set[str]) -> bool:
-        """Claimed, or a parent of a claimed one (a pod's parent cgroup)."""
-        if any(under(c, path) for c in claimed):
+        """Claimed, a parent of a claimed one (a pod's parent cgroup) or below one (a
+        container that made cgroups of its own)."""
+        if any(under(c, path) or under(path, c) for c in claimed):
             return True
         # a record whose runtime state is not written yet (or lost): by its id
-        leaf = path.rstrip("/").rsplit("/", 1)[-1]
-        return any(leaf in r.records for r in self.roots)
+        parts = path.strip("/").split("/")
+        return any(part in r.records for r in self.roots for part in parts)
 
     def judged(self, ident: str, born: float | None = None) -> bool:
         """Whether a host-wide object named by `ident` (an id or a 12-character prefix)
@@ -720,13 +721,17 @@ class Audit:
 
     def check_cgroups(self) -> None:
         claimed = self.claimed_cgroups()
+        found = {}
         for path, dirs in minirun_cgroups(cgroup_mounts(self.mounts)).items():
             if self.cgroup_claimed(path, claimed):
                 continue
             ident = path[len(CGROUP_PARENT) + 1:].split("/")[0]
             born = min((_ctime(d) or self.now) for d in dirs)
-            if not self.judged(ident, born):
-                continue
+            if self.judged(ident, born):
+                found[path] = dirs
+        for path, dirs in found.items():
+            if any(under(path, other) and other != path for other in found):
+                continue  # its parent's finding removes it first
             self.add("cgroup", path, f"cgroup with no container ({len(dirs)} hierarchies)",
                      " && ".join(f"rmdir {shlex.quote(d)}" for d in dirs),
                      lambda dirs=dirs: _rmdir_cgroups(dirs))
