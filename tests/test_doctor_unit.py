@@ -92,8 +92,12 @@ def host(tmp_path):
                              "netns": os.path.join(netns, f"minirun-{CLAIMED[:12]}"),
                              "ports": "[]"}}
     r.history = {CLAIMED, ORPHAN, POD}
+    leases = os.path.join(t, "cni", "minirun-pods")
+    for name, owner in (("10.88.0.5", ORPHAN), ("10.88.0.6", FOREIGN), ("10.88.0.7", CLAIMED),
+                        ("last_reserved_ip.0", "10.88.0.7"), ("lock", "")):
+        write(os.path.join(leases, name), f"{owner}\neth0" if len(owner) == 64 else owner)
     paths = doc.HostPaths(proc=proc, mountinfo=os.path.join(t, "mountinfo"),
-                          netns_dir=netns, sys_net=net)
+                          netns_dir=netns, sys_net=net, cni_lease_dirs=[leases])
     return r, paths, t
 
 
@@ -125,6 +129,8 @@ def test_scoped_audit_judges_only_what_its_root_has_known(host):
     assert not any(CLAIMED in f.what or FOREIGN in f.what for f in a.findings
                    if f.kind != "process")
     assert not any(FOREIGN[:12] in f.what for f in a.findings)
+    # host-local's files: only the lease of an id this root knew, never another runtime's
+    assert whats(a, "lease") == [f"{paths.cni_lease_dirs[0]}/10.88.0.5 ({ORPHAN[:12]})"]
     # a container's own sub-cgroup and its process are the container's
     assert not any("101" in f.fix or "inner" in f.what for f in a.findings)
     assert not any("101" in f.fix or "inner" in f.what

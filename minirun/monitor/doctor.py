@@ -13,7 +13,8 @@ engine.py, network/, pods.py, daemon/ and cgroups/):
             "minirun <table> <network>" with no network in use
   nft       rules of the root's table (minirun, minirun_<tag>) for ports no running
             container publishes; the table with no network in use
-  lease     endpoint rows (address, ports) of containers with no record
+  lease     endpoint rows (address, ports) of containers with no record; CNI host-local
+            lease files of ids the root knew and no container or pod holds
   file      daemon/keeper pid files and sockets whose holder is dead (its lock is free);
             exit-status files of containers with no record
   cgroup    cgroups under /minirun (every v1 hierarchy and cgroup2) no container claims
@@ -101,6 +102,7 @@ class HostPaths:
     mountinfo: str = "/proc/self/mountinfo"
     netns_dir: str = NETNS_DIR
     sys_net: str = "/sys/class/net"
+    cni_lease_dirs: list[str] | None = None  # None: host-local's dirs of the conflists
 
 
 # --- what a root knows -------------------------------------------------------------------
@@ -684,6 +686,7 @@ class Audit:
                          lambda t=r.table, h=handle: _nft(f"delete rule ip {t} ports handle {h}"))
 
     def check_leases(self) -> None:
+        self.check_cni_leases()
         for r in self.roots:
             for cid, ep in r.endpoints.items():
                 if cid in r.records:
@@ -692,6 +695,26 @@ class Audit:
                 self.add("lease", f"{ep['network']} {ep['ip'] or '-'} ({cid[:12]})",
                          "address and ports leased to a container with no record",
                          r.sql_command(sql), lambda r=r, sql=sql: _sql(r, sql))
+
+    def check_cni_leases(self) -> None:
+        """host-local's lease files (one per address, holding the container id) of ids a
+        root has known and that have no container or pod left. Other runtimes (podman,
+        containerd) share these dirs: ids no root in effect knows are never judged."""
+        dirs = self.paths.cni_lease_dirs
+        if dirs is None:
+            dirs = cni_lease_dirs()
+        for d in dirs:
+            for name in _listdir(d):
+                if name == "lock" or name.startswith("last_reserved_ip"):
+                    continue
+                path = os.path.join(d, name)
+                owner = (_read(path) or "").split("\n", 1)[0].strip()
+                if not owner or any(owner in r.records or owner in r.pods for r in self.roots):
+                    continue
+                if any(owner in r.history for r in self.roots):
+                    self.add("lease", f"{path} ({owner[:12]})", "a CNI host-local lease of a "
+                             "container or pod with no record", f"rm {shlex.quote(path)}",
+                             lambda path=path: _unlink(path))
 
     # files
 
@@ -797,6 +820,28 @@ class Audit:
             self.add("host", "net.ipv4.ip_forward", f"off while minirun's bridges "
                      f"({', '.join(bridges)}) exist: containers cannot reach past the host",
                      "sysctl -w net.ipv4.ip_forward=1")
+
+
+def cni_lease_dirs() -> list[str]:
+    """The host-local plugin's data dirs of the conflists minirun would use: dataDir, else
+    /var/lib/cni/networks, then the network's name."""
+    from ..network import cni
+
+    env = os.environ.get(cni.CONF_DIR_ENV)
+    out = []
+    for conf_dir in [d for d in env.split(":") if d] if env else cni.DEFAULT_CONF_DIRS:
+        for name in _listdir(conf_dir):
+            if not name.endswith((".conf", ".conflist", ".json")):
+                continue
+            doc = _read_json(os.path.join(conf_dir, name))
+            plugins = doc.get("plugins") or [doc]
+            for plugin in plugins:
+                ipam = plugin.get("ipam") if isinstance(plugin, dict) else None
+                if isinstance(ipam, dict) and ipam.get("type") == "host-local" and \
+                        doc.get("name"):
+                    top = ipam.get("dataDir") or "/var/lib/cni/networks"
+                    out.append(os.path.join(top, doc["name"]))
+    return sorted(set(out))
 
 
 # --- the repairs -------------------------------------------------------------------------
