@@ -22,7 +22,7 @@ import time
 import pytest
 from enginetest import engine  # noqa: F401
 from nettest import free_port
-from ocitest import needs_root
+from ocitest import needs_root, wait_for
 
 from minirun.container import proc_start_time
 
@@ -56,16 +56,6 @@ def db(env) -> sqlite3.Connection:
 
 def cid_of(env, name: str) -> str:
     return env("inspect", "--format", "{{.Id}}", name, check=True).stdout.strip()
-
-
-def wait_for(check, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def cgroup_procs(cid: str) -> list[int]:
@@ -108,7 +98,8 @@ def test_a_record_removed_behind_the_engines_back(engine):  # noqa: F811
     env("run", "-d", "--name", "stays", "-p", f"127.0.0.1:{other_port}:80", "busybox", "sh",
         "-c", HTTPD, check=True)
     cid, other = cid_of(env, "gone"), cid_of(env, "stays")
-    pids = wait_for(lambda: cgroup_procs(cid), what="the container's processes")
+    pids = wait_for(lambda: cgroup_procs(cid), 30)
+    assert pids, "the container's processes"
     starts = {pid: proc_start_time(pid) for pid in pids}
     db(env).execute("DELETE FROM containers WHERE id = ?", (cid,))
 
@@ -168,7 +159,8 @@ def test_a_foreground_run_and_its_daemon_killed(engine, moment):  # noqa: F811
                 return None
             return row[0]
 
-        cid = wait_for(record, 60, f"the {moment} moment")
+        cid = wait_for(record, 60)
+        assert cid, f"the {moment} moment never came"
     finally:
         client.kill()
         client.wait()
@@ -245,8 +237,7 @@ def test_stale_pid_files_and_sockets_but_not_while_the_locks_are_held(engine):  
     pids = [env.pid_of("keeper"), env.pid_of("daemon")]
     env.stop_process("keeper")
     env.stop_process("daemon")
-    wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 10,
-             "the daemon and keeper to die")
+    assert wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 10)
     stale = sorted(os.path.join(env.run_root, n) for n in
                    ("daemon.pid", "keeper.pid", "minirun.sock", "keeper.sock"))
     assert all(os.path.lexists(p) for p in stale)

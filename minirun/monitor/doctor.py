@@ -58,6 +58,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import mountinfo
+from ..container import proc_start_time
 
 DEFAULT_ROOT = "/var/lib/minirun"
 DEFAULT_RUN_ROOT = "/run/minirun"
@@ -206,17 +207,9 @@ def _read(path: str) -> str | None:
         return None
 
 
-def proc_start_time(proc: str, pid: int) -> int | None:
-    text = _read(f"{proc}/{pid}/stat")
-    if not text:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
 def state_alive(proc: str, state: dict) -> bool:
     pid = state.get("pid") or 0
-    return pid > 0 and proc_start_time(proc, pid) == state.get("start_time")
+    return pid > 0 and proc_start_time(pid, proc) == state.get("start_time")
 
 
 # --- the host's cgroups, processes and mounts (pure over HostPaths) ----------------------
@@ -409,7 +402,7 @@ class Audit:
                 orphans.setdefault(path, []).append(pid)
         for path, pids in sorted(orphans.items()):
             pids.sort()
-            starts = {pid: proc_start_time(self.paths.proc, pid) for pid in pids}
+            starts = {pid: proc_start_time(pid, self.paths.proc) for pid in pids}
             self.add("process", f"pid {', '.join(map(str, pids))} in cgroup {path}",
                      "a container's processes whose container has no record "
                      "(its `minirun run` or daemon was killed and the record removed)",
@@ -427,13 +420,13 @@ class Audit:
             except ProcessLookupError:
                 continue
             try:
-                if proc_start_time(self.paths.proc, pid) == start:
+                if proc_start_time(pid, self.paths.proc) == start:
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
             finally:
                 os.close(fd)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(
-                proc_start_time(self.paths.proc, pid) == start for pid, start in starts.items()):
+                proc_start_time(pid, self.paths.proc) == start for pid, start in starts.items()):
             time.sleep(0.05)
 
     def check_supervisors(self) -> None:
