@@ -260,3 +260,20 @@ def test_supervisor_of_reads_argv_and_environment():
         ("daemon", "/e")
     assert doc.supervisor_of(["python3", "-m", "minirun.cli", "run", "daemon"], {}) is None
     assert doc.supervisor_of(["sleep", "daemon"], {}) is None
+
+
+def test_fix_touches_only_what_a_second_look_finds_again(host):
+    """An object the first audit called a leftover and the second does not (its owner's
+    row was written meanwhile) is left alone, and does not count as left."""
+    first = audit(host, host_wide=True)
+    cgroups = [f for f in first.findings if f.kind == "cgroup"]
+    claimed_meanwhile = next(f for f in cgroups if f.what == f"/minirun/{FOREIGN}")
+    again = [f for f in audit(host, host_wide=True).findings if f is not claimed_meanwhile
+             and f.what != claimed_meanwhile.what]
+    doc.fix(cgroups, again)
+    assert claimed_meanwhile.vanished and not claimed_meanwhile.fixed
+    assert os.path.isdir(os.path.join(host[2], "cg", "pids", "minirun", FOREIGN))
+    assert all(f.fixed for f in cgroups if f is not claimed_meanwhile)
+    first.findings = cgroups
+    assert doc.report(first)["summary"] == {"found": 3, "fixed": 2, "vanished": 1, "left": 0}
+    assert doc.exit_code(first) == doc.EXIT_CLEAN

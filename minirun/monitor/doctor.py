@@ -87,12 +87,14 @@ class Finding:
     fix: str  # the shell command that repairs it ("" when only a human can judge)
     safe: bool = False  # --fix runs it
     fixed: bool = False
+    vanished: bool = False  # not found again just before the fix: someone else acted
     error: str = ""
     action: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "what": self.what, "why": self.why, "fix": self.fix,
-                "safe": self.safe, "fixed": self.fixed, "error": self.error}
+                "safe": self.safe, "fixed": self.fixed, "vanished": self.vanished,
+                "error": self.error}
 
 
 @dataclass
@@ -1024,10 +1026,19 @@ def audit(root: str | None = None, run_root: str | None = None,
     return a
 
 
-def fix(findings: list[Finding]) -> None:
-    """Run the safe repairs, in KINDS order (findings are sorted so)."""
+def fix(findings: list[Finding], again: list[Finding] | None = None) -> None:
+    """Run the safe repairs, in KINDS order (findings are sorted so). `again`: a second
+    audit's findings, made after the first listed the host. Only what both found is
+    touched: every object minirun makes has its record or row written before it (the
+    record before the cgroup, the endpoint row before the netns and veth), so an object
+    the first audit saw had its owner written before the second read the records; a
+    finding the second audit does not repeat was claimed meanwhile, and is left alone."""
+    seen = None if again is None else {(g.kind, g.what) for g in again}
     for f in findings:
         if f.action is None:
+            continue
+        if seen is not None and (f.kind, f.what) not in seen:
+            f.vanished = True
             continue
         try:
             f.action()
@@ -1037,14 +1048,15 @@ def fix(findings: list[Finding]) -> None:
 
 
 def report(a: Audit) -> dict:
-    left = [f for f in a.findings if not f.fixed]
+    left = [f for f in a.findings if not (f.fixed or f.vanished)]
     return {"roots": [{"root": r.root, "run_root": r.run_root, "table": r.table}
                       for r in a.roots],
             "oci_state_root": a.oci_state_root, "host_wide": a.host_wide,
             "host": a.notes,
             "findings": [f.to_dict() for f in a.findings],
             "summary": {"found": len(a.findings),
-                        "fixed": sum(f.fixed for f in a.findings), "left": len(left)}}
+                        "fixed": sum(f.fixed for f in a.findings),
+                        "vanished": sum(f.vanished for f in a.findings), "left": len(left)}}
 
 
 def format_text(a: Audit) -> str:
@@ -1055,7 +1067,8 @@ def format_text(a: Audit) -> str:
             continue
         lines.append(f"{kind} ({len(group)})")
         for f in group:
-            state = "fixed" if f.fixed else f"fix failed: {f.error}" if f.error else \
+            state = "fixed" if f.fixed else "gone or claimed meanwhile: left alone" \
+                if f.vanished else f"fix failed: {f.error}" if f.error else \
                 "safe: --fix does it" if f.safe else "by hand"
             lines.append(f"  {f.what}")
             lines.append(f"    why: {f.why}")
@@ -1076,4 +1089,5 @@ def format_text(a: Audit) -> str:
 
 
 def exit_code(a: Audit) -> int:
-    return EXIT_FINDINGS if any(not f.fixed for f in a.findings) else EXIT_CLEAN
+    return EXIT_FINDINGS if any(not (f.fixed or f.vanished) for f in a.findings) \
+        else EXIT_CLEAN
