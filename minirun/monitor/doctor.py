@@ -382,12 +382,6 @@ class Audit:
             return born is None or self.now - born > self.grace
         return any(r.owns_id(ident) for r in self.roots)
 
-    def root_of(self, ident: str) -> Root:
-        for r in self.roots:
-            if r.owns_id(ident):
-                return r
-        return self.roots[0]
-
     # processes
 
     def check_processes(self) -> None:
@@ -406,8 +400,8 @@ class Audit:
             pids.sort()
             starts = {pid: proc_start_time(pid, self.paths.proc) for pid in pids}
             self.add("process", f"pid {', '.join(map(str, pids))} in cgroup {path}",
-                     "a container's processes whose container has no record "
-                     "(its `minirun run` or daemon was killed and the record removed)",
+                     "processes of a container that has no record: no minirun command "
+                     "will ever stop them",
                      "kill -9 " + " ".join(map(str, pids)),
                      lambda path=path, starts=starts: self._kill_in_cgroup(path, starts))
 
@@ -553,6 +547,15 @@ class Audit:
         st = r.states.get(cid)
         return bool(st) and state_alive(self.paths.proc, st)
 
+    def wired_by_right(self, r: Root, cid: str) -> bool:
+        """Whether the container may have its netns, veth and port rules now: it runs, or
+        it is made and not started yet (`create` wires it; the runtime has no state for it
+        until the start), or it was made moments ago. One whose record check will mark
+        it exited has none by right: both go in one pass."""
+        status = r.records[cid]["status"]
+        return self.running(r, cid) or self.settling(r, cid) or status == "creating" or \
+            (status == "created" and cid not in r.states)
+
     def settling(self, r: Root, cid: str) -> bool:
         """A record made moments ago, whose container another process may still be making."""
         rec = r.records.get(cid) or {}
@@ -570,8 +573,7 @@ class Audit:
             fix = f"ip netns delete {name}"
             if path in by_path:
                 r, cid = by_path[path]
-                if self.running(r, cid) or self.settling(r, cid) or \
-                        r.records[cid]["status"] == "creating" or \
+                if self.wired_by_right(r, cid) or \
                         r.endpoints[cid]["network"].startswith("cni:"):
                     continue  # a CNI container keeps its netns until rm
                 self.add("netns", path, f"network namespace of container "
@@ -594,7 +596,7 @@ class Audit:
             for cid, rec in r.records.items():
                 if not cid.startswith(id12) or cid in r.endpoints:
                     continue
-                if self.running(r, cid) or self.settling(r, cid):
+                if self.wired_by_right(r, cid):
                     self.add("lease", what, f"container {rec['name']} runs with network objects "
                              "but no endpoint row: its address may be handed out again",
                              f"{r.env_prefix()}minirun rm -f {rec['name']}")
@@ -630,7 +632,7 @@ class Audit:
                 continue
             if name in veths:
                 r, cid = veths[name]
-                if self.running(r, cid) or self.settling(r, cid):
+                if self.wired_by_right(r, cid):
                     continue
                 why = (f"veth of container {r.records[cid]['name']}, which is not running "
                        "(its exit did not release it)")
@@ -657,11 +659,12 @@ class Audit:
                 continue
             wired = set()
             in_use = False
+            bridged = {n["name"] for n in r.networks}
             for cid, (rr, ep) in live.items():
-                if rr is not r:
+                if rr is not r or ep["network"] not in bridged:
                     continue
                 in_use = True
-                if self.running(r, cid) or self.settling(r, cid):
+                if self.wired_by_right(r, cid):
                     for p in json.loads(ep["ports"] or "[]"):
                         wired.add((p["proto"], p["host_port"], ep["ip"], p["container_port"]))
             if not in_use:
@@ -766,8 +769,10 @@ class Audit:
                     self.add("record", f"{name} ({cid[:12]})", "stuck in `creating`: the "
                              "command making it was killed", f"{prefix}minirun rm -f {name}")
                     continue
+                # `created` with no runtime state is a container made and not started
+                # (the runtime creates it at start); with a state, its init must live
                 if rec["status"] in LIVE_STATUSES and not (st and state_alive(
-                        self.paths.proc, st)):
+                        self.paths.proc, st)) and (st or rec["status"] != "created"):
                     why = (f"says {rec['status']} but its init (pid {rec['pid']}) is gone"
                            if st else f"says {rec['status']} but the runtime has no state for it")
                     from ..daemon.keeper import read_exit_status
