@@ -277,3 +277,34 @@ def test_fix_touches_only_what_a_second_look_finds_again(host):
     first.findings = cgroups
     assert doc.report(first)["summary"] == {"found": 3, "fixed": 2, "vanished": 1, "left": 0}
     assert doc.exit_code(first) == doc.EXIT_CLEAN
+
+
+def test_host_findings_from_info_and_ip_forward(host):
+    from minirun.info import CgroupInfo, Feature, HostInfo
+
+    r, paths, _ = host
+    info = HostInfo(version="x", oci_version="1", kernel="6", euid=0, capabilities="all",
+                    cgroup=CgroupInfo(mode="v1", root="/sys/fs/cgroup", driver="v1",
+                                      v1_controllers={c: "/x" for c in
+                                                      ("cpu", "memory", "devices", "freezer")},
+                                      unusable_controllers={"pids": "disabled on the "
+                                                            "kernel command line"}),
+                    namespaces=["mnt"], missing_namespaces={"time": "no time namespace"},
+                    features={"seccomp": Feature(False, reason="kernel without seccomp"),
+                              "pidfd": Feature(True, "yes")}, runtimes={})
+    write(os.path.join(paths.proc, "sys/net/ipv4/ip_forward"), "0\n")
+    a = doc.Audit([r], None, False, paths, check_host=False)
+    a.check_host_setup(info)
+    assert [(f.what, f.why, f.fix) for f in a.findings] == [
+        ("cgroup controller pids",
+         "the v1 driver cannot use it: disabled on the kernel command line", ""),
+        ("time namespace", "no time namespace", ""),
+        ("seccomp", "kernel without seccomp", ""),
+        ("net.ipv4.ip_forward",
+         ("off while minirun's bridges (mrbr0123456789, mrbr9999999999) exist: containers "
+          "cannot reach past the host"), "sysctl -w net.ipv4.ip_forward=1")]
+    assert a.notes == {"cgroup": {"mode": "v1", "driver": "v1"}}
+    write(os.path.join(paths.proc, "sys/net/ipv4/ip_forward"), "1\n")
+    a = doc.Audit([r], None, False, paths, check_host=False)
+    a.check_host_setup(info)
+    assert "net.ipv4.ip_forward" not in [f.what for f in a.findings]

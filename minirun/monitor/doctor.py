@@ -791,15 +791,18 @@ class Audit:
 
     # the host
 
-    def check_host_setup(self) -> None:
-        from ..info import collect
+    def check_host_setup(self, host=None) -> None:
+        """What `minirun info` finds missing (`host`: its HostInfo, collected here when
+        not given), and ip_forward."""
+        if host is None:
+            from ..info import collect
 
-        host = collect(self.paths.proc)
+            host = collect(self.paths.proc)
         cg = host.cgroup
         self.notes["cgroup"] = {"mode": cg.mode, "driver": cg.driver}
         if cg.mode is None:
-            self.add("host", "cgroups", f"no usable cgroup hierarchy: {cg.reason}",
-                     "mount -t cgroup2 none /sys/fs/cgroup")
+            self.add("host", "cgroups", f"no usable cgroup hierarchy: {cg.reason} (mount "
+                     "cgroup2 at /sys/fs/cgroup, or set MINIRUN_CGROUP_ROOT)", "")
         else:
             have = set(cg.v1_controllers) if cg.driver == "v1" else set(cg.v2_controllers)
             for name in NEEDED_CONTROLLERS:
