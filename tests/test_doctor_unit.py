@@ -308,3 +308,40 @@ def test_host_findings_from_info_and_ip_forward(host):
     a = doc.Audit([r], None, False, paths, check_host=False)
     a.check_host_setup(info)
     assert "net.ipv4.ip_forward" not in [f.what for f in a.findings]
+
+
+def test_cli_exit_codes_and_text(tmp_path):
+    import subprocess
+    import sys
+
+    root, run_root = tmp_path / "lib", tmp_path / "run"
+    env = dict(os.environ, MINIRUN_ROOT=str(root), MINIRUN_RUN_ROOT=str(run_root))
+
+    def doctor(*args):
+        return subprocess.run([sys.executable, "-m", "minirun.cli", "doctor",
+                               "--no-host-checks", *args], env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    clean = doctor()
+    assert (clean.returncode, clean.stdout) == (0, f"no findings (scoped to {root})\n")
+    assert not root.exists(), "an audit made the root"
+    assert doctor("--bogus").returncode == 125
+    os.makedirs(run_root / "exits")
+    (run_root / "exits" / ORPHAN).write_text("0")
+    found = doctor()
+    assert found.returncode == 1
+    assert found.stdout.splitlines() == [
+        "file (1)", f"  {run_root}/exits/{ORPHAN}",
+        "    why: exit status of a container with no record",
+        f"    fix: rm {run_root}/exits/{ORPHAN}  [safe: --fix does it]",
+        f"1 finding(s), 0 fixed, 1 left (scoped to {root})"]
+    fixed = doctor("--fix", "--json")
+    assert fixed.returncode == 0
+    assert json.loads(fixed.stdout)["summary"] == {"found": 1, "fixed": 1, "vanished": 0,
+                                                   "left": 0}
+    os.makedirs(root)
+    (root / "engine.db").write_text("not a database, but long enough to be read as one" * 40)
+    broken = doctor()
+    assert broken.returncode == 2 and broken.stdout == ""
+    assert broken.stderr.startswith("minirun: doctor: the audit failed: DatabaseError")
+    assert len(broken.stderr.splitlines()) == 1
