@@ -780,7 +780,8 @@ class Audit:
                     code = read_exit_status(r.run_root, cid)
                     code = -1 if code is None else code
                     sql = (f"UPDATE containers SET status = 'exited', exit_code = {code}, "
-                           f"finished = strftime('%s','now') WHERE id = '{cid}'")
+                           f"finished = strftime('%s','now') WHERE id = '{cid}' "
+                           f"AND status = '{rec['status']}'")  # not if the daemon just did
                     self.add("record", f"{name} ({cid[:12]})", why, r.sql_command(sql),
                              lambda r=r, sql=sql: _sql(r, sql))
                 bundle = os.path.join(r.root, "containers", cid)
