@@ -10,6 +10,7 @@ containers other tests run at the same time are never judged, let alone touched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -20,7 +21,7 @@ import sys
 import time
 
 import pytest
-from enginetest import engine  # noqa: F401
+from enginetest import EngineEnv, engine  # noqa: F401
 from nettest import free_port
 from ocitest import needs_root, wait_for
 
@@ -330,3 +331,36 @@ def test_what_is_in_order_is_no_finding(engine):  # noqa: F811
         env("start", "made", check=True)  # its network untouched: it starts
     finally:
         env("rm", "-f", "made", "up", "done")
+
+
+def test_a_daemon_and_keeper_whose_run_root_is_gone(tmp_path):
+    """The run root removed under a running daemon and keeper (a test's cleanup, a
+    tmpfs unmounted): they serve nothing. Doctor, run with that root, names both and
+    the command that ends them."""
+    env = EngineEnv(str(tmp_path))
+    daemon = subprocess.Popen([sys.executable, "-m", "minirun.cli", "daemon", "--root",
+                               env.root, "--run-root", env.run_root], env=env.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids = [daemon.pid]
+    try:
+        keeper = wait_for(lambda: env.pid_of("keeper"), 30)
+        assert keeper, "the daemon started no keeper"
+        pids.append(keeper)
+        subprocess.run(["rm", "-rf", "--one-file-system", env.run_root], check=True)
+        rc, doc = doctor(env)
+        assert rc == 1
+        assert sorted(f["what"] for f in doc["findings"]) == [
+            f"minirun daemon pid {daemon.pid} (run root {env.run_root})",
+            f"minirun keeper pid {keeper} (run root {env.run_root})"]
+        for f in doc["findings"]:
+            assert not f["safe"] and "run root is gone" in f["why"]
+            run_by_hand(env, f)
+        daemon.wait(timeout=30)
+        assert wait_for(lambda: proc_start_time(keeper) is None, 30)
+        rc, doc = doctor(env)
+        assert (rc, doc["findings"]) == (0, [])
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        daemon.wait()
