@@ -192,6 +192,9 @@ def _register_commands() -> None:
     from . import cli_stats
 
     cli_stats.register(cli)
+    from . import cli_doctor
+
+    cli_doctor.register(cli)
 
 
 _register_commands()

@@ -73,10 +73,11 @@ def validate_id(container_id: str) -> None:
 # --- state --------------------------------------------------------------------------------
 
 
-def proc_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat; None if the process is gone or a zombie."""
+def proc_start_time(pid: int, proc: str = "/proc") -> int | None:
+    """Field 22 of /proc/<pid>/stat; None if the process is gone or a zombie. `proc`: a
+    fixture tree in doctor's tests."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
