@@ -198,6 +198,9 @@ class Daemon:
         self.restarts: list[tuple[float, str]] = []  # (when, id): a heap of timers
         self.restart_due: dict[str, float] = {}  # id -> when; an id not here is cancelled
         self.backoff: dict[str, float] = {}  # id -> the last restart delay
+        from .health import HealthChecks
+
+        self.health = HealthChecks(self)
 
     # --- the keeper --------------------------------------------------------------------------
 
@@ -233,6 +236,8 @@ class Daemon:
                                     started=time.time(), exit_code=None, reason="")
                 self.engine.record_event("started", held["id"],
                                          self.run_options(held["id"]).get("pod") or None)
+            if held["status"] is None:
+                self.health.started(held["id"], self.run_options(held["id"]), adopted=True)
         for cid in orphans:
             self.discard_orphan(cid)
         return adopted
@@ -373,6 +378,7 @@ class Daemon:
         from .. import container as ctr
         from ..errors import NotFound
 
+        self.health.stopped(cid)
         self.drain(cid)
         log = self.logs.pop(cid, None)
         if log:
@@ -543,6 +549,7 @@ class Daemon:
                                 started=time.time(), exit_code=None, reason="")
             self.engine.record_event("started", cid, opts.get("pod") or None)
         self.adopt(cid, fds, reply.get("streams", ["stdout", "stderr"]))
+        self.health.started(cid, opts)
         if on_started is not None:
             on_started()
         if reply.get("status") is not None:  # it has exited already
@@ -729,6 +736,9 @@ class Daemon:
         while True:
             self.handle_exits()
             timeout = self.due_restarts()
+            checks = self.health.run_due()
+            if checks is not None:
+                timeout = checks if timeout is None else min(timeout, checks)
             if self.exits:
                 continue  # a restart's container exited at once
             for key, events in self.sel.select(timeout):
@@ -777,6 +787,8 @@ class Daemon:
             self.on_attached(key.fileobj, events)
         elif kind == "pipe":
             self.on_pipe(key.fileobj, key.data[1], key.data[2])
+        elif kind == "probe":
+            self.health.on_ready(key.data[1], key.data[2])
         elif kind == "keeper":
             # a keeper call earlier in this round (a client's start) may have read what
             # made the socket ready (it queues the exits it meets): a blocking recv here
