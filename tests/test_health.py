@@ -37,7 +37,10 @@ def inspect(engine, name):
 
 
 def health(engine, name):
-    return inspect(engine, name)["State"].get("Health") or {}
+    proc = engine("inspect", name)
+    if proc.returncode != 0:  # not made yet (a foreground run is on its way)
+        return {}
+    return json.loads(proc.stdout)[0]["State"].get("Health") or {}
 
 
 def wait_status(engine, name, status):
@@ -237,3 +240,28 @@ def test_checks_go_on_after_the_daemon_is_killed(engine):
                     timeout=WAIT), engine.daemon_logs()
     assert health(engine, "hrestart")["Status"] == "healthy"
     assert events(engine, cid) == [("health_status", "healthy")]
+
+
+def test_a_foreground_run_is_checked_too(engine, tmp_path):
+    """`minirun run` without -d: the daemon starts and holds the container (the client
+    only relays), so it is checked as every docker container is."""
+    import subprocess
+    import sys
+
+    gate = tmp_path / "g"
+    gate.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minirun.client", "run", "--name", "hfg", "-v", f"{gate}:/g",
+         "--health-cmd", "true", *FAST, "busybox", "sh", "-c",
+         "while [ ! -f /g/done ]; do sleep 0.1; done; echo bye"],
+        env=engine.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_status(engine, "hfg", "healthy")
+        (gate / "done").write_text("")
+        out, err = proc.communicate(timeout=WAIT)
+        assert proc.returncode == 0 and out == "bye\n", err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert health(engine, "hfg")["Status"] == "unhealthy"  # docker's, once stopped

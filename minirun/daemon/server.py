@@ -1,4 +1,5 @@
-"""`minirun daemon`: serves the CLI, writes container logs, records exits, restarts.
+"""`minirun daemon`: serves the CLI, writes container logs, records exits, restarts,
+runs health checks (health.py: timers and probe processes in this same loop).
 
   CLI -> daemon  {"op": "ping"}            <- {"ok": true, "pid"}
   CLI -> daemon  {"op": "start", "id"}     <- {"ok": true, "pid"} | {"error"}
