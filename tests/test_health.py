@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -55,19 +57,10 @@ def events(engine, cid):
 
 
 def probes_of(cid):
-    """Host processes running a check of the container (monitor/probe.py)."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"minirun.monitor.probe" in argv and cid.encode() in argv:
-            out.append(int(pid))
-    return out
+    """Host processes running a check of the container (monitor/probe.py), by pgrep."""
+    proc = subprocess.run(["pgrep", "-f", rf"minirun\.monitor\.probe .*{cid}"],
+                          capture_output=True, text=True, check=False)
+    return [int(p) for p in proc.stdout.split()]
 
 
 def in_pidns(init_pid, argv0):
@@ -245,9 +238,6 @@ def test_checks_go_on_after_the_daemon_is_killed(engine):
 def test_a_foreground_run_is_checked_too(engine, tmp_path):
     """`minirun run` without -d: the daemon starts and holds the container (the client
     only relays), so it is checked as every docker container is."""
-    import subprocess
-    import sys
-
     gate = tmp_path / "g"
     gate.mkdir()
     proc = subprocess.Popen(

@@ -27,8 +27,6 @@ container did not restart, so its status stands).
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import os
 import selectors
 import signal
@@ -38,6 +36,7 @@ import time
 
 from ..healthcheck import probe_command, setting
 from ..monitor import health
+from .timers import Timers
 
 EXEC_START_BOUND = 30.0  # dockerd's timeout on starting a check's exec
 
@@ -72,9 +71,7 @@ class HealthChecks:
         self.engine = daemon.engine
         self.sel: selectors.BaseSelector = daemon.sel
         self.watches: dict[str, Watch] = {}
-        self.due: dict[str, float] = {}  # id -> monotonic time of its next check
-        self.timers: list[tuple[float, int, str]] = []  # a heap; stale entries skipped
-        self.seq = itertools.count()
+        self.timers = Timers()  # id -> when its next check is due
         self.probes: dict[str, Probe] = {}  # the check running for each container
         self.dying: set[Probe] = set()  # cancelled, not reaped yet
 
@@ -95,13 +92,13 @@ class HealthChecks:
         if not adopted or health.read(db, cid) is None:
             health.reset(db, cid)
         self.watches[cid] = Watch(config, command, (row[0] if row else None) or time.time())
-        self._schedule(cid, self._interval(cid))
+        self.timers.set(cid, self._interval(cid))
 
     def stopped(self, cid: str, record: bool = True) -> None:
         """The container exited: no more checks, a running one cancelled, its status
         unhealthy (docker's, at the monitor's stop)."""
         watched = self.watches.pop(cid, None) is not None
-        self.due.pop(cid, None)
+        self.timers.cancel(cid)
         probe = self.probes.pop(cid, None)
         if probe is not None:
             probe.cancelled = True
@@ -132,11 +129,6 @@ class HealthChecks:
             return setting(w.config, "StartInterval") / 1e9
         return interval / 1e9
 
-    def _schedule(self, cid: str, delay: float) -> None:
-        when = time.monotonic() + delay
-        self.due[cid] = when
-        heapq.heappush(self.timers, (when, next(self.seq), cid))
-
     def run_due(self) -> float | None:
         """Start the checks that are due, kill probes past their bound; the seconds
         until the next of either."""
@@ -145,15 +137,7 @@ class HealthChecks:
             if probe.deadline <= now and probe.proc.poll() is None:
                 self._signal(probe, signal.SIGKILL)
                 probe.deadline = now + 3600  # once
-        while self.timers:
-            when, _, cid = self.timers[0]
-            if self.due.get(cid) != when:
-                heapq.heappop(self.timers)
-                continue
-            if when > now:
-                break
-            heapq.heappop(self.timers)
-            del self.due[cid]
+        while (cid := self.timers.pop_due()) is not None:
             try:
                 self._launch(cid)
             except Exception as e:  # noqa: BLE001 - one container's trouble
@@ -162,8 +146,10 @@ class HealthChecks:
                 log_line(f"health check of {cid[:12]} not started: {type(e).__name__}: {e}")
                 self._finish_result(cid, health.Result(time.time_ns(), time.time_ns(), -1,
                                                        str(e)))
-        waits = [when - now for when, _, cid in self.timers[:1]]
-        waits += [p.deadline - now for p in list(self.probes.values()) + list(self.dying)]
+        waits = [p.deadline - now for p in list(self.probes.values()) + list(self.dying)]
+        next_check = self.timers.next_in()
+        if next_check is not None:
+            waits.append(next_check)
         return max(0.0, min(waits)) if waits else None
 
     # --- probes ------------------------------------------------------------------------------
@@ -260,7 +246,7 @@ class HealthChecks:
         w = self.watches[probe.cid]
         output = health.cap_output(bytes(probe.output), probe.truncated)
         if report.get("paused"):
-            self._schedule(probe.cid, self._interval(probe.cid))
+            self.timers.set(probe.cid, self._interval(probe.cid))
             return
         if "exit_code" in report:
             code = int(report["exit_code"])
@@ -284,4 +270,4 @@ class HealthChecks:
             return
         health.record(self.engine, cid, result, setting(w.config, "Retries"),
                       setting(w.config, "StartPeriod"), w.started_ns)
-        self._schedule(cid, self._interval(cid))
+        self.timers.set(cid, self._interval(cid))

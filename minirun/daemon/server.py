@@ -40,7 +40,6 @@ daemon.lock for its life; one that cannot take it exits at once.
 from __future__ import annotations
 
 import base64
-import heapq
 import json
 import os
 import select
@@ -53,6 +52,7 @@ import time
 
 from ..errors import ContainerStateError, MiniRunError
 from . import foreground, proto
+from .timers import Timers
 
 # the bytes of output (not of the file: the CRI prefix is not counted) a log file holds
 # before it is rotated, and how many files (the current one and rotated ones) are kept:
@@ -196,8 +196,7 @@ class Daemon:
         self.attached: dict[object, AttachedClient] = {}  # by connection
         self.keeper = None
         self.exits: list[tuple[str, int]] = []  # reported, not handled yet: in order
-        self.restarts: list[tuple[float, str]] = []  # (when, id): a heap of timers
-        self.restart_due: dict[str, float] = {}  # id -> when; an id not here is cancelled
+        self.restarts = Timers()  # id -> when its restart is due
         self.backoff: dict[str, float] = {}  # id -> the last restart delay
         from .health import HealthChecks
 
@@ -455,30 +454,19 @@ class Daemon:
         else:
             delay = min(last * 2, RESTART_MAX)
         self.backoff[cid] = delay
-        due = time.monotonic() + delay
-        self.restart_due[cid] = due
-        heapq.heappush(self.restarts, (due, cid))
+        self.restarts.set(cid, delay)
 
     def cancel_restart(self, cid: str) -> None:
-        self.restart_due.pop(cid, None)  # its heap entry is skipped when it comes up
+        self.restarts.cancel(cid)
 
     def due_restarts(self) -> float | None:
         """Start the containers whose restart is due; the seconds until the next one."""
-        while self.restarts:
-            due, cid = self.restarts[0]
-            if self.restart_due.get(cid) != due:
-                heapq.heappop(self.restarts)  # cancelled or rescheduled
-                continue
-            now = time.monotonic()
-            if due > now:
-                return due - now
-            heapq.heappop(self.restarts)
-            del self.restart_due[cid]
+        while (cid := self.restarts.pop_due()) is not None:
             try:
                 self.restart(cid)
             except Exception as e:  # noqa: BLE001 - one container's trouble
                 log_line(f"restart of {cid[:12]} failed: {type(e).__name__}: {e}")
-        return None
+        return self.restarts.next_in()
 
     def restart(self, cid: str) -> None:
         from ..errors import NotFound
