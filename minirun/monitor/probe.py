@@ -64,6 +64,7 @@ def _wait(pid: int, timeout: float) -> int | None:
 def run(oci_root: str, cid: str, timeout_ns: int, command: list[str]) -> dict:
     from .. import execproc
     from ..errors import ContainerStateError, MiniRunError
+    from ..layout import seccomp_cache_dir
     from ..runtime import Container
 
     try:
@@ -71,7 +72,10 @@ def run(oci_root: str, cid: str, timeout_ns: int, command: list[str]) -> dict:
         if c.status() == "paused":
             return {"paused": True}
         process = execproc.build_process(c, command)
-        pid = execproc.exec_process(oci_root, cid, process, execproc.ExecOptions())
+        # the engine's compiled profiles: the container's own was compiled at its start
+        cache = seccomp_cache_dir(c.data["bundle"]) if c.data.get("bundle") else None
+        pid = execproc.exec_process(oci_root, cid, process,
+                                    execproc.ExecOptions(seccomp_cache=cache))
     except ContainerStateError as e:
         return {"paused": True} if "paused" in str(e) else {"error": str(e)}
     except MiniRunError as e:
