@@ -255,3 +255,11 @@ def test_a_foreground_run_is_checked_too(engine, tmp_path):
             proc.kill()
             proc.wait()
     assert health(engine, "hfg")["Status"] == "unhealthy"  # docker's, once stopped
+
+
+def test_output_is_capped_at_4096_bytes(engine):
+    engine("run", "-d", "--name", "hloud", "--health-cmd",
+           "head -c 6000 /dev/zero | tr '\\0' x; echo err >&2", *FAST, "busybox", "sleep",
+           "1000", check=True)
+    wait_status(engine, "hloud", "healthy")
+    assert health(engine, "hloud")["Log"][0]["Output"] == "x" * 4096 + "..."

@@ -27,6 +27,7 @@ container did not restart, so its status stands).
 
 from __future__ import annotations
 
+import functools
 import os
 import selectors
 import signal
@@ -39,6 +40,24 @@ from ..monitor import health
 from .timers import Timers
 
 EXEC_START_BOUND = 30.0  # dockerd's timeout on starting a check's exec
+
+
+def logged(method):
+    """The entry points from the daemon's loop: a health check's trouble (a database
+    error, a failed fork) is logged and never stops a start, an exit's handling or the
+    loop."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kw):
+        try:
+            return method(self, *args, **kw)
+        except Exception as e:  # noqa: BLE001 - see above
+            from .server import log_line
+
+            log_line(f"health checks: {method.__name__}: {type(e).__name__}: {e}")
+            return 1.0 if method.__name__ == "run_due" else None  # run_due: look again soon
+
+    return wrapper
 
 
 class Probe:
@@ -77,6 +96,7 @@ class HealthChecks:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    @logged
     def started(self, cid: str, opts: dict, adopted: bool = False) -> None:
         """A container started (or adopted running): its checks begin, the first an
         interval from now. A start resets its status to starting; an adopted one keeps
@@ -94,6 +114,7 @@ class HealthChecks:
         self.watches[cid] = Watch(config, command, (row[0] if row else None) or time.time())
         self.timers.set(cid, self._interval(cid))
 
+    @logged
     def stopped(self, cid: str, record: bool = True) -> None:
         """The container exited: no more checks, a running one cancelled, its status
         unhealthy (docker's, at the monitor's stop)."""
@@ -106,10 +127,6 @@ class HealthChecks:
             self._signal(probe, signal.SIGTERM)
         if record and watched:
             health.stopped(self.engine.db, cid)
-
-    def close(self) -> None:
-        for cid in list(self.watches):
-            self.stopped(cid, record=False)
 
     # --- timers ------------------------------------------------------------------------------
 
@@ -129,6 +146,7 @@ class HealthChecks:
             return setting(w.config, "StartInterval") / 1e9
         return interval / 1e9
 
+    @logged
     def run_due(self) -> float | None:
         """Start the checks that are due, kill probes past their bound; the seconds
         until the next of either."""
@@ -186,6 +204,7 @@ class HealthChecks:
         except ProcessLookupError:
             pass
 
+    @logged
     def on_ready(self, probe: Probe, which: str) -> None:
         """Output or the report of a probe is readable."""
         if which == "out":
