@@ -263,3 +263,18 @@ def test_output_is_capped_at_4096_bytes(engine):
            "1000", check=True)
     wait_status(engine, "hloud", "healthy")
     assert health(engine, "hloud")["Log"][0]["Output"] == "x" * 4096 + "..."
+
+
+def test_a_paused_container_is_not_checked(engine):
+    engine("run", "-d", "--name", "hpause", "--health-cmd", "true", *FAST, "busybox",
+           "sleep", "1000", check=True)
+    wait_status(engine, "hpause", "healthy")
+    engine("pause", "hpause", check=True)
+    time.sleep(0.5)  # a check begun before the pause may still end
+    ends = [r["End"] for r in health(engine, "hpause")["Log"]]
+    time.sleep(1.5)
+    assert [r["End"] for r in health(engine, "hpause")["Log"]] == ends
+    engine("unpause", "hpause", check=True)
+    assert wait_for(lambda: health(engine, "hpause")["Log"][-1]["End"] > ends[-1],
+                    timeout=WAIT)
+    assert health(engine, "hpause")["Status"] == "healthy"

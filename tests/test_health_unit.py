@@ -118,3 +118,28 @@ def test_output_is_capped_as_dockers():
     assert health.ps_suffix("starting") == " (health: starting)"
     assert health.ps_suffix("unhealthy") == " (unhealthy)"
     assert health.ps_suffix("none") == ""
+
+
+def test_a_database_from_before_health_checks_gets_the_table(tmp_path):
+    import sqlite3
+
+    from minirun.engine import Engine
+
+    root = tmp_path / "lib"
+    root.mkdir()
+    old = sqlite3.connect(root / "engine.db")
+    old.execute("CREATE TABLE containers (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL,"
+                " image TEXT NOT NULL, image_id TEXT NOT NULL, command TEXT NOT NULL,"
+                " created REAL NOT NULL, status TEXT NOT NULL, exit_code INTEGER,"
+                " started REAL, finished REAL, pid INTEGER, options TEXT NOT NULL)")
+    old.execute("INSERT INTO containers VALUES ('c1', 'old', 'busybox', 'sha256:x', '[]', 1,"
+                " 'exited', 0, 1, 2, 0, '{}')")
+    old.commit()
+    old.close()
+    engine = Engine(str(root), str(tmp_path / "run"))
+    rec = {"id": "c1"}
+    assert health.status_of(engine, rec) == "none"
+    health.reset(engine.db, "c1")
+    assert health.status_of(engine, rec) == "starting"
+    assert health.inspect_health(engine, rec) == {"Status": "starting", "FailingStreak": 0,
+                                                  "Log": []}
