@@ -278,3 +278,18 @@ def test_a_paused_container_is_not_checked(engine):
     assert wait_for(lambda: health(engine, "hpause")["Log"][-1]["End"] > ends[-1],
                     timeout=WAIT)
     assert health(engine, "hpause")["Status"] == "healthy"
+
+
+def test_a_daemon_that_exits_takes_its_running_checks_along(engine):
+    cid = engine("run", "-d", "--name", "hterm", "--health-cmd", "sleep 30",
+                 "--health-interval", "100ms", "--health-timeout", "1m", "busybox", "sleep",
+                 "1000", check=True).stdout.strip()
+    pid = inspect(engine, "hterm")["State"]["Pid"]
+    assert wait_for(lambda: probes_of(cid) and in_pidns(pid, b"sleep\x0030"), timeout=WAIT)
+    os.kill(engine.pid_of("daemon"), signal.SIGTERM)
+    # well before the check's own 30 s: the probe and its check are gone
+    assert wait_for(lambda: not probes_of(cid) and not in_pidns(pid, b"sleep\x0030"),
+                    timeout=15), (probes_of(cid), in_pidns(pid, b"sleep\x0030"))
+    # the container runs on; the next daemon checks it again
+    assert inspect(engine, "hterm")["State"]["Running"]
+    assert wait_for(lambda: probes_of(cid), timeout=WAIT)

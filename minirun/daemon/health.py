@@ -128,6 +128,12 @@ class HealthChecks:
         if record and watched:
             health.stopped(self.engine.db, cid)
 
+    def cancel_probes(self) -> None:
+        """The daemon exits: the running checks end with it (each probe kills its check)
+        rather than run out their timeouts. Signals only: this runs in a signal handler."""
+        for probe in list(self.probes.values()):
+            self._signal(probe, signal.SIGTERM)
+
     # --- timers ------------------------------------------------------------------------------
 
     def _interval(self, cid: str) -> float:

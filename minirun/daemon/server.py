@@ -752,6 +752,7 @@ class Daemon:
             os.unlink(os.path.join(self.run_root, "daemon.pid"))
         except FileNotFoundError:
             pass
+        self.health.cancel_probes()
         log_line("exiting (SIGTERM)")
         os._exit(0)
 
