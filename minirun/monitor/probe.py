@@ -26,6 +26,7 @@ import os
 import select
 import signal
 import sys
+import time
 
 
 class Cancelled(Exception):
@@ -42,20 +43,35 @@ def _kill_group(pid: int) -> None:
             continue
 
 
+def _exited(pid: int, timeout: float) -> bool:
+    """Whether the process ends within the timeout (it is not reaped here)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # a kernel before 5.3: poll
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+            time.sleep(0.02)
+        return False
+    try:
+        return bool(select.select([pidfd], [], [], max(0.0, timeout))[0])
+    finally:
+        os.close(pidfd)
+
+
 def _wait(pid: int, timeout: float) -> int | None:
     """Its exit code, or None at the timeout (then killed and reaped)."""
-    pidfd = os.pidfd_open(pid)
     try:
-        if not select.select([pidfd], [], [], max(0.0, timeout))[0]:
-            _kill_group(pid)
-            os.waitpid(pid, 0)
-            return None
+        ended = _exited(pid, timeout)
     except Cancelled:
         _kill_group(pid)
         os.waitpid(pid, 0)
         raise
-    finally:
-        os.close(pidfd)
+    if not ended:
+        _kill_group(pid)
+        os.waitpid(pid, 0)
+        return None
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) \
         else 128 + os.WTERMSIG(status)
