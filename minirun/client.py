@@ -53,7 +53,9 @@ for _name in ("-m", "--memory", "--memory-swap", "--memory-reservation", "--oom-
               "--cpus", "-c", "--cpu-shares", "--cpuset-cpus", "--device", "--ulimit",
               "--shm-size", "--stop-signal", "--stop-timeout", "--sysctl", "--group-add",
               "--platform", "--pid", "--ipc", "--uts", "--cgroup-parent", "--oom-score-adj",
-              "-l", "--label", "--label-file", "--mount"):
+              "-l", "--label", "--label-file", "--mount", "--health-cmd", "--health-interval",
+              "--health-timeout", "--health-retries", "--health-start-period",
+              "--health-start-interval", "--no-healthcheck"):
     RUN_OPTIONS[_name] = ("", "click")
 RUN_DEFAULTS = {"network": "bridge", "restart": "no", "userns": "host"}
 # signals the client passes on to the container (docker's --sig-proxy)

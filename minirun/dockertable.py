@@ -31,7 +31,6 @@ NO_BUILD = "no image builder: build elsewhere, then `minirun load` or `pull`"
 NO_TRUST = "no image signing (Docker Content Trust)"
 OCI_ONLY = "no flag here; minirun-oci applies it from a config.json"
 WINDOWS = "Windows only"
-NO_HEALTH = "no health checks (every container's health is `none`)"
 
 # (docker's verb or verbs, note); a row of several verbs is as good as its worst
 VERBS: list[tuple[tuple[str, ...], str]] = [
@@ -91,9 +90,9 @@ RUN_FLAGS: list[tuple[tuple[str, ...], str]] = [
     (("--expose",), "not implemented: -P publishes the image's ExposedPorts"),
     (("--gpus",), "no GPU or CDI devices (--device passes a device node)"),
     (("--group-add",), ""),
-    (("--health-cmd",), NO_HEALTH), (("--health-interval",), NO_HEALTH),
-    (("--health-retries",), NO_HEALTH), (("--health-start-period",), NO_HEALTH),
-    (("--health-timeout",), NO_HEALTH), (("--no-healthcheck",), NO_HEALTH),
+    (("--health-cmd",), ""), (("--health-interval",), ""), (("--health-retries",), ""),
+    (("--health-start-period",), ""), (("--health-timeout",), ""),
+    (("--no-healthcheck",), ""),
     (("-h", "--hostname"), ""), (("--init",), ""), (("-i", "--interactive"), ""),
     (("--io-maxbandwidth",), WINDOWS), (("--io-maxiops",), WINDOWS),
     (("--ip",), "not implemented: addresses are leased from the network's subnet"),

@@ -131,10 +131,19 @@ def ps_context(engine: Any, rec: dict, no_trunc: bool = False, size: bool = Fals
         "RunningFor": human_duration(max(0.0, (now or time.time()) - created)) + " ago",
         "Size": _size_text(engine, rec) if size else "0B",
         "State": state_of(rec),
-        "Status": status_text(rec, now),
+        "Status": status_text(rec, now) + _health_suffix(engine, rec),
     })
     ctx.labels = labels
     return ctx
+
+
+def _health_suffix(engine: Any, rec: dict) -> str:
+    """` (healthy)` and the like after a running container's `Up ...` (docker's)."""
+    if state_of(rec) != "running":
+        return ""
+    from .monitor import health
+
+    return health.ps_suffix(health.status_of(engine, rec))
 
 
 def upper_size(engine: Any, cid: str) -> int:
@@ -202,6 +211,10 @@ def filter_records(engine: Any, recs: list[dict], filters: dict) -> list[dict]:
     for value in filters.get("status", []):
         if value not in STATES:
             raise InvalidArgument(f"invalid filter 'status={value}'")
+    if "health" in filters:
+        from .monitor import health
+
+        health.check_filter(filters["health"])
     for value in filters.get("exited", []):
         if not value.lstrip("-").isdigit():
             raise InvalidArgument(f"invalid filter 'exited={value}'")
@@ -252,8 +265,10 @@ def _passes(engine: Any, rec: dict, key: str, value: str, marks: dict) -> bool:
             if value in parts[:2]:
                 return True
         return False
-    if key == "health":  # no health checks here: every container is "none"
-        return value == "none"
+    if key == "health":  # starting, healthy, unhealthy, or none (no check, never run)
+        from .monitor import health
+
+        return health.status_of(engine, rec) == value
     if key in ("publish", "expose"):  # a container port, 80 or 80/tcp
         want = value if "/" in value else f"{value}/tcp"
         ports = {_parse_publish(p)[0] for p in opts.get("publish") or []}
@@ -419,6 +434,7 @@ def inspect_container(engine: Any, rec: dict) -> dict:
             "Error": "",
             "StartedAt": rfc3339(rec.get("started")),
             "FinishedAt": rfc3339(rec.get("finished")) if state == "exited" else ZERO_TIME,
+            **_health_doc(engine, rec),
         },
         "Image": rec.get("image_id") or "",
         "ResolvConfPath": os.path.join(cdir, "resolv.conf"),
@@ -514,11 +530,20 @@ def inspect_container(engine: Any, rec: dict) -> dict:
             "StopSignal": rec.get("stop_signal") or image_cfg.get("StopSignal") or None,
             **({"StopTimeout": opts["stop_timeout"]}
                if opts.get("stop_timeout") is not None else {}),
+            **({"Healthcheck": opts["healthcheck"]} if opts.get("healthcheck") else {}),
         },
         "NetworkSettings": settings,
         # minirun's own: the options the container was made with, by RunOptions' names
         "Minirun": {"Options": opts, "Reason": rec.get("reason") or ""},
     }
+
+
+def _health_doc(engine: Any, rec: dict) -> dict:
+    """State.Health, left out (as docker's) for a container that never ran a check."""
+    from .monitor import health
+
+    doc = health.inspect_health(engine, rec)
+    return {"Health": doc} if doc is not None else {}
 
 
 def _ulimit(value: Any) -> dict:

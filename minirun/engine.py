@@ -126,6 +126,9 @@ class RunOptions:
     oom_kill_disable: bool = False
     shm_size: int | None = None  # /dev/shm's size, bytes (default 64m)
     stop_signal: str = ""  # "": the image's StopSignal, else SIGTERM
+    # docker's HealthConfig (minirun/healthcheck.py): the flags' at first, merged with the
+    # image's at create; None: the image's, if any
+    healthcheck: dict | None = None
 
 
 def parse_size(text: str, what: str) -> int:
@@ -169,6 +172,9 @@ def check_run_options(opts: RunOptions) -> None:
     if opts.remove and policy != "no":
         raise InvalidArgument("Conflicting options: --restart and --rm")
     parse_log_opts(opts.log_opts)
+    from . import healthcheck
+
+    healthcheck.check(opts.healthcheck)
 
 
 @dataclass
@@ -317,6 +323,11 @@ class Engine:
                 seq INTEGER PRIMARY KEY AUTOINCREMENT, time_ns INTEGER NOT NULL,
                 type TEXT NOT NULL, container TEXT NOT NULL, pod TEXT, attrs TEXT)""")
             db.execute("CREATE INDEX IF NOT EXISTS events_by_container ON events (container)")
+            # the daemon's health check results (monitor/health.py); a table of its own,
+            # so a database from before it needs nothing but this
+            db.execute("""CREATE TABLE IF NOT EXISTS health (
+                id TEXT PRIMARY KEY, status TEXT NOT NULL, failing_streak INTEGER NOT NULL
+                DEFAULT 0, log TEXT NOT NULL DEFAULT '[]')""")
             self._db = db
         return self._db
 
@@ -539,6 +550,11 @@ class Engine:
             raise InvalidArgument(f"invalid container name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]")
         config = image.config.get("config") or {}
         args = self._command(config, opts)
+        if not opts.pod:  # the CRI's containers have no docker health checks (containerd's)
+            from . import healthcheck
+
+            healthcheck.check(opts.healthcheck)
+            opts.healthcheck = healthcheck.merge(opts.healthcheck, config.get("Healthcheck"))
         idmap = self._userns_idmap(opts)
         if opts.volumes:
             from .runflags import name_anonymous_volumes
@@ -1299,6 +1315,7 @@ class Engine:
             row = self.db.execute("SELECT status, options, exit_code, reason FROM containers"
                                   " WHERE id = ?", (cid,)).fetchone()
             self.db.execute("DELETE FROM containers WHERE id = ?", (cid,))
+            self.db.execute("DELETE FROM health WHERE id = ?", (cid,))
             if row is not None and row[0] != "creating":  # a created event was written
                 pod = json.loads(row[1]).get("pod") or None
                 last = self.db.execute(

@@ -33,7 +33,8 @@ _JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount"
 class ExecOptions:
     def __init__(self, console_socket: str | None = None, pid_file: str | None = None,
                  detach: bool = False, preserve_fds: int = 0, console_fd=None,
-                 ignore_paused: bool = False, cgroups: list[str] | None = None) -> None:
+                 ignore_paused: bool = False, cgroups: list[str] | None = None,
+                 seccomp_cache: str | None = None) -> None:
         self.console_socket = console_socket
         self.pid_file = pid_file
         self.detach = detach
@@ -41,6 +42,7 @@ class ExecOptions:
         self.console_fd = console_fd
         self.ignore_paused = ignore_paused
         self.sub_cgroups = parse_sub_cgroups(cgroups or [])
+        self.seccomp_cache = seccomp_cache  # compiled profiles (the engine's cache)
 
 
 def parse_sub_cgroups(args: list[str]) -> dict[str, str]:
@@ -168,7 +170,8 @@ def exec_process(root: str, container_id: str, process: dict, opts: ExecOptions)
     if process.get("terminal") and not (opts.console_socket or opts.console_fd):
         raise InvalidArgument("cannot allocate a tty without --console-socket")
     # The container's profile applies to every process in it, as under runc.
-    seccomp_filter = _seccomp.compile_profile((cfg.get("linux") or {}).get("seccomp"))
+    seccomp_filter = _seccomp.compile_profile((cfg.get("linux") or {}).get("seccomp"),
+                                              opts.seccomp_cache)
 
     ns_fds = _open_namespaces(c)
     console = opts.console_fd

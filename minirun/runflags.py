@@ -1,8 +1,9 @@
 """docker's `run`/`create` flags beyond the everyday ones, read as docker reads them and
 turned into RunOptions fields: labels, resources (-m with its swap rule, --cpus,
 --memory-swap, --cpu-shares, ...), devices, sysctls, namespaces (--pid, --ipc, --uts),
---mount and --platform. Pure functions of the flag values and the host: nothing is made
-here, and every refusal is one line naming the flag and the value.
+--mount, --platform, the --health-* flags (healthcheck.py). Pure functions of the flag
+values and the host: nothing is made here, and every refusal is one line naming the flag
+and the value.
 """
 
 from __future__ import annotations
@@ -334,6 +335,13 @@ def docker_run_fields(kw: dict, warn=None) -> dict:
     out["uts"] = uts_mode(kw.pop("uts", None))
     out["cgroup_parent"] = kw.pop("cgroup_parent", None) or ""
     out["oom_score_adj"] = kw.pop("oom_score_adj", None)
+    from .healthcheck import from_flags
+
+    out["healthcheck"] = from_flags(
+        kw.pop("health_cmd", None), kw.pop("health_interval", None),
+        kw.pop("health_timeout", None), kw.pop("health_retries", None),
+        kw.pop("health_start_period", None), kw.pop("health_start_interval", None),
+        bool(kw.pop("no_healthcheck", False)))
     volumes, tmpfs = [], []
     for spec in kw.pop("mount", ()):
         kind, value = mount_to_volume(spec)

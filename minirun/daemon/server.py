@@ -1,4 +1,5 @@
-"""`minirun daemon`: serves the CLI, writes container logs, records exits, restarts.
+"""`minirun daemon`: serves the CLI, writes container logs, records exits, restarts,
+runs health checks (health.py: timers and probe processes in this same loop).
 
   CLI -> daemon  {"op": "ping"}            <- {"ok": true, "pid"}
   CLI -> daemon  {"op": "start", "id", "trace"?}  <- {"ok": true, "pid", "trace"?} | {"error"}
@@ -48,7 +49,6 @@ daemon.lock for its life; one that cannot take it exits at once.
 from __future__ import annotations
 
 import base64
-import heapq
 import json
 import os
 import select
@@ -62,6 +62,7 @@ import time
 from ..errors import ContainerStateError, MiniRunError
 from ..monitor import trace as spans
 from . import foreground, proto
+from .timers import Timers
 
 # the bytes of output (not of the file: the CRI prefix is not counted) a log file holds
 # before it is rotated, and how many files (the current one and rotated ones) are kept:
@@ -210,9 +211,11 @@ class Daemon:
         self.attached: dict[object, AttachedClient] = {}  # by connection
         self.keeper = None
         self.exits: list[tuple[str, int]] = []  # reported, not handled yet: in order
-        self.restarts: list[tuple[float, str]] = []  # (when, id): a heap of timers
-        self.restart_due: dict[str, float] = {}  # id -> when; an id not here is cancelled
+        self.restarts = Timers()  # id -> when its restart is due
         self.backoff: dict[str, float] = {}  # id -> the last restart delay
+        from .health import HealthChecks
+
+        self.health = HealthChecks(self)
 
     # --- the keeper --------------------------------------------------------------------------
 
@@ -249,6 +252,8 @@ class Daemon:
                                     started=time.time(), exit_code=None, reason="")
                 self.engine.record_event("started", held["id"],
                                          self.run_options(held["id"]).get("pod") or None)
+            if held["status"] is None:
+                self.health.started(held["id"], self.run_options(held["id"]), adopted=True)
         for cid in orphans:
             self.discard_orphan(cid)
         return adopted
@@ -398,6 +403,7 @@ class Daemon:
         from .. import container as ctr
         from ..errors import NotFound
 
+        self.health.stopped(cid)
         self.drain(cid)
         log = self.logs.pop(cid, None)
         if log:
@@ -479,31 +485,20 @@ class Daemon:
         else:
             delay = min(last * 2, RESTART_MAX)
         self.backoff[cid] = delay
-        due = time.monotonic() + delay
-        self.restart_due[cid] = due
-        heapq.heappush(self.restarts, (due, cid))
+        self.restarts.set(cid, delay)
 
     def cancel_restart(self, cid: str) -> None:
-        self.restart_due.pop(cid, None)  # its heap entry is skipped when it comes up
+        self.restarts.cancel(cid)
 
     def due_restarts(self) -> float | None:
         """Start the containers whose restart is due; the seconds until the next one."""
-        while self.restarts:
-            due, cid = self.restarts[0]
-            if self.restart_due.get(cid) != due:
-                heapq.heappop(self.restarts)  # cancelled or rescheduled
-                continue
-            now = time.monotonic()
-            if due > now:
-                return due - now
-            heapq.heappop(self.restarts)
-            del self.restart_due[cid]
+        while (cid := self.restarts.pop_due()) is not None:
             try:
                 self.restart(cid)
             except Exception as e:  # noqa: BLE001 - one container's trouble
                 log_line(f"restart of {cid[:12]} failed: {type(e).__name__}: {e}", "error",
                          self.ecs_container(cid), "restart")
-        return None
+        return self.restarts.next_in()
 
     def restart(self, cid: str) -> None:
         from ..errors import NotFound
@@ -582,6 +577,7 @@ class Daemon:
         log_line(f"started {cid[:12]} (pid {reply['pid']})", container=self.ecs_container(cid),
                  action="start")
         self.adopt(cid, fds, reply.get("streams", ["stdout", "stderr"]))
+        self.health.started(cid, opts)
         if on_started is not None:
             on_started()
         if reply.get("status") is not None:  # it has exited already
@@ -783,6 +779,9 @@ class Daemon:
         while True:
             self.handle_exits()
             timeout = self.due_restarts()
+            checks = self.health.run_due()
+            if checks is not None:
+                timeout = checks if timeout is None else min(timeout, checks)
             if self.exits:
                 continue  # a restart's container exited at once
             for key, events in self.sel.select(timeout):
@@ -823,6 +822,7 @@ class Daemon:
             os.unlink(os.path.join(self.run_root, "daemon.pid"))
         except FileNotFoundError:
             pass
+        self.health.cancel_probes()
         log_line("exiting (SIGTERM)")
         os._exit(0)
 
@@ -850,6 +850,8 @@ class Daemon:
             self.on_pipe(key.fileobj, key.data[1], key.data[2])
         elif kind == "metrics":
             key.data[1](key.fileobj, events)
+        elif kind == "probe":
+            self.health.on_ready(key.data[1], key.data[2])
         elif kind == "keeper":
             # a keeper call earlier in this round (a client's start) may have read what
             # made the socket ready (it queues the exits it meets): a blocking recv here

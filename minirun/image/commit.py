@@ -14,8 +14,8 @@ from ..errors import InvalidArgument
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 # the Dockerfile instructions docker commit --change accepts
-CHANGE_INSTRUCTIONS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "USER",
-                       "VOLUME", "WORKDIR", "STOPSIGNAL")
+CHANGE_INSTRUCTIONS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL",
+                       "ONBUILD", "USER", "VOLUME", "WORKDIR", "STOPSIGNAL")
 
 
 def _rfc3339(when: float) -> str:
@@ -87,6 +87,10 @@ def apply_changes(config: dict, changes: list[str]) -> dict:
             cfg["User"] = value.strip()
         elif kind == "WORKDIR":
             cfg["WorkingDir"] = value.strip()
+        elif kind == "HEALTHCHECK":
+            from ..healthcheck import parse_instruction
+
+            cfg["Healthcheck"] = parse_instruction(value)
         elif kind == "STOPSIGNAL":
             cfg["StopSignal"] = value.strip()
         elif kind == "ONBUILD":
