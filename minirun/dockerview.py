@@ -48,6 +48,8 @@ def human_duration(seconds: float) -> str:
 def state_of(rec: dict) -> str:
     """docker's State.Status of a record."""
     status = rec["status"]
+    if status == "running" and rec.get("paused"):  # frozen (Engine._reconcile)
+        return "paused"
     return "created" if status == "creating" else status if status in STATES else "dead"
 
 

@@ -436,6 +436,9 @@ class Engine:
             status = "missing"
         except MiniRunError:
             return
+        # frozen (pause): the record still says running, as for every caller that acts on
+        # it; the views show docker's paused state from this key
+        rec["paused"] = status == "paused"
         if status in ("stopped", "missing"):
             from .daemon.keeper import read_exit_status
 

@@ -345,6 +345,13 @@ def test_pause_and_unpause(engine, podman, tmp_path):  # noqa: F811
         assert (out / "n").read_text() == frozen, "a paused container kept running"
         again = mr(engine, "pause", name)
         assert again.returncode == 1 and "already paused" in one_line_error(again)
+        # what docker shows of a paused container
+        ps = mr(engine, "ps", "--filter", f"name={name}", "--format", "{{.Status}}|{{.State}}")
+        assert re.fullmatch(r"Up .* \(Paused\)\|paused\n", ps.stdout), ps.stdout
+        state = mr(engine, "inspect", "-f", "{{.State.Status}} {{.State.Paused}}", name)
+        assert state.stdout == "paused true\n"
+        listed = mr(engine, "ps", "-q", "--filter", "status=paused", "--no-trunc")
+        assert listed.stdout.startswith(mr(engine, "inspect", "-f", "{{.Id}}", name).stdout[:12])
         assert mr(engine, "unpause", name).returncode == 0
         wait_for(lambda: (out / "n").read_text() != frozen, timeout=5)
         not_paused = mr(engine, "unpause", name)
