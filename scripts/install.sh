@@ -16,13 +16,12 @@
 # the editable-install finder, ~25 ms on every call podman or containerd make.
 set -euo pipefail
 
-# prometheus: promtool and the server tests/test_metrics.py starts itself (its own config,
-# storage and a free 127.0.0.1 port); the package's prometheus.service, started where
-# systemd runs, is not used by any test
+# Not here: test-only programs whose packages start services on install (prometheus,
+# docker.io's dockerd): the tests extract them from the .deb (scripts/deb-tool.sh).
 PACKAGES="python3 python3-venv busybox-static runc crun podman containerd skopeo umoci
 nftables iptables uidmap hyperfine qemu-system-x86 xz-utils iproute2 procps libseccomp2
 util-linux docker-registry apache2-utils tini golang-github-containers-common
-containernetworking-plugins iperf3 strace gcc libc6-dev prometheus"
+containernetworking-plugins iperf3 strace gcc libc6-dev"
 
 CHECKOUT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=$CHECKOUT/.venv

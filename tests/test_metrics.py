@@ -4,7 +4,8 @@ containers on a private engine whose daemon.json asks for metrics on a free loop
 
 Witnesses: the kernel's own files (the container's cgroup, found through /proc/<pid>/cgroup,
 not through minirun; /proc/<pid>/net/dev for its netns), prometheus_client's parser,
-Debian's promtool, and a real Debian prometheus that scrapes the daemon and is queried
+Debian's promtool, and a real Debian prometheus (both from the package, not installed:
+scripts/deb-tool.sh) that scrapes the daemon and is queried
 through its HTTP API."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import urllib.request
 from datetime import datetime
 
 import pytest
+from debtools import deb_tool
 from enginetest import engine_with_busybox
 from nettest import free_port
 from ocitest import needs_root
@@ -322,9 +324,7 @@ def test_a_cri_pod_container_carries_pod_namespace_and_container(env):
 # --- the endpoint ----------------------------------------------------------------------------
 
 def test_promtool_check_metrics_passes(env, two):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool is not installed (apt-get install prometheus)")
+    promtool = deb_tool("prometheus", "usr/bin/promtool")
     text = scrape(env.addr)
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                           text=True, timeout=60, check=False)
@@ -351,9 +351,7 @@ def test_other_paths_and_methods(env, two):
 
 
 def test_prometheus_scrapes_the_daemon(env, two, tmp_path):
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.fail("prometheus is not installed (apt-get install prometheus)")
+    prometheus = deb_tool("prometheus", "usr/bin/prometheus")
     a, _ = two
     pid = a["State"]["Pid"]
     cg = cgroup_of(pid, "memory")
