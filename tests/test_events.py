@@ -221,6 +221,23 @@ def test_pull_tag_rmi(engine, registry_ref):  # noqa: F811
     assert actions(events(engine, since, "-f", "image=ev-tagged")) == ["tag"]
 
 
+def test_save_load_import(engine, tmp_path):  # noqa: F811
+    since = now()
+    archive = str(tmp_path / "bb.tar")
+    ok(engine, "save", "-o", archive, "busybox:latest")
+    image_id = json.loads(ok(engine, "image", "inspect", "busybox:latest"))[0]["Id"]
+    assert ok(engine, "load", "-i", archive) == "Loaded image: busybox:latest"
+    imported = ok(engine, "import", os.path.join(engine.top, "busybox.tar"), "ev-imported:1")
+    try:
+        got = events(engine, since, "-f", "type=image")
+        assert [(m["Action"], m["Actor"]["ID"], m["Actor"]["Attributes"]["name"])
+                for m in got] == [("save", image_id, image_id),
+                                  ("load", image_id, "busybox:latest"),
+                                  ("import", imported, imported)]
+    finally:
+        engine("rmi", "ev-imported:1")
+
+
 # --- windows, filters, errors -----------------------------------------------------------------
 
 def test_since_until_window(engine):  # noqa: F811

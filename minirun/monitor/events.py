@@ -114,6 +114,8 @@ class ContainerNames:
                 " 'deleted') AND attrs IS NOT NULL ORDER BY seq DESC LIMIT 1",
                 (cid,)).fetchone()
             info = json.loads(row[0]) if row else {}
+        if len(self.cache) >= 4096:  # a stream followed for days: keep it small
+            self.cache.clear()
         self.cache[cid] = info
         return info
 
