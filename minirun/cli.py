@@ -195,6 +195,9 @@ def _register_commands() -> None:
     from . import cli_doctor
 
     cli_doctor.register(cli)
+    from . import cli_events
+
+    cli_events.register(cli)
 
 
 _register_commands()

@@ -56,13 +56,14 @@ def volume_info(root: str, name: str) -> dict:
             "Options": meta.get("options") or {}, "Scope": "local"}
 
 
-def _remove(root: str, name: str) -> None:
+def _remove(engine, name: str) -> None:
     from .image.store import mounts_under, remove_tree
 
-    top = os.path.join(volumes_dir(root), name)
+    top = os.path.join(volumes_dir(engine.root), name)
     if mounts_under(top):
         raise ContainerStateError(f"remove {name}: something is mounted inside it")
     remove_tree(top)
+    engine.record_object_event("volume", "destroy", name, driver="local")
 
 
 @click.group(name="volume", help="Manage volumes.")
@@ -94,6 +95,7 @@ def create(root, driver, label, opt, name) -> None:
         if not os.path.exists(os.path.join(top, META)):
             with open(os.path.join(top, META), "w") as f:
                 json.dump({"created": time.time(), "labels": labels}, f)
+            engine.record_object_event("volume", "create", name, driver="local")
         click.echo(name)
     except MiniRunError as e:
         click.echo(f"minirun: error: {e}", err=True)
@@ -151,7 +153,7 @@ def rm(root, force, names) -> None:
             if users.get(n):
                 raise ContainerStateError(f"remove {n}: volume is in use - "
                                           f"[{', '.join(users[n])}]")
-            _remove(engine.root, n)
+            _remove(engine, n)
             click.echo(n)
         except NotFound as e:
             if not force:
@@ -195,7 +197,7 @@ def prune(root, force, all_) -> None:
             continue
         size = tree_size(os.path.join(vdir, n))
         try:
-            _remove(engine.root, n)
+            _remove(engine, n)
         except MiniRunError as e:
             click.echo(f"minirun: error: {e}", err=True)
             continue

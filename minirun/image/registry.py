@@ -1128,7 +1128,8 @@ def pull(
                 # The lease keeps a concurrent prune from deleting blobs fetched here before
                 # add_image references them.
                 with store.lease():
-                    return _pull_from(puller, want, new_chains)
+                    record = _pull_from(puller, want, new_chains)
+                break
             except (RegistryError, NotFound) as e:
                 if endpoint == registry or isinstance(e, DeadlineExceeded):
                     raise
@@ -1137,10 +1138,13 @@ def pull(
                 last_error = e
             finally:
                 stats.requests += client.requests
-        raise last_error or RegistryError(f"pull {ref}: no endpoint")
+        else:
+            raise last_error or RegistryError(f"pull {ref}: no endpoint")
     except BaseException:
         store.discard(new_blobs, new_chains)
         raise
+    store.record_event("pull", ref.familiar(), ref.familiar())  # docker's: id = reference
+    return record
 
 
 def _pull_from(puller: _Puller, want: Platform, new_chains: list[str]) -> ImageRecord:

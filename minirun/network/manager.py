@@ -127,9 +127,12 @@ def _root_tag(root: str) -> str:
 
 
 class Networks:
-    def __init__(self, db: sqlite3.Connection, root: str) -> None:
+    def __init__(self, db: sqlite3.Connection, root: str, record_event=None) -> None:
         self.db = db
         self.root = root
+        # Engine.record_object_event: the network events of `minirun events`
+        self.record_event = record_event
+        self._attached: dict[str, dict] = {}  # cid -> its network, until `connected`
         self.db.executescript(SCHEMA)
         default_root = os.path.realpath(root) == DEFAULT_ROOT
         # another root (tests, a second installation) gets its own names, so two roots never
@@ -184,7 +187,37 @@ class Networks:
         else:
             net = self._free_subnet(USER_SUBNETS, name)
         nid = os.urandom(32).hex()
-        return self._insert_network(name, net, gateway, f"mrbr{nid[:10]}", internal, nid)
+        rec = self._insert_network(name, net, gateway, f"mrbr{nid[:10]}", internal, nid)
+        self._event("create", rec)
+        return rec
+
+    def _event(self, action: str, rec: dict, **attrs) -> None:
+        """A network event (EVENTS-CONTRACT.md), as docker's: the network's id, its name
+        and driver; connect and disconnect name the container."""
+        if self.record_event is not None:
+            self.record_event("network", action, rec["id"], name=rec["name"],
+                              type=rec.get("driver") or "bridge", **attrs)
+
+    def _endpoint_event(self, action: str, rec: dict, cid: str) -> None:
+        """connect or disconnect, for a container of the engine's that exists: not for
+        one being made (its created event brings its connect: `connected`), nor for one
+        whose making failed and is undone."""
+        if self.record_event is None:
+            return
+        try:
+            row = self.db.execute("SELECT status FROM containers WHERE id = ?",
+                                  (cid,)).fetchone()
+        except sqlite3.OperationalError:  # a database without containers
+            row = None
+        if row is not None and row[0] != "creating":
+            self._event(action, rec, container=cid)
+
+    def connected(self, cid: str) -> None:
+        """The connect event of a container this object attached just now, recorded with
+        its created event (docker's order: create, connect, start)."""
+        rec = self._attached.pop(cid, None)
+        if rec is not None:
+            self._event("connect", rec, container=cid)
 
     def _insert_network(self, name: str, net: ipaddress.IPv4Network, gateway: str | None,
                         bridge: str, internal: bool, nid: str | None = None) -> dict:
@@ -256,6 +289,7 @@ class Networks:
                 raise MiniRunError(f"network {rec['name']} is in use by "
                                    f"{len(users)} container(s): remove them first")
             self.db.execute("DELETE FROM networks WHERE name = ?", (rec["name"],))
+        self._event("destroy", rec)
         return rec["name"]
 
     def prune(self, known_containers: set[str]) -> tuple[list[str], list[str]]:
@@ -264,10 +298,11 @@ class Networks:
         cleaned = self.recover(known_containers)
         removed = []
         with HostLock():
-            for rec in self._rows("SELECT name FROM networks WHERE name != ?",
+            for rec in self._rows("SELECT * FROM networks WHERE name != ?",
                                   (DEFAULT_NETWORK,)):
                 if not self.containers_on(rec["name"]):
                     self.db.execute("DELETE FROM networks WHERE name = ?", (rec["name"],))
+                    self._event("destroy", rec)
                     removed.append(rec["name"])
         return cleaned, removed
 
@@ -312,6 +347,7 @@ class Networks:
                 raise
         if rec["name"] != DEFAULT_NETWORK:
             self.write_peer_hosts(rec["name"], skip=cid)
+        self._attached[cid] = rec
         net = ipaddress.IPv4Network(rec["subnet"])
         return Attachment(netns.path_for(f"minirun-{cid[:12]}"), rec["name"], ip,
                           net.prefixlen, rec["gateway"], ports)
@@ -435,6 +471,7 @@ class Networks:
             os.close(nsfd)
             inside.close()
             spans.end(wiring)
+        self._endpoint_event("connect", rec, cid)
 
     def _attach_cni(self, cid: str, network: str, name: str, hostname: str,
                     ports: list[dict], hosts: list) -> Attachment:
@@ -537,6 +574,7 @@ class Networks:
         """Under HostLock: the endpoint's host objects, its row too if `forget` (last, so a
         crash leaves a row to clean up), then the bridge or the rules that were there for
         it."""
+        wired = _is_nsfs(ep["netns"])
         with Netlink() as host:
             host.delete_link(ep["veth"])
         netns.remove(ep["netns"])
@@ -550,6 +588,8 @@ class Networks:
             self._bridge_down(rec)
         elif json.loads(ep["ports"]):
             self._apply_table()
+        if wired and rec is not None:  # last: the host is clean whatever happens to it
+            self._endpoint_event("disconnect", rec, ep["container"])
 
     def _wired_on(self, network: str, joining: str | None) -> list[dict]:
         """The endpoints of a network whose netns is there (their container runs or is
@@ -558,6 +598,7 @@ class Networks:
                 if ep["container"] == joining or _is_nsfs(ep["netns"])]
 
     def detach(self, cid: str) -> None:
+        self._attached.pop(cid, None)  # a creation undone: no connect event
         ep = self.endpoint(cid)
         if ep is None:
             return
