@@ -436,9 +436,10 @@ class Engine:
         row = self.db.execute("SELECT status FROM containers WHERE id = ?", (cid,)).fetchone()
         return row[0] if row else None
 
-    def _reconcile(self, rec: dict) -> None:
+    def _reconcile(self, rec: dict, daemon_wait: float = 2.0) -> None:
         """A record still saying running whose container the runtime no longer has
-        running (a crashed foreground `minirun run`): mark it exited."""
+        running (a crashed foreground `minirun run`): mark it exited. `daemon_wait`:
+        how long a live daemon is given to record the exit itself."""
         if rec["status"] not in ("running", "creating"):
             return
         from .container import Container
@@ -469,7 +470,7 @@ class Engine:
                     kept = read_exit_status(self.run_root, rec["id"])
                 if kept is None and self.get_status_only(rec["id"]) == "exited":
                     return  # the daemon recorded it meanwhile
-            if self._daemon_alive() and self._await_daemon_exit(rec):
+            if self._daemon_alive() and self._await_daemon_exit(rec, daemon_wait):
                 return
             rec["status"] = "exited"
             rec["exit_code"] = kept if kept is not None else (
@@ -495,11 +496,20 @@ class Engine:
 
     def _await_daemon_exit(self, rec: dict, timeout: float = 2.0) -> bool:
         """The daemon records an exit once it has drained the container's output into
-        its log: until then the container is not shown exited, so whoever sees it
-        exited (kubelet, critest, `logs` after `wait`) finds its whole log. True (and
-        rec updated from the record) once the daemon has written it."""
+        its log and released its network: until then the container is not shown exited,
+        so whoever sees it exited (kubelet, critest, `logs` after `wait`) finds its whole
+        log, and a `start` right after it (`restart`) finds no netns of the old run being
+        torn down under it. True (and rec updated from the record) once the daemon has
+        written it; False if the daemon goes away or takes longer than `timeout` (`stop`
+        waits longer: on a loaded host the daemon's exit handling was seen over 2 s, and
+        a `restart` then lost its new netns to the old run's release)."""
         deadline = time.monotonic() + timeout
+        alive_checked = time.monotonic()
         while time.monotonic() < deadline:
+            if time.monotonic() - alive_checked > 0.5:
+                if not self._daemon_alive():
+                    return False
+                alive_checked = time.monotonic()
             cur = self.db.execute("SELECT * FROM containers WHERE id = ?", (rec["id"],))
             row = cur.fetchone()
             if row is None:
@@ -1235,9 +1245,14 @@ class Engine:
     def wait_exit(self, cid: str, timeout: float | None = None) -> bool:
         """Until the record says exited (the daemon writes it) or the runtime has no
         running container left and the keeper's status file is there."""
+        from .lookup import find_record
+
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if self.get(cid)["status"] == "exited":
+            rec = find_record(self.db, "containers", "container", cid)
+            # the daemon's own exit record is what a `start` after `stop` must wait for
+            self._reconcile(rec, daemon_wait=30.0)
+            if rec["status"] == "exited":
                 return True
             if deadline is not None and time.monotonic() > deadline:
                 return False
