@@ -8,6 +8,10 @@ A pod is a record in engine.db's `pods` table and the namespaces its containers 
   port mappings given to the plugins as the `portMappings` capability; or the host's;
 - IPC and UTS: made once, the hostname set inside, pinned by bind-mounting their nsfs
   files under <run_root>/pods/<id>/ns/ (or the host's);
+- /dev/shm, with the pod's IPC namespace: a tmpfs (64 MiB, mode 1777, nosuid, nodev,
+  noexec: containerd's) mounted at <run_root>/pods/<id>/shm, bound at /dev/shm in every
+  container of the pod that shares the pod's IPC namespace (one with the host's gets the
+  host's /dev/shm); unmounted when the pod stops, as containerd does;
 - PID, when shared by the pod: a pid 1 must hold it, so a holder container (tini-static
   as pid 1, named /pause, and busybox-static's `sleep` as /busybox.hold its only child, in an empty read-only root) is run
   through the daemon like any engine container; its record has `holder_of` (not `pod`)
@@ -69,6 +73,9 @@ DEFAULT_CONFLIST = {
 }
 CONF_EXTENSIONS = (".conf", ".conflist", ".json")
 
+# containerd's defaultShmSize: the size of a pod's /dev/shm
+DEFAULT_SHM_SIZE = 64 << 20
+
 # the IPC namespace's sysctls (runc's list: kernel.shm*, kernel.msg*, kernel.sem*)
 _IPC_SYSCTLS = ("kernel.shm", "kernel.msg", "kernel.sem")
 
@@ -112,6 +119,8 @@ class PodSpec:
     runtime_handler: str = ""
     overhead: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)
+    # the pod's /dev/shm (with ipc "pod"); records made before it was had none
+    shm_size: int = DEFAULT_SHM_SIZE
 
 
 # --- checks: everything refused before anything is made --------------------------------------
@@ -364,6 +373,24 @@ def _unpin(path: str) -> None:
         os.unlink(path)
 
 
+def _mount_shm(target: str, size: int) -> None:
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    _sys.mount("shm", target, "tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV | _sys.MS_NOEXEC,
+               f"mode=1777,size={size}")
+
+
+def _unmount_shm(target: str) -> None:
+    """Its tmpfs unmounted (lazily: a container still holding it keeps its files until it
+    goes); the empty directory stays for the pod's removal."""
+    while _is_pinned(target):
+        try:
+            _sys.umount2(target, _sys.MNT_DETACH)
+        except _sys.SysError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOENT):
+                raise
+            return
+
+
 def _is_pinned(path: str) -> bool:
     try:
         return os.path.ismount(path)
@@ -431,6 +458,8 @@ class Pods:
             pins.append(os.path.join(ns_dir, "ipc"))
         if spec["network"] == "pod":
             pins.append(os.path.join(ns_dir, "uts"))
+        if _has_shm(spec):
+            pins.append(self.shm_dir(rec["id"]))
         if not all(_is_pinned(p) for p in pins):
             return False
         if rec["holder"]:
@@ -447,13 +476,18 @@ class Pods:
     def ns_dir(self, pod_id: str) -> str:
         return os.path.join(self.engine.run_root, "pods", pod_id, "ns")
 
+    def shm_dir(self, pod_id: str) -> str:
+        """Where the pod's /dev/shm tmpfs is mounted (a pod with its own IPC namespace)."""
+        return os.path.join(self.engine.run_root, "pods", pod_id, "shm")
+
     def files_dir(self, pod_id: str) -> str:
         """hostname, hosts and resolv.conf, for the pod's containers to bind."""
         return os.path.join(self.engine.root, "pods", pod_id)
 
     def namespaces(self, pod_id: str) -> dict:
         """{"network", "ipc", "uts", "pid"}: a path to join, "host", or None (a private
-        one for each container: pid only)."""
+        one for each container: pid only); "shm": the pod's /dev/shm to bind, "host", or
+        None (a pod made before pods had one: each container has its own)."""
         rec = self.get(pod_id)
         spec = rec["spec"]
         ns_dir = self.ns_dir(rec["id"])
@@ -462,6 +496,8 @@ class Pods:
             "ipc": os.path.join(ns_dir, "ipc") if spec["ipc"] == "pod" else "host",
             "uts": os.path.join(ns_dir, "uts") if spec["network"] == "pod" else "host",
             "pid": None if spec["pid"] == "container" else "host",
+            "shm": "host" if spec["ipc"] == "node" else
+                   self.shm_dir(rec["id"]) if _has_shm(spec) else None,
         }
         if spec["pid"] == "pod":
             holder = self.engine.get(rec["holder"]) if rec["holder"] else None
@@ -527,6 +563,8 @@ class Pods:
             os.close(nsfd)
             inside.close()
         self._make_ipc_uts(spec, rec, ns_dir)
+        if spec.ipc == "pod":
+            _mount_shm(self.shm_dir(pod_id), spec.shm_size)
         if conflist is not None:
             self._update(pod_id, cni_attached=1)  # before ADD: a crash in it is undone
             result = self._cni_add(rec, spec, conflist)
@@ -726,6 +764,7 @@ class Pods:
         if rec["cni_attached"]:
             self._cni_del(rec)
             self._update(rec["id"], cni_attached=0)
+        _unmount_shm(self.shm_dir(rec["id"]))  # containerd's StopPodSandbox does too
         self._update(rec["id"], state="notready")
 
     def _cni_del(self, rec: dict) -> None:
@@ -810,6 +849,10 @@ class Pods:
             self.db.execute("DELETE FROM pods WHERE id = ?", (pod_id,))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(lock)
+
+
+def _has_shm(spec: dict) -> bool:
+    return spec["ipc"] == "pod" and "shm_size" in spec
 
 
 def _cni_addresses(result: dict) -> list[str]:

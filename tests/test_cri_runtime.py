@@ -629,6 +629,55 @@ def test_container_pid_namespace_is_private(cri):
     c.kill_pod(pod_id)
 
 
+def _mounts_of(pod_id: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if pod_id in line.split()[4]]
+
+
+def test_pod_containers_share_one_dev_shm(cri):
+    """containerd's /dev/shm: one tmpfs of 64 MiB per pod, shared by its containers, not
+    seen by another pod, gone (no mount left) when the pod stops; a pod with the host's
+    IPC namespace has the host's /dev/shm."""
+    c = cri.client
+    pod_id, pod = cri.run_pod("shm")
+    writer = cri.container(pod_id, pod, "w", ["sleep", "1000"])
+    reader = cri.container(pod_id, pod, "r", ["sleep", "1000"], start=False)
+    other_id, other = cri.run_pod("othershm")
+    stranger = cri.container(other_id, other, "o", ["sleep", "1000"])
+    r = c.exec_sync(writer, ["sh", "-c", "echo shared > /dev/shm/note"])
+    assert r.exit_code == 0, r.stderr
+    c.start(reader)  # started after the write: the same tmpfs, not a copy
+    assert c.exec_sync(reader, ["cat", "/dev/shm/note"]).stdout == b"shared\n"
+    assert c.exec_sync(stranger, ["ls", "-A", "/dev/shm"]).stdout == b""
+    line = next(ln for ln in c.exec_sync(reader, ["cat", "/proc/mounts"]).stdout.decode()
+                .splitlines() if ln.split()[1] == "/dev/shm")
+    fstype, options = line.split()[2], line.split()[3].split(",")
+    assert fstype == "tmpfs" and "size=65536k" in options, line
+    assert {"nosuid", "nodev", "noexec"} <= set(options), line
+    assert c.exec_sync(reader, ["stat", "-c", "%a", "/dev/shm"]).stdout == b"1777\n"
+    # the pod owns it (no pause container): one mount on the host, gone with the pod
+    assert len(_mounts_of(pod_id)) == 1 + 2  # + the ipc and uts pins
+    assert any(p.endswith(f"{pod_id}/shm") for p in _mounts_of(pod_id))
+    c.stop_pod(pod_id)  # as containerd's StopPodSandbox: the shm goes, the pins stay
+    assert sorted(os.path.basename(p) for p in _mounts_of(pod_id)) == ["ipc", "uts"]
+    c.remove_pod(pod_id)
+    assert _mounts_of(pod_id) == [] and not glob.glob(f"{cri.run_root}/pods/{pod_id}")
+    c.kill_pod(other_id, grace=0)
+    assert _mounts_of(other_id) == []
+
+    mark = f"mrtest-{os.urandom(4).hex()}"
+    with open(f"/dev/shm/{mark}", "w") as f:
+        f.write("host\n")
+    try:
+        host_id, host_pod = cri.run_pod("hostipc", ipc="node")
+        cid = cri.container(host_id, host_pod, "h", ["sleep", "1000"])
+        assert c.exec_sync(cid, ["cat", f"/dev/shm/{mark}"]).stdout == b"host\n"
+        assert not any(p.endswith("/shm") for p in _mounts_of(host_id))
+        c.kill_pod(host_id, grace=0)
+    finally:
+        os.unlink(f"/dev/shm/{mark}")
+
+
 # --- OOM --------------------------------------------------------------------------------------
 
 def test_oom_killed(cri):

@@ -518,11 +518,57 @@ def test_a_pod_whose_pins_are_gone_is_notready(pods, pod_ids, net):
 
 # --- host namespaces, shared pid ------------------------------------------------------------
 
+def _shm_mount(path: str) -> list[str]:
+    """findmnt's FSTYPE,SIZE,OPTIONS of the mount at path, [] when nothing is mounted."""
+    return sh("findmnt", "-rn", "-o", "FSTYPE,SIZE,OPTIONS", "--mountpoint", path,
+              check=False).split()
+
+
+def test_the_pod_owns_its_dev_shm_until_it_stops(pods, pod_ids, net):
+    """No pause container: the pod record holds the tmpfs its containers bind at
+    /dev/shm, as it holds its namespace pins; stop unmounts it (containerd's
+    StopPodSandbox), and a pod that lost it is notready."""
+    pod_id = run(pods, pod_ids)
+    shm = pods.namespaces(pod_id)["shm"]
+    assert shm == pods.shm_dir(pod_id)
+    fstype, size, options = _shm_mount(shm)
+    assert (fstype, size) == ("tmpfs", "64M")
+    assert {"nosuid", "nodev", "noexec"} <= set(options.split(",")), options
+    assert f"{os.stat(shm).st_mode & 0o7777:o}" == "1777"
+    pods.stop(pod_id)
+    assert _shm_mount(shm) == [] and pods.get(pod_id)["state"] == "notready"
+    pods.remove(pod_id)
+    assert not os.path.exists(shm)
+
+    other = run(pods, pod_ids)
+    subprocess.run(["umount", "-l", pods.shm_dir(other)], check=True)
+    assert pods.get(other)["state"] == "notready"
+    pods.remove(other)
+    assert_nothing_left(net, [pod_id, other], pods)
+
+
+def test_doctor_unmounts_the_dev_shm_of_a_pod_with_no_record(pods, pod_ids):
+    from minirun.monitor import doctor
+
+    pod_id = run(pods, pod_ids, network="node")
+    shm = pods.shm_dir(pod_id)
+    pods.db.execute("DELETE FROM pods WHERE id = ?", (pod_id,))  # a crash, a hand edit
+    a = doctor.audit(pods.engine.root, pods.engine.run_root, host_wide=False,
+                     check_host=False, grace=0)
+    found = [f for f in a.findings if f.kind == "pin"]
+    assert [f.what for f in found] == [os.path.dirname(os.path.dirname(pods.ns_dir(pod_id)))
+                                       + f"/{pod_id}"]
+    assert f"umount -l {shm}" in found[0].fix
+    doctor.fix(found)
+    assert _shm_mount(shm) == [] and not os.path.exists(os.path.dirname(shm))
+
+
 def test_a_node_network_pod_uses_the_host_network_and_uts(pods, pod_ids, net):
     pod_id = run(pods, pod_ids, network="node", ipc="node", pid="node",
                  port_mappings=[{"container_port": 80, "host_port": 80}])
     ns = pods.namespaces(pod_id)
-    assert ns == {"network": "host", "ipc": "host", "uts": "host", "pid": "host"}
+    assert ns == {"network": "host", "ipc": "host", "uts": "host", "pid": "host",
+                  "shm": "host"}
     rec = pods.get(pod_id)
     assert rec["ip"] == "" and rec["state"] == "ready"
     assert not net.leases()

@@ -347,6 +347,17 @@ def mounts(config_mounts) -> list[dict]:
     return out
 
 
+def shm_mount(config_mounts, ipc: str, pod_shm: str | None) -> list[dict]:
+    """containerd's /dev/shm: the pod's tmpfs for a container in the pod's IPC namespace
+    (the engine gives one in the host's the host's /dev/shm), unless the config mounts
+    something there itself."""
+    if ipc == "host" or not pod_shm or pod_shm == "host" or any(
+            os.path.normpath(m.container_path) == "/dev/shm" for m in config_mounts):
+        return []
+    return [{"destination": "/dev/shm", "type": "bind", "source": pod_shm,
+             "options": ["rbind", "rprivate", "rw"]}]
+
+
 def devices(config_devices) -> list[dict]:
     """The engine's devices (it checks them: host nodes, paths, permissions)."""
     return [{"host": os.path.realpath(d.host_path) if d.host_path else "",
@@ -424,6 +435,7 @@ def run_options(config, sandbox_config, image_config: dict, pod: PodContext,
         env.append(f"{kv.key}={kv.value}")
     res = resources(linux.resources) if _has(linux, "resources") else {}
     pod_linux = sandbox_config.linux
+    ipc = _namespace_option(ns.ipc, pod_ns.get("ipc"), "ipc")
     return RunOptions(
         command=command_line(config, image_config), entrypoint="", name=name, detach=True,
         interactive=config.stdin, tty=config.tty, env=env,
@@ -432,10 +444,11 @@ def run_options(config, sandbox_config, image_config: dict, pod: PodContext,
         cap_add=cap_add, cap_drop=cap_drop, privileged=privileged,
         security_opt=security_opt, network=network,
         pid=_namespace_option(ns.pid, pod_ns.get("pid"), "pid", pod.target_pid_ns),
-        ipc=_namespace_option(ns.ipc, pod_ns.get("ipc"), "ipc"),
+        ipc=ipc,
         uts=("host" if ns.network == NS_NODE
              else _namespace_option(NS_POD, pod_ns.get("uts"), "uts")),
-        mounts=mounts(config.mounts), devices=devices(config.devices),
+        mounts=mounts(config.mounts) + shm_mount(config.mounts, ipc, pod_ns.get("shm")),
+        devices=devices(config.devices),
         masked_paths=None if privileged else list(sc.masked_paths),
         readonly_paths=None if privileged else list(sc.readonly_paths),
         group_add=[str(g) for g in sc.supplemental_groups],

@@ -7,7 +7,8 @@ engine.py, network/, pods.py, daemon/ and cgroups/):
             daemon or keeper whose run root is gone, or that sits in a container's cgroup
   state     <run_root>/engine/<id> (the engine's runtime state) with no record
   snapshot  <root>/containers/<id> (its overlay mounted or not) with no record
-  pin       <run_root>/pods/<id>/ns/{ipc,uts} nsfs pins of a pod with no record
+  pin       <run_root>/pods/<id>/ns/{ipc,uts} nsfs pins and the <run_root>/pods/<id>/shm
+            tmpfs (its /dev/shm) of a pod with no record
   netns     /run/netns/minirun-<id12> with no endpoint row, or of a container not running
   link      mr<id12> veth halves with no endpoint row; bridges whose alias says
             "minirun <table> <network>" with no network in use
@@ -530,7 +531,8 @@ class Audit:
                     continue
                 pdir = os.path.join(top, pod_id)
                 held = sorted(m.mountpoint for m in self.mounts if under(m.mountpoint, pdir))
-                why = ("namespace pins (nsfs) of a pod with no record" if held
+                why = ("namespace pins (nsfs) or /dev/shm (tmpfs) of a pod with no record"
+                       if held
                        else "directory of a pod with no record")
                 cmd = "".join(f"umount -l {shlex.quote(p)} && " for p in held)
                 self.add("pin", pdir, why, cmd + f"rm -rf --one-file-system {shlex.quote(pdir)}",
