@@ -5,7 +5,6 @@ rename, update (limits and the restart policy, docker's readings)."""
 from __future__ import annotations
 
 import json
-import os
 
 from .errors import AlreadyExists, ContainerStateError, InvalidArgument
 
@@ -68,7 +67,6 @@ def update_container(engine, name: str, values: dict, warn=None) -> None:
     """docker update: limits (of a running container now, of a stopped one at its next
     start) and the restart policy; `values` by update's flag names (memory, memory_swap,
     memory_reservation, cpus, cpu_shares, cpuset_cpus, pids_limit, restart)."""
-    from . import runopts
     from .engine import parse_restart
     from .runflags import check_cpus, check_cpuset, memory_fields
 
@@ -98,25 +96,10 @@ def update_container(engine, name: str, values: dict, warn=None) -> None:
             raise InvalidArgument("Conflicting options: --restart and --rm")
     if not resources and restart is None:
         raise InvalidArgument("you must provide one or more flags when using this command")
-    if resources:
-        if rec["status"] == "running":
-            engine.update_resources(rec["id"], resources)
-        else:
-            doc = runopts.resources_doc(resources)
-            path = os.path.join(engine.root, "containers", rec["id"], "config.json")
-            with open(path) as f:
-                cfg = json.load(f)
-            res = cfg.setdefault("linux", {}).setdefault("resources", {})
-            for section, value in doc.items():
-                res[section] = {**(res.get(section) or {}), **value}
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(json.dumps(cfg))
-            os.replace(tmp, path)
+    if resources:  # a stopped container's at its next start
+        engine.update_resources(rec["id"], resources)
     rec = engine.get(rec["id"])
     opts = {**json.loads(rec["options"]), **({"restart": restart} if restart else {})}
-    if rec["status"] != "running":
-        opts.update(resources)
     if values.get("memory"):
         opts["memory"] = values["memory"]
     engine._update(rec["id"], options=json.dumps(opts))

@@ -1308,21 +1308,50 @@ class Engine:
         return status
 
     def update_resources(self, name_or_id: str, resources: dict) -> dict:
-        """New limits for a running container, as `runc update`: `resources` by
-        RunOptions' names (cpu_shares, cpu_quota, cpu_period, cpuset_cpus, cpuset_mems,
-        memory_bytes, memory_swap, pids_limit, unified); None, "" or 0 leave one as it
-        is. The record's options follow. Returns the OCI linux.resources now in force."""
+        """New limits, as `runc update` for a running container; for one not running
+        (created and not started yet, or exited) in its bundle's config.json, in force
+        from its start, as containerd updates the spec of a created task and docker the
+        config of a stopped container. `resources` by RunOptions' names (cpu_shares,
+        cpu_quota, cpu_period, cpuset_cpus, cpuset_mems, memory_bytes, memory_swap,
+        pids_limit, unified); None, "" or 0 leave one as it is. The record's options
+        follow. Returns the OCI linux.resources now in force (or from the start)."""
         from . import ops, runopts
 
         rec = self.get(name_or_id)
-        if rec["status"] != "running":
-            raise ContainerStateError(f"container {rec['name']} is not running")
         doc = runopts.resources_doc(resources)
-        in_force = ops.update(self.oci_root, rec["id"], doc)
+        if rec["status"] == "running":
+            in_force = ops.update(self.oci_root, rec["id"], doc)
+        else:
+            in_force = self._update_bundle_resources(rec["id"], doc)
+            # a start under way may have read config.json already: its init, once made
+            # (the runtime's state there, a created or running process), gets them too
+            try:
+                in_force = ops.update(self.oci_root, rec["id"], doc)
+            except (NotFound, ContainerStateError):
+                pass
+        rec = self.get(rec["id"])
         opts = json.loads(rec["options"])
         opts.update({k: v for k, v in resources.items() if v not in (None, "", 0, {})})
         self._update(rec["id"], options=json.dumps(opts))
         return in_force
+
+    def _update_bundle_resources(self, cid: str, doc: dict) -> dict:
+        path = os.path.join(self.root, "containers", cid, "config.json")
+        try:
+            with open(path) as f:
+                cfg = json.load(f)
+        except FileNotFoundError:
+            raise ContainerStateError(f"container {cid[:12]} has no bundle (it is being "
+                                      "made or removed)") from None
+        res = cfg.setdefault("linux", {}).setdefault("resources", {})
+        for section, value in doc.items():
+            res[section] = {**(res.get(section) or {}), **value} \
+                if isinstance(value, dict) else value
+        tmp = f"{path}.tmp-{os.urandom(4).hex()}"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(cfg))
+        os.replace(tmp, path)  # a start reading it meanwhile sees the old or the new
+        return res
 
     def reopen_log(self, name_or_id: str) -> None:
         """The daemon closes the container's log file and opens it again at its path

@@ -735,6 +735,39 @@ def test_update_resources_and_reopen_log(cri):
     c.kill_pod(pod_id)
 
 
+def _cgroup_file(pid: int, controller: str, name: str) -> str:
+    with open(f"/proc/{pid}/cgroup") as f:
+        path = next(line.split(":", 2)[2].strip() for line in f
+                    if controller in line.split(":")[1].split(","))
+    with open(f"{CGROUP_ROOT}/{controller}{path}/{name}") as f:
+        return f.read().strip()
+
+
+def test_update_resources_of_a_created_container_apply_at_its_start(cri):
+    """containerd updates the spec of a created (not started) container: the new limits
+    are the ones its cgroup gets at the start; an exited one's update succeeds too."""
+    c = cri.client
+    pod_id, pod = cri.run_pod("updcreated")
+    cid = cri.container(pod_id, pod, "u", ["sleep", "1000"], start=False,
+                        resources={"memory_limit_in_bytes": 64 << 20, "cpu_shares": 512})
+    c.call("UpdateContainerResources", pb.UpdateContainerResourcesRequest(
+        container_id=cid, linux=pb.LinuxContainerResources(memory_limit_in_bytes=80 << 20,
+                                                           cpu_shares=300)))
+    st = c.status(cid).status
+    assert st.state == pb.CONTAINER_CREATED
+    assert st.resources.linux.memory_limit_in_bytes == 80 << 20
+    assert st.resources.linux.cpu_shares == 300
+    c.start(cid)
+    pid = json.loads(c.status(cid, verbose=True).info["info"])["pid"]
+    assert int(_cgroup_file(pid, "memory", "memory.limit_in_bytes")) == 80 << 20
+    assert int(_cgroup_file(pid, "cpu", "cpu.shares")) == 300
+    c.stop(cid, 0)
+    c.call("UpdateContainerResources", pb.UpdateContainerResourcesRequest(
+        container_id=cid, linux=pb.LinuxContainerResources(memory_limit_in_bytes=96 << 20)))
+    assert c.status(cid).status.resources.linux.memory_limit_in_bytes == 96 << 20
+    c.kill_pod(pod_id)
+
+
 # --- events -------------------------------------------------------------------------------
 
 def test_container_events_stream(cri):

@@ -358,6 +358,14 @@ def shm_mount(config_mounts, ipc: str, pod_shm: str | None) -> list[dict]:
              "options": ["rbind", "rprivate", "rw"]}]
 
 
+def is_pod_shm(mount: dict, pod_id: str | None) -> bool:
+    """Whether an engine mount is the one shm_mount adds (the pod's /dev/shm)."""
+    source = mount.get("source") or ""
+    return bool(pod_id) and mount.get("destination") == "/dev/shm" and \
+        os.path.basename(source) == "shm" and \
+        os.path.basename(os.path.dirname(source)) == pod_id
+
+
 def devices(config_devices) -> list[dict]:
     """The engine's devices (it checks them: host nodes, paths, permissions)."""
     return [{"host": os.path.realpath(d.host_path) if d.host_path else "",

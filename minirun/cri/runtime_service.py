@@ -559,6 +559,8 @@ def _metadata(rec: dict):
 def _mounts(opts: dict) -> list:
     out = []
     for m in opts.get("mounts") or []:
+        if convert.is_pod_shm(m, opts.get("pod")):
+            continue  # not one of the config's (containerd's status leaves it out too)
         options = m.get("options") or []
         propagation = next((PROPAGATION_OF[o] for o in options if o in PROPAGATION_OF),
                            pb.PROPAGATION_PRIVATE)
