@@ -109,6 +109,9 @@ class RunOptions:
     annotations: dict = field(default_factory=dict)  # also config.json's annotations
     pod: str = ""  # the id of the pod the container belongs to
     pod_files: str = ""  # a directory with hostname, hosts, resolv.conf for /etc
+    # the CRI's stdin_once: the end of the first attach that writes to stdin (its EOF or
+    # its connection gone) closes the container's stdin (without a tty, as containerd)
+    stdin_once: bool = False
     sysctls: dict = field(default_factory=dict)
     cpu_shares: int | None = None
     cpu_quota: int | None = None

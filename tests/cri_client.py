@@ -99,7 +99,7 @@ class CriClient:
                          security: dict | None = None, resources: dict | None = None,
                          mounts: list | None = None, labels: dict | None = None,
                          annotations: dict | None = None, log_path: str | None = None,
-                         tty: bool = False, stdin: bool = False,
+                         tty: bool = False, stdin: bool = False, stdin_once: bool = False,
                          working_dir: str = "",
                          devices: list | None = None) -> pb.ContainerConfig:
         ns = pod.linux.security_context.namespace_options
@@ -117,7 +117,7 @@ class CriClient:
                                          **(labels or {})},
             annotations=annotations or {},
             log_path=f"{name}/{attempt}.log" if log_path is None else log_path,
-            tty=tty, stdin=stdin,
+            tty=tty, stdin=stdin, stdin_once=stdin_once,
             linux=pb.LinuxContainerConfig(
                 resources=pb.LinuxContainerResources(**{**kubelet_resources(),
                                                         **(resources or {})}),

@@ -577,6 +577,48 @@ def test_streaming_urls(cri):
     c.kill_pod(pod_id, grace=0)
 
 
+def _attach_stdin(c, cid: str):
+    from spdy_client import SpdyConnection
+
+    url = c.call("Attach", pb.AttachRequest(container_id=cid, stdin=True, stdout=True)).url
+    conn = SpdyConnection(url)
+    return conn, {t: conn.open_stream({"streamtype": t}) for t in ("error", "stdin", "stdout")}
+
+
+def test_attach_stdin_once_and_stdin_kept(cri):
+    """kubectl run -i --rm: stdin and stdin_once. The end of the first attach (here its
+    connection dropped, no EOF sent, as a killed kubectl) closes the container's stdin:
+    it reads EOF. Without stdin_once the stdin outlives an attach's EOF (containerd's):
+    the next attach writes to the same stream."""
+    c = cri.client
+    pod_id, pod = cri.run_pod("stdinonce")
+    script = "while read line; do echo got $line; done; echo eof; exec sleep 1000"
+    once = cri.container(pod_id, pod, "once", ["sh", "-c", script], stdin=True,
+                         stdin_once=True)
+    kept = cri.container(pod_id, pod, "kept", ["sh", "-c", script], stdin=True)
+    conn, s = _attach_stdin(c, once)
+    try:
+        s["stdin"].write(b"one\n")
+        s["stdout"].wait_for(b"got one\n")
+    finally:
+        conn.close()
+    lines = [m for _, _, m in _wait_log(cri.log_of(pod, "once"), "eof", timeout=30)]
+    assert lines == ["got one", "eof"]
+
+    for word in ("a", "b"):
+        conn, s = _attach_stdin(c, kept)
+        try:
+            s["stdin"].write(f"{word}\n".encode())
+            s["stdout"].wait_for(f"got {word}\n".encode())
+            s["stdin"].close()  # this attach's EOF, not the container's
+        finally:
+            conn.close()
+    lines = [m for _, _, m in _wait_log(cri.log_of(pod, "kept"), "got b", timeout=30)]
+    assert lines == ["got a", "got b"]
+    assert c.status(kept).status.state == pb.CONTAINER_RUNNING
+    c.kill_pod(pod_id, grace=0)
+
+
 # --- namespaces -------------------------------------------------------------------------------
 
 def test_shared_pid_pod(cri):

@@ -172,12 +172,16 @@ def test_attach_to_running_output(stream, engine):  # noqa: F811
 
 
 def test_attach_stdin_over_websocket(stream, engine):  # noqa: F811
-    engine("run", "-d", "-i", "--name", "catter", "busybox", "cat", check=True)
+    from minirun.engine import RunOptions
+
+    eng = Engine(engine.root, engine.run_root)
+    cid = eng.run_detached("busybox:latest", RunOptions(
+        command=["cat"], name="catter", detach=True, interactive=True, stdin_once=True))
     try:
-        cid = Engine(engine.root, engine.run_root).get("catter")["id"]
         url = stream.get_attach(AttachRequest(cid, stdin=True, stdout=True))
         out, _, status, _ = exec_ws(url, stdin=b"typed into attach\n")
-        # the close signal is the container's EOF: cat ends, attach ends
+        # stdin_once (kubectl run -i): the close signal is the container's EOF: cat
+        # ends, attach ends
         assert out == b"typed into attach\n" and status == SUCCESS
         assert wait_for(lambda: Engine(engine.root, engine.run_root).get(cid)["status"]
                         == "exited")

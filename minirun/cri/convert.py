@@ -446,7 +446,8 @@ def run_options(config, sandbox_config, image_config: dict, pod: PodContext,
     ipc = _namespace_option(ns.ipc, pod_ns.get("ipc"), "ipc")
     return RunOptions(
         command=command_line(config, image_config), entrypoint="", name=name, detach=True,
-        interactive=config.stdin, tty=config.tty, env=env,
+        interactive=config.stdin, stdin_once=config.stdin and config.stdin_once,
+        tty=config.tty, env=env,
         workdir=config.working_dir or None, user=user, group=group,
         read_only=sc.readonly_rootfs,
         cap_add=cap_add, cap_drop=cap_drop, privileged=privileged,

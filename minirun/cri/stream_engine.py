@@ -383,8 +383,10 @@ def _feed(reader, fd: int) -> None:
 
 def _feed_attach(reader, fd: int, sock, reply: dict) -> None:
     """Attach's input: to the pty master or stdin pipe the daemon handed over (shared
-    with the daemon: left non-blocking). Without a tty our EOF is the container's: close
-    it and tell the daemon, which closes its ends too."""
+    with the daemon: left non-blocking). For a stdin_once container (no tty) our EOF is
+    the container's: close it and tell the daemon, which closes its ends too (it does
+    as well when this attach's connection goes). Otherwise the container's stdin stays
+    open for the next attach, as containerd keeps it."""
     from ..daemon import proto
 
     try:
@@ -393,7 +395,7 @@ def _feed_attach(reader, fd: int, sock, reply: dict) -> None:
             if not data:
                 break
             _write_all(fd, data)
-        if not reply.get("tty"):
+        if reply.get("stdin_once"):
             proto.send(sock, {"op": "close_stdin"})
     except OSError:
         pass

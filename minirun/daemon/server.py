@@ -8,10 +8,12 @@ runs health checks (health.py: timers and probe processes in this same loop).
   CLI -> daemon  {"op": "stop", "id"}      <- {"ok": true}: the user stops or removes
                  it: no restart policy applies from now on, a pending restart is off
   CLI -> daemon  {"op": "attach", "id", "stdin"}
-                 <- {"ok": true, "tty", "stdin"} + [pty master | stdin pipe] | {"error"}
+                 <- {"ok": true, "tty", "stdin", "stdin_once"} + [pty master | stdin
+                 pipe] | {"error"}
                  then the container's output as stream messages (proto.py) until its
                  exit status; the client may send {"op": "close_stdin"} (its EOF) and
-                 {"op": "kill", "signal"} (a signal for the container)
+                 {"op": "kill", "signal"} (a signal for the container). stdin_once (the
+                 CRI's, no tty): the stdin is closed when this client goes, however
   CLI -> daemon  {"op": "run", ...}        a foreground run: daemon/foreground.py
   CRI -> daemon  {"op": "reopen_log", "id"} <- {"ok": true} | {"error"}: the log file is
                  closed and opened again at its path (kubelet rotates a CRI log by
@@ -176,10 +178,12 @@ class Stdio:
     """A running container's input as the daemon holds it for attach (the pty master,
     or the stdin pipe's write end while it is open) and the clients attached to it."""
 
-    def __init__(self, tty: bool, interactive: bool, input_fd: int | None) -> None:
+    def __init__(self, tty: bool, interactive: bool, input_fd: int | None,
+                 stdin_once: bool = False) -> None:
         self.tty = tty
         self.interactive = interactive
         self.input_fd = input_fd
+        self.stdin_once = stdin_once and not tty  # containerd's: a tty's stays open
         self.clients: set[AttachedClient] = set()
 
     def close_input(self) -> None:
@@ -189,9 +193,10 @@ class Stdio:
 
 
 class AttachedClient:
-    def __init__(self, conn, cid: str) -> None:
+    def __init__(self, conn, cid: str, closes_stdin: bool = False) -> None:
         self.conn = conn
         self.cid = cid
+        self.closes_stdin = closes_stdin  # it writes to a stdin_once container's stdin
         self.queue: list[bytes] = []
         self.queued = 0
         self.closing = False  # the exit status is queued: close once it is sent
@@ -344,7 +349,8 @@ class Daemon:
         old = self.stdio.pop(cid, None)
         if old is not None:
             old.close_input()
-        self.stdio[cid] = Stdio("tty" in streams, bool(opts.get("interactive")), input_fd)
+        self.stdio[cid] = Stdio("tty" in streams, bool(opts.get("interactive")), input_fd,
+                                bool(opts.get("stdin_once")))
         self.open_streams[cid] = len(readers)
         for fd, stream in readers:
             os.set_blocking(fd, False)  # for a pty master: also the keeper's, the clients'
@@ -637,14 +643,18 @@ class Daemon:
         stdin = want_stdin and st.input_fd is not None and (st.interactive or not st.tty)
         # a tty client needs the master to set the window size even without stdin
         fds = [st.input_fd] if stdin or st.tty else []
-        self.add_client(conn, cid, {"ok": True, "tty": st.tty, "stdin": stdin}, fds)
+        reply = {"ok": True, "tty": st.tty, "stdin": stdin,
+                 "stdin_once": stdin and st.stdin_once}
+        self.add_client(conn, cid, reply, fds, closes_stdin=reply["stdin_once"])
 
-    def add_client(self, conn, cid: str, reply: dict, fds: list[int]) -> None:
-        """The reply, then the container's output from now on."""
+    def add_client(self, conn, cid: str, reply: dict, fds: list[int],
+                   closes_stdin: bool = False) -> None:
+        """The reply, then the container's output from now on. A client that
+        closes_stdin closes the container's stdin when it goes, however it goes."""
         st = self.stdio[cid]
         proto.send(conn, reply, fds)
         conn.setblocking(False)
-        client = AttachedClient(conn, cid)
+        client = AttachedClient(conn, cid, closes_stdin)
         st.clients.add(client)
         self.attached[conn] = client
         self.sel.modify(conn, selectors.EVENT_READ, ("attached", cid))
@@ -739,6 +749,12 @@ class Daemon:
         except (KeyError, ValueError):
             pass
         client.conn.close()
+        if client.closes_stdin and st is not None and st.input_fd is not None:
+            try:  # stdin_once: the first attach is over, and so is the container's input
+                self.close_stdin(client.cid)
+            except Exception as e:  # noqa: BLE001 - never a reason not to serve
+                log_line(f"closing the stdin of {client.cid[:12]}: {e}", "warning",
+                         self.ecs_container(client.cid), "attach")
 
     def serve(self, wait: bool = False) -> None:
         from .keeper import lock_holder, take_lock
