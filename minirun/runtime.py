@@ -369,6 +369,10 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
     child_sock.close()
     init_pid = 0
     listener = None
+    # I writes on the socket it shares with C: a C descheduled right after its fork can
+    # send I's pid after I's hooks request or even its ready (a state saved with pid 0
+    # then: `start` took the init for dead). What needs the pid waits for C's word.
+    hooks_asked = ready = False
     try:
         hooks = cfg.get("hooks") or {}
         while True:
@@ -400,19 +404,26 @@ def _spawn(c: Container, cfg: dict, rootfs: str, bundle: str, cg, plan: Namespac
                 os.waitpid(pid, 0)  # C exits right after; I is now our child (subreaper)
                 pid = 0
             elif msg.get("hooks"):
-                # runc runs them from the bundle (it chdirs there for create and run)
-                run_hooks(hooks, ("prestart", "createRuntime"), c.hook_state("creating"),
-                          cwd=bundle)
-                _send(parent_sock, {"ok": True})
+                hooks_asked = True
             elif "seccompFd" in msg:
                 listener = passed
             elif msg.get("ready"):
                 spans.adopt(msg.get("trace"))
-                trace("create: init ready")
-                return init_pid
-            if listener is not None and init_pid:  # the fd may come before C's word on I's pid
+                ready = True
+            if not init_pid:
+                continue
+            if listener is not None:
                 passed, listener = listener, None
                 hand_to_agent(linux["seccomp"], init_pid, c.spec_state("creating"), passed)
+            if hooks_asked:
+                hooks_asked = False
+                # runc runs them from the bundle (it chdirs there for create and run)
+                run_hooks(hooks, ("prestart", "createRuntime"), c.hook_state("creating"),
+                          cwd=bundle)
+                _send(parent_sock, {"ok": True})
+            if ready:
+                trace("create: init ready")
+                return init_pid
     except BaseException:
         if pid:
             _kill_and_wait(pid)
