@@ -1,6 +1,6 @@
 """The observability code on a pure cgroup v2 host, in the QEMU guest (tests/test_v2_guest.py
 runs the tests marked cgroup_v2 there): the daemon's Prometheus series against the v2
-files, an OOM kill under memory.max (the counter, the oom event, OOMKilled), doctor's
+files (io.stat on the guest's scratch disk too), an OOM kill under memory.max (the counter, the oom event, OOMKilled), doctor's
 cgroup2 leftovers and its host check, and a health check's exec in the container's cgroup.
 
 One private engine and one daemon (`run -d` starts it on demand; daemon.json asks for
@@ -18,8 +18,7 @@ import time
 import urllib.request
 
 import pytest
-from enginetest import engine_with_busybox
-from nettest import free_port
+from enginetest import engine_serving_metrics
 from ocitest import needs_root
 from ocitest import wait_for as poll
 from prometheus_client.parser import text_string_to_metric_families
@@ -76,19 +75,7 @@ def inspect(env, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    gen = engine_with_busybox(str(tmp_path_factory.mktemp("monv2")))
-    env = next(gen)
-    env.addr = f"127.0.0.1:{free_port()}"
-    os.makedirs(env.root, exist_ok=True)
-    with open(os.path.join(env.root, "daemon.json"), "w") as f:
-        json.dump({"metrics-addr": env.addr}, f)
-    try:
-        yield env
-    finally:
-        try:
-            next(gen)
-        except StopIteration:
-            pass
+    yield from engine_serving_metrics(str(tmp_path_factory.mktemp("monv2")))
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +132,45 @@ def test_metrics_match_the_v2_files_and_count_an_oom_kill(env, boxes):
     assert value(samples, "container_spec_memory_limit_bytes", id=opath) == 16 * MIB
     assert value(samples, "container_oom_events_total", id=opath) == \
         keyed(f"{ocg}/memory.events")["oom_kill"] == 1
+
+
+def scratch_disk() -> str:
+    """MAJ:MIN of the guest's 64 MiB scratch disk (tests/v2guest/guest.py), which a test
+    may overwrite; refuses anything else: this must never write to a real host's disk."""
+    size = read("/sys/block/vda/size").strip() if os.path.exists("/sys/block/vda") else ""
+    assert os.uname().nodename == "v2guest" and size == str(64 * MIB // 512), \
+        "needs the v2 guest's scratch disk /dev/vda (tests/v2guest/)"
+    return read("/sys/block/vda/dev").strip()
+
+
+def test_block_io_series_match_io_stat(env):
+    """container_fs_{reads,writes}_bytes_total from io.stat, labelled /dev/vda."""
+    majmin = scratch_disk()
+    env("run", "-d", "--network", "none", "--name", "mio", "--device", "/dev/vda",
+        "busybox", "sh", "-c", "dd if=/dev/zero of=/dev/vda bs=1M count=4 oflag=direct &&"
+        " dd if=/dev/vda of=/dev/null bs=1M count=2 iflag=direct && exec sleep 600",
+        check=True)
+    try:
+        cg = cgroup_dir(inspect(env, "mio")["State"]["Pid"])
+
+        def io() -> dict[str, int]:
+            for line in read(f"{cg}/io.stat").splitlines():
+                dev, *pairs = line.split()
+                if dev == majmin:
+                    return {k: int(v) for k, v in (p.split("=") for p in pairs)}
+            return {}
+
+        wait_for(lambda: io().get("rbytes", 0) >= 2 * MIB, "mio's reads in io.stat")
+        samples = scrape(env.addr)
+        path = cg[len(CGROUP_ROOT):]
+        counts = io()
+        assert counts["wbytes"] >= 4 * MIB
+        assert value(samples, "container_fs_writes_bytes_total", id=path,
+                     device="/dev/vda") == counts["wbytes"]
+        assert value(samples, "container_fs_reads_bytes_total", id=path,
+                     device="/dev/vda") == counts["rbytes"]
+    finally:
+        env("rm", "-f", "mio")
 
 
 def test_an_oom_killed_container_exits_with_its_oom_event_and_oomkilled(env, boxes):
