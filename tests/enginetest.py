@@ -89,6 +89,24 @@ def engine_with_busybox(top: str):
     assert not left, f"mounts left under the engine roots: {left}"
 
 
+def engine_serving_metrics(top: str):
+    """engine_with_busybox whose daemon.json asks for metrics on a free loopback port
+    (env.addr): the daemon `run -d` starts on demand serves them, and the one the keeper
+    brings back. For fixtures to `yield from`."""
+    import json
+
+    from nettest import free_port
+
+    gen = engine_with_busybox(top)
+    env = next(gen)
+    env.addr = f"127.0.0.1:{free_port()}"
+    os.makedirs(env.root, exist_ok=True)
+    with open(os.path.join(env.root, "daemon.json"), "w") as f:
+        json.dump({"metrics-addr": env.addr}, f)
+    yield env
+    yield from gen
+
+
 def searchable_engine(prefix: str):
     """engine_with_busybox under a 0755 directory others may search: with --userns auto
     the container's root (an unprivileged host uid) must reach its rootfs, and pytest's

@@ -345,3 +345,23 @@ def test_cli_exit_codes_and_text(tmp_path):
     assert broken.returncode == 2 and broken.stdout == ""
     assert broken.stderr.startswith("minirun: doctor: the audit failed: DatabaseError")
     assert len(broken.stderr.splitlines()) == 1
+
+
+def test_host_findings_on_a_pure_v2_host_ask_only_for_v2_controllers(host):
+    """cgroup2 has no devices or freezer controller (eBPF device rules, cgroup.freeze):
+    their absence from cgroup.controllers is not a finding; a missing pids is."""
+    from minirun.info import CgroupInfo, HostInfo
+
+    r, paths, _ = host
+    reason = "v1 only, or not enabled in the root cgroup"
+    info = HostInfo(version="x", oci_version="1", kernel="6", euid=0, capabilities="all",
+                    cgroup=CgroupInfo(mode="v2", root="/sys/fs/cgroup", driver="v2",
+                                      v2_controllers=["cpu", "io", "memory"],
+                                      unusable_controllers={"devices": reason,
+                                                            "freezer": reason,
+                                                            "pids": reason}),
+                    namespaces=["mnt"], missing_namespaces={}, features={}, runtimes={})
+    a = doc.Audit([r], None, False, paths, check_host=False)
+    a.check_host_setup(info)
+    assert [(f.what, f.why) for f in a.findings] == [
+        ("cgroup controller pids", f"the v2 driver cannot use it: {reason}")]

@@ -25,7 +25,7 @@ from datetime import datetime
 
 import pytest
 from debtools import deb_tool
-from enginetest import engine_with_busybox
+from enginetest import engine_serving_metrics
 from nettest import free_port
 from ocitest import needs_root
 from ocitest import wait_for as poll
@@ -38,19 +38,7 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    gen = engine_with_busybox(str(tmp_path_factory.mktemp("metrics")))
-    env = next(gen)
-    env.addr = f"127.0.0.1:{free_port()}"
-    os.makedirs(env.root, exist_ok=True)
-    with open(os.path.join(env.root, "daemon.json"), "w") as f:
-        json.dump({"metrics-addr": env.addr}, f)
-    try:
-        yield env
-    finally:
-        try:
-            next(gen)
-        except StopIteration:
-            pass
+    yield from engine_serving_metrics(str(tmp_path_factory.mktemp("metrics")))
 
 
 def scrape(addr: str, path: str = "/metrics") -> str:

@@ -69,7 +69,11 @@ NETNS_DIR = "/run/netns"
 # judged only when the audit is scoped to ids its root has known
 GRACE_SECONDS = 30.0
 LIVE_STATUSES = ("running", "paused", "created")
-NEEDED_CONTROLLERS = ("cpu", "memory", "pids", "devices", "freezer")
+# the controllers each driver needs: v2 has no devices or freezer controller (device rules
+# are eBPF programs, freezing is every cgroup's cgroup.freeze), so cgroup.controllers never
+# lists them
+NEEDED_CONTROLLERS = {"v1": ("cpu", "memory", "pids", "devices", "freezer"),
+                      "v2": ("cpu", "memory", "pids")}
 VETH_RE = re.compile(r"^mr[0-9a-f]{12}$")
 NETNS_RE = re.compile(r"^minirun-([0-9a-f]{12})$")
 POD_NETNS_RE = re.compile(r"^minirun-pod-([0-9a-f]{12})$")
@@ -808,7 +812,7 @@ class Audit:
                      "cgroup2 at /sys/fs/cgroup, or set MINIRUN_CGROUP_ROOT)", "")
         else:
             have = set(cg.v1_controllers) if cg.driver == "v1" else set(cg.v2_controllers)
-            for name in NEEDED_CONTROLLERS:
+            for name in NEEDED_CONTROLLERS["v1" if cg.driver == "v1" else "v2"]:
                 if name not in have:
                     reason = cg.unusable_controllers.get(name, "not mounted")
                     self.add("host", f"cgroup controller {name}",
