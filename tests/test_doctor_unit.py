@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -202,6 +203,21 @@ def test_fix_removes_cgroups_children_first_in_every_hierarchy(host):
     assert all(f.safe for f in cgroups)
     doc.fix([pod])
     assert pod.fixed, pod.error
+    for hierarchy in ("pids", "unified"):
+        assert not os.path.exists(os.path.join(t, "cg", hierarchy, "minirun", "pod"))
+        assert os.path.isdir(os.path.join(t, "cg", hierarchy, "minirun", CLAIMED))
+
+
+def test_the_printed_cgroup_fix_removes_children_first(host):
+    """What doctor prints for a human does what --fix does: a plain rmdir of the top
+    fails while a child cgroup is there."""
+    t = host[2]
+    a = audit(host, host_wide=True)
+    pod = next(f for f in a.findings if f.kind == "cgroup" and f.what == "/minirun/pod")
+    assert os.listdir(os.path.join(t, "cg", "pids", "minirun", "pod"))  # it has a child
+    shown = subprocess.run(["sh", "-c", pod.fix], capture_output=True, text=True,
+                           check=False)
+    assert shown.returncode == 0, shown.stderr
     for hierarchy in ("pids", "unified"):
         assert not os.path.exists(os.path.join(t, "cg", hierarchy, "minirun", "pod"))
         assert os.path.isdir(os.path.join(t, "cg", hierarchy, "minirun", CLAIMED))

@@ -228,7 +228,8 @@ def test_doctor_finds_and_fixes_cgroup2_leftovers(env, boxes):
         by_what = {(f["kind"], f["what"]): f for f in doc["findings"]}
         epath, bpath = empty[len(CGROUP_ROOT):], busy[len(CGROUP_ROOT):]
         assert ("cgroup", epath) in by_what, doc["findings"]
-        assert f"rmdir {empty}" in by_what[("cgroup", epath)]["fix"]
+        assert f"find {empty} -depth -type d -exec rmdir {{}} +" in \
+            by_what[("cgroup", epath)]["fix"]
         assert ("cgroup", epath + "/sub") not in by_what  # its parent's fix removes it
         assert ("cgroup", bpath) in by_what
         assert ("process", f"pid {sleeper.pid} in cgroup {bpath}") in by_what, \

@@ -760,7 +760,8 @@ class Audit:
             if any(under(path, other) and other != path for other in found):
                 continue  # its parent's finding removes it first
             self.add("cgroup", path, f"cgroup with no container ({len(dirs)} hierarchies)",
-                     " && ".join(f"rmdir {shlex.quote(d)}" for d in dirs),
+                     " && ".join(f"find {shlex.quote(d)} -depth -type d -exec rmdir {{}} +"
+                                 for d in dirs),  # children first, as --fix
                      lambda dirs=dirs: _rmdir_cgroups(dirs))
 
     def check_records(self) -> None:
