@@ -482,3 +482,37 @@ def test_the_other_ways_to_give_the_address_are_checked_too(how):
         assert not os.path.exists(f"{top}/run")
     finally:
         shutil.rmtree(top)
+
+
+@pytest.mark.parametrize("how", ["env", "daemon.json", "port in use"])
+def test_a_daemon_started_on_demand_with_a_bad_address_says_why_at_once(how):
+    """`minirun run` starts the daemon on first need: the daemon's own error is the
+    command's, at once, not a 15 s wait for an answer that cannot come."""
+    top = tempfile.mkdtemp(prefix="minirun-metrics-")
+    holder = socket.socket()
+    try:
+        env = dict(os.environ, MINIRUN_ROOT=f"{top}/lib", MINIRUN_RUN_ROOT=f"{top}/run")
+        env.pop("MINIRUN_METRICS", None)
+        if how == "env":
+            env["MINIRUN_METRICS"] = "127.0.0.1:http"
+            why = "--metrics '127.0.0.1:http': not HOST:PORT"
+        elif how == "daemon.json":
+            os.makedirs(f"{top}/lib")
+            with open(f"{top}/lib/daemon.json", "w") as f:
+                f.write('{"metrics-addr": 9323}')
+            why = "daemon.json: metrics-addr must be a string"
+        else:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen(1)
+            env["MINIRUN_METRICS"] = f"127.0.0.1:{holder.getsockname()[1]}"
+            why = "cannot listen: Address already in use"
+        proc = subprocess.run([sys.executable, "-m", "minirun.cli", "run", "--rm", "--pull",
+                               "never", "busybox", "true"], capture_output=True, text=True,
+                              timeout=60, check=False, env=env)
+        assert proc.returncode == 125
+        assert proc.stderr.startswith("minirun: error: the minirun daemon did not start: ")
+        assert proc.stderr.count("\n") == 1 and why in proc.stderr, proc.stderr
+        assert not os.path.exists(f"{top}/run/daemon.pid")
+    finally:
+        holder.close()
+        shutil.rmtree(top)
