@@ -244,6 +244,20 @@ def test_states_follow_the_records(env, two):
         env("rm", "-f", stopped)
 
 
+def test_a_paused_container_is_counted_paused_and_keeps_its_series(env, two):
+    paused = run_d(env, "--name", "mpaused", "busybox", "sleep", "600")
+    try:
+        env("pause", paused, check=True)
+        text = scrape(env.addr)
+        ps = env("ps", "-a", "--format", "{{.State}}", check=True).stdout.split()
+        assert ps.count("paused") == 1
+        for state in ("running", "paused"):
+            assert value(text, "minirun_containers", state=state) == ps.count(state), state
+        assert value(text, "container_processes", name="mpaused") == 1
+    finally:
+        env("rm", "-f", paused)
+
+
 def test_oom_kills_are_counted(env):
     # sh (pid 1) survives; the tail that fills the 8 MiB is what the OOM killer takes
     cid = run_d(env, "-m", "8m", "--memory-swap", "8m", "busybox", "sh", "-c",
