@@ -527,6 +527,10 @@ def test_a_daemon_started_on_demand_with_a_bad_address_says_why_at_once(how):
         assert proc.stderr.startswith("minirun: error: the minirun daemon did not start: ")
         assert proc.stderr.count("\n") == 1 and why in proc.stderr, proc.stderr
         assert not os.path.exists(f"{top}/run/daemon.pid")
+        # the daemon's log stays JSON lines (Filebeat's ndjson parser): its error is one
+        with open(f"{top}/run/daemon.log") as f:
+            lines = [json.loads(line) for line in f]
+        assert [(d["log.level"], why in d["message"]) for d in lines] == [("error", True)]
     finally:
         holder.close()
         shutil.rmtree(top)

@@ -55,6 +55,7 @@ import select
 import selectors
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -924,6 +925,22 @@ def log_line(msg: str, level: str = "info", container: dict | None = None,
     sys.stderr.flush()
 
 
+def fatal(msg: str) -> None:
+    """The daemon's error when it cannot serve (a bad --metrics, the lock taken): one
+    line. Into its log file (spawned on demand or by the keeper, stderr is daemon.log) a
+    JSON line as the rest of the log, for Filebeat's ndjson parser; to a terminal or a
+    pipe `minirun: error: ...` as every verb prints it."""
+    try:
+        to_file = stat.S_ISREG(os.fstat(sys.stderr.fileno()).st_mode)
+    except (OSError, ValueError):
+        to_file = False
+    if to_file and log_format() == "json":
+        log_line(msg, "error")
+    else:
+        sys.stderr.write(f"{ERROR_PREFIX}{msg}\n")
+        sys.stderr.flush()
+
+
 def spawn_detached(argv: list[str], log_path: str) -> subprocess.Popen:
     """Start a long-lived process outside our session, its output in log_path."""
     # without MINIRUN_TRACE: a daemon traces the requests that ask (spans.serving)
@@ -946,8 +963,18 @@ def startup_error(proc: subprocess.Popen | None, log_path: str, offset: int) -> 
             text = f.read(65536).decode(errors="replace")
     except OSError:
         return None
-    errors = [line[len(ERROR_PREFIX):] for line in text.splitlines()
-              if line.startswith(ERROR_PREFIX)]
+    errors = []
+    for line in text.splitlines():
+        if line.startswith(ERROR_PREFIX):
+            errors.append(line[len(ERROR_PREFIX):])
+        elif line.startswith("{") and '"error"' in line:  # fatal() in a JSON log
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if doc.get("log.level") == "error" and doc.get("process", {}).get("pid") == \
+                    proc.pid:
+                errors.append(str(doc.get("message", "")))
     if not errors or errors[-1].startswith(LOCK_BUSY):
         return None
     return errors[-1]
