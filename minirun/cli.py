@@ -3,13 +3,12 @@ modules it calls."""
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING
 
 import click
 
-from . import __version__
+from . import __version__, trace_requested
 from .errors import MiniRunError
 
 if TYPE_CHECKING:
@@ -243,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     from .client import finish_trace, start_trace
 
     argv = sys.argv[1:] if argv is None else argv
-    if os.environ.get("MINIRUN_TRACE") == "1":
+    if trace_requested():
         start_trace(next((a for a in argv if not a.startswith("-")), ""))
     try:
         return _main(argv)

@@ -382,7 +382,7 @@ def top(root, container, ps_args) -> None:
               help="its own log (daemon.log): JSON lines with ECS field names, or text")
 def daemon(root, run_root, wait, metrics_addr, log_format) -> None:
     """Supervise detached containers (started on first need by run -d)."""
-    from .daemon.server import Daemon, set_log_format
+    from .daemon.server import Daemon, fatal, set_log_format
     from .engine import Engine
     from .monitor.metrics import configured_address, parse_address
 
@@ -396,7 +396,7 @@ def daemon(root, run_root, wait, metrics_addr, log_format) -> None:
             parse_address(metrics_addr)
         Daemon(engine, metrics_addr).serve(wait=wait)
     except MiniRunError as e:
-        click.echo(f"minirun: error: {e}", err=True)
+        fatal(str(e))
         sys.exit(1)
 
 

@@ -49,6 +49,7 @@ def events(root, since, until, filters, fmt) -> None:
             render = go_json
         else:
             render = parse(expand_escapes(fmt), strict=True).render
+            render(ev.empty_message())  # as docker: a bad field fails now, not at an event
         engine = Engine(root=root)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _interrupt)

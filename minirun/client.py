@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 import sys
 
+from . import trace_requested
+
 # docker's exit statuses for `run`: 125 the engine failed, 126 the command cannot be
 # executed, 127 it was not found; otherwise the container's own status.
 EXIT_ENGINE, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND = 125, 126, 127
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     verb = 2 if argv[:2] == ["container", "run"] else 1 if argv[:1] == ["run"] else 0
     parsed = parse_run(argv[verb:]) if verb else None
     if parsed and parsed[1].get("trace") or \
-            os.environ.get("MINIRUN_TRACE") == "1" and parsed is not None:
+            trace_requested() and parsed is not None:
         start_trace("run")  # the click CLI's main starts it for the rest
     try:
         if parsed is None or parsed[1].get("detach") or \

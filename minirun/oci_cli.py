@@ -18,7 +18,7 @@ import gc
 import os
 import sys
 
-from . import __version__, OCI_VERSION
+from . import __version__, OCI_VERSION, trace_requested
 from . import runlog
 from .errors import InvalidArgument, MiniRunError
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.help or not args.verb:
         print(USAGE, file=sys.stdout if args.help else sys.stderr)
         return 0 if args.help else 2
-    if os.environ.get("MINIRUN_TRACE") == "1":  # the verb's waterfall when it ends
+    if trace_requested():  # the verb's waterfall when it ends
         from .monitor import trace as spans
 
         cid = getattr(args, "id", None)

@@ -274,15 +274,18 @@ def test_stop_and_restart_keeps_serving(cri):
                                   ["minirun.oci_cli", "--help"]])
 def test_the_run_path_does_not_import_grpc(argv):
     """Nor OpenTelemetry (run --trace's exporter), even with an endpoint configured: it
-    is imported only when tracing is on (tests/test_trace.py)."""
+    is imported only when tracing is on (tests/test_trace.py); nor prometheus_client,
+    even with metrics asked for (only the daemon serving them imports it)."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", *argv], cwd=REPO,
                           capture_output=True, text=True, timeout=60, check=False,
-                          env=dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9"))
+                          env=dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",
+                                   MINIRUN_METRICS="127.0.0.1:9"))
     assert proc.returncode == 0, proc.stderr
     imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
                 if line.startswith("import time:")]
     assert "click" in imported or "minirun" in imported  # the witness works
-    assert not [m for m in imported if m.split(".")[0] in ("grpc", "google", "opentelemetry")]
+    assert not [m for m in imported if m.split(".")[0] in
+                ("grpc", "google", "opentelemetry", "prometheus_client")]
 
 
 # --- CriServer in this process: the wrapper ------------------------------------------------

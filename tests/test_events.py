@@ -291,6 +291,9 @@ def test_until_in_the_future_waits_for_the_events_before_it(engine):  # noqa: F8
                            "format of filter (expected name=value)")),
     (["--since", "yesterday"], "failed to parse value as time or duration: 'yesterday'"),
     (["--since", "10m", "--until", "20m"], "cannot be after `until` time"),
+    # a bad template field, refused at once (docker renders its zero message first), not
+    # when the first event comes: no --until here, it would follow for ever
+    (["--format", "{{.Nope}}"], "can't evaluate field Nope in type events.Message"),
 ])
 def test_bad_filters_and_times_exit_125(engine, args, error):  # noqa: F811
     proc = engine("events", *args, timeout=30)

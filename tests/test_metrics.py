@@ -232,6 +232,20 @@ def test_states_follow_the_records(env, two):
         env("rm", "-f", stopped)
 
 
+def test_a_paused_container_is_counted_paused_and_keeps_its_series(env, two):
+    paused = run_d(env, "--name", "mpaused", "busybox", "sleep", "600")
+    try:
+        env("pause", paused, check=True)
+        text = scrape(env.addr)
+        ps = env("ps", "-a", "--format", "{{.State}}", check=True).stdout.split()
+        assert ps.count("paused") == 1
+        for state in ("running", "paused"):
+            assert value(text, "minirun_containers", state=state) == ps.count(state), state
+        assert value(text, "container_processes", name="mpaused") == 1
+    finally:
+        env("rm", "-f", paused)
+
+
 def test_oom_kills_are_counted(env):
     # sh (pid 1) survives; the tail that fills the 8 MiB is what the OOM killer takes
     cid = run_d(env, "-m", "8m", "--memory-swap", "8m", "busybox", "sh", "-c",
@@ -469,4 +483,42 @@ def test_the_other_ways_to_give_the_address_are_checked_too(how):
         assert ("127.0.0.1:http" if how == "env" else "daemon.json: metrics-addr") in proc.stderr
         assert not os.path.exists(f"{top}/run")
     finally:
+        shutil.rmtree(top)
+
+
+@pytest.mark.parametrize("how", ["env", "daemon.json", "port in use"])
+def test_a_daemon_started_on_demand_with_a_bad_address_says_why_at_once(how):
+    """`minirun run` starts the daemon on first need: the daemon's own error is the
+    command's, at once, not a 15 s wait for an answer that cannot come."""
+    top = tempfile.mkdtemp(prefix="minirun-metrics-")
+    holder = socket.socket()
+    try:
+        env = dict(os.environ, MINIRUN_ROOT=f"{top}/lib", MINIRUN_RUN_ROOT=f"{top}/run")
+        env.pop("MINIRUN_METRICS", None)
+        if how == "env":
+            env["MINIRUN_METRICS"] = "127.0.0.1:http"
+            why = "--metrics '127.0.0.1:http': not HOST:PORT"
+        elif how == "daemon.json":
+            os.makedirs(f"{top}/lib")
+            with open(f"{top}/lib/daemon.json", "w") as f:
+                f.write('{"metrics-addr": 9323}')
+            why = "daemon.json: metrics-addr must be a string"
+        else:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen(1)
+            env["MINIRUN_METRICS"] = f"127.0.0.1:{holder.getsockname()[1]}"
+            why = "cannot listen: Address already in use"
+        proc = subprocess.run([sys.executable, "-m", "minirun.cli", "run", "--rm", "--pull",
+                               "never", "busybox", "true"], capture_output=True, text=True,
+                              timeout=60, check=False, env=env)
+        assert proc.returncode == 125
+        assert proc.stderr.startswith("minirun: error: the minirun daemon did not start: ")
+        assert proc.stderr.count("\n") == 1 and why in proc.stderr, proc.stderr
+        assert not os.path.exists(f"{top}/run/daemon.pid")
+        # the daemon's log stays JSON lines (Filebeat's ndjson parser): its error is one
+        with open(f"{top}/run/daemon.log") as f:
+            lines = [json.loads(line) for line in f]
+        assert [(d["log.level"], why in d["message"]) for d in lines] == [("error", True)]
+    finally:
+        holder.close()
         shutil.rmtree(top)

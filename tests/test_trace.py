@@ -96,6 +96,25 @@ def test_tracing_off_leaves_stderr_alone(engine):
         assert (proc.returncode, proc.stdout, proc.stderr) == (0, "out\n", "err\n")
 
 
+@pytest.mark.parametrize("value", ["true", "YES", "on"])
+def test_minirun_trace_takes_the_usual_spellings_of_on(engine, value):
+    proc = client(engine, "run", "--rm", "--network", "none", "busybox", "true",
+                  env={"MINIRUN_TRACE": value})
+    assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr
+    assert [name for _, name, _ in parse_waterfall(proc.stderr)][:2] == ["minirun run",
+                                                                         "prepare"]
+
+
+@pytest.mark.parametrize("module", ["minirun.client", "minirun.cli"])
+def test_an_odd_minirun_trace_value_is_one_line_and_tracing_stays_off(engine, module):
+    proc = subprocess.run([sys.executable, "-m", module, "run", "--rm", "busybox", "sh", "-c",
+                           "echo out"], env=dict(engine.env, MINIRUN_TRACE="2"),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert (proc.returncode, proc.stdout) == (0, "out\n")
+    assert proc.stderr == ("minirun: MINIRUN_TRACE='2' is not 1 or 0 (true/false, yes/no, "
+                           "on/off): tracing stays off\n")
+
+
 def test_run_detached_trace(engine):
     """run -d goes through the click CLI and the daemon's start op: the same steps."""
     proc = engine("run", "-d", "--trace", "--name", "traced-d", "busybox", "true")

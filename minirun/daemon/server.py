@@ -57,6 +57,7 @@ import select
 import selectors
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -83,6 +84,8 @@ ATTACH_QUEUE_MAX = 8 * 1024 * 1024
 STOPPED = "you cannot attach to a stopped container, start it first"
 LOG_FORMATS = ("json", "text")
 ECS_VERSION = "1.6.0"  # the version the ecs-logging libraries write
+LOCK_BUSY = "another minirun daemon"  # a second daemon's error: it lost the lock
+ERROR_PREFIX = "minirun: error: "  # how the daemon command prints a fatal error
 
 
 def rfc3339nano(ns: int | None = None) -> str:
@@ -767,7 +770,7 @@ class Daemon:
         lock = os.path.join(self.run_root, "daemon.lock")
         if take_lock(lock) is None:
             if not wait:
-                raise MiniRunError(f"another minirun daemon ({lock_holder(self.run_root, 'daemon')})"
+                raise MiniRunError(f"{LOCK_BUSY} ({lock_holder(self.run_root, 'daemon')})"
                                    f" serves {self.run_root}")
             log_line(f"waiting for the daemon ({lock_holder(self.run_root, 'daemon')}) "
                      "to end")
@@ -938,13 +941,59 @@ def log_line(msg: str, level: str = "info", container: dict | None = None,
     sys.stderr.flush()
 
 
-def spawn_detached(argv: list[str], log_path: str) -> None:
+def fatal(msg: str) -> None:
+    """The daemon's error when it cannot serve (a bad --metrics, the lock taken): one
+    line. Into its log file (spawned on demand or by the keeper, stderr is daemon.log) a
+    JSON line as the rest of the log, for Filebeat's ndjson parser; to a terminal or a
+    pipe `minirun: error: ...` as every verb prints it."""
+    try:
+        to_file = stat.S_ISREG(os.fstat(sys.stderr.fileno()).st_mode)
+    except (OSError, ValueError):
+        to_file = False
+    if to_file and log_format() == "json":
+        log_line(msg, "error")
+    else:
+        sys.stderr.write(f"{ERROR_PREFIX}{msg}\n")
+        sys.stderr.flush()
+
+
+def spawn_detached(argv: list[str], log_path: str) -> subprocess.Popen:
     """Start a long-lived process outside our session, its output in log_path."""
     # without MINIRUN_TRACE: a daemon traces the requests that ask (spans.serving)
     env = {k: v for k, v in os.environ.items() if k != "MINIRUN_TRACE"}
     with open(log_path, "ab") as log, open(os.devnull, "rb") as null:
-        subprocess.Popen(argv, stdin=null, stdout=log, stderr=log, start_new_session=True,
-                         close_fds=True, cwd="/", env=env)
+        return subprocess.Popen(argv, stdin=null, stdout=log, stderr=log,
+                                start_new_session=True, close_fds=True, cwd="/", env=env)
+
+
+def startup_error(proc: subprocess.Popen | None, log_path: str, offset: int) -> str | None:
+    """Why a daemon we started ended without serving (a bad --metrics address or
+    daemon.json, a port in use): its error line, from what it wrote to the log after
+    `offset`. None while it runs, after a clean exit, or when it only lost the lock to
+    another daemon (which will answer)."""
+    if proc is None or proc.poll() in (None, 0):
+        return None
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read(65536).decode(errors="replace")
+    except OSError:
+        return None
+    errors = []
+    for line in text.splitlines():
+        if line.startswith(ERROR_PREFIX):
+            errors.append(line[len(ERROR_PREFIX):])
+        elif line.startswith("{") and '"error"' in line:  # fatal() in a JSON log
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if doc.get("log.level") == "error" and doc.get("process", {}).get("pid") == \
+                    proc.pid:
+                errors.append(str(doc.get("message", "")))
+    if not errors or errors[-1].startswith(LOCK_BUSY):
+        return None
+    return errors[-1]
 
 
 def wait_for_socket(path: str, timeout: float = 15.0):
@@ -981,8 +1030,10 @@ def ensure_daemon(engine, timeout: float = 15.0, busy_timeout: float = 120.0) ->
     and is slow to answer is busy (starting containers on a loaded host), not gone: it
     is waited for (up to busy_timeout), never replaced."""
     path = os.path.join(engine.run_root, "minirun.sock")
+    log_path = os.path.join(engine.run_root, "daemon.log")
     begun = time.monotonic()
     spawned = False
+    proc, offset = None, 0
     while True:
         busy = False
         try:
@@ -998,13 +1049,20 @@ def ensure_daemon(engine, timeout: float = 15.0, busy_timeout: float = 120.0) ->
             busy = True
         except OSError:
             pass
+        failed = startup_error(proc, log_path, offset)
+        if failed:  # at once, not after the timeout's "does not answer"
+            raise MiniRunError(f"the minirun daemon did not start: {failed}")
         if time.monotonic() - begun > (busy_timeout if busy else timeout):
             raise MiniRunError(f"the minirun daemon does not answer on {path}")
         if not spawned and not busy:
             # if another daemon is starting (the keeper's, another command's), this one
             # cannot take the lock and exits at once: we wait for whichever answers
             os.makedirs(engine.run_root, mode=0o711, exist_ok=True)
-            spawn_detached(daemon_argv(engine), os.path.join(engine.run_root, "daemon.log"))
+            try:
+                offset = os.path.getsize(log_path)
+            except FileNotFoundError:
+                offset = 0
+            proc = spawn_detached(daemon_argv(engine), log_path)
             spawned = True
         time.sleep(0.05)
 

@@ -167,6 +167,15 @@ def to_message(row: dict, names: Callable[[str], dict]) -> EventMessage | None:
     return msg
 
 
+def empty_message() -> EventMessage:
+    """docker's zero events.Message, which its CLI renders a --format template with first
+    to refuse a bad one before any event comes."""
+    msg = EventMessage()
+    msg.update({"Type": "", "Action": "", "Actor": {"ID": "", "Attributes": GoMap()},
+                "scope": "", "time": 0, "timeNano": 0})
+    return msg
+
+
 def _text(value) -> str:
     if isinstance(value, str):
         return value

@@ -326,9 +326,14 @@ class EngineCollector:
         pods = self._pods()
         states = dict.fromkeys(STATES, 0)
         for cid, name, image, status, started, pid, options in rows:
-            states[status] = states.get(status, 0) + 1
             if status in ("running", "paused"):  # a frozen cgroup is there to read too
-                self._container(fams, cid, name, image, started, pid, json.loads(options), pods)
+                # a paused container's record still says running (Engine._reconcile)
+                if self._container(fams, cid, name, image, started, pid, json.loads(options),
+                                   pods):
+                    status = "paused"
+            elif status == "creating":  # as ps shows it (dockerview.state_of)
+                status = "created"
+            states[status] = states.get(status, 0) + 1
         yield from fams.values()
 
         containers = GaugeMetricFamily("minirun_containers", "Containers by state.",
@@ -354,17 +359,18 @@ class EngineCollector:
         restarts.add_metric([], daemon_restarts(self.engine.run_root))
         yield restarts
 
-    def _container(self, fams, cid, name, image, started, pid, opts, pods) -> None:
+    def _container(self, fams, cid, name, image, started, pid, opts, pods) -> bool:
+        """Its series added to fams; whether it is frozen (paused)."""
         from ..container import Container
         from .cgstats import cgroup_sample
 
         try:
             cg = Container.load(self.engine.oci_root, cid).cgroup()
         except MiniRunError:
-            return
+            return False
         sample = cgroup_sample(cg)
         if sample is None:
-            return
+            return False
         pod_id = opts.get("pod") or opts.get("holder_of") or ""
         pod_name, namespace = pods.get(pod_id, ("", ""))
         ctr_name = ""
@@ -389,6 +395,10 @@ class EngineCollector:
         for iface, counts in sorted(self._net_dev(pid).items()):
             fams["rx"].add_metric(values + [iface], counts["rx_bytes"])
             fams["tx"].add_metric(values + [iface], counts["tx_bytes"])
+        try:
+            return cg.is_frozen()
+        except (OSError, MiniRunError):
+            return False
 
     def _net_dev(self, pid: int | None) -> dict:
         """The interfaces of the container's own netns but lo; none on the host's."""

@@ -33,7 +33,9 @@ from __future__ import annotations
 import os
 import time
 
-ON = os.environ.get("MINIRUN_TRACE") == "1"
+from .. import trace_requested
+
+ON = trace_requested(warn=False)
 
 # (time.time_ns(), time.monotonic_ns()), read together when tracing began
 ANCHOR = (time.time_ns(), time.monotonic_ns()) if ON else (0, 0)
