@@ -951,7 +951,9 @@ def fatal(msg: str) -> None:
     except (OSError, ValueError):
         to_file = False
     if to_file and log_format() == "json":
-        log_line(msg, "error")
+        # losing the lock to another daemon is the normal end of a race of several
+        # `run -d` starting one: not an error in the log a shipper alerts on
+        log_line(msg, "info" if msg.startswith(LOCK_BUSY) else "error")
     else:
         sys.stderr.write(f"{ERROR_PREFIX}{msg}\n")
         sys.stderr.flush()
