@@ -32,15 +32,13 @@ def doctor(do_fix: bool, as_json: bool, oci_root: str | None, host_wide: bool | 
         audit = doc.audit(oci_state_root=oci_root, host_wide=host_wide,
                           check_host=not no_host_checks, grace=grace)
     except Exception as e:  # noqa: BLE001 - the audit failing is its own exit status
-        click.echo(f"minirun: doctor: the audit failed: {type(e).__name__}: {e}", err=True)
-        sys.exit(doc.EXIT_ERROR)
+        _failed(e, doc.EXIT_ERROR)
     if do_fix:
         try:  # what a second look still finds, and only that (see doc.fix)
             again = doc.audit(oci_state_root=oci_root, host_wide=host_wide, check_host=False,
                               grace=grace)
         except Exception as e:  # noqa: BLE001
-            click.echo(f"minirun: doctor: the audit failed: {type(e).__name__}: {e}", err=True)
-            sys.exit(doc.EXIT_ERROR)
+            _failed(e, doc.EXIT_ERROR)
         doc.fix(audit.findings, again.findings)
     if as_json:
         import json
@@ -53,3 +51,13 @@ def doctor(do_fix: bool, as_json: bool, oci_root: str | None, host_wide: bool | 
 
 def register(cli: click.Group) -> None:
     cli.add_command(doctor)
+
+
+def _failed(e: Exception, code: int) -> None:
+    """The audit could not run: one line (minirun's own errors as they are, anything
+    else with its type, which names an unexpected failure), then `code`."""
+    from .errors import MiniRunError
+
+    what = str(e) if isinstance(e, MiniRunError) else f"{type(e).__name__}: {e}"
+    click.echo(f"minirun: doctor: the audit failed: {what}", err=True)
+    sys.exit(code)

@@ -20,8 +20,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 
-from .errors import (AlreadyExists, ContainerStateError, InvalidArgument, MiniRunError,
-                     NotFound)
+from .errors import AlreadyExists, ContainerStateError, InvalidArgument, MiniRunError, NotFound
 from .monitor import trace as spans
 
 DEFAULT_ROOT = "/var/lib/minirun"
@@ -292,7 +291,14 @@ class Engine:
         self.root = root or os.environ.get("MINIRUN_ROOT", DEFAULT_ROOT)
         self.run_root = run_root or os.environ.get("MINIRUN_RUN_ROOT", DEFAULT_RUN_ROOT)
         self.oci_root = os.path.join(self.run_root, "engine")
-        os.makedirs(self.root, mode=0o711, exist_ok=True)
+        try:
+            os.makedirs(self.root, mode=0o711, exist_ok=True)
+        except FileExistsError:
+            pass  # a file: said below
+        except OSError as e:  # a read-only or missing parent, ...
+            raise MiniRunError(f"the engine root {self.root}: {e.strerror}") from None
+        if not os.path.isdir(self.root):
+            raise MiniRunError(f"the engine root {self.root} is not a directory")
         self._db = None
         self._networks = None
 

@@ -564,3 +564,25 @@ def test_delete_finishes_a_delete_killed_after_the_state_went(tmp_path):
     with pytest.raises(NotFound):
         ctr.delete(str(tmp_path), cid, force=True)
     assert not (tmp_path / cid).exists()
+
+
+@pytest.mark.parametrize("verb", [["ps"], ["stats", "--no-stream"], ["events", "--until", "0s"],
+                                  ["run", "--rm", "busybox", "true"], ["doctor"]])
+def test_an_engine_root_that_is_a_file_is_one_line(tmp_path, verb):
+    """MINIRUN_ROOT naming a file: every verb says so in one line (no traceback), with
+    its usual error code, and makes nothing."""
+    root = tmp_path / "root"
+    root.write_text("not a directory\n")
+    run_root = tmp_path / "run"
+    env = {**os.environ, "MINIRUN_ROOT": str(root), "MINIRUN_RUN_ROOT": str(run_root)}
+    proc = subprocess.run([sys.executable, "-m", "minirun.cli", *verb], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode in (1, 2, 125), proc
+    # run opens the image store first: its line names the same path
+    assert proc.stderr in (f"minirun: error: the engine root {root} is not a directory\n",
+                           f"minirun: doctor: the audit failed: the engine root {root} is not"
+                           " a directory\n",
+                           f"minirun: error: cannot open the image store: Not a directory: "
+                           f"{root}/blobs\n"), proc.stderr
+    assert root.read_text() == "not a directory\n"
+    assert not run_root.exists()

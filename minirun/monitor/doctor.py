@@ -1026,6 +1026,11 @@ def audit(root: str | None = None, run_root: str | None = None,
           grace: float = GRACE_SECONDS) -> Audit:
     """Run every check; the Audit holds the findings (not fixed yet)."""
     r = roots_in_effect(root, run_root)
+    for path, what in ((r.root, "engine root"), (r.run_root, "run root")):
+        if os.path.lexists(path) and not os.path.isdir(path):  # as every verb says it
+            from ..errors import MiniRunError
+
+            raise MiniRunError(f"the {what} {path} is not a directory")
     if host_wide is None:
         host_wide = is_default(r)
     if oci_state_root is None and host_wide:
