@@ -188,6 +188,9 @@ def _register_commands() -> None:
     from . import cli_demo
 
     cli_demo.register(cli)
+    from . import cli_dockerapi
+
+    cli_dockerapi.register(cli)
 
 
 _register_commands()
