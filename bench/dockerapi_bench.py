@@ -29,7 +29,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (  # noqa: E402
+from benchlib import (
     CHECKOUT,
     VENV,
     BenchError,
@@ -80,6 +80,24 @@ def wait_socket(path: str, proc: subprocess.Popen, what: str, timeout: float = 6
         time.sleep(0.1)
 
 
+def podman_setup(base: str, driver: str) -> tuple[list[str], dict]:
+    """podman's command line and environment against a private store in `base` (its
+    containers.conf and storage.conf written there): for this bench and
+    tests/test_dockerapi_podman.py."""
+    os.makedirs(base, exist_ok=True)
+    with open(os.path.join(base, "containers.conf"), "w") as f:
+        f.write(CONTAINERS_CONF)
+    with open(os.path.join(base, "storage.conf"), "w") as f:
+        f.write(f'[storage]\ndriver = "{driver}"\ngraphroot = "{base}/storage"\n'
+                f'runroot = "{base}/run"\n')
+    env = dict(os.environ, CONTAINERS_CONF=f"{base}/containers.conf",
+               CONTAINERS_STORAGE_CONF=f"{base}/storage.conf")
+    cmd = ["podman", "--root", f"{base}/storage", "--runroot", f"{base}/run",
+           "--storage-driver", driver, "--tmpdir", f"{base}/tmp", "--cgroup-manager",
+           "cgroupfs", "--events-backend", "file", "--runtime", "runc"]
+    return cmd, env
+
+
 class Services:
     def __init__(self, tmp: str) -> None:
         self.tmp = tmp
@@ -88,19 +106,7 @@ class Services:
                                 MINIRUN_RUN_ROOT=os.path.join(tmp, "mr-run"),
                                 PYTHONPATH=CHECKOUT)
         self.minirun = [python(), "-m", "minirun.cli"]
-        base = os.path.join(tmp, "podman")
-        os.makedirs(base)
-        with open(os.path.join(base, "containers.conf"), "w") as f:
-            f.write(CONTAINERS_CONF)
-        with open(os.path.join(base, "storage.conf"), "w") as f:
-            f.write(f'[storage]\ndriver = "overlay"\ngraphroot = "{base}/storage"\n'
-                    f'runroot = "{base}/run"\n')
-        self.podman_env = dict(os.environ, CONTAINERS_CONF=f"{base}/containers.conf",
-                               CONTAINERS_STORAGE_CONF=f"{base}/storage.conf")
-        self.podman = ["podman", "--root", f"{base}/storage", "--runroot", f"{base}/run",
-                       "--storage-driver", "overlay", "--tmpdir", f"{base}/tmp",
-                       "--cgroup-manager", "cgroupfs", "--events-backend", "file",
-                       "--runtime", "runc"]
+        self.podman, self.podman_env = podman_setup(os.path.join(tmp, "podman"), "overlay")
         self.cgroup_parent = f"{CGROUP_PARENT}/{secrets.token_hex(4)}"
 
     def start(self) -> dict[str, str]:
@@ -187,10 +193,10 @@ def measure(cli: str, sockets: dict[str, str], cgroup_parent: str, n: int, warmu
                        cgroup_parent, "busybox", "true"]}
     envs = {name: dict(os.environ, DOCKER_HOST=f"unix://{path}", DOCKER_CONFIG=config)
             for name, path in sockets.items()}
-    for name in argv:  # each must work before it is timed
-        r = timed(argv[name], envs[name], 120)
+    for name, command in argv.items():  # each must work before it is timed
+        r = timed(command, envs[name], 120)
         if r["code"] != 0:
-            raise BenchError(f"{name}: {' '.join(argv[name][1:])}: exit {r['code']}: "
+            raise BenchError(f"{name}: {' '.join(command[1:])}: exit {r['code']}: "
                              f"{r['stderr']}")
     hyperfine = shutil.which("hyperfine") if use_hyperfine else None
     if hyperfine:

@@ -6,8 +6,9 @@
   service.http("GET", "/v1.41/version") a raw request: (status, headers, body bytes)
   service.stop()                        SIGTERM by pid; the socket file must be gone
 
-The fixture `dockerapi` (module scope) gives one on engine_with_busybox; tests of other
-resources reuse it (or DockerService on their own EngineEnv).
+The fixture `dockerapi` (module scope) gives one on engine_with_busybox; a test module
+makes its own with `yield from service_with_busybox(tmp_path_factory)` (or DockerService
+on its own EngineEnv).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def docker_cli() -> str:
     path = os.path.join(CLI_CACHE, "usr/bin/docker")
     if not os.access(path, os.X_OK):
         proc = subprocess.run([os.path.join(REPO, "scripts", "docker-cli.sh"), CLI_CACHE],
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300, check=False)
         assert proc.returncode == 0, f"cannot get the docker CLI: {proc.stderr}"
     return path
 
@@ -80,7 +81,7 @@ class DockerService:
     def docker(self, *args, timeout: float = 120, input=None, check: bool = False,
                **kw) -> subprocess.CompletedProcess:
         proc = subprocess.run([self.cli, *args], env=self.client_env, capture_output=True,
-                              text=True, timeout=timeout, input=input,
+                              text=True, timeout=timeout, input=input, check=False,
                               stdin=None if input is not None else subprocess.DEVNULL, **kw)
         if check and proc.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)}: {proc.returncode}: "
@@ -144,8 +145,9 @@ def parse_response(data: bytes) -> tuple[int, dict, bytes]:
     return status, headers, body
 
 
-@pytest.fixture(scope="module")
-def dockerapi(tmp_path_factory):
+def service_with_busybox(tmp_path_factory):
+    """A DockerService on engine_with_busybox, stopped (its socket file gone) and the
+    engine torn down at the end: for a module's fixture to `yield from`."""
     gen = engine_with_busybox(str(tmp_path_factory.mktemp("dockerapi")))
     env = next(gen)
     service = None
@@ -159,3 +161,8 @@ def dockerapi(tmp_path_factory):
                 assert not os.path.exists(service.socket), "the socket file was left"
         finally:
             gen.close()
+
+
+@pytest.fixture(scope="module")
+def dockerapi(tmp_path_factory):
+    yield from service_with_busybox(tmp_path_factory)

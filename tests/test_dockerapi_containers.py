@@ -7,8 +7,14 @@ import json
 import os
 import time
 
+import pytest
 from clients import run_in_pty
-from dockerapitest import dockerapi  # noqa: F401 - the fixture
+from dockerapitest import service_with_busybox
+
+
+@pytest.fixture(scope="module")
+def dockerapi(tmp_path_factory):
+    yield from service_with_busybox(tmp_path_factory)
 
 
 def _names(dockerapi) -> list[str]:
@@ -63,9 +69,8 @@ def test_run_detached_then_logs_follow_ps_inspect_wait(dockerapi):
     got = dockerapi.docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}} "
                            "{{.Name}} {{index .Config.Labels \"role\"}} {{.Config.Cmd}}",
                            "counter", check=True)
-    assert got.stdout.split(" ", 4) == ["exited", "7", "/counter", "test",
-                                        "[sh -c for i in 1 2 3; do echo line$i; sleep 0.3; "
-                                        "done; echo bye >&2; exit 7]\n"]
+    command = "[sh -c for i in 1 2 3; do echo line$i; sleep 0.3; done; echo bye >&2; exit 7]"
+    assert got.stdout.split(" ", 4) == ["exited", "7", "/counter", "test", command + "\n"]
     dockerapi.docker("rm", "counter", check=True)
     gone = dockerapi.docker("container", "inspect", "counter")
     assert gone.returncode == 1 and "No such" in gone.stderr

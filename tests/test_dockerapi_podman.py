@@ -1,9 +1,9 @@
 """The same docker CLI commands against minirun's Docker API service and podman's
 (`podman system service`, the reference compat service): the same output and exit codes.
 
-podman is kept apart from the host as in tests/test_podman.py: its store (vfs), run root,
-tmpdir and events log in a temp dir, CONTAINERS_CONF / CONTAINERS_STORAGE_CONF written
-there, runtime runc, the cgroupfs manager with the docker CLI's --cgroup-parent under
+podman is kept apart from the host as in tests/test_podman.py (bench/dockerapi_bench.py's
+podman_setup): its store (vfs), run root, tmpdir and events log in a temp dir,
+CONTAINERS_CONF / CONTAINERS_STORAGE_CONF written there, runtime runc, the cgroupfs manager with the docker CLI's --cgroup-parent under
 /minirun/, no network (netns "none" in its containers.conf and --network none on both
 sides: podman's bridge would make host links outside minirun's names).
 
@@ -18,31 +18,27 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
 import pytest
 from clients import remove_cgroup_tree, remove_empty_parent_cgroup, remove_tree, run_token
-from dockerapitest import dockerapi, docker_cli  # noqa: F401 - the fixture
+from dockerapitest import docker_cli, service_with_busybox
 from ocitest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "bench"))
+from dockerapi_bench import podman_setup
 
 pytestmark = [
     pytest.mark.podman,
     pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed"),
 ]
 
-CONTAINERS_CONF = """\
-[containers]
-log_driver = "k8s-file"
-netns = "none"
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-lock_type = "file"
-runtime = "runc"
-"""
+@pytest.fixture(scope="module")
+def dockerapi(tmp_path_factory):
+    yield from service_with_busybox(tmp_path_factory)
 
 
 class PodmanService:
@@ -50,17 +46,7 @@ class PodmanService:
         self.base = base
         self.socket = os.path.join(base, "podman.sock")
         self.cgroup_parent = f"/minirun/dockerapi-podman-test/{run_token()}"
-        with open(os.path.join(base, "containers.conf"), "w") as f:
-            f.write(CONTAINERS_CONF)
-        with open(os.path.join(base, "storage.conf"), "w") as f:
-            f.write(f'[storage]\ndriver = "vfs"\ngraphroot = "{base}/storage"\n'
-                    f'runroot = "{base}/run"\n')
-        self.env = dict(os.environ, CONTAINERS_CONF=f"{base}/containers.conf",
-                        CONTAINERS_STORAGE_CONF=f"{base}/storage.conf")
-        self.cmd = ["podman", "--root", f"{base}/storage", "--runroot", f"{base}/run",
-                    "--storage-driver", "vfs", "--tmpdir", f"{base}/tmp",
-                    "--cgroup-manager", "cgroupfs", "--events-backend", "file",
-                    "--runtime", "runc"]
+        self.cmd, self.env = podman_setup(base, "vfs")
         tar = os.path.join(base, "busybox.tar")
         subprocess.run([os.path.join(REPO, "rootfs", "build.sh"), "--tar", tar], check=True,
                        stdout=subprocess.DEVNULL)
@@ -81,7 +67,7 @@ class PodmanService:
 
     def docker(self, *args, **kw) -> subprocess.CompletedProcess:
         return subprocess.run([self.cli, *args], env=self.client_env, capture_output=True,
-                              text=True, timeout=120,
+                              text=True, timeout=120, check=False,
                               stdin=None if "input" in kw else subprocess.DEVNULL, **kw)
 
     def close(self) -> list[str]:
@@ -93,10 +79,8 @@ class PodmanService:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
-        subprocess.run(self.cmd + ["rm", "--all", "--force", "--time", "0"], env=self.env,
-                       capture_output=True)
-        subprocess.run(self.cmd + ["rmi", "--all", "--force"], env=self.env,
-                       capture_output=True)
+        for args in (["rm", "--all", "--force", "--time", "0"], ["rmi", "--all", "--force"]):
+            subprocess.run(self.cmd + args, env=self.env, capture_output=True, check=False)
         left = remove_cgroup_tree(self.cgroup_parent)
         remove_empty_parent_cgroup(os.path.dirname(self.cgroup_parent))
         return left

@@ -9,7 +9,13 @@ import stat
 import subprocess
 import sys
 
-from dockerapitest import dockerapi  # noqa: F401 - the fixture
+import pytest
+from dockerapitest import service_with_busybox
+
+
+@pytest.fixture(scope="module")
+def dockerapi(tmp_path_factory):
+    yield from service_with_busybox(tmp_path_factory)
 
 
 def test_ping_says_the_api_version(dockerapi):
@@ -49,7 +55,7 @@ def test_socket_is_root_only_and_a_second_server_refuses(dockerapi):
     assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_uid == 0 and st.st_gid == 0
     proc = subprocess.run([sys.executable, "-m", "minirun.cli", "system", "service",
                            "--socket", dockerapi.socket], env=dockerapi.env_engine.env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip() == (f"minirun: error: another server is serving "
                                    f"{dockerapi.socket} (pid {dockerapi.proc.pid})")
@@ -107,7 +113,7 @@ def test_socket_activation(dockerapi, tmp_path):
             data = b""
             while chunk := s.recv(65536):
                 data += chunk
-        status, headers, body = parse_response(data)
+        status, _, body = parse_response(data)
         assert status == 200 and json.loads(body)["ApiVersion"] == "1.41"
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -811,10 +811,16 @@ class Daemon:
 
 def log_line(msg: str) -> None:
     """The daemon's own log: JSON lines with Elastic Common Schema names."""
-    import json
+    log_json("info", msg)
 
-    sys.stderr.write(json.dumps({"@timestamp": rfc3339nano(), "log.level": "info",
-                                 "message": msg, "process.pid": os.getpid()}) + "\n")
+
+def log_json(level: str, msg: str, **fields) -> None:
+    """One JSON line on stderr (Elastic Common Schema names): the daemon's log, the CRI
+    server's and the Docker API service's."""
+    rec = {"@timestamp": rfc3339nano(), "log.level": level, "message": msg,
+           "process.pid": os.getpid()}
+    rec.update(fields)
+    sys.stderr.write(json.dumps(rec) + "\n")
     sys.stderr.flush()
 
 
@@ -886,10 +892,19 @@ def ensure_daemon(engine, timeout: float = 15.0, busy_timeout: float = 120.0) ->
 
 def open_attach(engine, cid: str, stdin: bool) -> tuple[socket.socket, dict, int | None]:
     """An attach connection to the daemon: (socket, reply, the input fd or None)."""
+    sock, reply, fds = attach_request(engine, cid, stdin)
+    return sock, reply, fds[0] if fds else None
+
+
+def attach_request(engine, cid: str, stdin: bool,
+                   until_started: bool = False) -> tuple[socket.socket, dict, list[int]]:
+    """An attach connection to the daemon: (socket, reply, its fds); with until_started
+    the reply may be {"waiting": true} (the attach reply then comes at the start)."""
     ensure_daemon(engine)
     sock = proto.connect(os.path.join(engine.run_root, "minirun.sock"), timeout=120)
     try:
-        proto.send(sock, {"op": "attach", "id": cid, "stdin": stdin})
+        proto.send(sock, {"op": "attach", "id": cid, "stdin": stdin,
+                          **({"until_started": True} if until_started else {})})
         reply, fds = proto.recv(sock)
     except BaseException:
         sock.close()
@@ -900,9 +915,9 @@ def open_attach(engine, cid: str, stdin: bool) -> tuple[socket.socket, dict, int
         sock.close()
         if reply is None:
             raise MiniRunError("the minirun daemon closed the connection")
-        raise MiniRunError(reply["error"])
+        raise proto.reply_error(reply)
     sock.settimeout(None)
-    return sock, reply, fds[0] if fds else None
+    return sock, reply, fds
 
 
 def request(engine, msg: dict) -> dict:

@@ -21,11 +21,12 @@ import json
 import os
 import time
 
-from ..errors import ContainerStateError, InvalidArgument, MiniRunError, NotFound
+from ..errors import InvalidArgument, MiniRunError, NotFound
 from .server import ApiError, Hijack, Response, Stream
 from .stdio import attach_session, frame
 
 WAIT_POLL = 0.05
+SETTLE_TIMEOUT = 30.0  # how long a stop waits for the daemon to record the exit
 LOG_POLL = 0.1
 
 
@@ -99,11 +100,25 @@ def start(req):
     return None
 
 
+def stop_settled(engine, cid: str, timeout: float | None) -> None:
+    """Engine.stop, then until the daemon has handled the exit (its stopped event: the
+    network released). The record may say exited before that (Engine._reconcile writes
+    it when the daemon is slow), and a start in that window would wire the network
+    again only for the daemon's release to take it away."""
+    seq = engine.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+    engine.stop(cid, timeout)
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while time.monotonic() < deadline and not engine.db.execute(
+            "SELECT 1 FROM events WHERE seq > ? AND container = ? AND type = 'stopped'",
+            (seq, cid)).fetchone():
+        time.sleep(WAIT_POLL)
+
+
 def stop(req):
     rec = get_record(req)
     if rec["status"] != "running":
         return Response(304)
-    req.engine.stop(rec["id"], _timeout(req))
+    stop_settled(req.engine, rec["id"], _timeout(req))
     return None
 
 
@@ -115,9 +130,8 @@ def _timeout(req) -> float | None:
 def restart(req):
     rec = get_record(req)
     if rec["status"] == "running":
-        req.engine.stop(rec["id"], _timeout(req))
+        stop_settled(req.engine, rec["id"], _timeout(req))
     req.engine.start(rec["id"])
-    return None
 
 
 def kill(req):
@@ -125,7 +139,6 @@ def kill(req):
     if rec["status"] != "running":
         raise ApiError(409, f"Container {rec['id']} is not running")
     req.engine.kill(rec["id"], req.q("signal") or "KILL")
-    return None
 
 
 def remove(req):
@@ -139,7 +152,6 @@ def remove(req):
     forget_container(req.engine, rec["id"])
     if req.qbool("v"):
         remove_anonymous_volumes(req.engine, _opts(rec))
-    return None
 
 
 def remove_anonymous_volumes(engine, opts: dict) -> None:
@@ -162,7 +174,6 @@ def pause(req):
 
     pause_container(req.engine, get_record(req)["id"])
     req.engine.record_event("pause", get_record(req)["id"])
-    return None
 
 
 def unpause(req):
@@ -170,7 +181,6 @@ def unpause(req):
 
     unpause_container(req.engine, get_record(req)["id"])
     req.engine.record_event("unpause", get_record(req)["id"])
-    return None
 
 
 def rename(req):
@@ -180,7 +190,6 @@ def rename(req):
     new = req.q("name") or ""
     rename_container(req.engine, rec["id"], new.lstrip("/"))
     req.engine.record_event("rename", rec["id"], oldName="/" + rec["name"])
-    return None
 
 
 def prune(req):
@@ -583,7 +592,7 @@ def archive_get(req):
         raise ApiError(400, "Bad parameters: path is required")
     header = _stat_header(_path_stat(req, rec, path))
     # the tar first (the container frozen only while it is written), then sent
-    spool = tempfile.TemporaryFile()
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - the stream closes it when sent
     archive_from_container(req.engine, rec, path, spool)
     spool.seek(0)
 
@@ -620,7 +629,7 @@ def export(req):
     from ..containerfs import export as export_fs
 
     rec = get_record(req)
-    spool = tempfile.TemporaryFile()
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - the stream closes it when sent
     export_fs(req.engine, rec, spool)
     spool.seek(0)
 

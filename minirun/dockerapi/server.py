@@ -19,7 +19,7 @@ then the others in module (alphabetical) and list order; the first match wins. N
 
 handler(req) gets a Request (req.method, req.path, req.api_version as a (major, minor)
 tuple, req.params from the pattern, req.query, req.headers, req.engine: an Engine made on
-first use, one per connection process) and returns one of:
+first use, one per request) and returns one of:
 
     dict or list       -> 200, that JSON
     None               -> 204, no body
@@ -82,14 +82,22 @@ import select
 import signal
 import socket
 import socketserver
-import sys
 import traceback
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .. import __version__
-from ..errors import (AlreadyExists, ContainerStateError, ExecutableNotFound, InvalidArgument,
-                      InvalidSpec, MiniRunError, NotExecutable, NotFound, Unsupported)
+from ..errors import (
+    AlreadyExists,
+    ContainerStateError,
+    ExecutableNotFound,
+    InvalidArgument,
+    InvalidSpec,
+    MiniRunError,
+    NotExecutable,
+    NotFound,
+    Unsupported,
+)
 from . import API_VERSION, DEFAULT_SOCKET, MIN_API_VERSION
 
 # first match wins: subclasses before their bases
@@ -229,7 +237,7 @@ def match(routes: list[Route], method: str, path: str):
 # --- a request ------------------------------------------------------------------------------
 
 class Request:
-    def __init__(self, handler: "Handler", method: str, path: str, api_version, query: dict,
+    def __init__(self, handler: Handler, method: str, path: str, api_version, query: dict,
                  params: dict) -> None:
         self._h = handler
         self.method = method
@@ -240,10 +248,15 @@ class Request:
         self.headers = handler.headers
         self.server = handler.server
         self._body_read = False
+        self._engine = None
 
     @property
     def engine(self):
-        return self.server.engine()
+        """An Engine for this request: one per request, as each CLI command has its own
+        (an Engine caches what it read, e.g. its networks' state, for its own life)."""
+        if self._engine is None:
+            self._engine = self.server.engine()
+        return self._engine
 
     def q(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
@@ -566,13 +579,9 @@ def status_for(e: BaseException) -> int:
 
 def log(level: str, msg: str, **fields) -> None:
     """One JSON line on stderr, as the daemon's log (Elastic Common Schema names)."""
-    from ..daemon.server import rfc3339nano
+    from ..daemon.server import log_json
 
-    rec = {"@timestamp": rfc3339nano(), "log.level": level, "message": msg,
-           "process.pid": os.getpid()}
-    rec.update(fields)
-    sys.stderr.write(json.dumps(rec) + "\n")
-    sys.stderr.flush()
+    log_json(level, msg, **fields)
 
 
 # --- the listening process ------------------------------------------------------------------
@@ -595,7 +604,6 @@ class Server(socketserver.UnixStreamServer):
         self.children: set[int] = set()
         self.activated = systemd_socket()
         self.lock_fd = lock_socket(path, remove_stale=self.activated is None)
-        self._engine = None
         old = os.umask(0o177)
         try:
             super().__init__(path, Handler, bind_and_activate=self.activated is None)
@@ -609,13 +617,11 @@ class Server(socketserver.UnixStreamServer):
         os.set_inheritable(self.socket.fileno(), False)
 
     def engine(self):
-        """The connection process's Engine (never the listening process's: a fork must
-        not share an SQLite connection)."""
-        if self._engine is None:
-            from ..engine import Engine
+        """A new Engine on the server's roots (made in a connection's process, never in
+        the listening one: a fork must not share an SQLite connection)."""
+        from ..engine import Engine
 
-            self._engine = Engine(self.root, self.run_root)
-        return self._engine
+        return Engine(self.root, self.run_root)
 
     def process_request(self, request, client_address) -> None:
         self.reap(block=len(self.children) >= MAX_CHILDREN)

@@ -18,7 +18,6 @@ import socket
 import struct
 
 from ..daemon import proto
-from ..errors import MiniRunError
 
 STREAM_IDS = {"stdin": 0, "stdout": 1, "stderr": 2}
 TAG_STREAMS = {proto.STDOUT: "stdout", proto.STDERR: "stderr"}
@@ -29,33 +28,13 @@ def frame(stream: str, data: bytes) -> bytes:
     return struct.pack(">BxxxL", STREAM_IDS[stream], len(data)) + data
 
 
-def _daemon_socket(engine) -> socket.socket:
-    from ..daemon.server import ensure_daemon
-
-    ensure_daemon(engine)
-    return proto.connect(os.path.join(engine.run_root, "minirun.sock"), timeout=120)
-
-
 def open_daemon_attach(engine, cid: str, stdin: bool, until_started: bool):
     """The daemon's attach connection: (socket, its reply and fds, or None while the
     start is awaited). Returns once the daemon has registered the client: a start asked
     after this is attached (the order the docker CLI relies on: attach, then start)."""
-    sock = _daemon_socket(engine)
-    try:
-        proto.send(sock, {"op": "attach", "id": cid, "stdin": stdin,
-                          "until_started": until_started})
-        reply, fds = proto.recv(sock)
-    except BaseException:
-        sock.close()
-        raise
-    if reply is None or "error" in reply:
-        for fd in fds:
-            os.close(fd)
-        sock.close()
-        if reply is None:
-            raise MiniRunError("the minirun daemon closed the connection")
-        raise proto.reply_error(reply)
-    sock.settimeout(None)
+    from ..daemon.server import attach_request
+
+    sock, reply, fds = attach_request(engine, cid, stdin, until_started)
     return sock, (None if reply.get("waiting") else (reply, fds))
 
 
@@ -159,16 +138,10 @@ def resize_container(engine, cid: str, height: int, width: int) -> None:
     import fcntl
     import termios
 
-    sock = _daemon_socket(engine)
-    try:
-        proto.send(sock, {"op": "attach", "id": cid, "stdin": False})
-        reply, fds = proto.recv(sock)
-    finally:
-        sock.close()
-    if reply is None or "error" in reply:
-        for fd in fds:
-            os.close(fd)
-        raise MiniRunError((reply or {}).get("error") or "the daemon closed the connection")
+    from ..daemon.server import attach_request
+
+    sock, reply, fds = attach_request(engine, cid, False)
+    sock.close()
     try:
         if reply.get("tty") and fds:
             fcntl.ioctl(fds[0], termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))

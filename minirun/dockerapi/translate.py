@@ -98,8 +98,8 @@ def _publish(port_bindings: dict) -> list[str]:
 
 def create_options(body: dict, name: str | None) -> tuple[str, RunOptions, list[str]]:
     """(image, RunOptions, warnings for the client) of a create request."""
-    from ..runflags import mount_to_volume, parse_devices
     from ..errors import InvalidArgument
+    from ..runflags import mount_to_volume, parse_devices
 
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object (the container's Config)")
