@@ -114,14 +114,19 @@ class DockerService:
         return parse_response(data)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         shutil.rmtree(self.config, ignore_errors=True)
+
+
+def terminate(proc: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM to a service we started, SIGKILL after `grace` seconds; reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def parse_response(data: bytes) -> tuple[int, dict, bytes]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 
 import pytest
 from clients import remove_cgroup_tree, remove_empty_parent_cgroup, remove_tree, run_token
-from dockerapitest import docker_cli, service_with_busybox
+from dockerapitest import docker_cli, service_with_busybox, terminate
 from ocitest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "bench"))
@@ -72,12 +71,7 @@ class PodmanService:
 
     def close(self) -> list[str]:
         self.docker("rm", "-f", *self.docker("ps", "-aq").stdout.split())
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
         self.log.close()
         for args in (["rm", "--all", "--force", "--time", "0"], ["rmi", "--all", "--force"]):
             subprocess.run(self.cmd + args, env=self.env, capture_output=True, check=False)
