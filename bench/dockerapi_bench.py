@@ -164,10 +164,11 @@ class Services:
 
 
 def remove_cgroup(rel: str) -> list[str]:
-    """The podman containers' cgroup parent, in every v1 hierarchy (processes first)."""
+    """The podman containers' cgroup parent, in every hierarchy (runc makes it in the
+    v1 ones and in the empty cgroup2 too), processes first."""
     left = []
     with open("/proc/self/mountinfo") as f:
-        tops = [line.split()[4] for line in f if " - cgroup " in line]
+        tops = [line.split()[4] for line in f if " - cgroup " in line or " - cgroup2 " in line]
     for top in tops:
         path = top + rel
         if not os.path.isdir(path):
