@@ -10,6 +10,7 @@
 # 5. the default pod network for the CRI (/etc/cni/net.d/99-minirun-pods.conflist: bridge
 #    mrpods0, host-local on 10.89.0.0/16 or the next free /16, portmap), only when
 #    /etc/cni/net.d holds no network configuration (a cluster's own CNI replaces it)
+# 6. Debian's docker CLI alone (no dockerd) for the Docker API tests: scripts/docker-cli.sh
 #
 # Both commands are small launchers generated into .venv/bin (the shebang needs the
 # absolute path of the venv). minirun-oci's skips `site`: pip's console script would load
@@ -176,6 +177,9 @@ main() {
     import_default_image
     link_launchers
     write_pod_network
+    if [ "$apt" = 1 ]; then
+        say "docker CLI (no daemon): $("$CHECKOUT/scripts/docker-cli.sh")"
+    fi
     say "done: try 'minirun info'"
 }
 

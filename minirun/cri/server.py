@@ -31,12 +31,10 @@ end) is called.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import socket
 import stat
-import sys
 import threading
 import traceback
 from concurrent import futures
@@ -80,13 +78,9 @@ def socket_path(arg: str | None = None) -> str:
 
 def log(level: str, msg: str, **fields) -> None:
     """One JSON line on stderr, as the daemon's log (Elastic Common Schema names)."""
-    from ..daemon.server import rfc3339nano
+    from ..daemon.server import log_json
 
-    rec = {"@timestamp": rfc3339nano(), "log.level": level, "message": msg,
-           "process.pid": os.getpid()}
-    rec.update(fields)
-    sys.stderr.write(json.dumps(rec) + "\n")
-    sys.stderr.flush()
+    log_json(level, msg, **fields)
 
 
 def status_for(e: BaseException) -> grpc.StatusCode | None:

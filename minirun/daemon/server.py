@@ -7,9 +7,12 @@ runs health checks (health.py: timers and probe processes in this same loop).
                  then has the start's spans
   CLI -> daemon  {"op": "stop", "id"}      <- {"ok": true}: the user stops or removes
                  it: no restart policy applies from now on, a pending restart is off
-  CLI -> daemon  {"op": "attach", "id", "stdin"}
+  CLI -> daemon  {"op": "attach", "id", "stdin", "until_started"?}
                  <- {"ok": true, "tty", "stdin", "stdin_once"} + [pty master | stdin
                  pipe] | {"error"}
+                 (until_started: a container that is not running yet is attached when
+                 it starts, before any of its output is read: {"waiting": true} at once,
+                 the reply then; the Docker API's attach-then-start)
                  then the container's output as stream messages (proto.py) until its
                  exit status; the client may send {"op": "close_stdin"} (its EOF) and
                  {"op": "kill", "signal"} (a signal for the container). stdin_once (the
@@ -224,6 +227,7 @@ class Daemon:
         from .health import HealthChecks
 
         self.health = HealthChecks(self)
+        self.waiting: dict[str, list] = {}  # id -> [(conn, stdin)] attached at its start
 
     # --- the keeper --------------------------------------------------------------------------
 
@@ -593,6 +597,11 @@ class Daemon:
                  action="start")
         self.adopt(cid, fds, reply.get("streams", ["stdout", "stderr"]))
         self.health.started(cid, opts)
+        for conn, want_stdin in self.waiting.pop(cid, []):
+            try:
+                self.attach(conn, cid, want_stdin)
+            except (OSError, KeyError, ValueError):
+                pass  # that client went away meanwhile
         if on_started is not None:
             on_started()
         if reply.get("status") is not None:  # it has exited already
@@ -626,7 +635,8 @@ class Daemon:
                 self.reopen_log(msg["id"])
                 proto.send(conn, {"ok": True})
             elif msg.get("op") == "attach":
-                self.attach(conn, msg["id"], bool(msg.get("stdin", True)))
+                self.attach(conn, msg["id"], bool(msg.get("stdin", True)),
+                            bool(msg.get("until_started")))
             elif msg.get("op") == "run":
                 foreground.handle_run(self, conn, msg)
             else:
@@ -639,8 +649,13 @@ class Daemon:
 
     # --- attach --------------------------------------------------------------------------------
 
-    def attach(self, conn, cid: str, want_stdin: bool) -> None:
+    def attach(self, conn, cid: str, want_stdin: bool, until_started: bool = False) -> None:
         st = self.stdio.get(cid)
+        if st is None and until_started and \
+                self.engine.get_status_only(cid) in ("created", "exited"):
+            proto.send(conn, {"waiting": True})
+            self.waiting.setdefault(cid, []).append((conn, want_stdin))
+            return
         if st is None:  # foreground runs are the daemon's too: not running is stopped
             raise ContainerStateError(STOPPED)
         stdin = want_stdin and st.input_fd is not None and (st.interactive or not st.tty)
@@ -941,6 +956,15 @@ def log_line(msg: str, level: str = "info", container: dict | None = None,
     sys.stderr.flush()
 
 
+def log_json(level: str, msg: str, **fields) -> None:
+    """One JSON line on stderr with ECS names and these extra fields: the CRI server's
+    and the Docker API service's log, as the daemon's."""
+    doc = {"@timestamp": rfc3339nano(), "log.level": level, "message": msg,
+           "ecs.version": ECS_VERSION, **fields, "process": {"pid": os.getpid()}}
+    sys.stderr.write(json.dumps(doc) + "\n")
+    sys.stderr.flush()
+
+
 def fatal(msg: str) -> None:
     """The daemon's error when it cannot serve (a bad --metrics, the lock taken): one
     line. Into its log file (spawned on demand or by the keeper, stderr is daemon.log) a
@@ -1071,10 +1095,19 @@ def ensure_daemon(engine, timeout: float = 15.0, busy_timeout: float = 120.0) ->
 
 def open_attach(engine, cid: str, stdin: bool) -> tuple[socket.socket, dict, int | None]:
     """An attach connection to the daemon: (socket, reply, the input fd or None)."""
+    sock, reply, fds = attach_request(engine, cid, stdin)
+    return sock, reply, fds[0] if fds else None
+
+
+def attach_request(engine, cid: str, stdin: bool,
+                   until_started: bool = False) -> tuple[socket.socket, dict, list[int]]:
+    """An attach connection to the daemon: (socket, reply, its fds); with until_started
+    the reply may be {"waiting": true} (the attach reply then comes at the start)."""
     ensure_daemon(engine)
     sock = proto.connect(os.path.join(engine.run_root, "minirun.sock"), timeout=120)
     try:
-        proto.send(sock, {"op": "attach", "id": cid, "stdin": stdin})
+        proto.send(sock, {"op": "attach", "id": cid, "stdin": stdin,
+                          **({"until_started": True} if until_started else {})})
         reply, fds = proto.recv(sock)
     except BaseException:
         sock.close()
@@ -1085,9 +1118,9 @@ def open_attach(engine, cid: str, stdin: bool) -> tuple[socket.socket, dict, int
         sock.close()
         if reply is None:
             raise MiniRunError("the minirun daemon closed the connection")
-        raise MiniRunError(reply["error"])
+        raise proto.reply_error(reply)
     sock.settimeout(None)
-    return sock, reply, fds[0] if fds else None
+    return sock, reply, fds
 
 
 def request(engine, msg: dict) -> dict:
