@@ -1,0 +1,42 @@
+"""The real Docker clients for the Docker API tests: Debian's docker CLI (20.10, API 1.41),
+docker-compose 1.29 and docker-py 5 (python3-docker), each pointed at a minirun socket.
+
+The docker CLI is dockerapitest.docker_cli() (scripts/docker-cli.sh extracts it from
+Debian's docker.io, whose dockerd never runs here). docker-compose and python3-docker are
+installed by scripts/install.sh with --no-install-recommends (docker-compose recommends
+docker.io).
+
+`client_env(sock, top)` is the environment every client gets: DOCKER_HOST on the socket
+and a DOCKER_CONFIG of the test's own, so no user's ~/.docker is read or written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+DEBIAN_PYTHON = "/usr/bin/python3"  # Debian's, with python3-docker
+
+
+def docker_compose() -> str | None:
+    """docker-compose 1.29 (Debian's), or None when it is not installed."""
+    return shutil.which("docker-compose")
+
+
+def has_docker_py() -> bool:
+    """Debian's python3 can import docker (python3-docker)."""
+    return subprocess.run([DEBIAN_PYTHON, "-c", "import docker"],
+                          capture_output=True).returncode == 0
+
+
+def client_env(sock: str, top: str) -> dict:
+    """The environment for a client of the socket `sock`: DOCKER_HOST, a private
+    DOCKER_CONFIG under `top`, no TLS variables, compose without a TTY."""
+    config = os.path.join(top, "docker-config")
+    os.makedirs(config, exist_ok=True)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DOCKER_", "COMPOSE_"))}
+    env.update(DOCKER_HOST=f"unix://{sock}", DOCKER_CONFIG=config,
+               COMPOSE_INTERACTIVE_NO_CLI="1")
+    return env

@@ -1,0 +1,270 @@
+"""The Docker API's images, networks, volumes, /system/df and /events (issue 15), driven
+by Debian's docker CLI (20.10) on a private engine's socket, with pulls from a real
+local registry (Debian's docker-registry on 127.0.0.1, fed by skopeo). Each check is on
+what a user sees: the CLI's output and exit status, and for networks the host's links.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+
+import pytest
+from dockerapitest import dockerapi  # noqa: F401 - the fixture
+from ocitest import needs_root
+from registry import Layout, Registry, skopeo_copy
+
+pytestmark = [needs_root, pytest.mark.root]
+
+
+def lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return proc.stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def registry(dockerapi):
+    """A registry on 127.0.0.1 holding `app:1`: the busybox rootfs with a config of its
+    own (the engine's busybox tarball, gzipped)."""
+    top = os.path.join(dockerapi.top, "registry")
+    os.makedirs(top)
+    reg = Registry(top, os.path.join(top, "storage"), name="open").start()
+    try:
+        layout = Layout(os.path.join(top, "layout"))
+        with open(os.path.join(dockerapi.top, "busybox.tar"), "rb") as f:
+            blob = gzip.compress(f.read(), mtime=0)
+        image = layout.image([], layer_blobs=[(blob, "application/vnd.oci.image.layer."
+                                                     "v1.tar+gzip")],
+                             config={"Cmd": ["echo", "from app"],
+                                     "Env": ["PATH=/bin:/usr/bin"],
+                                     "Labels": {"tier": "demo"}})
+        layout.tag_image("app", image)
+        skopeo_copy(f"oci:{layout.path}:app", f"docker://{reg.host}/app:1",
+                    "--preserve-digests")
+        reg.image = image
+        yield reg
+    finally:
+        reg.stop()
+
+
+# --- images -----------------------------------------------------------------------------------
+
+def test_images_inspect_history_tag_and_rmi(dockerapi):
+    d = dockerapi.docker
+    out = d("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", check=True)
+    [row] = [r for r in lines(out) if r.startswith("busybox:latest ")]
+    short_id = row.split()[1]
+    assert len(short_id) == 12
+    inspect = json.loads(d("image", "inspect", "busybox", check=True).stdout)[0]
+    assert inspect["Id"].startswith(f"sha256:{short_id}")
+    assert inspect["RepoTags"] == ["busybox:latest"]
+    assert any(e.startswith("PATH=") for e in inspect["Config"]["Env"])
+    assert inspect["RootFS"]["Type"] == "layers" and len(inspect["RootFS"]["Layers"]) == 1
+    assert d("image", "inspect", "-f", "{{.Os}}/{{.Architecture}}", "busybox",
+             check=True).stdout.strip() in ("linux/amd64", "linux/arm64")
+    history = lines(d("history", "--format", "{{.ID}} {{.CreatedBy}}", "busybox", check=True))
+    assert history == [f"{short_id} minirun import"]
+
+    d("tag", "busybox", "example.org/team/tool:2", check=True)
+    tags = lines(d("images", "--format", "{{.Repository}}:{{.Tag}}", check=True))
+    assert "example.org/team/tool:2" in tags
+    assert lines(d("images", "-q", "--filter", "reference=example.org/*/*", check=True)) == \
+        [short_id]
+    rmi = d("rmi", "example.org/team/tool:2", check=True)
+    assert lines(rmi) == ["Untagged: example.org/team/tool:2"]  # busybox keeps the image
+    assert "example.org/team/tool:2" not in d("images", check=True).stdout
+
+    missing = d("rmi", "nope:1")
+    assert missing.returncode == 1 and "No such image: nope:1" in missing.stderr
+    missing = d("image", "inspect", "nope:1")
+    assert missing.returncode == 1 and "No such image: nope:1" in missing.stderr
+
+
+def test_pull_from_the_local_registry(dockerapi, registry):
+    d = dockerapi.docker
+    ref = f"{registry.host}/app:1"
+    layer = registry.image.layer_digests[0].split(":")[1][:12]
+    first = d("pull", ref, check=True)
+    assert lines(first) == [
+        "1: Pulling from app",
+        f"{layer}: Pulling fs layer",
+        f"{layer}: Download complete",
+        f"{layer}: Pull complete",
+        f"Digest: {registry.image.manifest_digest}",
+        f"Status: Downloaded newer image for {ref}",
+        ref,
+    ], first.stdout
+    again = d("pull", ref, check=True)
+    assert lines(again) == ["1: Pulling from app", f"Digest: {registry.image.manifest_digest}",
+                            f"Status: Image is up to date for {ref}", ref]
+    inspect = json.loads(d("image", "inspect", ref, check=True).stdout)[0]
+    assert inspect["Id"] == registry.image.config_digest
+    assert inspect["RepoDigests"] == [f"{registry.host}/app@{registry.image.manifest_digest}"]
+    assert inspect["Config"]["Labels"] == {"tier": "demo"}
+    labelled = d("images", "--filter", "label=tier=demo", "--format", "{{.Repository}}",
+                 check=True)
+    assert lines(labelled) == [f"{registry.host}/app"]
+
+    by_digest = d("pull", f"{registry.host}/app@{registry.image.manifest_digest}", check=True)
+    assert "Status: Image is up to date" in by_digest.stdout
+
+    # an unknown tag: an HTTP error before any progress, as docker's
+    missing = d("pull", f"{registry.host}/app:nope")
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("Error response from daemon: ") and "app:nope" in \
+        missing.stderr and "not found" in missing.stderr
+    # the last tag of the repository goes: its digest name (from the pull by digest) goes
+    # with it, then the image, as docker's
+    removed = d("rmi", ref, check=True)
+    assert lines(removed) == [f"Untagged: {ref}",
+                              f"Untagged: {registry.host}/app@{registry.image.manifest_digest}",
+                              f"Deleted: {registry.image.config_digest}"]
+
+
+def test_save_and_load(dockerapi, tmp_path):
+    d = dockerapi.docker
+    d("tag", "busybox", "saved:1", check=True)
+    archive = str(tmp_path / "saved.tar")
+    d("save", "-o", archive, "saved:1", check=True)
+    listing = subprocess.run(["tar", "-tf", archive], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert "manifest.json" in listing and "index.json" in listing
+    assert lines(d("rmi", "saved:1", check=True)) == ["Untagged: saved:1"]
+    loaded = d("load", "-i", archive, check=True)
+    assert lines(loaded) == ["Loaded image: saved:1"]
+    assert "saved:1" in lines(d("images", "--format", "{{.Repository}}:{{.Tag}}", check=True))
+    # a pipe, as `docker save | docker load`
+    piped = subprocess.run(f"{dockerapi.cli} save saved:1 | {dockerapi.cli} load -q",
+                           shell=True, env=dockerapi.client_env, capture_output=True,
+                           text=True, timeout=120)
+    assert piped.returncode == 0 and piped.stdout.strip() == "Loaded image: saved:1", piped
+    d("rmi", "saved:1", check=True)
+    bad = d("load", input="this is not a tarball\n")
+    assert bad.returncode == 1 and "archive" in bad.stderr
+    missing = d("save", "-o", archive, "nope:1")
+    assert missing.returncode == 1 and "No such image: nope:1" in missing.stderr
+
+
+def test_import_and_prune(dockerapi, tmp_path):
+    d = dockerapi.docker
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "motd").write_text("imported\n")
+    tarball = str(tmp_path / "tree.tar")
+    subprocess.run(["tar", "-C", str(tree), "-cf", tarball, "."], check=True)
+    imported = d("import", tarball, "imported:1", check=True)
+    image_id = imported.stdout.strip()
+    assert image_id.startswith("sha256:")
+    assert d("image", "inspect", "-f", "{{.Id}}", "imported:1", check=True).stdout.strip() \
+        == image_id
+    # untagged, the image is dangling: `image prune` removes it
+    d("rmi", "imported:1", check=True)
+    dangling = d("import", tarball, check=True).stdout.strip()
+    assert d("images", "-q", "--filter", "dangling=true", "--no-trunc",
+             check=True).stdout.split() == [dangling]
+    pruned = d("image", "prune", "-f", check=True)
+    assert f"deleted: {dangling}" in pruned.stdout
+    assert d("images", "-q", "--filter", "dangling=true", check=True).stdout == ""
+    assert "busybox" in d("images", check=True).stdout  # named images stay
+
+
+# --- networks ------------------------------------------------------------------------------
+
+def test_network_create_ls_inspect_rm(dockerapi):
+    d = dockerapi.docker
+    created = d("network", "create", "--subnet", "10.177.3.0/24", "--gateway", "10.177.3.254",
+                "--label", "team=blue", "--internal", "objnet", check=True)
+    net_id = created.stdout.strip()
+    assert len(net_id) == 64
+    listed = lines(d("network", "ls", "--format", "{{.Name}} {{.Driver}} {{.Scope}}",
+                     check=True))
+    assert {"bridge bridge local", "host host local", "none null local",
+            "objnet bridge local"} <= set(listed)
+    assert lines(d("network", "ls", "-q", "--filter", "label=team=blue", check=True)) == \
+        [net_id[:12]]
+    assert lines(d("network", "ls", "--filter", "type=custom", "--format", "{{.Name}}",
+                   check=True)) == ["objnet"]
+    doc = json.loads(d("network", "inspect", "objnet", check=True).stdout)[0]
+    assert doc["Id"] == net_id and doc["Internal"] is True
+    assert doc["IPAM"]["Config"] == [{"Subnet": "10.177.3.0/24", "Gateway": "10.177.3.254"}]
+    assert doc["Labels"] == {"team": "blue"}
+    assert d("network", "inspect", "-f", "{{.Name}}", net_id[:12], check=True).stdout \
+        .strip() == "objnet"
+
+    dup = d("network", "create", "objnet")
+    assert dup.returncode == 1 and "network with name objnet already exists" in dup.stderr
+    overlap = d("network", "create", "--subnet", "10.177.3.0/25", "other")
+    assert overlap.returncode == 1 and "overlaps" in overlap.stderr
+    overlay = d("network", "create", "-d", "overlay", "swarmy")
+    assert overlay.returncode == 1 and "not supported" in overlay.stderr
+    builtin = d("network", "rm", "bridge")
+    assert builtin.returncode == 1 and "pre-defined network" in builtin.stderr
+
+    assert lines(d("network", "rm", "objnet", check=True)) == ["objnet"]
+    gone = d("network", "inspect", "objnet")
+    assert gone.returncode == 1 and "objnet" in gone.stderr
+    d("network", "create", "pruneme", check=True)
+    pruned = d("network", "prune", "-f", check=True)
+    assert "pruneme" in lines(pruned)
+    assert "pruneme" not in d("network", "ls", check=True).stdout
+
+
+# --- volumes -------------------------------------------------------------------------------
+
+def test_volume_create_ls_inspect_rm_prune(dockerapi):
+    d = dockerapi.docker
+    assert d("volume", "create", "--label", "keep=yes", "objvol", check=True).stdout.strip() \
+        == "objvol"
+    anonymous = d("volume", "create", check=True).stdout.strip()
+    assert len(anonymous) == 64
+    names = lines(d("volume", "ls", "-q", check=True))
+    assert {"objvol", anonymous} <= set(names)
+    assert lines(d("volume", "ls", "-q", "--filter", "label=keep", check=True)) == ["objvol"]
+    doc = json.loads(d("volume", "inspect", "objvol", check=True).stdout)[0]
+    assert doc["Driver"] == "local" and doc["Labels"] == {"keep": "yes"}
+    assert doc["Mountpoint"] == os.path.join(dockerapi.env_engine.root, "volumes", "objvol",
+                                             "_data")
+    assert os.path.isdir(doc["Mountpoint"])
+    with open(os.path.join(doc["Mountpoint"], "data"), "w") as f:
+        f.write("x" * 1000)
+    # created again: the same volume, as docker's
+    assert d("volume", "create", "objvol", check=True).stdout.strip() == "objvol"
+    assert os.path.exists(os.path.join(doc["Mountpoint"], "data"))
+
+    missing = d("volume", "rm", "nope")
+    assert missing.returncode == 1 and "no such volume" in missing.stderr.lower()
+    assert d("volume", "rm", "-f", "nope").returncode == 0
+    assert lines(d("volume", "rm", anonymous, check=True)) == [anonymous]
+    pruned = d("volume", "prune", "-f", check=True)
+    assert lines(pruned) == ["Deleted Volumes:", "objvol", "", "Total reclaimed space: 1kB"]
+    assert not os.path.exists(doc["Mountpoint"])
+    assert d("volume", "ls", "-q", check=True).stdout == ""
+
+
+# --- raw API: what the CLI does not show ---------------------------------------------------
+
+def test_filters_in_docker_old_map_form_and_bad_filters(dockerapi):
+    import urllib.parse
+
+    old = urllib.parse.quote(json.dumps({"reference": {"busybox": True}}))
+    status, _, body = dockerapi.http("GET", f"/v1.41/images/json?filters={old}")
+    assert status == 200
+    assert [i["RepoTags"] for i in json.loads(body)] == [["busybox:latest"]]
+    bad = urllib.parse.quote(json.dumps({"colour": ["red"]}))
+    for path in ("/images/json", "/networks", "/volumes"):
+        status, _, body = dockerapi.http("GET", f"/v1.41{path}?filters={bad}")
+        assert status == 400 and json.loads(body) == {"message": "invalid filter 'colour'"}
+
+
+def test_network_options_minirun_lacks_are_501(dockerapi):
+    for body, word in (({"Name": "v6", "EnableIPv6": True}, "IPv6"),
+                       ({"Name": "o", "Options": {"com.docker.network.bridge.name": "x"}},
+                        "option"),
+                       ({"Name": "r", "IPAM": {"Config": [{"Subnet": "10.178.0.0/24",
+                                                           "IPRange": "10.178.0.0/25"}]}},
+                        "IPRange")):
+        status, _, reply = dockerapi.http("POST", "/v1.41/networks/create", body)
+        assert status == 501 and word in json.loads(reply)["message"], reply
+    status, _, _ = dockerapi.http("GET", "/v1.41/networks/v6")
+    assert status == 404
