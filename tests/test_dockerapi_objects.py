@@ -268,3 +268,48 @@ def test_network_options_minirun_lacks_are_501(dockerapi):
         assert status == 501 and word in json.loads(reply)["message"], reply
     status, _, _ = dockerapi.http("GET", "/v1.41/networks/v6")
     assert status == 404
+
+
+def _links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def test_connect_and_disconnect_a_created_container(dockerapi):
+    """compose's way: a container made on a network is disconnected and connected again
+    with aliases before it starts; its peers then find it by them."""
+    d, m = dockerapi.docker, dockerapi.env_engine
+    net_id = d("network", "create", "aliasnet", check=True).stdout.strip()
+    made = []
+    try:
+        for name in ("c1", "c2"):
+            made.append(m("create", "--name", name, "--network", "aliasnet", "busybox",
+                          "sleep", "300", check=True).stdout.strip())
+        c1, c2 = made
+        d("network", "disconnect", "aliasnet", "c1", check=True)
+        assert list(json.loads(d("network", "inspect", "-f", "{{json .Containers}}",
+                                 "aliasnet", check=True).stdout)) == [c2]
+        d("network", "connect", "--alias", "web", "--alias", "www", "aliasnet", "c1",
+          check=True)
+        members = json.loads(d("network", "inspect", "-f", "{{json .Containers}}",
+                               "aliasnet", check=True).stdout)
+        assert sorted(members) == sorted(made)
+        assert members[c1]["Name"] == "c1" and members[c1]["IPv4Address"].endswith("/24")
+        again = d("network", "connect", "aliasnet", "c1")
+        assert again.returncode == 1 and "already exists in network aliasnet" in again.stderr
+        second = d("network", "connect", "bridge", "c1")
+        assert second.returncode == 1 and "one network" in second.stderr
+
+        m("start", "c1", "c2", check=True)
+        ip = members[c1]["IPv4Address"].split("/")[0]
+        ping = m("exec", "c2", "ping", "-c", "1", "-W", "5", "www", check=True)
+        assert f"from {ip}" in ping.stdout
+        running = d("network", "disconnect", "aliasnet", "c1")
+        assert running.returncode == 1 and "while it is running" in running.stderr
+    finally:
+        for cid in made:
+            m("rm", "-f", cid)
+    assert lines(d("network", "rm", "aliasnet", check=True)) == ["aliasnet"]
+    left = {f"mrbr{net_id[:10]}"} | {f"mr{cid[:12]}" for cid in made}
+    assert not left & _links()
