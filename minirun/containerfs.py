@@ -158,6 +158,23 @@ def _lstat_at(pfd: int, name: str) -> os.stat_result | None:
 
 # --- cp ---------------------------------------------------------------------------------
 
+def stat_in_container(engine, rec: dict, path: str) -> tuple[os.stat_result | None, str]:
+    """lstat of a container path, resolved inside its root (None when it is not there),
+    and a symlink's target ("" otherwise): docker's archive stat header."""
+    root, inner = _root_for(engine, rec, path)
+    try:
+        pfd, name = _open_parent(root, inner)
+    except NotFound:
+        return None, ""
+    try:
+        st = _lstat_at(pfd, name)
+        link = os.readlink(name, dir_fd=pfd) if st is not None and stat.S_ISLNK(st.st_mode) \
+            else ""
+        return st, link
+    finally:
+        os.close(pfd)
+
+
 def archive_from_container(engine, rec: dict, src: str, out: IO[bytes]) -> None:
     """SRC of the container as a tar on `out`, its top entry named after SRC's last
     part (docker cp CONTAINER:SRC -); SRC ending in /. gives its contents."""

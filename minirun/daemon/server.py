@@ -4,8 +4,11 @@
   CLI -> daemon  {"op": "start", "id"}     <- {"ok": true, "pid"} | {"error"}
   CLI -> daemon  {"op": "stop", "id"}      <- {"ok": true}: the user stops or removes
                  it: no restart policy applies from now on, a pending restart is off
-  CLI -> daemon  {"op": "attach", "id", "stdin"}
+  CLI -> daemon  {"op": "attach", "id", "stdin", "until_started"?}
                  <- {"ok": true, "tty", "stdin"} + [pty master | stdin pipe] | {"error"}
+                 (until_started: a container that is not running yet is attached when
+                 it starts, before any of its output is read: the reply comes then; the
+                 Docker API's attach-then-start)
                  then the container's output as stream messages (proto.py) until its
                  exit status; the client may send {"op": "close_stdin"} (its EOF) and
                  {"op": "kill", "signal"} (a signal for the container)
@@ -198,6 +201,7 @@ class Daemon:
         self.restarts: list[tuple[float, str]] = []  # (when, id): a heap of timers
         self.restart_due: dict[str, float] = {}  # id -> when; an id not here is cancelled
         self.backoff: dict[str, float] = {}  # id -> the last restart delay
+        self.waiting: dict[str, list] = {}  # id -> [(conn, stdin)] attached at its start
 
     # --- the keeper --------------------------------------------------------------------------
 
@@ -543,6 +547,11 @@ class Daemon:
                                 started=time.time(), exit_code=None, reason="")
             self.engine.record_event("started", cid, opts.get("pod") or None)
         self.adopt(cid, fds, reply.get("streams", ["stdout", "stderr"]))
+        for conn, want_stdin in self.waiting.pop(cid, []):
+            try:
+                self.attach(conn, cid, want_stdin)
+            except (OSError, KeyError, ValueError):
+                pass  # that client went away meanwhile
         if on_started is not None:
             on_started()
         if reply.get("status") is not None:  # it has exited already
@@ -572,7 +581,8 @@ class Daemon:
                 self.reopen_log(msg["id"])
                 proto.send(conn, {"ok": True})
             elif msg.get("op") == "attach":
-                self.attach(conn, msg["id"], bool(msg.get("stdin", True)))
+                self.attach(conn, msg["id"], bool(msg.get("stdin", True)),
+                            bool(msg.get("until_started")))
             elif msg.get("op") == "run":
                 foreground.handle_run(self, conn, msg)
             else:
@@ -585,8 +595,12 @@ class Daemon:
 
     # --- attach --------------------------------------------------------------------------------
 
-    def attach(self, conn, cid: str, want_stdin: bool) -> None:
+    def attach(self, conn, cid: str, want_stdin: bool, until_started: bool = False) -> None:
         st = self.stdio.get(cid)
+        if st is None and until_started and \
+                self.engine.get_status_only(cid) in ("created", "exited"):
+            self.waiting.setdefault(cid, []).append((conn, want_stdin))
+            return
         if st is None:  # foreground runs are the daemon's too: not running is stopped
             raise ContainerStateError(STOPPED)
         stdin = want_stdin and st.input_fd is not None and (st.interactive or not st.tty)
