@@ -191,6 +191,9 @@ def _register_commands() -> None:
     from . import cli_dockerapi
 
     cli_dockerapi.register(cli)
+    from . import cli_events
+
+    cli_events.register(cli)
 
 
 _register_commands()

@@ -243,7 +243,7 @@ def start(root, attach, containers) -> None:
 @click.argument("containers", nargs=-1, required=True)
 def restart(root, timeout, containers) -> None:
     """Stop then start containers."""
-    _each(root, containers, lambda e, n: (e.stop(n, timeout), e.start(n)))
+    _each(root, containers, lambda e, n: e.restart(n, timeout))
 
 
 @click.command(name="wait")

@@ -318,6 +318,7 @@ def prune_volumes(engine: Any) -> list[str]:
         if name not in used:
             subprocess.run(["rm", "-rf", "--one-file-system", os.path.join(top, name)],
                            check=False)
+            engine.record_object_event("volume", "destroy", name, driver="local")
             gone.append(name)
     return gone
 

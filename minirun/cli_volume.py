@@ -56,25 +56,27 @@ def volume_info(root: str, name: str) -> dict:
             "Options": meta.get("options") or {}, "Scope": "local"}
 
 
-def create_volume(root: str, name: str | None, labels: dict | None = None) -> str:
+def create_volume(engine, name: str | None, labels: dict | None = None) -> str:
     """Make the volume NAME (a random 64-hex name without one) unless it is there; its
     name. Labels are written with a new volume only, as docker's."""
     name = _check_name(name or os.urandom(32).hex())
-    top = os.path.join(volumes_dir(root), name)
+    top = os.path.join(volumes_dir(engine.root), name)
     os.makedirs(os.path.join(top, "_data"), mode=0o755, exist_ok=True)
     if not os.path.exists(os.path.join(top, META)):
         with open(os.path.join(top, META), "w") as f:
             json.dump({"created": time.time(), "labels": labels or {}}, f)
+        engine.record_object_event("volume", "create", name, driver="local")
     return name
 
 
-def _remove(root: str, name: str) -> None:
+def _remove(engine, name: str) -> None:
     from .image.store import mounts_under, remove_tree
 
-    top = os.path.join(volumes_dir(root), name)
+    top = os.path.join(volumes_dir(engine.root), name)
     if mounts_under(top):
         raise ContainerStateError(f"remove {name}: something is mounted inside it")
     remove_tree(top)
+    engine.record_object_event("volume", "destroy", name, driver="local")
 
 
 @click.group(name="volume", help="Manage volumes.")
@@ -100,7 +102,7 @@ def create(root, driver, label, opt, name) -> None:
                                   "no options")
         labels = parse_labels(list(label), [])
         engine = _engine(root, revive=False)
-        click.echo(create_volume(engine.root, name, labels))
+        click.echo(create_volume(engine, name, labels))
     except MiniRunError as e:
         click.echo(f"minirun: error: {e}", err=True)
         sys.exit(1)
@@ -157,7 +159,7 @@ def rm(root, force, names) -> None:
             if users.get(n):
                 raise ContainerStateError(f"remove {n}: volume is in use - "
                                           f"[{', '.join(users[n])}]")
-            _remove(engine.root, n)
+            _remove(engine, n)
             click.echo(n)
         except NotFound as e:
             if not force:
@@ -201,7 +203,7 @@ def prune(root, force, all_) -> None:
             continue
         size = tree_size(os.path.join(vdir, n))
         try:
-            _remove(engine.root, n)
+            _remove(engine, n)
         except MiniRunError as e:
             click.echo(f"minirun: error: {e}", err=True)
             continue

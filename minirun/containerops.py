@@ -21,6 +21,7 @@ def pause(engine, name: str) -> None:
     if status == "paused":
         raise ContainerStateError(f"container {rec['name']} is already paused")
     ctr.pause(engine.oci_root, rec["id"])
+    engine.record_object_event("container", "pause", rec["id"])
 
 
 def unpause(engine, name: str) -> None:
@@ -32,6 +33,7 @@ def unpause(engine, name: str) -> None:
             ctr.Container.load(engine.oci_root, rec["id"]).status() != "paused":
         raise ContainerStateError(f"container {rec['name']} is not paused")
     ctr.resume(engine.oci_root, rec["id"])
+    engine.record_object_event("container", "unpause", rec["id"])
 
 
 def rename_container(engine, old: str, new: str) -> None:
@@ -56,6 +58,8 @@ def rename_container(engine, old: str, new: str) -> None:
                                   (new, rec["id"]))
             except sqlite3.OperationalError:  # no network was ever used with this root
                 pass
+            engine.record_object_event("container", "rename", rec["id"], name=new,
+                                       oldName="/" + rec["name"])  # docker's
     except sqlite3.IntegrityError:
         raise AlreadyExists(f"the container name {new!r} is already in use") from None
 

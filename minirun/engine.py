@@ -324,7 +324,7 @@ class Engine:
         if self._networks is None:
             from .network.manager import Networks
 
-            self._networks = Networks(self.db, self.root)
+            self._networks = Networks(self.db, self.root, self.record_object_event)
         return self._networks
 
     def _insert(self, cid: str, name: str, image: str, image_id: str, command: list[str],
@@ -361,6 +361,10 @@ class Engine:
         `minirun events`: its sequence number. One INSERT, inside the caller's
         transaction when there is one; every EVENTS_PRUNE_EVERY events the table is cut
         to its last EVENTS_KEEP."""
+        return self._insert_event(type_, container, pod, attrs)
+
+    def _insert_event(self, type_: str, container: str, pod: str | None,
+                      attrs: dict) -> int:
         seq = self.db.execute(
             "INSERT INTO events (time_ns, type, container, pod, attrs) VALUES (?, ?, ?, ?, ?)",
             (time.time_ns(), type_, container, pod,
@@ -368,6 +372,15 @@ class Engine:
         if seq % EVENTS_PRUNE_EVERY == 0:
             self.db.execute("DELETE FROM events WHERE seq <= ?", (seq - EVENTS_KEEP,))
         return seq
+
+    def record_object_event(self, object_: str, action: str, id_: str, **attrs) -> int:
+        """An event of docker's `events` (EVENTS-CONTRACT.md): `action` by docker's name
+        (kill, oom, stop, pull, connect, ...) on a container, image, network or volume
+        whose id (a volume's name, a pulled reference) is `id_`; attrs as docker's
+        Actor.Attributes. One INSERT, as record_event."""
+        if object_ != "container":
+            attrs["object"] = object_
+        return self._insert_event(action, id_, None, attrs)
 
     def events_after(self, seq: int = 0, limit: int = 1000) -> list[dict]:
         """The events after sequence number `seq`, oldest first: dicts with seq, time_ns,
@@ -549,7 +562,10 @@ class Engine:
                 self.db.execute("BEGIN")
                 self._update(cid, status="created",
                              stop_signal=opts.stop_signal or config.get("StopSignal") or "")
-                self.record_event("created", cid, opts.pod or None)
+                self.record_event("created", cid, opts.pod or None,
+                                  **container_event_attrs(name, image_ref, opts.labels))
+                if self._has_endpoint(cid):
+                    self.networks.connected(cid)
         except BaseException:
             self._remove_everything(cid, store)
             raise
@@ -968,8 +984,10 @@ class Engine:
         if not source.startswith("/"):
             if not source or not set(source) <= NAME_CHARS:
                 raise InvalidArgument(f"-v {spec!r}: invalid volume name {source!r}")
-            source = os.path.join(self.root, "volumes", source, "_data")
-            os.makedirs(source, mode=0o755, exist_ok=True)
+            name, source = source, os.path.join(self.root, "volumes", source, "_data")
+            if not os.path.isdir(source):  # made by its first use, as docker's
+                os.makedirs(source, mode=0o755, exist_ok=True)
+                self.record_object_event("volume", "create", name, driver="local")
         elif not os.path.exists(source):
             raise InvalidArgument(f"-v {spec!r}: {source} does not exist")
         elif chown and os.path.realpath(source) == "/":
@@ -1125,7 +1143,9 @@ class Engine:
         if rec["status"] != "running":
             raise ContainerStateError(f"container {rec['name']} is not running")
         self._update(rec["id"], user_stopped=1)
-        ctr.kill(self.oci_root, rec["id"], ctr.parse_signal(sig))
+        num = ctr.parse_signal(sig)
+        ctr.kill(self.oci_root, rec["id"], num)
+        self.record_object_event("container", "kill", rec["id"], signal=str(num))
         return rec["id"]
 
     def stop(self, name_or_id: str, timeout: float | None = None) -> str:
@@ -1140,17 +1160,29 @@ class Engine:
         if timeout is None:
             timeout = json.loads(rec["options"]).get("stop_timeout")
             timeout = 10.0 if timeout is None else timeout
-        try:
-            ctr.kill(self.oci_root, rec["id"], ctr.parse_signal(rec["stop_signal"] or "TERM"))
-        except (ContainerStateError, NotFound):
-            pass
+        self._stop_signal(rec["id"], ctr.parse_signal(rec["stop_signal"] or "TERM"))
         if not self.wait_exit(rec["id"], timeout):
-            try:
-                ctr.kill(self.oci_root, rec["id"], ctr.parse_signal("KILL"), all_processes=True)
-            except (ContainerStateError, NotFound):
-                pass
+            self._stop_signal(rec["id"], 9, all_processes=True)
             self.wait_exit(rec["id"], 30)
+        self.record_object_event("container", "stop", rec["id"])
         return rec["id"]
+
+    def _stop_signal(self, cid: str, num: int, all_processes: bool = False) -> None:
+        """A signal of `stop`, and its kill event (docker's stop: kill, die, stop)."""
+        from . import container as ctr
+
+        try:
+            ctr.kill(self.oci_root, cid, num, all_processes=all_processes)
+        except (ContainerStateError, NotFound):
+            return
+        self.record_object_event("container", "kill", cid, signal=str(num))
+
+    def restart(self, name_or_id: str, timeout: float | None = None) -> str:
+        """`restart`: stop (as `stop`), start, and the restart event."""
+        cid = self.stop(name_or_id, timeout)
+        self.start(cid)
+        self.record_object_event("container", "restart", cid)
+        return cid
 
     def _stopped_by_user(self, rec: dict) -> dict:
         """No restart policy applies from now on, and a pending restart is off: for a
@@ -1212,9 +1244,19 @@ class Engine:
             uid_gid = f"{u['uid']}:{u['gid']}"
         process = execproc.build_process(c, command, tty=tty, cwd=workdir, env=env,
                                          user=uid_gid)
-        return execproc.exec_and_wait(self.oci_root, rec["id"], process,
-                                      execproc.ExecOptions(detach=detach),
-                                      terminal_proxy=tty and not detach)
+        exec_id = os.urandom(32).hex()
+        line = " ".join(command)
+        self.record_object_event("container", "exec_create", rec["id"], execID=exec_id,
+                                 command=line)
+        self.record_object_event("container", "exec_start", rec["id"], execID=exec_id,
+                                 command=line)
+        status = execproc.exec_and_wait(self.oci_root, rec["id"], process,
+                                        execproc.ExecOptions(detach=detach),
+                                        terminal_proxy=tty and not detach)
+        if not detach:
+            self.record_object_event("container", "exec_die", rec["id"], execID=exec_id,
+                                     exitCode=str(status))
+        return status
 
     def update_resources(self, name_or_id: str, resources: dict) -> dict:
         """New limits for a running container, as `runc update`: `resources` by
@@ -1281,11 +1323,12 @@ class Engine:
         store.release(cid)
         with self.db:  # the daemon's exit handling is before or after, never between
             self.db.execute("BEGIN IMMEDIATE")
-            row = self.db.execute("SELECT status, options, exit_code, reason FROM containers"
-                                  " WHERE id = ?", (cid,)).fetchone()
+            row = self.db.execute("SELECT status, options, exit_code, reason, name, image"
+                                  " FROM containers WHERE id = ?", (cid,)).fetchone()
             self.db.execute("DELETE FROM containers WHERE id = ?", (cid,))
             if row is not None and row[0] != "creating":  # a created event was written
-                pod = json.loads(row[1]).get("pod") or None
+                opts = json.loads(row[1])
+                pod = opts.get("pod") or None
                 last = self.db.execute(
                     "SELECT type FROM events WHERE container = ? AND type IN"
                     " ('started', 'stopped') ORDER BY seq DESC LIMIT 1", (cid,)).fetchone()
@@ -1293,7 +1336,9 @@ class Engine:
                     # removed before the daemon handled its exit: it will find no record
                     self.record_event("stopped", cid, pod, reason=row[3] or "",
                                       exit_code=137 if row[2] is None else row[2])
-                self.record_event("deleted", cid, pod)
+                # its name and image: `events` shows them once the record is gone
+                self.record_event("deleted", cid, pod,
+                                  **container_event_attrs(row[4], row[5], opts.get("labels")))
 
     def _has_endpoint(self, cid: str) -> bool:
         """Without importing the network code (25 ms) for containers that have none."""
@@ -1326,6 +1371,16 @@ class Engine:
                                              "NetworkNamespace": ep["netns"]}},
                 "IPAddress": ep["ip"] or "", "Gateway": ep["gateway"] or "", "Ports": ports,
                 "SandboxKey": ep["netns"]}
+
+
+def container_event_attrs(name: str, image: str, labels: dict | None) -> dict:
+    """What the created and deleted events keep of a container for `minirun events`
+    (docker's Actor.Attributes: name, image and its labels), read when the record is
+    gone."""
+    attrs = {"name": name, "image": image}
+    if labels:
+        attrs["labels"] = labels
+    return attrs
 
 
 def userns_range(subid_file: str) -> tuple[int, int]:

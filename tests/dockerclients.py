@@ -27,7 +27,7 @@ def docker_compose() -> str | None:
 def has_docker_py() -> bool:
     """Debian's python3 can import docker (python3-docker)."""
     return subprocess.run([DEBIAN_PYTHON, "-c", "import docker"],
-                          capture_output=True).returncode == 0
+                          capture_output=True, check=False).returncode == 0
 
 
 def client_env(sock: str, top: str) -> dict:

@@ -376,13 +376,16 @@ class Daemon:
     def on_exit(self, cid: str, status: int) -> None:
         from .. import container as ctr
         from ..errors import NotFound
+        from ..lookup import find_record
 
         self.drain(cid)
         log = self.logs.pop(cid, None)
         if log:
             log.close()
         try:
-            rec = self.engine.get(cid)
+            # the record as it is, not reconciled: the exit is written below, with its
+            # event, in one transaction (whoever sees it exited sees its die event)
+            rec = find_record(self.engine.db, "containers", "container", cid)
         except NotFound:
             rec = None
         if rec is not None and not json.loads(rec["options"]).get("remove"):
@@ -397,6 +400,8 @@ class Daemon:
                 db.execute("BEGIN IMMEDIATE")
                 if self.engine._update(cid, status="exited", exit_code=status,
                                        finished=time.time(), pid=0, reason=reason):
+                    if reason == "OOMKilled":  # docker's order: oom, then die
+                        self.engine.record_object_event("container", "oom", cid)
                     self.engine.record_event("stopped", cid,
                                              json.loads(rec["options"]).get("pod") or None,
                                              exit_code=status, reason=reason)
@@ -491,6 +496,7 @@ class Daemon:
         self.engine.network_for_start(rec)
         self.engine._update(cid, restart_count=(rec["restart_count"] or 0) + 1)
         self.start(cid)
+        self.engine.record_object_event("container", "restart", cid)
 
     def user_stop(self, cid: str) -> None:
         """The user stops (or removes) it: no restart from now on, none pending. As

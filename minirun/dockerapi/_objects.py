@@ -1,6 +1,7 @@
 """What the image, network and volume modules share: docker's filter matching, the
-events they record, the checks of a `filters` document, and a writer-to-chunks bridge
-for the bodies minirun's code writes to a file (save's tar)."""
+checks of a `filters` document, and a writer-to-chunks bridge for the bodies minirun's
+code writes to a file (save's tar). Their events are recorded where the work is done
+(the image store, the network manager, the volume functions), not here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO
 
 from .server import ApiError
 
@@ -52,20 +53,6 @@ def bool_filter(values: list[str], what: str) -> bool:
     if not wanted <= {"true", "false", "1", "0"} or len(wanted) != 1:
         raise ApiError(400, f"invalid filter '{what}={values[0] if values else ''}'")
     return wanted.pop() in ("true", "1")
-
-
-def record_event(engine: Any, object_: str, action: str, id_: str, **attrs: str) -> None:
-    """An image, network or volume event as EVENTS-CONTRACT.md says: through
-    Engine.record_object_event when the engine has it, else record_event with the object
-    in attrs. Never fails the operation it reports."""
-    try:
-        helper = getattr(engine, "record_object_event", None)
-        if helper is not None:
-            helper(object_, action, id_, **attrs)
-        else:
-            engine.record_event(action, id_, None, object=object_, **attrs)
-    except Exception:  # noqa: BLE001 - the event is a report; the work is done
-        pass
 
 
 class _PipeWriter:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..dockerview import rfc3339
 from ..errors import MiniRunError, NotFound
-from ._objects import bool_filter, check_filters, match_labels, record_event, written_chunks
+from ._objects import bool_filter, check_filters, match_labels, written_chunks
 from .server import ApiError, Response, Stream, json_lines
 
 IMAGE_FILTERS = ("dangling", "label", "before", "since", "reference")
@@ -373,7 +373,7 @@ def pull(req, image: str, tag: str | None) -> Any:
     progress = StreamProgress(events)
     credentials = _credentials(req, ref.registry)
     platform = req.q("platform") or None
-    root, engine = req.engine.root, req.engine
+    root = req.engine.root
 
     def run() -> None:
         from ..image.store import ImageStore
@@ -420,7 +420,6 @@ def pull(req, image: str, tag: str | None) -> Any:
                     news = "Downloaded newer image for" if fetched else \
                         "Image is up to date for"
                     yield {"status": f"Status: {news} {shown}"}
-                    record_event(engine, "image", "pull", str(ref), name=str(ref))
                     return
                 k, v = events.get()
         finally:
@@ -449,7 +448,6 @@ def import_image(req, source: str, repo: str | None, tag: str | None):
         cmd = archive.parse_cmd(arg.strip())
     with _store(req) as store:
         record = archive.import_rootfs(store, req.body_file(), name, cmd=cmd)
-    record_event(req.engine, "image", "import", record.id, name=name or record.id)
     return json_lines([{"status": record.id}])
 
 
@@ -472,9 +470,7 @@ def tag_image(req):
         raise ApiError(400, "repository name (repo) is required")
     target = _pull_reference(repo, req.q("tag") or "latest")
     with _store(req) as store:
-        record = _get(store, req.params["name"])
-        name = store.tag(record, target)
-    record_event(req.engine, "image", "tag", record.id, name=name)
+        store.tag(_get(store, req.params["name"]), target)
     return Response(201, b"")
 
 
@@ -503,10 +499,6 @@ def delete_image(req):
                 result.deleted += store.remove(image_id).deleted
     out = [{"Untagged": _familiar(n)} for n in result.untagged]
     out += [{"Deleted": i} for i in result.deleted]
-    for name in result.untagged:
-        record_event(req.engine, "image", "untag", image_id, name=name)
-    for image_id in result.deleted:
-        record_event(req.engine, "image", "delete", image_id, name=image_id)
     return out
 
 
@@ -531,8 +523,6 @@ def prune_images(req):
             result = _prune_some(store, all_images, keep)
         else:
             result = store.prune(all_images=all_images)
-    for image_id in result.images:
-        record_event(req.engine, "image", "delete", image_id, name=image_id)
     return {"ImagesDeleted": [{"Deleted": i} for i in result.images] or None,
             "SpaceReclaimed": result.reclaimed}
 
@@ -590,10 +580,8 @@ def load_images(req):
     for record, names in loaded:
         for name in names:
             lines.append({"stream": f"Loaded image: {_familiar(name)}\n"})
-            record_event(req.engine, "image", "load", record.id, name=name)
         if not names:
             lines.append({"stream": f"Loaded image ID: {record.id}\n"})
-            record_event(req.engine, "image", "load", record.id, name=record.id)
     return json_lines(lines)
 
 
@@ -605,11 +593,9 @@ def _save(req, names: list[str]):
     root = req.engine.root
     with _store(req) as store:
         try:
-            entries = archive.select_for_save(store, names)  # a 404 before any byte
+            archive.select_for_save(store, names)  # a 404 before any byte
         except NotFound as e:
             raise _not_found(e) from None
-    for record, _names in entries:
-        record_event(req.engine, "image", "save", record.id, name=record.id)
 
     def write(out) -> None:
         from ..image.store import ImageStore

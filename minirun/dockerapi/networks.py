@@ -19,7 +19,7 @@ import os
 
 from ..dockerview import rfc3339, state_of
 from ..errors import MiniRunError, NotFound
-from ._objects import bool_filter, check_filters, match, match_labels, record_event
+from ._objects import bool_filter, check_filters, match, match_labels
 from .server import ApiError, Response
 
 NETWORK_FILTERS = ("driver", "id", "label", "name", "scope", "type", "dangling")
@@ -197,7 +197,6 @@ def create_network(req):
         pass
     rec = nets.create(name, subnet=subnet, gateway=gateway,
                       internal=bool(body.get("Internal")), labels=labels)
-    record_event(req.engine, "network", "create", rec["id"], name=rec["name"], type="bridge")
     return Response(201, {"Id": rec["id"], "Warning": ""})
 
 
@@ -215,8 +214,6 @@ def delete_network(req):
         raise ApiError(404, f"network {req.params['id']} not found") from None
     except MiniRunError as e:  # taken meanwhile
         raise ApiError(403, str(e)) from None
-    record_event(engine, "network", "destroy", doc["Id"], name=doc["Name"], type="bridge")
-    return None
 
 
 def prune_networks(req):
@@ -239,7 +236,6 @@ def prune_networks(req):
             engine.networks.remove(rec["name"])
         except MiniRunError:
             continue  # a container joined it meanwhile
-        record_event(engine, "network", "destroy", rec["id"], name=rec["name"], type="bridge")
         removed.append(rec["name"])
     return {"NetworksDeleted": removed or None}
 
@@ -332,8 +328,6 @@ def connect(req):
     opts["network"] = net["Name"]
     engine._update(cid, options=json.dumps(opts))
     _rewrite_hosts(engine, cid)
-    record_event(engine, "network", "connect", net["Id"], container=cid, name=net["Name"],
-                 type="bridge")
     return Response(200, b"")
 
 
@@ -362,8 +356,6 @@ def disconnect(req):
     opts["network"] = "none"
     engine._update(cid, options=json.dumps(opts))
     _rewrite_hosts(engine, cid)
-    record_event(engine, "network", "disconnect", net["Id"], container=cid,
-                 name=net["Name"], type="bridge")
     return Response(200, b"")
 
 

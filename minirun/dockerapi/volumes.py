@@ -16,7 +16,7 @@ from ..cli_volume import (
     volumes_dir,
 )
 from ..errors import NotFound
-from ._objects import bool_filter, check_filters, match, match_labels, record_event
+from ._objects import bool_filter, check_filters, match, match_labels
 from .server import ApiError, Response
 
 VOLUME_FILTERS = ("dangling", "driver", "label", "name")
@@ -75,33 +75,27 @@ def create(req):
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise ApiError(400, "Labels: want a map of strings to strings")
-    root = req.engine.root
-    name = body.get("Name") or None
-    existed = name is not None and name in names(root)
-    name = create_volume(root, name, labels)
-    if not existed:
-        record_event(req.engine, "volume", "create", name, driver="local")
-    return Response(201, volume_doc(root, name))
+    name = create_volume(req.engine, body.get("Name") or None, labels)
+    return Response(201, volume_doc(req.engine.root, name))
 
 
 def inspect(req):
     return _get(req.engine.root, req.params["name"])
 
 
-def remove(req):
+def remove(req) -> None:
+    """DELETE /volumes/{name}: 204; with force, a missing volume too."""
     engine, name = req.engine, req.params["name"]
     try:
         volume_info(engine.root, name)
     except NotFound:
         if req.qbool("force"):
-            return None
+            return
         raise ApiError(404, f"get {name}: no such volume") from None
     users = volume_users(engine).get(name)
     if users:
         raise ApiError(409, f"remove {name}: volume is in use - [{', '.join(users)}]")
-    _remove(engine.root, name)
-    record_event(engine, "volume", "destroy", name, driver="local")
-    return None
+    _remove(engine, name)
 
 
 def prune(req):
@@ -118,8 +112,7 @@ def prune(req):
                                                    volume_doc(engine.root, name)["Labels"]):
             continue
         size = tree_size(os.path.join(volumes_dir(engine.root), name, "_data"))
-        _remove(engine.root, name)
-        record_event(engine, "volume", "destroy", name, driver="local")
+        _remove(engine, name)
         deleted.append(name)
         reclaimed += size
     return {"VolumesDeleted": deleted or None, "SpaceReclaimed": reclaimed}

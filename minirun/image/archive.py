@@ -438,7 +438,10 @@ def load_with_names(store: ImageStore,
                 names = loaded.get(record.id, (record, []))[1]
                 names += [n for n in i.names if n not in names]
                 loaded[record.id] = (record, names)
-            return [(store.get(record.id), names) for record, names in loaded.values()]
+        for record, names in loaded.values():
+            store.record_event("load", record.id,
+                               parse_reference(names[0]).familiar() if names else None)
+        return [(store.get(record.id), names) for record, names in loaded.values()]
     except BaseException:
         store.discard(new_blobs, new_chains)
         raise
@@ -715,11 +718,13 @@ def import_rootfs(store: ImageStore, tar_path: str | IO[bytes], name: str | None
             }, separators=(",", ":")).encode()
             manifest_digest = _put(store, manifest, None, new_blobs)
             store.unpack_layers(config_digest, [layer_desc], new_chains)
-            return store.add_image(manifest_digest, config_digest, [layer_desc],
-                                   [str(ref)] if ref else [])
+            record = store.add_image(manifest_digest, config_digest, [layer_desc],
+                                     [str(ref)] if ref else [])
     except BaseException:
         store.discard(new_blobs, new_chains)
         raise
+    store.record_event("import", record.id)
+    return record
 
 
 def _newest_mtime(tar_file: str) -> str:
@@ -739,6 +744,12 @@ def save(store: ImageStore, images: list[str | ImageRecord], path: str | IO[byte
     blobs/sha256/. Which images and names, as `docker save` picks them: see
     select_for_save."""
     entries = select_for_save(store, images)
+    _write_save(store, entries, path)
+    for image_id in dict.fromkeys(record.id for record, _ in entries):
+        store.record_event("save", image_id)
+
+
+def _write_save(store: ImageStore, entries, path: str | IO[bytes]) -> None:
     if isinstance(path, str):
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".minirun-save-", dir=directory)

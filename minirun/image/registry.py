@@ -1128,7 +1128,9 @@ def pull(
                 # The lease keeps a concurrent prune from deleting blobs fetched here before
                 # add_image references them.
                 with store.lease():
-                    return _pull_from(puller, want, new_chains)
+                    record = _pull_from(puller, want, new_chains)
+                store.record_event("pull", ref.familiar(), ref.familiar())  # as docker's
+                return record
             except (RegistryError, NotFound) as e:
                 if endpoint == registry or isinstance(e, DeadlineExceeded):
                     raise

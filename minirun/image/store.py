@@ -237,6 +237,18 @@ class ImageStore:
     def close(self) -> None:
         self._db.close()
 
+    def record_event(self, action: str, image_id: str, name: str | None = None) -> None:
+        """An image event of `minirun events` (EVENTS-CONTRACT.md: pull, tag, untag,
+        delete, load, save, import) in the events table of the engine on this root;
+        `name`: the reference it concerns (docker's attribute name), else the id."""
+        from ..engine import Engine
+
+        engine = Engine(self.root)
+        try:
+            engine.record_object_event("image", action, image_id, name=name or image_id)
+        finally:
+            engine.db.close()
+
     def __enter__(self) -> Self:
         return self
 
@@ -431,15 +443,29 @@ class ImageStore:
             db.execute("INSERT INTO names (name, image_id) VALUES (?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
                        (str(ref), image_id))
+        self.record_event("tag", image_id, ref.familiar())
         return str(ref)
 
     def untag(self, name: str) -> None:
         ref = normalize_name(name)
         with self._write() as db:
-            if db.execute("DELETE FROM names WHERE name = ?", (str(ref),)).rowcount == 0:
+            row = db.execute("SELECT image_id FROM names WHERE name = ?",
+                             (str(ref),)).fetchone()
+            if row is None:
                 raise NotFound(f"no such image: {ref.familiar()}")
+            db.execute("DELETE FROM names WHERE name = ?", (str(ref),))
+        self.record_event("untag", row[0])
 
     def remove(self, image: str | ImageRecord, force: bool = False) -> RemoveResult:
+        """_remove, and its untag and delete events."""
+        result, image_id = self._remove(image, force)
+        for _ in result.untagged:
+            self.record_event("untag", image_id)
+        for deleted in result.deleted:
+            self.record_event("delete", deleted)
+        return result
+
+    def _remove(self, image: str | ImageRecord, force: bool) -> tuple[RemoveResult, str]:
         """rmi: a name of an image that has others is only untagged; otherwise the image goes,
         with the blobs and layers no other image needs. Refused while a container uses it;
         with force, its names go and the record stays until the containers release it (their
@@ -451,7 +477,7 @@ class ImageStore:
             if by_name is not None and len(record.names) > 1:
                 db.execute("DELETE FROM names WHERE name = ?", (by_name,))
                 result.untagged.append(by_name)
-                return result
+                return result, image_id
             label = parse_reference(by_name).familiar() if by_name else record.short_id
             if record.containers:
                 if not force:
@@ -460,7 +486,7 @@ class ImageStore:
                     raise ContainerStateError(f"image {label} is in use by container {users}")
                 db.execute("DELETE FROM names WHERE image_id = ?", (image_id,))
                 result.untagged.extend(record.names)
-                return result
+                return result, image_id
             if by_name is None and len(record.names) > 1 and not force:
                 shown = ", ".join(parse_reference(n).familiar() for n in record.names)
                 raise InvalidArgument(f"image {label} has several names ({shown}): remove "
@@ -470,7 +496,7 @@ class ImageStore:
             result.untagged.extend(record.names)
             result.deleted.append(image_id)
         self._collect([record], PruneResult(), grace_seconds=None)
-        return result
+        return result, image_id
 
     def prune(self, all_images: bool = False,
               grace_seconds: float = BLOB_GRACE_SECONDS) -> PruneResult:
@@ -489,6 +515,10 @@ class ImageStore:
                 db.execute("DELETE FROM names WHERE image_id = ?", (image_id,))
                 db.execute("DELETE FROM images WHERE id = ?", (image_id,))
         result.images = ids
+        for record in records:
+            for _ in record.names:
+                self.record_event("untag", record.id)
+            self.record_event("delete", record.id)
         self._collect(records, result, grace_seconds)
         return result
 

@@ -126,9 +126,11 @@ def _root_tag(root: str) -> str:
 
 
 class Networks:
-    def __init__(self, db: sqlite3.Connection, root: str) -> None:
+    def __init__(self, db: sqlite3.Connection, root: str, record_event=None) -> None:
         self.db = db
         self.root = root
+        # Engine.record_object_event: the network events of `minirun events`
+        self.record_event = record_event
         self.db.executescript(SCHEMA)
         self._add_columns()
         default_root = os.path.realpath(root) == DEFAULT_ROOT
@@ -198,8 +200,44 @@ class Networks:
         else:
             net = self._free_subnet(USER_SUBNETS, name)
         nid = os.urandom(32).hex()
-        return self._insert_network(name, net, gateway, f"mrbr{nid[:10]}", internal, nid,
-                                    labels)
+        rec = self._insert_network(name, net, gateway, f"mrbr{nid[:10]}", internal, nid,
+                                   labels)
+        self._event("create", rec)
+        return rec
+
+    def _event(self, action: str, rec: dict, **attrs) -> None:
+        """A network event (EVENTS-CONTRACT.md), as docker's: the network's id, its name
+        and driver; connect and disconnect name the container."""
+        if self.record_event is not None:
+            self.record_event("network", action, rec["id"], name=rec["name"],
+                              type=rec.get("driver") or "bridge", **attrs)
+
+    def _endpoint_event(self, action: str, rec: dict, cid: str) -> None:
+        """connect or disconnect, for a container of the engine's that exists: not for
+        one being made (its created event brings its connect: `connected`), nor for one
+        whose making failed and is undone."""
+        if self.record_event is None:
+            return
+        try:
+            row = self.db.execute("SELECT status FROM containers WHERE id = ?",
+                                  (cid,)).fetchone()
+        except sqlite3.OperationalError:  # a database without containers
+            row = None
+        if row is not None and row[0] != "creating":
+            self._event(action, rec, container=cid)
+
+    def connected(self, cid: str) -> None:
+        """The connect event of a container just made, recorded with its created event
+        (docker's order: create, connect, start)."""
+        ep = self.endpoint(cid)
+        if self.record_event is None or ep is None or ep["network"] == NO_NETWORK or \
+                ep["network"].startswith("cni:"):
+            return
+        try:
+            rec = self.get(ep["network"])
+        except NotFound:
+            return
+        self._event("connect", rec, container=cid)
 
     def _insert_network(self, name: str, net: ipaddress.IPv4Network, gateway: str | None,
                         bridge: str, internal: bool, nid: str | None = None,
@@ -272,6 +310,7 @@ class Networks:
                 raise MiniRunError(f"network {rec['name']} is in use by "
                                    f"{len(users)} container(s): remove them first")
             self.db.execute("DELETE FROM networks WHERE name = ?", (rec["name"],))
+        self._event("destroy", rec)
         return rec["name"]
 
     def prune(self, known_containers: set[str]) -> tuple[list[str], list[str]]:
@@ -280,10 +319,11 @@ class Networks:
         cleaned = self.recover(known_containers)
         removed = []
         with HostLock():
-            for rec in self._rows("SELECT name FROM networks WHERE name != ?",
+            for rec in self._rows("SELECT * FROM networks WHERE name != ?",
                                   (DEFAULT_NETWORK,)):
                 if not self.containers_on(rec["name"]):
                     self.db.execute("DELETE FROM networks WHERE name = ?", (rec["name"],))
+                    self._event("destroy", rec)
                     removed.append(rec["name"])
         return cleaned, removed
 
@@ -447,6 +487,7 @@ class Networks:
         finally:
             os.close(nsfd)
             inside.close()
+        self._endpoint_event("connect", rec, cid)
 
     def _attach_cni(self, cid: str, network: str, name: str, hostname: str,
                     ports: list[dict], hosts: list) -> Attachment:
@@ -549,6 +590,7 @@ class Networks:
         """Under HostLock: the endpoint's host objects, its row too if `forget` (last, so a
         crash leaves a row to clean up), then the bridge or the rules that were there for
         it."""
+        wired = _is_nsfs(ep["netns"])
         with Netlink() as host:
             host.delete_link(ep["veth"])
         netns.remove(ep["netns"])
@@ -558,6 +600,8 @@ class Networks:
             rec = self.get(ep["network"])
         except NotFound:
             rec = None
+        if wired and rec is not None:
+            self._endpoint_event("disconnect", rec, ep["container"])
         if rec is not None and not self.containers_on(rec["name"]):
             self._bridge_down(rec)
         elif json.loads(ep["ports"]):
