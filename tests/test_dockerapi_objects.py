@@ -313,3 +313,76 @@ def test_connect_and_disconnect_a_created_container(dockerapi):  # noqa: F811
     assert lines(d("network", "rm", "aliasnet", check=True)) == ["aliasnet"]
     left = {f"mrbr{net_id[:10]}"} | {f"mr{cid[:12]}" for cid in made}
     assert not left & _links()
+
+
+# --- system df and events --------------------------------------------------------------------
+
+def test_system_df(dockerapi):  # noqa: F811
+    d = dockerapi.docker
+    cid = d("run", "-d", "-v", "dfvol:/data", "busybox", "sh", "-c",
+            "head -c 5000 /dev/zero > /data/zeros; sleep 300", check=True).stdout.strip()
+    try:
+        rows = {}
+        for _ in range(50):  # the file is written by the container: wait for it
+            out = d("system", "df", "--format", "{{.Type}}|{{.TotalCount}}|{{.Active}}|"
+                    "{{.Size}}", check=True)
+            rows = {r.split("|")[0]: r.split("|")[1:] for r in lines(out)}
+            if rows["Local Volumes"][2] == "5kB":
+                break
+            subprocess.run(["sleep", "0.1"], check=True)
+        images = set(lines(d("images", "-q", "--no-trunc", check=True)))
+        assert rows["Images"][:2] == [str(len(images)), "1"]
+        assert rows["Containers"][:2] == ["1", "1"]
+        assert rows["Local Volumes"] == ["1", "1", "5kB"]
+        verbose = d("system", "df", "-v", check=True).stdout
+        assert cid[:12] in verbose and "dfvol" in verbose
+    finally:
+        d("rm", "-f", cid)
+    d("volume", "rm", "dfvol", check=True)
+
+
+def test_events_since_until_and_filters(dockerapi):  # noqa: F811
+    import time
+
+    d = dockerapi.docker
+    since = f"{time.time():.9f}"
+    d("network", "create", "evnet", check=True)
+    d("volume", "create", "evvol", check=True)
+    d("tag", "busybox", "ev:1", check=True)
+    d("rmi", "ev:1", check=True)
+    d("network", "rm", "evnet", check=True)
+    d("volume", "rm", "evvol", check=True)
+    until = f"{time.time() + 0.5:.9f}"
+    fmt = "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}"
+    seen = lines(d("events", "--since", since, "--until", until, "--format", fmt,
+                   "--filter", "type=network", check=True))
+    assert seen == ["network create evnet", "network destroy evnet"], seen
+    seen = lines(d("events", "--since", since, "--until", until, "--format",
+                   "{{.Type}} {{.Action}} {{.Actor.ID}}", "--filter", "volume=evvol",
+                   check=True))
+    assert seen == ["volume create evvol", "volume destroy evvol"], seen
+    images = lines(d("events", "--since", since, "--until", until, "--format",
+                     "{{.Type}} {{.Action}}", "--filter", "image=ev:1", check=True))
+    assert images == ["image tag"], images
+    bad = d("events", "--since", since, "--until", until, "--filter", "colour=red")
+    assert bad.returncode != 0 and "colour" in bad.stderr
+
+
+def test_events_follow_new_ones(dockerapi):  # noqa: F811
+    """Without --until the stream follows: a volume made after it started shows up."""
+    import select
+    import time
+
+    proc = subprocess.Popen([dockerapi.cli, "events", "--filter", "type=volume",
+                             "--format", "{{.Action}} {{.Actor.ID}}"],
+                            env=dockerapi.client_env, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)  # the stream is open (nothing to wait on: it shows no old events)
+        dockerapi.docker("volume", "create", "followed", check=True)
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "no event within 30 s"
+        assert proc.stdout.readline().strip() == "create followed"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        dockerapi.docker("volume", "rm", "followed")
