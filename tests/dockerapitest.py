@@ -47,10 +47,13 @@ class DockerService:
         self.log_path = os.path.join(self.top, "dockerapi.log")
         self.config = tempfile.mkdtemp(prefix="docker-config-", dir=self.top)
         self.cli = docker_cli()
+        # this checkout's minirun for the service and the daemon it starts (cwd "/")
+        service_env = dict(env.env, PYTHONPATH=os.pathsep.join(
+            p for p in (REPO, env.env.get("PYTHONPATH")) if p))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "minirun.cli", "system", "service", "--socket",
-                 self.socket, *extra_args], env=env.env, stdout=log, stderr=log)
+                 self.socket, *extra_args], env=service_env, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while not self._answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -7,8 +7,8 @@
   CLI -> daemon  {"op": "attach", "id", "stdin", "until_started"?}
                  <- {"ok": true, "tty", "stdin"} + [pty master | stdin pipe] | {"error"}
                  (until_started: a container that is not running yet is attached when
-                 it starts, before any of its output is read: the reply comes then; the
-                 Docker API's attach-then-start)
+                 it starts, before any of its output is read: {"waiting": true} at once,
+                 the reply then; the Docker API's attach-then-start)
                  then the container's output as stream messages (proto.py) until its
                  exit status; the client may send {"op": "close_stdin"} (its EOF) and
                  {"op": "kill", "signal"} (a signal for the container)
@@ -605,6 +605,7 @@ class Daemon:
         st = self.stdio.get(cid)
         if st is None and until_started and \
                 self.engine.get_status_only(cid) in ("created", "exited"):
+            proto.send(conn, {"waiting": True})
             self.waiting.setdefault(cid, []).append((conn, want_stdin))
             return
         if st is None:  # foreground runs are the daemon's too: not running is stopped

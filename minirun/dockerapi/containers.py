@@ -484,7 +484,7 @@ def attach(req):
         return Response(200, backlog, "application/vnd.docker.raw-stream")
     from .stdio import open_daemon_attach
 
-    sock = open_daemon_attach(req.engine, rec["id"], stdin, until_started=True)
+    sock, got = open_daemon_attach(req.engine, rec["id"], stdin, until_started=True)
     content = "application/vnd.docker.raw-stream" if tty else \
         "application/vnd.docker.multiplexed-stream"
     if req.api_version < (1, 42):
@@ -493,7 +493,7 @@ def attach(req):
     def session(conn):
         if backlog:
             conn.sock.sendall(backlog)
-        attach_session(req, conn, sock, want, stdin, keys, rec["id"])
+        attach_session(req, conn, sock, got, want, stdin, keys, rec["id"])
 
     return Hijack(session, content_type=content)
 

@@ -153,7 +153,9 @@ def start(req):
         return Response(200, b"", "application/json")
     content = "application/vnd.docker.raw-stream" if doc["ProcessConfig"]["tty"] or \
         req.api_version < (1, 42) else "application/vnd.docker.multiplexed-stream"
-    return Hijack(lambda conn: _session(req, conn, doc, process), content_type=content)
+    resize_sock = _resize_listener(req.engine, doc["ID"])
+    return Hijack(lambda conn: _session(req, conn, doc, process, resize_sock),
+                  content_type=content)
 
 
 def _argv(engine, tmp: str, process: dict) -> tuple[list[str], str]:
@@ -197,13 +199,12 @@ def _run_detached(engine, doc: dict, process: dict) -> None:
         save(engine, doc)
 
 
-def _session(req, conn, doc: dict, process: dict) -> None:
+def _session(req, conn, doc: dict, process: dict, resize_sock) -> None:
     engine = req.engine
     tty = doc["ProcessConfig"]["tty"]
     client = conn.sock
     with tempfile.TemporaryDirectory(prefix="minirun-exec-") as tmp:
         argv, log = _argv(engine, tmp, process)
-        resize_sock = _resize_listener(engine, doc["ID"])
         master = -1
         stdin_w = -1
         try:
@@ -242,7 +243,7 @@ def _session(req, conn, doc: dict, process: dict) -> None:
         finally:
             resize_sock.close()
             try:
-                os.unlink(_resize_path(engine, doc["ID"]))
+                os.unlink(os.path.join(_dir(engine), doc["ID"][:24] + ".sock"))
             except FileNotFoundError:
                 pass
             for fd in (master, stdin_w):
@@ -269,13 +270,20 @@ def _start_tty(argv: list[str], tmp: str, cid: str):
         listener.close()
 
 
-def _resize_path(engine, eid: str) -> str:
-    return os.path.join(_dir(engine), eid + ".sock")
+def _resize_path(engine, eid: str) -> tuple[int, str]:
+    """(an fd of the instances' directory, the socket's path through it): a path under
+    the run root may be longer than a unix socket address may be."""
+    dfd = os.open(_dir(engine), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return dfd, f"/proc/self/fd/{dfd}/{eid[:24]}.sock"
 
 
 def _resize_listener(engine, eid: str) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.bind(_resize_path(engine, eid))
+    dfd, path = _resize_path(engine, eid)
+    try:
+        s.bind(path)
+    finally:
+        os.close(dfd)
     return s
 
 
@@ -354,14 +362,16 @@ def resize(req):
     if not doc["ProcessConfig"]["tty"]:
         return Response(200, b"", "text/plain")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dfd, path = _resize_path(req.engine, doc["ID"])
     try:
-        s.sendto(struct.pack("HHHH", h, w, 0, 0), _resize_path(req.engine, doc["ID"]))
+        s.sendto(struct.pack("HHHH", h, w, 0, 0), path)
     except (FileNotFoundError, ConnectionRefusedError):
         if doc["Running"]:
             raise ApiError(409, f"exec {doc['ID']} has no terminal yet") from None
         raise ApiError(409, f"exec {doc['ID']} is not running") from None
     finally:
         s.close()
+        os.close(dfd)
     return Response(200, b"", "text/plain")
 
 

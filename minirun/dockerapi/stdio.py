@@ -36,14 +36,27 @@ def _daemon_socket(engine) -> socket.socket:
     return proto.connect(os.path.join(engine.run_root, "minirun.sock"), timeout=120)
 
 
-def open_daemon_attach(engine, cid: str, stdin: bool, until_started: bool) -> socket.socket:
-    """The daemon's attach connection, asked (the reply is read by attach_session: for a
-    container not started yet it comes at its start)."""
+def open_daemon_attach(engine, cid: str, stdin: bool, until_started: bool):
+    """The daemon's attach connection: (socket, its reply and fds, or None while the
+    start is awaited). Returns once the daemon has registered the client: a start asked
+    after this is attached (the order the docker CLI relies on: attach, then start)."""
     sock = _daemon_socket(engine)
-    proto.send(sock, {"op": "attach", "id": cid, "stdin": stdin,
-                      "until_started": until_started})
+    try:
+        proto.send(sock, {"op": "attach", "id": cid, "stdin": stdin,
+                          "until_started": until_started})
+        reply, fds = proto.recv(sock)
+    except BaseException:
+        sock.close()
+        raise
+    if reply is None or "error" in reply:
+        for fd in fds:
+            os.close(fd)
+        sock.close()
+        if reply is None:
+            raise MiniRunError("the minirun daemon closed the connection")
+        raise proto.reply_error(reply)
     sock.settimeout(None)
-    return sock
+    return sock, (None if reply.get("waiting") else (reply, fds))
 
 
 def _await_reply(engine, cid: str, daemon: socket.socket, client: socket.socket,
@@ -75,14 +88,15 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[os.write(fd, data):]
 
 
-def attach_session(req, conn, daemon: socket.socket, want: set[str], stdin: bool,
+def attach_session(req, conn, daemon: socket.socket, got, want: set[str], stdin: bool,
                    keys: bytes, cid: str) -> None:
     from ..terminal import DetachKeys
 
     client = conn.sock
     early = [conn.pending] if conn.pending else []
     try:
-        got = _await_reply(req.engine, cid, daemon, client, early)
+        if got is None:
+            got = _await_reply(req.engine, cid, daemon, client, early)
         if got is None:
             return
         reply, fds = got
