@@ -14,7 +14,7 @@ import subprocess
 import pytest
 from dockerapitest import dockerapi  # noqa: F401 - the fixture
 from ocitest import needs_root
-from registry import Layout, Registry, skopeo_copy
+from registry import FaultProxy, Layout, Registry, skopeo_copy
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -109,6 +109,10 @@ def test_pull_from_the_local_registry(dockerapi, registry):  # noqa: F811
     by_digest = d("pull", f"{registry.host}/app@{registry.image.manifest_digest}", check=True)
     assert "Status: Image is up to date" in by_digest.stdout
 
+    # the pulled image runs, with its own command
+    ran = d("run", "--rm", ref, check=True)
+    assert ran.stdout == "from app\n"
+
     # an unknown tag: an HTTP error before any progress, as docker's
     missing = d("pull", f"{registry.host}/app:nope")
     assert missing.returncode == 1
@@ -120,6 +124,24 @@ def test_pull_from_the_local_registry(dockerapi, registry):  # noqa: F811
     assert lines(removed) == [f"Untagged: {ref}",
                               f"Untagged: {registry.host}/app@{registry.image.manifest_digest}",
                               f"Deleted: {registry.image.config_digest}"]
+
+
+def test_a_pull_that_fails_midway_reports_in_the_stream(dockerapi, registry):  # noqa: F811
+    """A layer whose bytes do not match its digest: the progress stream has begun, so the
+    error is its last message (docker's errorDetail); the CLI prints it and exits 1, and
+    nothing is kept."""
+    layer = registry.image.layer_digests[0]
+    proxy = FaultProxy(registry).start()
+    try:
+        proxy.add("GET", f"/blobs/{layer}$", "corrupt")
+        ref = f"{proxy.host}/app:1"
+        failed = dockerapi.docker("pull", ref)
+    finally:
+        proxy.stop()
+    assert failed.returncode == 1
+    assert f"{layer.split(':')[1][:12]}: Pulling fs layer" in failed.stdout
+    assert "digest mismatch" in failed.stderr and "Error response" not in failed.stderr
+    assert ref not in dockerapi.docker("images", check=True).stdout
 
 
 def test_save_and_load(dockerapi, tmp_path):  # noqa: F811
@@ -386,3 +408,34 @@ def test_events_follow_new_ones(dockerapi):  # noqa: F811
         proc.terminate()
         proc.wait(10)
         dockerapi.docker("volume", "rm", "followed")
+
+
+def test_docker_py_pulls_and_lists(dockerapi, registry):  # noqa: F811
+    """docker-py 5's images.pull (the progress stream, then the image by name) and
+    images.list / images.get."""
+    from dockerclients import DEBIAN_PYTHON, has_docker_py
+
+    assert has_docker_py(), "python3-docker is not installed: run scripts/install.sh"
+    script = f"""
+import json, docker
+client = docker.from_env(version="auto")
+image = client.images.pull("{registry.host}/app", tag="1")
+out = {{"pulled": image.tags, "id": image.id,
+        "listed": sorted(t for i in client.images.list() for t in i.tags),
+        "labels": client.images.get("{registry.host}/app:1").labels}}
+client.images.remove("{registry.host}/app:1")
+try:
+    client.images.get("{registry.host}/app:1")
+except docker.errors.ImageNotFound:
+    out["removed"] = True
+print(json.dumps(out))
+"""
+    proc = subprocess.run([DEBIAN_PYTHON, "-c", script], env=dockerapi.client_env,
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, f"{proc.stderr}\n{dockerapi.logs()}"
+    out = json.loads(proc.stdout)
+    assert out["pulled"] == [f"{registry.host}/app:1"]
+    assert out["id"] == registry.image.config_digest
+    assert f"{registry.host}/app:1" in out["listed"] and "busybox:latest" in out["listed"]
+    assert out["labels"] == {"tier": "demo"}
+    assert out["removed"] is True
