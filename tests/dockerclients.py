@@ -40,3 +40,10 @@ def client_env(sock: str, top: str) -> dict:
     env.update(DOCKER_HOST=f"unix://{sock}", DOCKER_CONFIG=config,
                COMPOSE_INTERACTIVE_NO_CLI="1")
     return env
+
+
+def host_links() -> set[str]:
+    """The names of the host's network links (to check that none of a test's is left)."""
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 from dockerapitest import dockerapi  # noqa: F401 - the fixture
-from dockerclients import DEBIAN_PYTHON, docker_compose, has_docker_py
+from dockerclients import DEBIAN_PYTHON, docker_compose, has_docker_py, host_links
 from nettest import free_port
 from ocitest import needs_root
 
@@ -47,12 +47,6 @@ networks:
 volumes:
   data: {}
 """
-
-
-def _links() -> set[str]:
-    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
-                         check=True).stdout
-    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
 
 
 def _netns() -> set[str]:
@@ -137,7 +131,7 @@ def test_compose_up_ps_logs_exec_down(dockerapi, tmp_path):  # noqa: F811
         assert not os.path.exists(os.path.join(dockerapi.env_engine.root, "volumes",
                                                "mrobj_data"))
         left = {f"mrbr{net_id[:10]}"} | {f"mr{cid[:12]}" for cid in made}
-        assert not left & _links()
+        assert not left & host_links()
         assert not {f"minirun-{cid[:12]}" for cid in made} & _netns()
         # no bridge of this engine's root is in use: its nftables table is gone
         assert f"minirun_{_root_tag(dockerapi.env_engine.root)}" not in _nft_tables()

@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 from dockerapitest import dockerapi  # noqa: F401 - the fixture
+from dockerclients import host_links
 from ocitest import needs_root
 from registry import FaultProxy, Layout, Registry, skopeo_copy
 
@@ -292,12 +293,6 @@ def test_network_options_minirun_lacks_are_501(dockerapi):  # noqa: F811
     assert status == 404
 
 
-def _links() -> set[str]:
-    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
-                         check=True).stdout
-    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
-
-
 def test_connect_and_disconnect_a_created_container(dockerapi):  # noqa: F811
     """compose's way: a container made on a network is disconnected and connected again
     with aliases before it starts; its peers then find it by them."""
@@ -334,7 +329,7 @@ def test_connect_and_disconnect_a_created_container(dockerapi):  # noqa: F811
             m("rm", "-f", cid)
     assert lines(d("network", "rm", "aliasnet", check=True)) == ["aliasnet"]
     left = {f"mrbr{net_id[:10]}"} | {f"mr{cid[:12]}" for cid in made}
-    assert not left & _links()
+    assert not left & host_links()
 
 
 # --- system df and events --------------------------------------------------------------------

@@ -281,13 +281,18 @@ def _exposed(engine, rec: dict, opts: dict) -> list[str]:
     return list((config.get("ExposedPorts") or {}).keys())
 
 
-def connect(req):
-    engine = req.engine
+def _request(req) -> tuple[dict, dict, dict]:
+    """connect's and disconnect's body, network and container record."""
     body = req.json()
-    net = find(engine, req.params["id"], containers=False)
+    net = find(req.engine, req.params["id"], containers=False)
     if not body.get("Container"):
         raise ApiError(400, "Container is required")
-    rec = engine.get(body["Container"])
+    return body, net, req.engine.get(body["Container"])
+
+
+def connect(req):
+    engine = req.engine
+    body, net, rec = _request(req)
     cid = rec["id"]
     endpoint_cfg = body.get("EndpointConfig") or {}
     aliases = [a for a in endpoint_cfg.get("Aliases") or [] if a]
@@ -333,11 +338,7 @@ def connect(req):
 
 def disconnect(req):
     engine = req.engine
-    body = req.json()
-    net = find(engine, req.params["id"], containers=False)
-    if not body.get("Container"):
-        raise ApiError(400, "Container is required")
-    rec = engine.get(body["Container"])
+    _body, net, rec = _request(req)
     cid = rec["id"]
     ep = engine.networks.endpoint(cid)
     mode = json.loads(rec["options"]).get("network") or "bridge"
