@@ -15,7 +15,7 @@ import pytest
 from dockerapitest import dockerapi  # noqa: F401 - the fixture
 from dockerclients import host_links
 from ocitest import needs_root
-from registry import FaultProxy, Layout, Registry, skopeo_copy
+from registry import FaultProxy, Layout, Registry, auth_file, htpasswd_line, skopeo_copy
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -143,6 +143,31 @@ def test_a_pull_that_fails_midway_reports_in_the_stream(dockerapi, registry):  #
     assert f"{layer.split(':')[1][:12]}: Pulling fs layer" in failed.stdout
     assert "digest mismatch" in failed.stderr and "Error response" not in failed.stderr
     assert ref not in dockerapi.docker("images", check=True).stdout
+
+
+def test_pull_with_the_clients_credentials(dockerapi, registry, tmp_path):  # noqa: F811
+    """A registry that wants a password: the CLI's X-Registry-Auth (from its config's
+    auths) is what the pull uses; without it the pull is refused."""
+    htpasswd = str(tmp_path / "htpasswd")
+    with open(htpasswd, "w") as f:
+        f.write(htpasswd_line("alice", "wonderland") + "\n")
+    basic = Registry(str(tmp_path), registry.storage, name="basic",
+                     auth={"htpasswd": {"realm": "minirun-test", "path": htpasswd}}).start()
+    try:
+        ref = f"{basic.host}/app:1"
+        refused = dockerapi.docker("pull", ref)
+        assert refused.returncode == 1 and "requires authentication" in refused.stderr
+        config = tmp_path / "config"
+        config.mkdir()
+        auth_file(str(config / "config.json"), {basic.host: ("alice", "wonderland")})
+        env = dict(dockerapi.client_env, DOCKER_CONFIG=str(config))
+        pulled = subprocess.run([dockerapi.cli, "pull", ref], env=env, capture_output=True,
+                                text=True, timeout=120, check=False)
+        assert pulled.returncode == 0, pulled.stderr
+        assert pulled.stdout.splitlines()[-1] == ref
+        dockerapi.docker("rmi", ref, check=True)
+    finally:
+        basic.stop()
 
 
 def test_save_and_load(dockerapi, tmp_path):  # noqa: F811
