@@ -216,6 +216,19 @@ def test_import_and_prune(dockerapi, tmp_path):  # noqa: F811
     assert d("images", "-q", "--filter", "dangling=true", check=True).stdout == ""
     assert "busybox" in d("images", check=True).stdout  # named images stay
 
+    # -a: every image no container uses, its names first in the report; a filter spares
+    prunable = d("import", tarball, "prunable:1", check=True).stdout.strip()
+    pin = d("create", "busybox", "true", check=True).stdout.strip()
+    try:
+        spared = d("image", "prune", "-a", "-f", "--filter", "label=none=1", check=True)
+        assert lines(spared) == ["Total reclaimed space: 0B"]
+        pruned = lines(d("image", "prune", "-a", "-f", check=True))
+        at = pruned.index("untagged: prunable:1")
+        assert pruned[at + 1] == f"deleted: {prunable}"
+        assert "busybox" in d("images", check=True).stdout  # a container uses it
+    finally:
+        d("rm", "-f", pin)
+
 
 # --- networks ------------------------------------------------------------------------------
 

@@ -504,41 +504,37 @@ def delete_image(req):
 
 def prune_images(req):
     """POST /images/prune: dangling images (dangling=false: every image no container
-    uses); until= and label= as docker's."""
+    uses); until= and label= as docker's. Each image's names come first in the report
+    (`untagged: busybox:latest`, then `deleted: sha256:...`)."""
     filters = check_filters(req.filters(), PRUNE_FILTERS)
     all_images = "dangling" in filters and not bool_filter(filters["dangling"], "dangling")
-    until = None
-    if filters.get("until"):
-        until = parse_until(filters["until"][0])
+    until = parse_until(filters["until"][0]) if filters.get("until") else None
     with _store(req) as store:
+        records = {r.id: r for r in store.images()}
         keep = set()
-        if until is not None or "label" in filters:
-            for record in store.images():
-                created = _created_float(record.created) or 0
-                if (until is not None and created >= until) or \
-                        ("label" in filters and not match_labels(filters["label"],
-                                                                 _labels(record))):
-                    keep.add(record.id)
-        if keep:
-            result = _prune_some(store, all_images, keep)
+        for record in records.values():
+            created = _created_float(record.created) or 0
+            if (until is not None and created >= until) or \
+                    ("label" in filters and not match_labels(filters["label"],
+                                                             _labels(record))):
+                keep.add(record.id)
+        if keep:  # image by image, sparing those the filters keep
+            deleted, reclaimed = [], 0
+            for record in records.values():
+                if record.id in keep or record.containers or \
+                        (record.names and not all_images):
+                    continue
+                deleted += store.remove(record.id, force=True).deleted
+                reclaimed += record.size
         else:
             result = store.prune(all_images=all_images)
-    return {"ImagesDeleted": [{"Deleted": i} for i in result.images] or None,
-            "SpaceReclaimed": result.reclaimed}
-
-
-def _prune_some(store, all_images: bool, keep: set):
-    """prune, sparing the images a filter keeps: each one removed by id."""
-    from ..image.store import PruneResult
-
-    result = PruneResult()
-    for record in store.images():
-        if record.id in keep or record.containers or (record.names and not all_images):
-            continue
-        removed = store.remove(record.id, force=True)
-        result.images += removed.deleted
-    result.reclaimed = store.prune(all_images=False).reclaimed
-    return result
+            deleted, reclaimed = result.images, result.reclaimed
+    report = []
+    for image_id in deleted:
+        names = records[image_id].names if image_id in records else []
+        report += [{"Untagged": _familiar(n)} for n in names]
+        report.append({"Deleted": image_id})
+    return {"ImagesDeleted": report or None, "SpaceReclaimed": reclaimed}
 
 
 def parse_until(text: str) -> float:
