@@ -108,6 +108,10 @@ def test_compose_up_ps_logs_exec_down(dockerapi, tmp_path):  # noqa: F811
 
         # the published port answers on 127.0.0.1, with what init wrote to the volume
         assert _get(f"http://127.0.0.1:{port}/") == "hi from the volume\n"
+        # up again: the network, volume and running containers are as compose wants them
+        again = dc("up", "-d")
+        assert "mrobj_web_1 is up-to-date" in again.stderr and "Creating" not in \
+            again.stderr, again.stderr
         ps = dc("ps").stdout
         rows = {line.split()[0]: line for line in ps.splitlines()[2:] if line.strip()}
         assert set(rows) == {"mrobj_web_1", "mrobj_init_1", "mrobj_client_1"}, ps

@@ -71,7 +71,10 @@ def network_resource(engine, rec: dict, containers: bool = True) -> dict:
             "Internal": bool(rec["internal"]), "Attachable": False, "Ingress": False,
             "ConfigFrom": {"Network": ""}, "ConfigOnly": False,
             "Containers": _containers(engine, rec["name"]) if containers else {},
-            "Options": {"com.docker.network.bridge.name": rec["bridge"]},
+            # the options it was created with (none: minirun takes none), as docker
+            # shows them and compose compares them; the default network's bridge name
+            "Options": {"com.docker.network.bridge.name": rec["bridge"]}
+            if rec["name"] == "bridge" else {},
             "Labels": labels}
 
 
