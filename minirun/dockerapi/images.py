@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import queue
+import re
 import threading
 import time
 from typing import Any
@@ -38,10 +39,15 @@ def _store(req):
     return ImageStore(req.engine.root)
 
 
-def _epoch(created: str | None) -> int:
+def _created_float(created: str | None) -> float | None:
+    """An image config's `created` (RFC 3339) as Unix time, None when it has none."""
     from ..cli_image import _created_epoch
 
-    return int(_created_epoch(created) or 0)
+    return _created_epoch(created)
+
+
+def _epoch(created: str | None) -> int:
+    return int(_created_float(created) or 0)
 
 
 def _familiar(name: str) -> str:
@@ -85,13 +91,16 @@ def image_summary(record, containers: int = -1, shared: int = -1) -> dict:
 def image_inspect(store, record) -> dict:
     """GET /images/{name}/json: moby's ImageInspect."""
     config = record.config
-    lowers = list(reversed(store.layer_paths(record)))
+    layers = store.layer_paths(record)  # bottom first
+    graph = {"UpperDir": layers[-1]} if layers else {}
+    if len(layers) > 1:
+        graph["LowerDir"] = ":".join(reversed(layers[:-1]))
     doc = {
         "Id": record.id,
         "RepoTags": repo_tags(record),
         "RepoDigests": repo_digests(record),
         "Parent": "",
-        "Comment": _history(config)[-1].get("comment", "") if _history(config) else "",
+        "Comment": config.get("comment", ""),
         "Created": rfc3339(_created_float(record.created)),
         "Container": "",
         "ContainerConfig": dict(CONFIG_ZERO),
@@ -102,10 +111,7 @@ def image_inspect(store, record) -> dict:
         "Os": config.get("os", ""),
         "Size": record.size,
         "VirtualSize": record.size,
-        "GraphDriver": {"Name": "overlay2",
-                        "Data": {"LowerDir": ":".join(lowers[1:]),
-                                 "UpperDir": lowers[0] if lowers else ""}
-                        if len(lowers) > 1 else {"UpperDir": lowers[0] if lowers else ""}},
+        "GraphDriver": {"Name": "overlay2", "Data": graph},
         "RootFS": {"Type": "layers", "Layers": list(record.diff_ids)},
         "Metadata": {"LastTagTime": rfc3339(record.added) if record.added else
                      "0001-01-01T00:00:00Z"},
@@ -113,12 +119,6 @@ def image_inspect(store, record) -> dict:
     if config.get("variant"):
         doc["Variant"] = config["variant"]
     return doc
-
-
-def _created_float(created: str | None) -> float | None:
-    from ..cli_image import _created_epoch
-
-    return _created_epoch(created)
 
 
 def _history(config: dict) -> list[dict]:
@@ -156,8 +156,6 @@ def image_history(store, record) -> list[dict]:
 
 def path_match(pattern: str, name: str) -> bool:
     """Go's path.Match: shell patterns whose * and ? do not cross a /."""
-    import re
-
     out, i = [], 0
     while i < len(pattern):
         c = pattern[i]
@@ -550,8 +548,6 @@ def parse_until(text: str) -> float:
     epoch = _created_epoch(text)
     if epoch is not None:
         return epoch
-    import re
-
     parts = re.findall(r"(\d+(?:\.\d+)?)(h|m|s|ms)", text)
     if parts and "".join(n + u for n, u in parts) == text:
         seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[u]
