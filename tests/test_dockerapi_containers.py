@@ -79,6 +79,17 @@ def test_run_interactive_with_a_terminal(dockerapi):
     assert "\r\n42\r\n/dev/pts/0\r\n" in out
 
 
+def test_detach_keys_leave_the_container_running(dockerapi):
+    code, out = run_in_pty([dockerapi.cli, "run", "-it", "--name", "detached", "busybox",
+                            "sh"], b"\x10\x11", wait_for=b"/ # ", env=dockerapi.client_env)
+    try:
+        assert code == 0, out
+        assert dockerapi.docker("inspect", "-f", "{{.State.Running}}", "detached").stdout \
+            == "true\n"
+    finally:
+        dockerapi.docker("rm", "-f", "detached")
+
+
 def test_run_interactive_stdin_without_a_terminal(dockerapi):
     out = dockerapi.docker("run", "-i", "--rm", "busybox", "sh", "-c", "tr a-z A-Z; exit 2",
                            input="piped text\n")

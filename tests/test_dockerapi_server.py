@@ -76,3 +76,40 @@ def test_docker_version_and_info_through_the_cli(dockerapi):
     assert out.stdout.split() == ["1.41", "1.24", "1.41"]
     out = dockerapi.docker("info", "--format", "{{.OSType}} {{.Images}}", check=True)
     assert out.stdout.split() == ["linux", "1"]
+
+
+def test_socket_activation(dockerapi, tmp_path):
+    """systemd's way (contrib/systemd/minirun-docker.socket): the socket made and passed
+    as fd 3 with LISTEN_FDS; the server serves it and leaves it in place when it ends."""
+    import shutil
+    import signal
+    import time
+
+    from dockerapitest import parse_response
+
+    activate = shutil.which("systemd-socket-activate")
+    assert activate, "systemd-socket-activate (systemd) is needed"
+    path = str(tmp_path / "activated.sock")
+    env = dict(dockerapi.env_engine.env, PYTHONPATH=os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([activate, "-l", path, "-E", "MINIRUN_ROOT", "-E",
+                             "MINIRUN_RUN_ROOT", "-E", "PYTHONPATH", sys.executable, "-m",
+                             "minirun.cli", "system", "service", "--socket", path],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(60)
+            s.connect(path)
+            s.sendall(b"GET /v1.41/version HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        status, headers, body = parse_response(data)
+        assert status == 200 and json.loads(body)["ApiVersion"] == "1.41"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert os.path.exists(path), "systemd's socket must stay for the next activation"

@@ -62,7 +62,8 @@ itself stays single-threaded and never opens the engine's database. A fork costs
 (the docker CLI keeps it alive across its requests, long streams hold theirs).
 
 The socket is made under umask 177 (never more open than 0600, even for an instant),
-then chmod 0660, root's; `<socket>.lock` is flocked for the server's life, so a second
+then chmod 0660, root's (or systemd passes it: socket activation, LISTEN_FDS=1, as
+contrib/systemd/minirun-docker.socket makes it); `<socket>.lock` is flocked for the server's life, so a second
 server on the same socket refuses at once with one line, and a socket file nobody serves
 (a killed server's) is removed before binding. SIGTERM/SIGINT: the listening socket and
 its file go; the connections' processes are sent SIGTERM and reaped.
@@ -100,6 +101,13 @@ STATUS_FOR_ERROR = (
     ((AlreadyExists, ContainerStateError), 409),
     (MiniRunError, 500),
 )
+# imported by the listening process once, so that no connection's process pays for them
+# (~100 ms of imports, most requests need some of them)
+PRELOAD = ("minirun.engine", "minirun.image.store", "minirun.network.manager",
+           "minirun.daemon.server", "minirun.container", "minirun.dockerview",
+           "minirun.containerfs", "minirun.containerops", "minirun.logs", "minirun.lookup",
+           "minirun.names", "minirun.runflags", "minirun.execproc", "minirun.terminal",
+           "minirun.monitor.cgstats", "minirun.dockerapi.translate")
 MAX_CHILDREN = 512  # connections served at once (each a process; streams hold theirs)
 VERSION_PREFIX = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
 
@@ -582,15 +590,22 @@ class Server(socketserver.UnixStreamServer):
         self.run_root = run_root
         self.debug = debug
         self.routes = load_routes()
+        for name in PRELOAD:
+            importlib.import_module(name)
         self.children: set[int] = set()
-        self.lock_fd = lock_socket(path)
+        self.activated = systemd_socket()
+        self.lock_fd = lock_socket(path, remove_stale=self.activated is None)
         self._engine = None
         old = os.umask(0o177)
         try:
-            super().__init__(path, Handler, bind_and_activate=True)
+            super().__init__(path, Handler, bind_and_activate=self.activated is None)
         finally:
             os.umask(old)
-        os.chmod(path, 0o660)
+        if self.activated is not None:  # systemd made, bound and listens on it
+            self.socket.close()
+            self.socket = self.activated
+        else:
+            os.chmod(path, 0o660)
         os.set_inheritable(self.socket.fileno(), False)
 
     def engine(self):
@@ -673,7 +688,8 @@ class Server(socketserver.UnixStreamServer):
             self.server_close()
         finally:
             try:
-                os.unlink(self.path)
+                if self.activated is None:  # systemd's socket stays for the next start
+                    os.unlink(self.path)
             except FileNotFoundError:
                 pass
             for pid in list(self.children):
@@ -686,7 +702,21 @@ class Server(socketserver.UnixStreamServer):
             os.close(self.lock_fd)
 
 
-def lock_socket(path: str) -> int:
+def systemd_socket() -> socket.socket | None:
+    """The listening socket systemd passed (socket activation: LISTEN_PID is us,
+    LISTEN_FDS 1, the socket is fd 3), else None."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or \
+            os.environ.get("LISTEN_FDS") != "1":
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not for the processes we start
+    sock = socket.socket(fileno=3)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        raise MiniRunError("the socket systemd passed is not a unix stream socket")
+    return sock
+
+
+def lock_socket(path: str, remove_stale: bool = True) -> int:
     """flock <path>.lock for the server's life; a stale socket file is removed. A
     MiniRunError (one line) when another server has it."""
     os.makedirs(os.path.dirname(path) or ".", mode=0o711, exist_ok=True)
@@ -702,8 +732,9 @@ def lock_socket(path: str) -> int:
         raise MiniRunError(f"cannot lock {path}.lock: {e.strerror}") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
-    try:
-        os.unlink(path)  # a killed server's socket: nobody serves it (we hold the lock)
-    except FileNotFoundError:
-        pass
+    if remove_stale:
+        try:
+            os.unlink(path)  # a killed server's socket: nobody serves it (we hold the lock)
+        except FileNotFoundError:
+            pass
     return fd
