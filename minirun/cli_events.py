@@ -68,3 +68,6 @@ def events(root, since, until, filters, fmt) -> None:
 
 def register(group: click.Group) -> None:
     group.add_command(events)
+    system = group.commands.get("system")
+    if isinstance(system, click.Group):  # docker's `system events` too
+        system.add_command(events)

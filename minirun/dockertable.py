@@ -41,7 +41,7 @@ VERBS: list[tuple[tuple[str, ...], str]] = [
     (("wait",), ""), (("top",), ""), (("inspect",), ""), (("port",), ""), (("rename",), ""),
     (("update",), ""), (("pause", "unpause"), ""), (("cp",), ""), (("diff",), ""),
     (("export",), ""), (("commit",), ""),
-    (("stats",), NOT_IMPLEMENTED), (("events",), NOT_IMPLEMENTED),
+    (("stats",), NOT_IMPLEMENTED), (("events",), ""),
     (("images",), ""), (("pull",), ""), (("push",), "not implemented: no registry upload"),
     (("rmi",), ""), (("tag",), ""), (("history",), ""), (("save",), ""), (("load",), ""),
     (("import",), ""), (("image inspect",), ""), (("image prune",), ""),
@@ -54,7 +54,7 @@ VERBS: list[tuple[tuple[str, ...], str]] = [
     (("volume create",), ""), (("volume ls",), ""), (("volume inspect",), ""),
     (("volume rm",), ""), (("volume prune",), ""),
     (("version",), ""), (("info",), ""), (("system info",), ""), (("system df",), ""),
-    (("system prune",), ""), (("system events",), NOT_IMPLEMENTED),
+    (("system prune",), ""), (("system events",), ""),
     (("compose",), "not implemented: no compose plugin"),
     (("context",), "one local engine, no remote contexts"),
     (("manifest",), NOT_IMPLEMENTED), (("plugin",), "no engine plugins"),
@@ -150,6 +150,9 @@ FLAGS: list[tuple[tuple[str, ...], list[tuple[tuple[str, ...], str]]]] = [
         (("--details",), "no log attributes to show"), (("-f", "--follow"), ""),
         (("--since",), ""), (("-n", "--tail"), ""), (("-t", "--timestamps"), ""),
         (("--until",), NOT_IMPLEMENTED),
+    ]),
+    (("events",), [
+        (("-f", "--filter"), ""), (("--format",), ""), (("--since",), ""), (("--until",), ""),
     ]),
     (("start",), [
         (("-a", "--attach"), ""), (("--detach-keys",), NOT_IMPLEMENTED),

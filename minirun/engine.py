@@ -564,8 +564,8 @@ class Engine:
                              stop_signal=opts.stop_signal or config.get("StopSignal") or "")
                 self.record_event("created", cid, opts.pod or None,
                                   **container_event_attrs(name, image_ref, opts.labels))
-                if self._has_endpoint(cid):
-                    self.networks.connected(cid)
+                if self._networks is not None:  # it attached the container just now
+                    self._networks.connected(cid)
         except BaseException:
             self._remove_everything(cid, store)
             raise

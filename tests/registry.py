@@ -24,6 +24,7 @@ import tarfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -342,6 +343,29 @@ def skopeo_copy(src: str, dest: str, *args: str) -> None:
     result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {result.stderr.strip()}")
+
+
+def serve_one_image(top: str, repo_tag: str, image_of) -> Iterator[str]:
+    """For module fixtures to `yield from`: a registry on 127.0.0.1 (storage under `top`)
+    serving the image `image_of(layout)` makes, pushed as <host>/<repo_tag>; yields that
+    reference; stops the registry and removes `top` at the end. Fails (not skips) without
+    docker-registry and skopeo."""
+    import shutil
+
+    import pytest
+
+    if not os.path.exists(REGISTRY_BIN) or shutil.which("skopeo") is None:
+        pytest.fail("docker-registry and skopeo are needed: run scripts/install.sh")
+    reg = Registry(top, os.path.join(top, "storage"))
+    try:
+        reg.start()
+        layout = Layout(os.path.join(top, "layout"))
+        layout.tag_image("1", image_of(layout))
+        skopeo_copy(f"oci:{layout.path}:1", f"docker://{reg.host}/{repo_tag}")
+        yield f"{reg.host}/{repo_tag}"
+    finally:
+        reg.stop()
+        subprocess.run(["rm", "-rf", "--one-file-system", top], check=False)
 
 
 def raw_manifest(registry: Registry, repo_ref: str) -> tuple[dict, str]:

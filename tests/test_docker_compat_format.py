@@ -183,26 +183,18 @@ def test_a_bad_pull_policy_is_refused(mr):
 @pytest.fixture(scope="module")
 def registry_image(tmp_path_factory):
     """busybox pushed to a registry on 127.0.0.1 as <host>/bb:1."""
-    from registry import MEDIA_LAYER, Layout, Registry, skopeo_copy
+    from registry import MEDIA_LAYER, serve_one_image
 
-    if not os.path.exists("/usr/bin/docker-registry") or shutil.which("skopeo") is None:
-        pytest.fail("docker-registry and skopeo are needed: run scripts/install.sh")
     top = str(tmp_path_factory.mktemp("pullreg"))
-    reg = Registry(top, os.path.join(top, "storage"))
-    try:
-        reg.start()
-        layout = Layout(os.path.join(top, "layout"))
+
+    def busybox(layout):
         with open(build_rootfs_tarball(top), "rb") as f:
             blob = gzip.compress(f.read(), compresslevel=1)
-        image = layout.image([], layer_blobs=[(blob, MEDIA_LAYER["gzip"])],
-                             arch={"x86_64": "amd64", "aarch64": "arm64"}.get(
-                                 os.uname().machine, os.uname().machine))
-        layout.tag_image("1", image)
-        skopeo_copy(f"oci:{layout.path}:1", f"docker://{reg.host}/bb:1")
-        yield f"{reg.host}/bb:1"
-    finally:
-        reg.stop()
-        subprocess.run(["rm", "-rf", "--one-file-system", top], check=False)
+        return layout.image([], layer_blobs=[(blob, MEDIA_LAYER["gzip"])],
+                            arch={"x86_64": "amd64", "aarch64": "arm64"}.get(
+                                os.uname().machine, os.uname().machine))
+
+    yield from serve_one_image(top, "bb:1", busybox)
 
 
 def test_run_pulls_a_missing_image_with_dockers_lines(mr, podman, registry_image):

@@ -7,9 +7,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import queue
-import shutil
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import time
 
 import pytest
 from enginetest import engine  # noqa: F401 - the module's engine fixture
-from ocitest import REPO
+from ocitest import REPO, wait_for
 
 ID = re.compile(r"[0-9a-f]{64}")
 
@@ -43,16 +42,6 @@ def ok(engine, *args) -> str:  # noqa: F811
     proc = engine(*args)
     assert proc.returncode == 0, f"minirun {' '.join(args)}: {proc.stderr}"
     return proc.stdout.strip()
-
-
-def wait_for(check, timeout: float = 60, what: str = "it"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # --- containers ---------------------------------------------------------------------------------
@@ -86,7 +75,7 @@ def test_kill_with_term_gives_kill_then_die(engine):  # noqa: F811
     ok(engine, "run", "-d", "--name", "ev-kill", "busybox", "sh", "-c",
        "trap 'exit 7' TERM; echo ready; while true; do sleep 0.1; done")
     try:
-        wait_for(lambda: "ready" in engine("logs", "ev-kill").stdout, what="the trap")
+        assert wait_for(lambda: "ready" in engine("logs", "ev-kill").stdout, timeout=60)
         ok(engine, "kill", "-s", "TERM", "ev-kill")
         assert ok(engine, "wait", "ev-kill") == "7"
         got = events(engine, since, "-f", "container=ev-kill")
@@ -116,8 +105,9 @@ def test_restart_policy_gives_restart_events(engine):  # noqa: F811
     ok(engine, "run", "-d", "--name", "ev-policy", "--restart", "on-failure:2", "busybox",
        "sh", "-c", "exit 1")
     try:
-        wait_for(lambda: actions(events(engine, since, "-f", "container=ev-policy")).count(
-            "die") == 3, what="two restarts and three exits")
+        assert wait_for(lambda: actions(events(engine, since, "-f",
+                                               "container=ev-policy")).count("die") == 3,
+                        timeout=60), "two restarts and three exits"
         time.sleep(0.5)  # no third restart comes
         got = events(engine, since, "-f", "container=ev-policy")
         assert actions(got) == ["create", "start", "die", "start", "restart", "die", "start",
@@ -205,23 +195,11 @@ def test_volume_create_destroy(engine):  # noqa: F811
 @pytest.fixture(scope="module")
 def registry_ref(tmp_path_factory):
     """A one-layer image on a registry on 127.0.0.1, as <host>/evimg:1."""
-    from registry import Layout, Registry, skopeo_copy
+    from registry import serve_one_image
 
-    if not os.path.exists("/usr/bin/docker-registry") or shutil.which("skopeo") is None:
-        pytest.fail("docker-registry and skopeo are needed: run scripts/install.sh")
-    top = str(tmp_path_factory.mktemp("evreg"))
-    reg = Registry(top, os.path.join(top, "storage"))
-    try:
-        reg.start()
-        layout = Layout(os.path.join(top, "layout"))
-        arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine,
-                                                           os.uname().machine)
-        layout.tag_image("1", layout.image([{"hello.txt": "hi\n"}], arch=arch))
-        skopeo_copy(f"oci:{layout.path}:1", f"docker://{reg.host}/evimg:1")
-        yield f"{reg.host}/evimg:1"
-    finally:
-        reg.stop()
-        subprocess.run(["rm", "-rf", "--one-file-system", top], check=False)
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    yield from serve_one_image(str(tmp_path_factory.mktemp("evreg")), "evimg:1",
+                               lambda layout: layout.image([{"hello.txt": "hi\n"}], arch=arch))
 
 
 def test_pull_tag_rmi(engine, registry_ref):  # noqa: F811
@@ -243,6 +221,23 @@ def test_pull_tag_rmi(engine, registry_ref):  # noqa: F811
     assert actions(events(engine, since, "-f", "image=ev-tagged")) == ["tag"]
 
 
+def test_save_load_import(engine, tmp_path):  # noqa: F811
+    since = now()
+    archive = str(tmp_path / "bb.tar")
+    ok(engine, "save", "-o", archive, "busybox:latest")
+    image_id = json.loads(ok(engine, "image", "inspect", "busybox:latest"))[0]["Id"]
+    assert ok(engine, "load", "-i", archive) == "Loaded image: busybox:latest"
+    imported = ok(engine, "import", os.path.join(engine.top, "busybox.tar"), "ev-imported:1")
+    try:
+        got = events(engine, since, "-f", "type=image")
+        assert [(m["Action"], m["Actor"]["ID"], m["Actor"]["Attributes"]["name"])
+                for m in got] == [("save", image_id, image_id),
+                                  ("load", image_id, "busybox:latest"),
+                                  ("import", imported, imported)]
+    finally:
+        engine("rmi", "ev-imported:1")
+
+
 # --- windows, filters, errors -----------------------------------------------------------------
 
 def test_since_until_window(engine):  # noqa: F811
@@ -253,12 +248,12 @@ def test_since_until_window(engine):  # noqa: F811
     time.sleep(0.05)
     ok(engine, "volume", "create", "ev-w2")
     try:
-        ids = lambda msgs: [m["Actor"]["ID"] for m in msgs]  # noqa: E731
+        ids = lambda msgs: [m["Actor"]["ID"] for m in msgs]
         assert ids(events(engine, since, "-f", "type=volume", until=middle)) == ["ev-w1"]
         assert ids(events(engine, middle, "-f", "type=volume")) == ["ev-w2"]
         # a Go duration back from now (to the second) and RFC3339
         assert ids(events(engine, "1m", "-f", "volume=ev-w")) == ["ev-w1", "ev-w2"]
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime(
+        stamp = datetime.datetime.now(datetime.UTC).strftime(
             "%Y-%m-%dT%H:%M:%S.%fZ")
         assert ids(events(engine, since, "-f", "volume=ev-w", until=stamp)) == \
             ["ev-w1", "ev-w2"]
@@ -292,8 +287,8 @@ def test_until_in_the_future_waits_for_the_events_before_it(engine):  # noqa: F8
 
 @pytest.mark.parametrize("args, error", [
     (["-f", "colour=red"], "invalid filter 'colour'"),
-    (["-f", "container"], 'invalid argument "container" for "-f, --filter" flag: bad '
-                          "format of filter (expected name=value)"),
+    (["-f", "container"], ('invalid argument "container" for "-f, --filter" flag: bad '
+                           "format of filter (expected name=value)")),
     (["--since", "yesterday"], "failed to parse value as time or duration: 'yesterday'"),
     (["--since", "10m", "--until", "20m"], "cannot be after `until` time"),
 ])
@@ -318,7 +313,7 @@ def follower(engine, *args) -> subprocess.Popen:  # noqa: F811
         fds = f"/proc/{proc.pid}/fd"
         return any(os.path.realpath(os.path.join(fds, fd)) == db for fd in os.listdir(fds))
 
-    wait_for(reading, what="the events command to open the events table")
+    assert wait_for(reading, timeout=60), "the events command did not open the table"
     time.sleep(0.5)  # its first read (the last sequence number) is done
     return proc
 

@@ -196,8 +196,8 @@ def test_filters_as_docker():
 
 
 @pytest.mark.parametrize("value, error", [
-    ("container", 'invalid argument "container" for "-f, --filter" flag: bad format of '
-                  "filter (expected name=value)"),
+    ("container", ('invalid argument "container" for "-f, --filter" flag: bad format of '
+                   "filter (expected name=value)")),
     ("colour=red", "invalid filter 'colour'"),
 ])
 def test_bad_filters(value, error):

@@ -438,13 +438,13 @@ def load_with_names(store: ImageStore,
                 names = loaded.get(record.id, (record, []))[1]
                 names += [n for n in i.names if n not in names]
                 loaded[record.id] = (record, names)
-        for record, names in loaded.values():
-            store.record_event("load", record.id,
-                               parse_reference(names[0]).familiar() if names else None)
-        return [(store.get(record.id), names) for record, names in loaded.values()]
     except BaseException:
         store.discard(new_blobs, new_chains)
         raise
+    for record, names in loaded.values():
+        store.record_event("load", record.id,
+                           parse_reference(names[0]).familiar() if names else None)
+    return [(store.get(record.id), names) for record, names in loaded.values()]
 
 
 def _put(store: ImageStore, data: IO[bytes] | bytes, expected: str | None,

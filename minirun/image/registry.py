@@ -1129,8 +1129,7 @@ def pull(
                 # add_image references them.
                 with store.lease():
                     record = _pull_from(puller, want, new_chains)
-                store.record_event("pull", ref.familiar(), ref.familiar())  # as docker's
-                return record
+                break
             except (RegistryError, NotFound) as e:
                 if endpoint == registry or isinstance(e, DeadlineExceeded):
                     raise
@@ -1139,10 +1138,13 @@ def pull(
                 last_error = e
             finally:
                 stats.requests += client.requests
-        raise last_error or RegistryError(f"pull {ref}: no endpoint")
+        else:
+            raise last_error or RegistryError(f"pull {ref}: no endpoint")
     except BaseException:
         store.discard(new_blobs, new_chains)
         raise
+    store.record_event("pull", ref.familiar(), ref.familiar())  # docker's: id = reference
+    return record
 
 
 def _pull_from(puller: _Puller, want: Platform, new_chains: list[str]) -> ImageRecord:

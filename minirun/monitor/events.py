@@ -63,27 +63,27 @@ class EventMessage(dict):
     go_type = "events.Message"
 
     @property
-    def Status(self) -> str:  # noqa: N802 - Go's field names
+    def Status(self) -> str:  # Go's field names
         return self.get("status", "")
 
     @property
-    def ID(self) -> str:  # noqa: N802
+    def ID(self) -> str:
         return self.get("id", "")
 
     @property
-    def From(self) -> str:  # noqa: N802
+    def From(self) -> str:
         return self.get("from", "")
 
     @property
-    def Scope(self) -> str:  # noqa: N802
+    def Scope(self) -> str:
         return self["scope"]
 
     @property
-    def Time(self) -> int:  # noqa: N802
+    def Time(self) -> int:
         return self["time"]
 
     @property
-    def TimeNano(self) -> int:  # noqa: N802
+    def TimeNano(self) -> int:
         return self["timeNano"]
 
 
@@ -114,6 +114,8 @@ class ContainerNames:
                 " 'deleted') AND attrs IS NOT NULL ORDER BY seq DESC LIMIT 1",
                 (cid,)).fetchone()
             info = json.loads(row[0]) if row else {}
+        if len(self.cache) >= 4096:  # a stream followed for days: keep it small
+            self.cache.clear()
         self.cache[cid] = info
         return info
 
@@ -287,7 +289,7 @@ def parse_duration(text: str) -> int | None:
         pos = m.end()
     if not body or pos != len(body):
         return None
-    return sign * int(round(total))
+    return sign * round(total)
 
 
 def parse_time(value: str, now_ns: int | None = None) -> int:
@@ -319,14 +321,14 @@ def _date_ns(m: re.Match, now_ns: int) -> int:
     if zone is None:  # the caller's zone, as its offset is now (Go's FixedZone)
         tz = datetime.datetime.fromtimestamp(now_ns // 1_000_000_000).astimezone().tzinfo
     elif zone in ("Z", "z"):
-        tz = datetime.timezone.utc
+        tz = datetime.UTC
     else:
         hours, minutes = int(zone[1:3]), int(zone[4:6])
         delta = datetime.timedelta(hours=hours, minutes=minutes)
         tz = datetime.timezone(delta if zone[0] == "+" else -delta)
     when = datetime.datetime(int(year), int(month), int(day), int(hour or 0),
                              int(minute or 0), int(second or 0), tzinfo=tz)
-    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
     delta = when - epoch
     whole = (delta.days * 86_400 + delta.seconds) * 1_000_000_000
     return whole + (int(frac[:9].ljust(9, "0")) if frac else 0)

@@ -131,6 +131,7 @@ class Networks:
         self.root = root
         # Engine.record_object_event: the network events of `minirun events`
         self.record_event = record_event
+        self._attached: dict[str, dict] = {}  # cid -> its network, until `connected`
         self.db.executescript(SCHEMA)
         self._add_columns()
         default_root = os.path.realpath(root) == DEFAULT_ROOT
@@ -227,17 +228,11 @@ class Networks:
             self._event(action, rec, container=cid)
 
     def connected(self, cid: str) -> None:
-        """The connect event of a container just made, recorded with its created event
-        (docker's order: create, connect, start)."""
-        ep = self.endpoint(cid)
-        if self.record_event is None or ep is None or ep["network"] == NO_NETWORK or \
-                ep["network"].startswith("cni:"):
-            return
-        try:
-            rec = self.get(ep["network"])
-        except NotFound:
-            return
-        self._event("connect", rec, container=cid)
+        """The connect event of a container this object attached just now, recorded with
+        its created event (docker's order: create, connect, start)."""
+        rec = self._attached.pop(cid, None)
+        if rec is not None:
+            self._event("connect", rec, container=cid)
 
     def _insert_network(self, name: str, net: ipaddress.IPv4Network, gateway: str | None,
                         bridge: str, internal: bool, nid: str | None = None,
@@ -368,6 +363,7 @@ class Networks:
                 raise
         if rec["name"] != DEFAULT_NETWORK:
             self.write_peer_hosts(rec["name"], skip=cid)
+        self._attached[cid] = rec
         net = ipaddress.IPv4Network(rec["subnet"])
         return Attachment(netns.path_for(f"minirun-{cid[:12]}"), rec["name"], ip,
                           net.prefixlen, rec["gateway"], ports)
@@ -614,6 +610,7 @@ class Networks:
                 if ep["container"] == joining or _is_nsfs(ep["netns"])]
 
     def detach(self, cid: str) -> None:
+        self._attached.pop(cid, None)  # a creation undone: no connect event
         ep = self.endpoint(cid)
         if ep is None:
             return
