@@ -22,7 +22,7 @@ nftables iptables uidmap hyperfine qemu-system-x86 xz-utils iproute2 procps libs
 util-linux docker-registry apache2-utils tini golang-github-containers-common
 containernetworking-plugins iperf3 strace gcc libc6-dev"
 # The Docker API tests' clients, installed without recommends: docker-compose recommends
-# docker.io, whose dockerd must never run here (tests/dockerclients.py extracts only the
+# docker.io, whose dockerd must never run here (scripts/docker-cli.sh extracts only the
 # docker CLI from that package).
 NO_RECOMMENDS_PACKAGES="docker-compose python3-docker"
 

@@ -6,13 +6,12 @@ Debian's docker.io, whose dockerd never runs here). docker-compose and python3-d
 installed by scripts/install.sh with --no-install-recommends (docker-compose recommends
 docker.io).
 
-`client_env(sock, top)` is the environment every client gets: DOCKER_HOST on the socket
-and a DOCKER_CONFIG of the test's own, so no user's ~/.docker is read or written.
+The clients run with dockerapitest.DockerService's client_env: DOCKER_HOST on the
+service's socket and a DOCKER_CONFIG of the test's own.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 
@@ -28,18 +27,6 @@ def has_docker_py() -> bool:
     """Debian's python3 can import docker (python3-docker)."""
     return subprocess.run([DEBIAN_PYTHON, "-c", "import docker"],
                           capture_output=True, check=False).returncode == 0
-
-
-def client_env(sock: str, top: str) -> dict:
-    """The environment for a client of the socket `sock`: DOCKER_HOST, a private
-    DOCKER_CONFIG under `top`, no TLS variables, compose without a TTY."""
-    config = os.path.join(top, "docker-config")
-    os.makedirs(config, exist_ok=True)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DOCKER_", "COMPOSE_"))}
-    env.update(DOCKER_HOST=f"unix://{sock}", DOCKER_CONFIG=config,
-               COMPOSE_INTERACTIVE_NO_CLI="1")
-    return env
 
 
 def host_links() -> set[str]:
