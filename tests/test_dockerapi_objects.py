@@ -424,23 +424,27 @@ def test_events_since_until_and_filters(dockerapi):  # noqa: F811
 
 
 def test_events_follow_new_ones(dockerapi):  # noqa: F811
-    """Without --until the stream follows: a volume made after it started shows up."""
+    """Without --until the stream follows: volumes made while it is open show up (with
+    --since now, so that one made before the CLI's request arrives is not missed), in
+    order, as they happen."""
     import select
     import time
 
-    proc = subprocess.Popen([dockerapi.cli, "events", "--filter", "type=volume",
-                             "--format", "{{.Action}} {{.Actor.ID}}"],
+    since = f"{time.time():.9f}"
+    proc = subprocess.Popen([dockerapi.cli, "events", "--since", since, "--filter",
+                             "type=volume", "--format", "{{.Action}} {{.Actor.ID}}"],
                             env=dockerapi.client_env, stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1)  # the stream is open (nothing to wait on: it shows no old events)
-        dockerapi.docker("volume", "create", "followed", check=True)
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        assert ready, "no event within 30 s"
-        assert proc.stdout.readline().strip() == "create followed"
+        for name in ("followed", "followed2"):
+            dockerapi.docker("volume", "create", name, check=True)
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            assert ready, "no event within 30 s"
+            assert proc.stdout.readline().strip() == f"create {name}"
+        assert proc.poll() is None  # still following
     finally:
         proc.terminate()
         proc.wait(10)
-        dockerapi.docker("volume", "rm", "followed")
+        dockerapi.docker("volume", "rm", "followed", "followed2")
 
 
 def test_docker_py_pulls_and_lists(dockerapi, registry):  # noqa: F811
