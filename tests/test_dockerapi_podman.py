@@ -51,7 +51,9 @@ class PodmanService:
         self.socket = os.path.join(base, "podman.sock")
         self.cgroup_parent = f"/minirun/dockerapi-podman-test/{run_token()}"
         with open(os.path.join(base, "containers.conf"), "w") as f:
-            f.write(CONTAINERS_CONF)
+            # networks made through it (test_dockerapi_podman_reference.py) stay in base
+            f.write(CONTAINERS_CONF + f'\n[network]\nnetwork_config_dir = "{base}/networks"\n')
+        os.makedirs(os.path.join(base, "networks"))
         with open(os.path.join(base, "storage.conf"), "w") as f:
             f.write(f'[storage]\ndriver = "vfs"\ngraphroot = "{base}/storage"\n'
                     f'runroot = "{base}/run"\n')

@@ -10,79 +10,29 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import tempfile
-import time
 
 import pytest
-from clients import remove_tree
 from dockerapitest import dockerapi  # noqa: F401 - the fixture
 from ocitest import needs_root
+from test_dockerapi_podman import podman_api  # noqa: F401 - the fixture
 
-pytestmark = [needs_root, pytest.mark.root]
-
-
-class PodmanService:
-    def __init__(self, base: str, cli: str) -> None:
-        self.base = base
-        self.socket = os.path.join(base, "podman.sock")
-        self.cli = cli
-        os.makedirs(os.path.join(base, "networks"))
-        self.log_path = os.path.join(base, "podman.log")
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                ["podman", "--root", f"{base}/storage", "--runroot", f"{base}/run",
-                 "--cgroup-manager", "cgroupfs", "--events-backend", "file",
-                 "--network-config-dir", f"{base}/networks", "system", "service",
-                 "--time", "0", f"unix://{self.socket}"],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        self.env = dict(os.environ, DOCKER_HOST=f"unix://{self.socket}",
-                        DOCKER_CONFIG=os.path.join(base, "docker-config"))
-        deadline = time.monotonic() + 30
-        while self.docker("version").returncode != 0:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"podman's service did not start: {self.logs()}")
-            time.sleep(0.2)
-
-    def logs(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()[-4000:]
-
-    def docker(self, *args: str, input: str | bytes | None = None,
-               timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([self.cli, *args], env=self.env, capture_output=True,
-                              text=not isinstance(input, bytes), input=input,
-                              timeout=timeout, check=False)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+pytestmark = [needs_root, pytest.mark.root, pytest.mark.podman,
+              pytest.mark.skipif(shutil.which("podman") is None,
+                                 reason="podman is not installed")]
 
 
 @pytest.fixture(scope="module")
-def podman(dockerapi):  # noqa: F811
-    """podman's service with minirun's busybox loaded into it (docker save | docker load
-    across the two sockets)."""
-    assert shutil.which("podman"), "podman is not installed: run scripts/install.sh"
-    base = tempfile.mkdtemp(prefix="minirun-podman-api-")
-    service = None
-    try:
-        service = PodmanService(base, dockerapi.cli)
-        archive = subprocess.run([dockerapi.cli, "save", "busybox"], env=dockerapi.client_env,
-                                 capture_output=True, check=True, timeout=120).stdout
-        loaded = service.docker("load", input=archive)
-        assert loaded.returncode == 0, loaded.stderr
-        yield service
-    finally:
-        if service is not None:
-            service.stop()
-        remove_tree(base)
+def podman(dockerapi, podman_api):  # noqa: F811
+    """podman's service (test_dockerapi_podman.py's, private storage and network config)
+    with minirun's busybox loaded into it (docker save | docker load across the two
+    sockets), so that both have the same image."""
+    archive = subprocess.run([dockerapi.cli, "save", "busybox"], env=dockerapi.client_env,
+                             capture_output=True, check=True, timeout=120).stdout
+    loaded = subprocess.run([podman_api.cli, "load"], env=podman_api.client_env,
+                            input=archive, capture_output=True, timeout=120, check=False)
+    assert loaded.returncode == 0, loaded.stderr
+    return podman_api
 
 
 def both(dockerapi, podman, *args: str, input: str | None = None):  # noqa: F811
