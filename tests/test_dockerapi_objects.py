@@ -26,8 +26,8 @@ def lines(proc: subprocess.CompletedProcess) -> list[str]:
 
 @pytest.fixture(scope="module")
 def registry(dockerapi):  # noqa: F811
-    """A registry on 127.0.0.1 holding `app:1`: the busybox rootfs with a config of its
-    own (the engine's busybox tarball, gzipped)."""
+    """A registry on 127.0.0.1 holding `app:1` and `app:2` (one image): the busybox rootfs
+    with a config of its own (the engine's busybox tarball, gzipped)."""
     top = os.path.join(dockerapi.top, "registry")
     os.makedirs(top)
     reg = Registry(top, os.path.join(top, "storage"), name="open").start()
@@ -41,8 +41,9 @@ def registry(dockerapi):  # noqa: F811
                                      "Env": ["PATH=/bin:/usr/bin"],
                                      "Labels": {"tier": "demo"}})
         layout.tag_image("app", image)
-        skopeo_copy(f"oci:{layout.path}:app", f"docker://{reg.host}/app:1",
-                    "--preserve-digests")
+        for tag in ("1", "2"):
+            skopeo_copy(f"oci:{layout.path}:app", f"docker://{reg.host}/app:{tag}",
+                        "--preserve-digests")
         reg.image = image
         yield reg
     finally:
@@ -109,6 +110,14 @@ def test_pull_from_the_local_registry(dockerapi, registry):  # noqa: F811
 
     by_digest = d("pull", f"{registry.host}/app@{registry.image.manifest_digest}", check=True)
     assert "Status: Image is up to date" in by_digest.stdout
+
+    # another name of the same image: nothing to fetch, but the name is new
+    other = d("pull", f"{registry.host}/app:2", check=True)
+    assert lines(other) == ["2: Pulling from app", f"Digest: {registry.image.manifest_digest}",
+                            f"Status: Downloaded newer image for {registry.host}/app:2",
+                            f"{registry.host}/app:2"]
+    assert lines(d("rmi", f"{registry.host}/app:2", check=True)) == \
+        [f"Untagged: {registry.host}/app:2"]
 
     # the pulled image runs, with its own command
     ran = d("run", "--rm", ref, check=True)

@@ -372,17 +372,21 @@ def pull(req, image: str, tag: str | None) -> Any:
     credentials = _credentials(req, ref.registry)
     platform = req.q("platform") or None
     root = req.engine.root
+    with _store(req) as store:  # docker's "up to date": the name already had that image
+        try:
+            before = store.get(str(ref)).id
+        except NotFound:
+            before = None
 
     def run() -> None:
         from ..image.store import ImageStore
 
         try:
-            stats = registry.PullStats()
             with ImageStore(root) as store:
                 record = registry.pull(store, ref, platform=platform, progress=progress,
-                                       config=registry.load_config(None), stats=stats,
+                                       config=registry.load_config(None),
                                        credentials=credentials)
-            events.put(("done", (record, bool(stats.blobs_fetched))))
+            events.put(("done", (record, record.id != before)))
         except BaseException as e:  # noqa: BLE001 - handed to the response
             events.put(("error", e))
 
@@ -409,13 +413,13 @@ def pull(req, image: str, tag: str | None) -> Any:
                     yield {"errorDetail": {"message": message}, "error": message}
                     return
                 else:
-                    record, fetched = v
+                    record, newer = v
                     for layer, new in progress.layers:
                         if new:
                             yield {"status": "Pull complete", "progressDetail": {},
                                    "id": layer}
                     yield {"status": f"Digest: {record.manifest_digest}"}
-                    news = "Downloaded newer image for" if fetched else \
+                    news = "Downloaded newer image for" if newer else \
                         "Image is up to date for"
                     yield {"status": f"Status: {news} {shown}"}
                     return
