@@ -52,7 +52,17 @@ def registry(dockerapi):  # noqa: F811
 
 # --- images -----------------------------------------------------------------------------------
 
-def test_images_inspect_history_tag_and_rmi(dockerapi):  # noqa: F811
+def small_tarball(top) -> str:
+    """A root filesystem tarball of one file (an image other than busybox's)."""
+    tree = top / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "motd").write_text("imported\n")
+    tarball = str(top / "tree.tar")
+    subprocess.run(["tar", "-C", str(tree), "-cf", tarball, "."], check=True)
+    return tarball
+
+
+def test_images_inspect_history_tag_and_rmi(dockerapi, tmp_path):  # noqa: F811
     d = dockerapi.docker
     out = d("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", check=True)
     [row] = [r for r in lines(out) if r.startswith("busybox:latest ")]
@@ -76,6 +86,17 @@ def test_images_inspect_history_tag_and_rmi(dockerapi):  # noqa: F811
     rmi = d("rmi", "example.org/team/tool:2", check=True)
     assert lines(rmi) == ["Untagged: example.org/team/tool:2"]  # busybox keeps the image
     assert "example.org/team/tool:2" not in d("images", check=True).stdout
+
+    # by id: every tag of one repository goes with the image; several repositories
+    # need force (docker's 409)
+    image_id = d("import", small_tarball(tmp_path), "twotags:1", check=True).stdout.strip()
+    d("tag", "twotags:1", "twotags:2", check=True)
+    d("tag", "twotags:1", "elsewhere:1", check=True)
+    refused = d("rmi", image_id[7:19])
+    assert refused.returncode == 1 and "referenced in multiple repositories" in refused.stderr
+    d("rmi", "elsewhere:1", check=True)
+    assert lines(d("rmi", image_id[7:19], check=True)) == [
+        "Untagged: twotags:1", "Untagged: twotags:2", f"Deleted: {image_id}"]
 
     missing = d("rmi", "nope:1")
     assert missing.returncode == 1 and "No such image: nope:1" in missing.stderr
@@ -205,11 +226,7 @@ def test_save_and_load(dockerapi, tmp_path):  # noqa: F811
 
 def test_import_and_prune(dockerapi, tmp_path):  # noqa: F811
     d = dockerapi.docker
-    tree = tmp_path / "tree"
-    (tree / "etc").mkdir(parents=True)
-    (tree / "etc" / "motd").write_text("imported\n")
-    tarball = str(tmp_path / "tree.tar")
-    subprocess.run(["tar", "-C", str(tree), "-cf", tarball, "."], check=True)
+    tarball = small_tarball(tmp_path)
     imported = d("import", tarball, "imported:1", check=True)
     image_id = imported.stdout.strip()
     assert image_id.startswith("sha256:")

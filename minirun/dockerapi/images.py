@@ -482,10 +482,20 @@ def delete_image(req):
     with it, and an image left without names is deleted (unless a container uses it)."""
     from ..image.reference import parse_reference
 
-    name = req.params["name"]
+    name, force = req.params["name"], req.qbool("force")
     with _store(req) as store:
-        image_id = _get(store, name).id
-        result = store.remove(name, force=req.qbool("force"))
+        record = _get(store, name)
+        image_id = record.id
+        if not force and len(record.names) > 1 and not _named_by(record, name):
+            # by id: docker removes every tag of one repository, and refuses (409) an
+            # image several repositories name
+            if len({r.name for r in record.references()}) > 1:
+                raise ApiError(409, f"conflict: unable to delete {record.short_id} (must be "
+                                    "forced) - image is referenced in multiple "
+                                    "repositories")
+            if not record.containers:
+                force = True
+        result = store.remove(name, force=force)
         if result.untagged and not result.deleted:
             removed = parse_reference(result.untagged[-1])
             left = store.get(image_id)
@@ -502,6 +512,16 @@ def delete_image(req):
     out = [{"Untagged": _familiar(n)} for n in result.untagged]
     out += [{"Deleted": i} for i in result.deleted]
     return out
+
+
+def _named_by(record, text: str) -> bool:
+    """`text` is one of the image's names (not its id or an id prefix)."""
+    from ..image.reference import parse_reference
+
+    try:
+        return str(parse_reference(text)) in record.names
+    except MiniRunError:
+        return False
 
 
 def prune_images(req):
