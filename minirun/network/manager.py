@@ -596,12 +596,12 @@ class Networks:
             rec = self.get(ep["network"])
         except NotFound:
             rec = None
-        if wired and rec is not None:
-            self._endpoint_event("disconnect", rec, ep["container"])
         if rec is not None and not self.containers_on(rec["name"]):
             self._bridge_down(rec)
         elif json.loads(ep["ports"]):
             self._apply_table()
+        if wired and rec is not None:  # last: the host is clean whatever happens to it
+            self._endpoint_event("disconnect", rec, ep["container"])
 
     def _wired_on(self, network: str, joining: str | None) -> list[dict]:
         """The endpoints of a network whose netns is there (their container runs or is
