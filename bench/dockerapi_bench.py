@@ -86,7 +86,9 @@ def podman_setup(base: str, driver: str) -> tuple[list[str], dict]:
     tests/test_dockerapi_podman.py."""
     os.makedirs(base, exist_ok=True)
     with open(os.path.join(base, "containers.conf"), "w") as f:
-        f.write(CONTAINERS_CONF)
+        # networks made through it (tests/test_dockerapi_podman_reference.py) stay in base
+        f.write(CONTAINERS_CONF + f'\n[network]\nnetwork_config_dir = "{base}/networks"\n')
+    os.makedirs(os.path.join(base, "networks"), exist_ok=True)
     with open(os.path.join(base, "storage.conf"), "w") as f:
         f.write(f'[storage]\ndriver = "{driver}"\ngraphroot = "{base}/storage"\n'
                 f'runroot = "{base}/run"\n')

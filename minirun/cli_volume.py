@@ -56,6 +56,19 @@ def volume_info(root: str, name: str) -> dict:
             "Options": meta.get("options") or {}, "Scope": "local"}
 
 
+def create_volume(engine, name: str | None, labels: dict | None = None) -> str:
+    """Make the volume NAME (a random 64-hex name without one) unless it is there; its
+    name. Labels are written with a new volume only, as docker's."""
+    name = _check_name(name or os.urandom(32).hex())
+    top = os.path.join(volumes_dir(engine.root), name)
+    os.makedirs(os.path.join(top, "_data"), mode=0o755, exist_ok=True)
+    if not os.path.exists(os.path.join(top, META)):
+        with open(os.path.join(top, META), "w") as f:
+            json.dump({"created": time.time(), "labels": labels or {}}, f)
+        engine.record_object_event("volume", "create", name, driver="local")
+    return name
+
+
 def _remove(engine, name: str) -> None:
     from .image.store import mounts_under, remove_tree
 
@@ -87,16 +100,9 @@ def create(root, driver, label, opt, name) -> None:
         if opt:
             raise InvalidArgument(f"volume option {opt[0]!r}: the local driver here takes "
                                   "no options")
-        name = _check_name(name or os.urandom(32).hex())
         labels = parse_labels(list(label), [])
         engine = _engine(root, revive=False)
-        top = os.path.join(volumes_dir(engine.root), name)
-        os.makedirs(os.path.join(top, "_data"), mode=0o755, exist_ok=True)
-        if not os.path.exists(os.path.join(top, META)):
-            with open(os.path.join(top, META), "w") as f:
-                json.dump({"created": time.time(), "labels": labels}, f)
-            engine.record_object_event("volume", "create", name, driver="local")
-        click.echo(name)
+        click.echo(create_volume(engine, name, labels))
     except MiniRunError as e:
         click.echo(f"minirun: error: {e}", err=True)
         sys.exit(1)

@@ -195,7 +195,7 @@ PS_FILTERS = ("name", "id", "status", "label", "ancestor", "exited", "before", "
 
 def parse_filters(values: list[str] | tuple[str, ...], known: tuple[str, ...]) -> dict:
     """`--filter key=value`, repeatable: {key: [values]} (values of one key are ORed,
-    keys ANDed, as docker)."""
+    except label's, which must all match; keys ANDed, as docker)."""
     out: dict[str, list[str]] = {}
     for item in values:
         key, eq, value = item.partition("=")
@@ -229,7 +229,10 @@ def filter_records(engine: Any, recs: list[dict], filters: dict) -> list[dict]:
                 raise InvalidArgument(f"no such container: {value}") from None
     out = []
     for rec in recs:
-        if all(any(_passes(engine, rec, key, value, marks) for value in values)
+        # values of one key are ORed, but every label filter must match (docker's
+        # MatchKVList: compose asks for project=X and oneoff=False at once)
+        if all((all if key == "label" else any)(
+                _passes(engine, rec, key, value, marks) for value in values)
                for key, values in filters.items()):
             out.append(rec)
     return out

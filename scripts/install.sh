@@ -23,6 +23,10 @@ PACKAGES="python3 python3-venv busybox-static runc crun podman containerd skopeo
 nftables iptables uidmap hyperfine qemu-system-x86 xz-utils iproute2 procps libseccomp2
 util-linux docker-registry apache2-utils tini golang-github-containers-common
 containernetworking-plugins iperf3 strace gcc libc6-dev"
+# The Docker API tests' clients, installed without recommends: docker-compose recommends
+# docker.io, whose dockerd must never run here (scripts/docker-cli.sh extracts only the
+# docker CLI from that package).
+NO_RECOMMENDS_PACKAGES="docker-compose python3-docker"
 
 CHECKOUT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=$CHECKOUT/.venv
@@ -46,7 +50,7 @@ EOF
 
 missing_packages() {
     local pkg status
-    for pkg in $PACKAGES; do
+    for pkg in $PACKAGES $NO_RECOMMENDS_PACKAGES; do
         status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null) || status=""
         [ "${status:0:2}" = "ii" ] || echo "$pkg"
     done
@@ -64,6 +68,8 @@ install_packages() {
     apt-get update
     # shellcheck disable=SC2086  # the list is meant to split into words
     apt-get install -y $PACKAGES
+    # shellcheck disable=SC2086
+    apt-get install -y --no-install-recommends $NO_RECOMMENDS_PACKAGES
 }
 
 make_venv() {

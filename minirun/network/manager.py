@@ -134,11 +134,26 @@ class Networks:
         self.record_event = record_event
         self._attached: dict[str, dict] = {}  # cid -> its network, until `connected`
         self.db.executescript(SCHEMA)
+        self._add_columns()
         default_root = os.path.realpath(root) == DEFAULT_ROOT
         # another root (tests, a second installation) gets its own names, so two roots never
         # fight over one bridge or one table
         self.table = "minirun" if default_root else f"minirun_{_root_tag(root)}"
         self.default_bridge = DEFAULT_BRIDGE if default_root else f"mr{_root_tag(root)}b0"
+
+    def _add_columns(self) -> None:
+        """Columns newer than a database: a network's labels (the Docker API's), an
+        endpoint's aliases (more names its peers find it by, as compose's service names)."""
+        for table, column in (("networks", "labels TEXT NOT NULL DEFAULT '{}'"),
+                              ("endpoints", "aliases TEXT NOT NULL DEFAULT '[]'")):
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column.split()[0] in have:
+                continue
+            try:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            except sqlite3.OperationalError as e:  # another process added it just now
+                if "duplicate column" not in str(e):
+                    raise
 
     # --- records ------------------------------------------------------------------------
 
@@ -177,7 +192,7 @@ class Networks:
             pass  # another command made it meanwhile
 
     def create(self, name: str, subnet: str | None = None, gateway: str | None = None,
-               internal: bool = False) -> dict:
+               internal: bool = False, labels: dict | None = None) -> dict:
         if not name or not set(name) <= NAME_CHARS or not name[0].isalnum():
             raise InvalidArgument(f"invalid network name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]")
         if name in (DEFAULT_NETWORK, "host", "none") or ":" in name:
@@ -187,7 +202,8 @@ class Networks:
         else:
             net = self._free_subnet(USER_SUBNETS, name)
         nid = os.urandom(32).hex()
-        rec = self._insert_network(name, net, gateway, f"mrbr{nid[:10]}", internal, nid)
+        rec = self._insert_network(name, net, gateway, f"mrbr{nid[:10]}", internal, nid,
+                                   labels)
         self._event("create", rec)
         return rec
 
@@ -220,7 +236,8 @@ class Networks:
             self._event("connect", rec, container=cid)
 
     def _insert_network(self, name: str, net: ipaddress.IPv4Network, gateway: str | None,
-                        bridge: str, internal: bool, nid: str | None = None) -> dict:
+                        bridge: str, internal: bool, nid: str | None = None,
+                        labels: dict | None = None) -> dict:
         if gateway:
             try:
                 gw = ipaddress.IPv4Address(gateway)
@@ -233,9 +250,9 @@ class Networks:
         try:
             self.db.execute(
                 "INSERT INTO networks (name, id, driver, subnet, gateway, bridge, internal,"
-                " created) VALUES (?, ?, 'bridge', ?, ?, ?, ?, ?)",
+                " created, labels) VALUES (?, ?, 'bridge', ?, ?, ?, ?, ?, ?)",
                 (name, nid or os.urandom(32).hex(), str(net), str(gw), bridge, int(internal),
-                 time.time()))
+                 time.time(), json.dumps(labels or {})))
         except sqlite3.IntegrityError:
             raise AlreadyExists(f"network {name} already exists") from None
         return self.get(name)
@@ -689,14 +706,31 @@ class Networks:
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
         if ep["ip"]:
             names = [ep["hostname"]] + ([ep["name"]] if ep["name"] != ep["hostname"] else [])
+            names += [a for a in json.loads(ep["aliases"]) if a not in names]
             lines.append(f"{ep['ip']}\t{' '.join(n for n in names if n)}")
         for host, addr in json.loads(ep["extra_hosts"]):
             lines.append(f"{addr}\t{host}")
         if ep["network"] not in (DEFAULT_NETWORK,) and not ep["network"].startswith("cni:"):
             for peer in self.containers_on(ep["network"]):
                 if peer["container"] != cid and peer["ip"]:
-                    lines.append(f"{peer['ip']}\t{peer['name']}")
+                    names = [peer["name"]] + [a for a in json.loads(peer["aliases"])
+                                              if a != peer["name"]]
+                    lines.append(f"{peer['ip']}\t{' '.join(names)}")
         return "\n".join(lines) + "\n"
+
+    def set_aliases(self, cid: str, aliases: list[str]) -> None:
+        """More names the container's peers find it by (and it finds itself by), in every
+        hosts file of its network at once."""
+        ep = self.endpoint(cid)
+        if ep is None:
+            raise NotFound(f"container {cid[:12]} has no network endpoint")
+        bad = [a for a in aliases if not a or not set(a) <= NAME_CHARS]
+        if bad:
+            raise InvalidArgument(f"invalid network alias {bad[0]!r}")
+        self.db.execute("UPDATE endpoints SET aliases = ? WHERE container = ?",
+                        (json.dumps(list(dict.fromkeys(aliases))), cid))
+        if ep["network"] != DEFAULT_NETWORK and not ep["network"].startswith("cni:"):
+            self.write_peer_hosts(ep["network"])
 
     def write_peer_hosts(self, network: str, skip: str | None = None) -> None:
         """Rewrite, in place (the file is bind-mounted: its inode must stay), the hosts
