@@ -102,7 +102,8 @@ def test_run_interactive_stdin_without_a_terminal(dockerapi):
 
 
 def test_exec_cp_stats_top_pause_rename(dockerapi, tmp_path):
-    dockerapi.docker("run", "-d", "--name", "box", "busybox", "sleep", "300", check=True)
+    dockerapi.docker("run", "-d", "--name", "box", "-m", "48m", "busybox", "sleep", "300",
+                     check=True)
     try:
         out = dockerapi.docker("exec", "box", "sh", "-c", "echo in-exec; exit 5")
         assert (out.returncode, out.stdout) == (5, "in-exec\n"), (out.stderr, dockerapi.logs())
@@ -131,6 +132,12 @@ def test_exec_cp_stats_top_pause_rename(dockerapi, tmp_path):
                                  "{{.Name}} {{.PIDs}} {{.MemUsage}}", "box", check=True)
         name, pids, mem = stats.stdout.split(" ", 2)
         assert (name, pids) == ("box", "1") and mem.split(" / ")[0].endswith("iB")
+        # the same numbers as `minirun stats` of the same container (one stats document)
+        ours = dockerapi.env_engine("stats", "--no-stream", "--format",
+                                    "{{.Name}} {{.PIDs}} {{.MemUsage}}", "box", check=True)
+        o_name, o_pids, o_mem = ours.stdout.split(" ", 2)
+        assert (o_name, o_pids) == (name, pids)
+        assert mem.split(" / ")[1] == o_mem.split(" / ")[1] == "48MiB\n"
         top = dockerapi.docker("top", "box", check=True).stdout.splitlines()
         assert top[0].split()[:2] == ["UID", "PID"] and top[1].endswith("sleep 300")
 
