@@ -26,7 +26,6 @@ from .server import ApiError, Hijack, Response, Stream
 from .stdio import attach_session, frame
 
 WAIT_POLL = 0.05
-SETTLE_TIMEOUT = 30.0  # how long a stop waits for the daemon to record the exit
 LOG_POLL = 0.1
 
 
@@ -35,20 +34,6 @@ def get_record(req, key: str = "id") -> dict:
         return req.engine.get(req.params[key])
     except NotFound:
         raise ApiError(404, f"No such container: {req.params[key]}") from None
-
-
-def with_pause_state(engine, rec: dict) -> dict:
-    """The record, "paused" when its running container's cgroup is frozen (the record
-    says running: pause is the runtime's state)."""
-    if rec["status"] == "running":
-        from ..container import Container
-
-        try:
-            if Container.load(engine.oci_root, rec["id"]).status() == "paused":
-                return dict(rec, status="paused")
-        except MiniRunError:
-            pass
-    return rec
 
 
 def _opts(rec: dict) -> dict:
@@ -100,25 +85,11 @@ def start(req):
     return None
 
 
-def stop_settled(engine, cid: str, timeout: float | None) -> None:
-    """Engine.stop, then until the daemon has handled the exit (its stopped event: the
-    network released). The record may say exited before that (Engine._reconcile writes
-    it when the daemon is slow), and a start in that window would wire the network
-    again only for the daemon's release to take it away."""
-    seq = engine.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-    engine.stop(cid, timeout)
-    deadline = time.monotonic() + SETTLE_TIMEOUT
-    while time.monotonic() < deadline and not engine.db.execute(
-            "SELECT 1 FROM events WHERE seq > ? AND container = ? AND type = 'stopped'",
-            (seq, cid)).fetchone():
-        time.sleep(WAIT_POLL)
-
-
 def stop(req):
     rec = get_record(req)
     if rec["status"] != "running":
         return Response(304)
-    stop_settled(req.engine, rec["id"], _timeout(req))
+    req.engine.stop(rec["id"], _timeout(req))
     return None
 
 
@@ -130,7 +101,7 @@ def _timeout(req) -> float | None:
 def restart(req):
     rec = get_record(req)
     if rec["status"] == "running":
-        stop_settled(req.engine, rec["id"], _timeout(req))
+        req.engine.stop(rec["id"], _timeout(req))
     req.engine.start(rec["id"])
 
 
@@ -287,7 +258,7 @@ def list_containers(req):
             raise ApiError(400, f"invalid filter '{key}'")
     engine = req.engine
     recs = engine.records(all_containers=req.qbool("all") or bool(filters.get("status")))
-    recs = filter_records(engine, [with_pause_state(engine, r) for r in recs], filters)
+    recs = filter_records(engine, recs, filters)
     recs.sort(key=lambda r: r["created"], reverse=True)
     limit = req.qint("limit", -1)
     if limit and limit > 0:
@@ -299,7 +270,6 @@ def summary(engine, rec: dict, size: bool = False) -> dict:
     """GET /containers/json's entry (moby's types.Container)."""
     from ..dockerview import inspect_container, state_of, status_text, upper_size
 
-    rec = with_pause_state(engine, rec)
     doc = inspect_container(engine, rec)
     ports = []
     for port, bindings in sorted((doc["NetworkSettings"].get("Ports") or {}).items()):
@@ -328,7 +298,7 @@ def summary(engine, rec: dict, size: bool = False) -> dict:
 def inspect(req):
     from ..dockerview import inspect_container, upper_size
 
-    rec = with_pause_state(req.engine, get_record(req))
+    rec = get_record(req)
     doc = inspect_container(req.engine, rec)
     doc["ExecIDs"] = _exec_ids(req.engine, rec["id"])
     if req.qbool("size"):
