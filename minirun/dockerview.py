@@ -133,13 +133,13 @@ def ps_context(engine: Any, rec: dict, no_trunc: bool = False, size: bool = Fals
         "RunningFor": human_duration(max(0.0, (now or time.time()) - created)) + " ago",
         "Size": _size_text(engine, rec) if size else "0B",
         "State": state_of(rec),
-        "Status": status_text(rec, now) + _health_suffix(engine, rec),
+        "Status": status_text(rec, now) + health_suffix(engine, rec),
     })
     ctx.labels = labels
     return ctx
 
 
-def _health_suffix(engine: Any, rec: dict) -> str:
+def health_suffix(engine: Any, rec: dict) -> str:
     """` (healthy)` and the like after a running container's `Up ...` (docker's)."""
     if state_of(rec) != "running":
         return ""

@@ -88,6 +88,17 @@ class DockerService:
                                  f"{proc.stderr}\n{self.logs()}")
         return proc
 
+    def health(self, name: str, want: str = "healthy", timeout: float = 60) -> str:
+        """`docker inspect -f {{.State.Health.Status}}` of a container, polled until it
+        says `want` or `timeout` has passed: the last answer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.docker("inspect", "-f", "{{.State.Health.Status}}", name,
+                                 check=True).stdout.strip()
+            if status == want or time.monotonic() > deadline:
+                return status
+            time.sleep(0.5)
+
     def http(self, method: str, path: str, body=None, headers: dict | None = None,
              timeout: float = 60) -> tuple[int, dict, bytes]:
         """One request on a fresh connection (Connection: close): status, headers

@@ -42,6 +42,9 @@ services:
     image: busybox
     command: ["sleep", "3600"]
     networks: [front]
+    healthcheck:
+      test: ["CMD", "test", "-d", "/proc/1"]
+      interval: 1s
 networks:
   front: {}
 volumes:
@@ -118,6 +121,8 @@ def test_compose_up_ps_logs_exec_down(dockerapi, tmp_path):  # noqa: F811
         assert " Up " in rows["mrobj_web_1"] and f"127.0.0.1:{port}->80/tcp" in \
             rows["mrobj_web_1"]
         assert " Up " in rows["mrobj_client_1"]
+        assert dockerapi.health("mrobj_client_1") == "healthy"
+        assert "Up (healthy)" in dc("ps", "client").stdout
         assert "Exit 0" in rows["mrobj_init_1"]
 
         logs = dc("logs", "--no-color", "web", "init").stdout

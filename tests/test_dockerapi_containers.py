@@ -224,12 +224,37 @@ def test_list_and_inspect_over_the_api(dockerapi):
     status, _, body = dockerapi.http("POST", "/v1.41/containers/create?name=api1",
                                      {"Image": "busybox", "Cmd": ["true"]})
     assert status == 409 and "api1" in json.loads(body)["message"]
-    status, _, body = dockerapi.http("POST", "/v1.41/containers/create",
-                                     {"Image": "busybox", "Healthcheck": {"Test": ["CMD",
-                                                                                   "true"]}})
-    assert (status, json.loads(body)["message"]) == \
-        (400, "Healthcheck: minirun does not support health checks")
+    for check, message in (({"Test": ["CMD", "true"], "Interval": 500},
+                             "Interval in Healthcheck cannot be less than 1ms"),
+                            ({"Test": ["CMD", "true"], "Retries": -1},
+                             "Retries in Healthcheck cannot be negative")):
+        status, _, body = dockerapi.http("POST", "/v1.41/containers/create",
+                                         {"Image": "busybox", "Healthcheck": check})
+        assert (status, json.loads(body)["message"]) == (400, message)
     assert dockerapi.http("DELETE", f"/v1.41/containers/{cid}")[0] == 204
+
+
+def test_health_check(dockerapi):
+    dockerapi.docker("run", "-d", "--name", "hc", "--health-cmd", "true",
+                     "--health-interval", "1s", "busybox", "sleep", "60", check=True)
+    dockerapi.docker("create", "--name", "nohc", "--no-healthcheck", "busybox", "true",
+                     check=True)
+    try:
+        assert dockerapi.health("hc") == "healthy", dockerapi.logs()
+        ps = dockerapi.docker("ps", "--filter", "name=hc", "--format", "{{.Status}}",
+                              check=True).stdout.strip()
+        assert ps.startswith("Up ") and ps.endswith("(healthy)"), ps
+        doc = json.loads(dockerapi.docker("inspect", "hc", check=True).stdout)[0]
+        assert doc["Config"]["Healthcheck"] == {"Test": ["CMD-SHELL", "true"],
+                                                "Interval": 1_000_000_000}
+        assert doc["State"]["Health"]["Log"][0]["ExitCode"] == 0
+        assert dockerapi.docker("ps", "-q", "--filter", "health=healthy").stdout == \
+            doc["Id"][:12] + "\n"
+        doc = json.loads(dockerapi.docker("inspect", "nohc", check=True).stdout)[0]
+        assert doc["Config"]["Healthcheck"] == {"Test": ["NONE"]}
+        assert "Health" not in doc["State"]
+    finally:
+        dockerapi.docker("rm", "-f", "hc", "nohc")
 
 
 def test_nothing_is_left_running(dockerapi):

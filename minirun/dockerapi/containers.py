@@ -268,7 +268,7 @@ def list_containers(req):
 
 def summary(engine, rec: dict, size: bool = False) -> dict:
     """GET /containers/json's entry (moby's types.Container)."""
-    from ..dockerview import inspect_container, state_of, status_text, upper_size
+    from ..dockerview import health_suffix, inspect_container, state_of, status_text, upper_size
 
     doc = inspect_container(engine, rec)
     ports = []
@@ -284,7 +284,7 @@ def summary(engine, rec: dict, size: bool = False) -> dict:
         "ImageID": rec["image_id"], "Command": " ".join(json.loads(rec["command"])),
         "Created": int(rec["created"]), "Ports": ports,
         "Labels": doc["Config"]["Labels"] or {}, "State": state_of(rec),
-        "Status": status_text(rec),
+        "Status": status_text(rec) + health_suffix(engine, rec),
         "HostConfig": {"NetworkMode": doc["HostConfig"]["NetworkMode"]},
         "NetworkSettings": {"Networks": doc["NetworkSettings"].get("Networks") or {}},
         "Mounts": doc["Mounts"],

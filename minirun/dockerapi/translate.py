@@ -15,8 +15,7 @@ from .server import ApiError
 # fields of no consequence here: informational, or about what the clients do themselves
 IGNORED_CONFIG = {"AttachStdin", "AttachStdout", "AttachStderr", "StdinOnce", "Image",
                   "ArgsEscaped", "OnBuild", "Shell", "NetworkDisabled"}
-REFUSED_CONFIG = {"Domainname": "a domain name", "MacAddress": "a MAC address",
-                  "Healthcheck": "health checks"}
+REFUSED_CONFIG = {"Domainname": "a domain name", "MacAddress": "a MAC address"}
 REFUSED_HOST = {
     "Links": "links (--link)", "VolumesFrom": "--volumes-from",
     "BlkioWeight": "--blkio-weight", "BlkioWeightDevice": "--blkio-weight-device",
@@ -110,8 +109,7 @@ def create_options(body: dict, name: str | None) -> tuple[str, RunOptions, list[
         raise ApiError(400, "No image specified: the config has no Image")
     for key, what in REFUSED_CONFIG.items():
         value = body.get(key)
-        if not _zero(value) and not (key == "Healthcheck" and
-                                     (value.get("Test") or [""])[0] in ("NONE", "")):
+        if not _zero(value):
             raise ApiError(400, f"{key}: minirun does not support {what}")
     for key, what in REFUSED_HOST.items():
         if not _zero(host.get(key)):
@@ -180,6 +178,7 @@ def create_options(body: dict, name: str | None) -> tuple[str, RunOptions, list[
         ulimits=[f"{u['Name']}={u.get('Soft', 0)}:{u.get('Hard', 0)}"
                  for u in host.get("Ulimits") or []],
     )
+    opts.healthcheck = healthcheck_of(body.get("Healthcheck"))
     if host.get("PidsLimit"):
         opts.pids_limit = -1 if host["PidsLimit"] < 0 else host["PidsLimit"]
     if host.get("NanoCpus"):
@@ -213,6 +212,22 @@ def create_options(body: dict, name: str | None) -> tuple[str, RunOptions, list[
     if opts.publish_all:  # --expose'd ports are published too, as the image's are
         opts.publish += [p for p in exposed if p not in published]
     return image, opts, warnings
+
+
+def healthcheck_of(value) -> dict | None:
+    """Config.Healthcheck as RunOptions.healthcheck (what `run --health-*` makes): its
+    set fields, a zero one being docker's default or the image's (merged at create);
+    Test ["NONE"] turns the image's off. Bad values are refused at create with dockerd's
+    400 messages (healthcheck.check)."""
+    from ..healthcheck import DURATION_KEYS
+
+    if _zero(value):
+        return None
+    if not isinstance(value, dict):
+        raise ApiError(400, "Config.Healthcheck: want a HealthConfig object")
+    config = {k: value[k] for k in ("Test", *DURATION_KEYS, "Retries")
+              if not _zero(value.get(k))}
+    return config or None
 
 
 def _ipc(mode: str | None) -> str:
